@@ -1,0 +1,49 @@
+# A thin wrapper over CMake. `make test` and `make demo` install what is missing first.
+BUILD     ?= build
+JOBS      ?= $(shell nproc)
+WERROR    ?= $(if $(CI),ON,OFF)
+CMAKE_ARGS = -DHBWATCH_WERROR=$(WERROR)
+
+.PHONY: all build deps test demo bench sanitize asan tsan clang install clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+$(BUILD)/CMakeCache.txt: | deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_ARGS)
+
+build: deps $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j $(JOBS)
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+demo: build
+	demo/run-demo.sh $(BUILD)/bin
+
+bench: build
+	$(BUILD)/bin/bench_heartbeat --benchmark_repetitions=10 --benchmark_report_aggregates_only=true
+
+# ASan+UBSan over every test, then TSan over the concurrency tests; both with clang, so that CI
+# also builds the whole tree warning-free with the second compiler.
+sanitize: asan tsan
+
+asan: deps
+	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_C_COMPILER=clang \
+	  -DHBWATCH_SANITIZE=address,undefined $(CMAKE_ARGS)
+	cmake --build build-asan -j $(JOBS)
+	cd build-asan && ctest --output-on-failure -j $(JOBS)
+
+tsan: deps
+	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_C_COMPILER=clang \
+	  -DHBWATCH_SANITIZE=thread $(CMAKE_ARGS)
+	cmake --build build-tsan -j $(JOBS)
+	cd build-tsan && ctest --output-on-failure -j $(JOBS) -L concurrency
+
+install: build
+	cmake --install $(BUILD) --prefix $(or $(PREFIX),/usr/local)
+
+clean:
+	rm -rf $(BUILD) build-asan build-tsan

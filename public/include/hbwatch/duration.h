@@ -1,0 +1,17 @@
+#pragma once
+// Durations as operators type them: "500ms", "5s", "2m", "1h", "7d", or a bare number of seconds.
+
+#include <chrono>
+#include <string>
+#include <string_view>
+
+namespace hbwatch {
+
+/// Parses a whole, non-negative number with an optional unit (ms, s, m, h, d); no unit means
+/// seconds. Throws hbwatch::Error(EINVAL) naming the text, e.g. parse_duration("2m") == 120s.
+[[nodiscard]] std::chrono::milliseconds parse_duration(std::string_view text);
+
+/// The shortest exact spelling that parse_duration reads back: 1500ms -> "1500ms", 120s -> "2m".
+[[nodiscard]] std::string format_duration(std::chrono::milliseconds duration);
+
+}  // namespace hbwatch

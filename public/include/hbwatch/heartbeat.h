@@ -1,0 +1,88 @@
+#pragma once
+// The service author's side: register once, beat in the main loop.
+//
+//     #include <hbwatch/heartbeat.h>
+//     hbwatch::Heartbeat hb{"order-svc", std::chrono::seconds(30)};
+//     for (;;) { serve_one(); hb.beat(); }
+
+#include <time.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string_view>
+
+#include <hbwatch/error.h>
+#include <hbwatch/table.h>
+
+namespace hbwatch {
+
+enum class BeatStatus {
+    ok,        // the beat is stamped
+    inactive,  // the handle was moved from
+    forked,    // called in a fork()ed child: the parent's slot is left alone
+    lost,      // the slot no longer holds this registration (checkproc or an operator freed it)
+};
+
+[[nodiscard]] const char* to_string(BeatStatus status) noexcept;
+
+namespace detail {
+/// Bumped in every fork()ed child (pthread_atfork), so that beat() knows it runs in a copy
+/// without calling getpid(), which is a syscall.
+extern std::atomic<std::uint64_t> fork_generation;
+}  // namespace detail
+
+/// One registration of the calling process in the table.
+///
+/// The constructor claims a slot (creating the table on first use) and throws hbwatch::Error
+/// when it cannot: a bad name or timeout, a full table, no permission, a foreign segment at
+/// the key. The destructor frees the slot. beat() is the hot path: a few relaxed atomic
+/// loads and stores and a vDSO clock read, with no syscall, lock or allocation; it may be
+/// called from any thread (concurrent calls may undercount `beats`, never corrupt the slot).
+///
+/// After fork() the child does not own the parent's registration: in the child, beat()
+/// returns BeatStatus::forked and stamps nothing, and the destructor leaves the parent's slot
+/// alone. A child that wants watching constructs a Heartbeat of its own.
+class Heartbeat {
+public:
+    Heartbeat(std::string_view name, std::chrono::milliseconds timeout);
+    Heartbeat(std::string_view name, std::chrono::milliseconds timeout, const TableOptions& options);
+    ~Heartbeat();
+
+    Heartbeat(Heartbeat&& other) noexcept;
+    Heartbeat& operator=(Heartbeat&& other) noexcept;
+    Heartbeat(const Heartbeat&) = delete;
+    Heartbeat& operator=(const Heartbeat&) = delete;
+
+    /// Stamps "alive now". Returns what happened; ignoring the result is fine in a loop.
+    /// Inline, so that the hot path is the clock read and three relaxed atomic accesses.
+    BeatStatus beat() noexcept {
+        constexpr auto relaxed = std::memory_order_relaxed;
+        if (state_ == nullptr) return BeatStatus::inactive;
+        if (fork_generation_ != detail::fork_generation.load(relaxed)) return BeatStatus::forked;
+        if (state_->load(relaxed) != claim_.token) return BeatStatus::lost;
+        timespec now;
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &now);  // vDSO: no syscall
+        last_beat_ns_->store(static_cast<std::uint64_t>(now.tv_sec) * 1'000'000'000u + static_cast<std::uint64_t>(now.tv_nsec),
+                             relaxed);
+        beats_->store(beats_->load(relaxed) + 1, relaxed);
+        return BeatStatus::ok;
+    }
+
+    [[nodiscard]] std::uint32_t slot() const noexcept { return claim_.index; }
+    [[nodiscard]] key_t key() const noexcept { return table_ ? table_->key() : 0; }
+
+private:
+    void release() noexcept;
+
+    std::unique_ptr<Table> table_;
+    // Into the claimed slot in shared memory; null when the handle is inactive.
+    std::atomic<std::uint64_t>* state_ = nullptr;
+    std::atomic<std::uint64_t>* last_beat_ns_ = nullptr;
+    std::atomic<std::uint64_t>* beats_ = nullptr;
+    Claim claim_;
+    std::uint64_t fork_generation_ = 0;
+};
+
+}  // namespace hbwatch

@@ -1,0 +1,168 @@
+#pragma once
+// The host-wide heartbeat table: one System V shared-memory segment holding a header and
+// fixed-size slots. Every change to a slot is a compare-and-swap on its state word, so a
+// process SIGKILLed at any instant can neither block nor corrupt anyone else.
+
+#include <sys/types.h>
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include <hbwatch/process.h>
+
+namespace hbwatch {
+
+namespace detail {
+struct Header;
+struct Slot;
+}  // namespace detail
+
+/// "HBWT". Not 0x5095: the classic course framework uses that key with another layout.
+inline constexpr key_t kDefaultKey = 0x48425754;
+inline constexpr std::uint32_t kDefaultSlots = 4096;
+inline constexpr std::uint32_t kMaxSlots = 1u << 20;
+inline constexpr std::size_t kMaxNameLength = 47;
+inline constexpr std::chrono::milliseconds kMinTimeout{100};
+inline constexpr std::chrono::milliseconds kMaxTimeout{std::chrono::hours(24 * 7)};
+
+/// Reads a key written in hex ("0x48425754") or decimal. Throws Error(EINVAL) for anything
+/// else, for 0 (IPC_PRIVATE) and for values outside key_t.
+[[nodiscard]] key_t parse_key(std::string_view text);
+
+/// The key from HBWATCH_KEY when set, kDefaultKey otherwise. Throws Error for a bad value.
+[[nodiscard]] key_t key_from_environment();
+
+/// "0x48425754".
+[[nodiscard]] std::string format_key(key_t key);
+
+/// Throws Error(EINVAL) unless `name` is 1-47 bytes of letters, digits and . _ - : @ + /
+void validate_name(std::string_view name);
+
+/// Throws Error(EINVAL) unless kMinTimeout <= timeout <= kMaxTimeout.
+void validate_timeout(std::chrono::milliseconds timeout);
+
+/// Where the table is and, when this call creates it, its shape.
+struct TableOptions {
+    std::optional<key_t> key;             // unset: HBWATCH_KEY, else kDefaultKey
+    std::uint32_t slots = kDefaultSlots;  // used only when creating
+    mode_t mode = 0660;                   // used only when creating
+    std::optional<gid_t> group;           // used only when creating; unset: the caller's group
+};
+
+enum class SlotPhase : std::uint8_t { free = 0, claiming = 1, live = 2 };
+
+/// A consistent copy of one slot: never a torn mix of two registrations.
+struct SlotSnapshot {
+    std::uint32_t index = 0;
+    SlotPhase phase = SlotPhase::free;
+    std::uint64_t token = 0;  // the slot's state word: free_slot() frees only this registration
+    ProcessIdentity process;
+    uid_t uid = 0;
+    std::chrono::milliseconds timeout{0};
+    std::uint64_t registered_ns = 0;  // CLOCK_MONOTONIC
+    std::uint64_t last_beat_ns = 0;   // CLOCK_MONOTONIC (coarse)
+    std::uint64_t beats = 0;
+    std::array<char, kMaxNameLength + 1> name_bytes{};
+
+    /// The name up to its NUL (or all 48 bytes when a forged slot has none).
+    [[nodiscard]] std::string_view name() const noexcept;
+    /// Why the fields cannot be trusted ("pid 1 is not a service", ...), or empty when sound.
+    /// A claiming slot is only judged on its pid.
+    [[nodiscard]] std::string garbage_reason() const;
+    /// Milliseconds since the last beat at `now_ns`; 0 for a beat stamped in the future.
+    [[nodiscard]] std::chrono::milliseconds since_beat(std::uint64_t now_ns) const noexcept;
+};
+
+/// The header's facts plus what the kernel says of the segment.
+struct TableInfo {
+    key_t key = 0;
+    int shmid = -1;
+    std::uint32_t version = 0;
+    std::uint32_t slot_count = 0;
+    std::uint64_t bytes = 0;
+    mode_t mode = 0;
+    uid_t owner_uid = 0;
+    gid_t owner_gid = 0;
+    std::uint64_t created_realtime_ns = 0;
+    std::uint64_t created_monotonic_ns = 0;
+    std::uint64_t registrations = 0;
+    std::uint64_t releases = 0;
+    std::uint64_t reclaims = 0;
+    std::uint64_t kills = 0;
+};
+
+/// A slot this process has claimed: `token` proves the claim still holds.
+struct Claim {
+    std::uint32_t index = 0;
+    std::uint64_t token = 0;
+};
+
+/// A mapping of the table. Moveable, not copyable; unmaps on destruction.
+class Table {
+public:
+    enum class Access { read_only, read_write };
+
+    /// Opens the table, creating it when there is none (the library's first use).
+    static Table open_or_create(const TableOptions& options = {});
+    /// Opens an existing table; nullopt when no segment exists at the key.
+    static std::optional<Table> open_existing(const TableOptions& options = {},
+                                              Access access = Access::read_write);
+    /// Creates a new table; throws Error(EEXIST) when a segment already exists at the key.
+    static Table create(const TableOptions& options);
+    /// Marks the segment at `key` for removal; false when there is none. Mappings stay valid
+    /// until they are unmapped, as with any System V segment.
+    static bool destroy(key_t key);
+
+    Table(Table&&) noexcept;
+    Table& operator=(Table&&) noexcept;
+    Table(const Table&) = delete;
+    Table& operator=(const Table&) = delete;
+    ~Table();
+
+    [[nodiscard]] key_t key() const noexcept;
+    [[nodiscard]] std::uint32_t slot_count() const noexcept;
+    [[nodiscard]] TableInfo info() const;
+
+    /// A consistent snapshot of slot `index`, or nullopt when it is free.
+    [[nodiscard]] std::optional<SlotSnapshot> read(std::uint32_t index) const;
+
+    /// Calls fn(const SlotSnapshot&) for every slot that is not free, in index order.
+    template <class Fn>
+    void for_each(Fn&& fn) const {
+        for (std::uint32_t i = 0; i < slot_count(); ++i) {
+            if (auto snapshot = read(i)) fn(*snapshot);
+        }
+    }
+
+    /// Claims a free slot for `who` and publishes it live with a fresh beat. When no slot is
+    /// free, frees the slots of dead owners first. Throws Error: EINVAL for a bad name or
+    /// timeout, ENOSPC when every slot holds a live process.
+    Claim claim(std::string_view name, std::chrono::milliseconds timeout, const ProcessIdentity& who,
+                uid_t uid);
+
+    /// Frees slot `index` only if it still holds the registration `token` (a CAS).
+    bool free_slot(std::uint32_t index, std::uint64_t token) noexcept;
+
+    /// Stamps a beat into slot `index` if it still holds `token`. Returns whether it did.
+    /// (The hot path is Heartbeat::beat(); this is for tools beating on another's behalf.)
+    bool beat(std::uint32_t index, std::uint64_t token) noexcept;
+
+    /// Counts a kill in the header (checkproc calls it after a SIGKILL or SIGTERM it sent).
+    void count_kill() noexcept;
+
+    /// The slot's shared memory, for Heartbeat's hot path.
+    [[nodiscard]] detail::Slot* slot_at(std::uint32_t index) const noexcept;
+
+    struct Mapping;  // opaque: the segment, its mapping and validated pointers into it
+
+private:
+    explicit Table(std::unique_ptr<Mapping> mapping) noexcept;
+    std::unique_ptr<Mapping> mapping_;
+};
+
+}  // namespace hbwatch

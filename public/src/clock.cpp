@@ -1,0 +1,18 @@
+#include <hbwatch/clock.h>
+
+#include <time.h>
+
+namespace hbwatch {
+namespace {
+std::uint64_t read_clock(clockid_t clock) noexcept {
+    timespec ts{};
+    clock_gettime(clock, &ts);  // cannot fail for these clocks on Linux
+    return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000u + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+}  // namespace
+
+std::uint64_t monotonic_now_ns() noexcept { return read_clock(CLOCK_MONOTONIC); }
+std::uint64_t coarse_monotonic_now_ns() noexcept { return read_clock(CLOCK_MONOTONIC_COARSE); }
+std::uint64_t realtime_now_ns() noexcept { return read_clock(CLOCK_REALTIME); }
+
+}  // namespace hbwatch

@@ -1,0 +1,54 @@
+#include <hbwatch/duration.h>
+
+#include <cerrno>
+#include <charconv>
+#include <cstdint>
+
+#include <hbwatch/error.h>
+
+namespace hbwatch {
+namespace {
+struct Unit {
+    std::string_view suffix;
+    std::int64_t ms;
+};
+// Longest suffix first, so "ms" is not read as "m" followed by junk.
+constexpr Unit kUnits[] = {{"ms", 1}, {"s", 1000}, {"m", 60'000}, {"h", 3'600'000}, {"d", 86'400'000}};
+
+[[noreturn]] void bad_duration(std::string_view text, std::string_view why) {
+    throw Error(EINVAL, "bad duration '" + std::string(text) + "': " + std::string(why) +
+                            "; write it like 500ms, 5s, 2m, 1h, 7d or a number of seconds");
+}
+}  // namespace
+
+std::chrono::milliseconds parse_duration(std::string_view text) {
+    std::int64_t number = 0;
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), number);
+    if (ec == std::errc::result_out_of_range) bad_duration(text, "the number is too large");
+    if (ec != std::errc{} || number < 0 || text.empty() || text.front() == '-' || text.front() == '+')
+        bad_duration(text, "it does not start with a whole, non-negative number");
+    std::string_view suffix(end, static_cast<std::size_t>(text.data() + text.size() - end));
+    std::int64_t unit_ms = 1000;
+    if (!suffix.empty()) {
+        unit_ms = 0;
+        for (const Unit& unit : kUnits) {
+            if (suffix == unit.suffix) unit_ms = unit.ms;
+        }
+        if (unit_ms == 0) bad_duration(text, "unknown unit '" + std::string(suffix) + "'");
+    }
+    constexpr std::int64_t kLimitMs = std::int64_t{1} << 53;  // beyond any sane timeout, no overflow
+    if (number > kLimitMs / unit_ms) bad_duration(text, "the duration is too large");
+    return std::chrono::milliseconds(number * unit_ms);
+}
+
+std::string format_duration(std::chrono::milliseconds duration) {
+    const std::int64_t ms = duration.count();
+    if (ms != 0) {
+        for (auto it = std::rbegin(kUnits); it != std::rend(kUnits); ++it) {
+            if (ms % it->ms == 0) return std::to_string(ms / it->ms) + std::string(it->suffix);
+        }
+    }
+    return std::to_string(ms) + "ms";
+}
+
+}  // namespace hbwatch

@@ -1,0 +1,78 @@
+#pragma once
+// The shared-memory layout. Not API: tools read it through hbwatch::Table.
+// Plain data only: fixed sizes, no pointers, every field a lock-free std::atomic, because
+// several processes map it at different addresses and any of them may die mid-write.
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include <hbwatch/table.h>
+
+namespace hbwatch::detail {
+
+inline constexpr std::uint64_t kMagic = 0x4842574154434831ull;  // "HBWATCH1"
+inline constexpr std::uint32_t kLayoutVersion = 1;
+inline constexpr std::size_t kNameWords = (kMaxNameLength + 1) / 8;
+
+struct Header {
+    std::atomic<std::uint64_t> magic;  // stored last, with release: a reader seeing it sees the rest
+    std::atomic<std::uint32_t> version;
+    std::atomic<std::uint32_t> header_size;
+    std::atomic<std::uint32_t> slot_size;
+    std::atomic<std::uint32_t> slot_count;
+    std::atomic<std::uint64_t> created_realtime_ns;
+    std::atomic<std::uint64_t> created_monotonic_ns;
+    std::atomic<std::uint64_t> registrations;
+    std::atomic<std::uint64_t> releases;
+    std::atomic<std::uint64_t> reclaims;
+    std::atomic<std::uint64_t> kills;
+    std::atomic<std::uint64_t> reserved[7];
+};
+
+// The state word: generation (30 bits) | pid (32 bits) | phase (2 bits).
+// Claiming bumps the generation, so a token (the whole word) names one registration: a CAS
+// against it can never free or beat a later registration of the same slot.
+struct alignas(64) Slot {
+    std::atomic<std::uint64_t> state;
+    std::atomic<std::uint64_t> last_beat_ns;
+    std::atomic<std::uint64_t> beats;
+    std::atomic<std::uint64_t> start_time;
+    std::atomic<std::uint64_t> registered_ns;
+    std::atomic<std::uint32_t> uid;
+    std::atomic<std::uint32_t> timeout_ms;
+    std::atomic<std::uint64_t> name[kNameWords];  // kMaxNameLength bytes and a NUL
+    std::atomic<std::uint64_t> reserved[4];
+};
+
+static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
+static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
+static_assert(sizeof(std::atomic<std::uint64_t>) == 8);
+static_assert(sizeof(Header) == 128);
+static_assert(sizeof(Slot) == 128 && alignof(Slot) == 64);
+static_assert(offsetof(Slot, name) == 48 && kNameWords * 8 == kMaxNameLength + 1);
+
+inline constexpr std::uint64_t kPhaseBits = 2;
+inline constexpr std::uint64_t kPidBits = 32;
+inline constexpr std::uint64_t kPhaseMask = (1ull << kPhaseBits) - 1;
+inline constexpr std::uint64_t kPidMask = ((1ull << kPidBits) - 1) << kPhaseBits;
+
+constexpr SlotPhase phase_of(std::uint64_t state) noexcept {
+    return static_cast<SlotPhase>(state & kPhaseMask);
+}
+constexpr std::int32_t pid_of(std::uint64_t state) noexcept {
+    return static_cast<std::int32_t>(static_cast<std::uint32_t>((state & kPidMask) >> kPhaseBits));
+}
+constexpr std::uint64_t generation_of(std::uint64_t state) noexcept {
+    return state >> (kPhaseBits + kPidBits);
+}
+constexpr std::uint64_t make_state(std::uint64_t generation, std::int32_t pid, SlotPhase phase) noexcept {
+    return (generation << (kPhaseBits + kPidBits)) |
+           (static_cast<std::uint64_t>(static_cast<std::uint32_t>(pid)) << kPhaseBits) |
+           static_cast<std::uint64_t>(phase);
+}
+
+static_assert(pid_of(make_state(5, -7, SlotPhase::live)) == -7);
+static_assert(generation_of(make_state((1ull << 30) - 1, 42, SlotPhase::claiming)) == (1ull << 30) - 1);
+
+}  // namespace hbwatch::detail

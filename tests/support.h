@@ -1,0 +1,146 @@
+#pragma once
+// Helpers for tests on real processes and real segments: a private table key per test,
+// forked children that are always reaped, and waits on events with deadlines.
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/ipc.h>
+#include <sys/shm.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+// glibc 2.36 declares these without extern "C" (fixed in 2.37).
+extern "C" {
+#include <sys/pidfd.h>
+}
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <thread>
+
+#include <hbwatch/table.h>
+
+namespace hbtest {
+
+using namespace std::chrono_literals;
+
+/// A key no other test uses, whose segment is removed when the test ends.
+class ScratchKey {
+public:
+    ScratchKey() {
+        static std::uint32_t counter = 0;
+        for (;;) {
+            key_ = static_cast<key_t>(0x48B00000u | ((static_cast<std::uint32_t>(::getpid()) << 6) & 0xFFFC0u) |
+                                      (counter++ & 0x3Fu));
+            if (::shmget(key_, 0, 0) < 0) break;  // nothing there yet
+        }
+    }
+    ~ScratchKey() { remove(); }
+    ScratchKey(const ScratchKey&) = delete;
+    ScratchKey& operator=(const ScratchKey&) = delete;
+
+    key_t key() const { return key_; }
+    hbwatch::TableOptions options(std::uint32_t slots = hbwatch::kDefaultSlots) const {
+        hbwatch::TableOptions o;
+        o.key = key_;
+        o.slots = slots;
+        return o;
+    }
+    void remove() const {
+        const int id = ::shmget(key_, 0, 0);
+        if (id >= 0) ::shmctl(id, IPC_RMID, nullptr);
+    }
+
+private:
+    key_t key_;
+};
+
+/// Polls `condition` until it holds or `timeout` passes. For states that have no event to
+/// wait on (a slot in shared memory); processes are waited on through pidfds instead.
+inline bool eventually(const std::function<bool()>& condition, std::chrono::milliseconds timeout = 10s) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (!condition()) {
+        if (std::chrono::steady_clock::now() > deadline) return false;
+        std::this_thread::sleep_for(2ms);
+    }
+    return true;
+}
+
+/// A fork()ed child running `body` (its return value is the exit code). Killed and reaped on
+/// destruction, so a failing test leaves no process behind.
+class Child {
+public:
+    explicit Child(const std::function<int()>& body) {
+        pid_ = ::fork();
+        if (pid_ < 0) throw std::runtime_error("fork failed");
+        if (pid_ == 0) {
+            int code = 1;
+            try {
+                code = body();
+            } catch (...) {
+                code = 111;
+            }
+            ::_exit(code);
+        }
+        pidfd_ = ::pidfd_open(pid_, 0);
+    }
+    ~Child() {
+        if (pid_ > 0 && !reaped_) {
+            ::kill(pid_, SIGKILL);
+            wait();
+        }
+        if (pidfd_ >= 0) ::close(pidfd_);
+    }
+    Child(const Child&) = delete;
+    Child& operator=(const Child&) = delete;
+
+    pid_t pid() const { return pid_; }
+    /// Waits until the child exits (without reaping it); false on timeout.
+    bool wait_exit(std::chrono::milliseconds timeout) const {
+        pollfd p{pidfd_, POLLIN, 0};
+        return ::poll(&p, 1, static_cast<int>(timeout.count())) == 1;
+    }
+    /// Reaps the child; returns the raw wait status.
+    int wait() {
+        int status = 0;
+        while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {}
+        reaped_ = true;
+        status_ = status;
+        return status;
+    }
+    int status() const { return status_; }
+
+private:
+    pid_t pid_ = -1;
+    int pidfd_ = -1;
+    bool reaped_ = false;
+    int status_ = 0;
+};
+
+/// A pipe whose ends are closed on destruction; used as a start barrier and a report channel.
+struct Pipe {
+    int fds[2] = {-1, -1};
+    Pipe() {
+        if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe failed");
+    }
+    ~Pipe() {
+        close_read();
+        close_write();
+    }
+    void close_read() {
+        if (fds[0] >= 0) ::close(fds[0]);
+        fds[0] = -1;
+    }
+    void close_write() {
+        if (fds[1] >= 0) ::close(fds[1]);
+        fds[1] = -1;
+    }
+    int read_end() const { return fds[0]; }
+    int write_end() const { return fds[1]; }
+};
+
+}  // namespace hbtest

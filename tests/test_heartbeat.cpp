@@ -1,0 +1,173 @@
+#include <doctest/doctest.h>
+
+#include <unistd.h>
+
+#include <hbwatch/heartbeat.h>
+
+#include "support.h"
+
+using namespace std::chrono_literals;
+using hbwatch::BeatStatus;
+using hbwatch::Heartbeat;
+using hbwatch::Table;
+using hbtest::ScratchKey;
+
+namespace {
+std::string error_of(const std::function<void()>& action) {
+    try {
+        action();
+    } catch (const hbwatch::Error& e) {
+        return e.what();
+    }
+    return "no error";
+}
+}  // namespace
+
+TEST_CASE("a heartbeat registers the process, beats, and frees its slot when destroyed") {
+    ScratchKey scratch;
+    auto options = scratch.options();
+    std::uint32_t index;
+    {
+        Heartbeat hb("order-svc", 30s, options);  // creates the table on first use
+        index = hb.slot();
+        CHECK(hb.key() == scratch.key());
+        auto table = Table::open_existing(options, Table::Access::read_only);
+        REQUIRE(table);
+        auto s = table->read(index);
+        REQUIRE(s);
+        CHECK(s->name() == "order-svc");
+        CHECK(s->process == hbwatch::self_identity());
+        CHECK(s->uid == ::getuid());
+        CHECK(s->timeout == 30s);
+        const auto registered = s->last_beat_ns;
+
+        // The coarse clock ticks every few ms; beat until a tick shows.
+        REQUIRE(hbtest::eventually([&] {
+            CHECK(hb.beat() == BeatStatus::ok);
+            return table->read(index)->last_beat_ns > registered;
+        }));
+        CHECK(table->read(index)->beats >= 1);
+    }
+    auto table = Table::open_existing(options, Table::Access::read_only);
+    CHECK_FALSE(table->read(index));
+    CHECK(table->info().registrations == 1);
+    CHECK(table->info().releases == 1);
+}
+
+TEST_CASE("bad names and timeouts are refused before any table is made") {
+    ScratchKey scratch;
+    auto options = scratch.options();
+    CHECK(error_of([&] { Heartbeat hb("", 1s, options); }) ==
+          "heartbeat name is empty: use 1 to 47 letters, digits or . _ - : @ + /");
+    CHECK(error_of([&] { Heartbeat hb("order svc", 1s, options); }) ==
+          "heartbeat name 'order svc' has a bad character at byte 5: use 1 to 47 letters, digits or . _ - : @ + /");
+    CHECK(error_of([&] { Heartbeat hb(std::string(48, 'a'), 1s, options); }) ==
+          "heartbeat name 'aaaaaaaaaaaaaaaaaaaa...' is 48 bytes long: use 1 to 47 letters, digits or . _ - : @ + /");
+    CHECK(error_of([&] { Heartbeat hb("tab\there", 1s, options); }).find("'tab\\x09here'") != std::string::npos);
+    CHECK(error_of([&] { Heartbeat hb("svc", 99ms, options); }) ==
+          "heartbeat timeout 99ms is out of range: give 100ms to 7d");
+    CHECK(error_of([&] { Heartbeat hb("svc", 169h, options); }) ==
+          "heartbeat timeout 169h is out of range: give 100ms to 7d");
+    CHECK(::shmget(scratch.key(), 0, 0) < 0);
+    CHECK_NOTHROW(Heartbeat(std::string(47, 'a'), 100ms, options));
+    CHECK_NOTHROW(Heartbeat("team/order-svc_2.eu:main@host+x", 168h, options));
+}
+
+TEST_CASE("a full table says so, and takes back the slots of owners that died") {
+    ScratchKey scratch;
+    auto options = scratch.options(3);
+    Heartbeat a("a", 1s, options), b("b", 1s, options);
+
+    hbtest::Pipe registered;
+    hbtest::Child owner([&] {
+        Heartbeat c("doomed", 1s, options);
+        char byte = 1;
+        (void)!::write(registered.write_end(), &byte, 1);
+        ::pause();
+        return 0;
+    });
+    char byte;
+    REQUIRE(::read(registered.read_end(), &byte, 1) == 1);
+
+    CHECK(error_of([&] { Heartbeat d("d", 1s, options); }) ==
+          "the hbwatch table at key " + hbwatch::format_key(scratch.key()) +
+              " is full: all 3 slots hold live processes, so 'd' cannot register. Remove entries that are not needed "
+              "(proctab remove), or recreate the table with more slots (proctab init --slots 6) once the services "
+              "are stopped");
+
+    SUBCASE("a SIGKILLed owner's slot is reclaimed") {
+        ::kill(owner.pid(), SIGKILL);
+        owner.wait();
+    }
+    SUBCASE("a zombie owner's slot is reclaimed") {
+        ::kill(owner.pid(), SIGKILL);
+        REQUIRE(owner.wait_exit(10s));  // not reaped: a zombie
+    }
+    Heartbeat d("d", 1s, options);
+    auto table = Table::open_existing(options, Table::Access::read_only);
+    CHECK(table->read(d.slot())->name() == "d");
+    CHECK(table->info().reclaims == 1);
+}
+
+TEST_CASE("a beat into a slot that was freed under the handle reports the loss and writes nothing") {
+    ScratchKey scratch;
+    auto options = scratch.options(2);
+    Heartbeat hb("victim", 1s, options);
+    Table table = Table::open_or_create(options);
+    auto mine = table.read(hb.slot());
+    REQUIRE(table.free_slot(hb.slot(), mine->token));
+    CHECK(hb.beat() == BeatStatus::lost);
+
+    // Whoever takes the slot next is not disturbed by the old handle, nor freed by its destructor.
+    const auto other = table.claim("successor", 1s, hbwatch::self_identity(), 0);
+    const auto before = *table.read(other.index);
+    for (int i = 0; i < 100; ++i) CHECK(hb.beat() == BeatStatus::lost);
+    CHECK(table.read(other.index)->beats == before.beats);
+    { Heartbeat gone = std::move(hb); }
+    CHECK(table.read(other.index)->token == other.token);
+}
+
+TEST_CASE("a heartbeat moves, and the moved-from handle is inert") {
+    ScratchKey scratch;
+    auto options = scratch.options(2);
+    Heartbeat first("mover", 1s, options);
+    const auto index = first.slot();
+    Heartbeat second = std::move(first);
+    CHECK(first.beat() == BeatStatus::inactive);  // NOLINT(bugprone-use-after-move): the point of the test
+    CHECK(second.beat() == BeatStatus::ok);
+    CHECK(second.slot() == index);
+    Heartbeat third("other", 1s, options);
+    third = std::move(second);  // frees "other", takes over "mover"
+    auto table = Table::open_existing(options, Table::Access::read_only);
+    int live = 0;
+    table->for_each([&](const hbwatch::SlotSnapshot& s) {
+        ++live;
+        CHECK(s.name() == "mover");
+    });
+    CHECK(live == 1);
+}
+
+TEST_CASE("a fork()ed child never beats or frees its parent's slot") {
+    ScratchKey scratch;
+    auto options = scratch.options(4);
+    Heartbeat parent("parent", 1s, options);
+    auto table = Table::open_existing(options, Table::Access::read_only);
+    const auto before = *table->read(parent.slot());
+
+    hbtest::Child child([&] {
+        int failures = 0;
+        for (int i = 0; i < 1000; ++i) failures += parent.beat() != BeatStatus::forked;
+        // The child may register itself, in a slot of its own.
+        Heartbeat own("child", 1s, options);
+        failures += own.slot() == parent.slot();
+        failures += own.beat() != BeatStatus::ok;
+        { Heartbeat copy_of_parent = std::move(parent); }  // runs the destructor in the child
+        return failures;
+    });
+    CHECK(child.wait() == 0);
+    const auto after = table->read(parent.slot());
+    REQUIRE(after);
+    CHECK(after->token == before.token);
+    CHECK(after->beats == before.beats);
+    CHECK(parent.beat() == BeatStatus::ok);
+}

@@ -1,0 +1,69 @@
+#include <doctest/doctest.h>
+
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <hbwatch/process.h>
+
+#include "support.h"
+
+using hbwatch::Liveness;
+
+TEST_CASE("the calling process reads its own identity from /proc") {
+    const auto self = hbwatch::self_identity();
+    CHECK(self.pid == ::getpid());
+    CHECK(self.start_time > 0);
+    CHECK(hbwatch::self_identity() == self);  // stable
+    CHECK(hbwatch::liveness(self) == Liveness::alive);
+    auto stat = hbwatch::read_proc_stat(::getpid());
+    REQUIRE(stat);
+    CHECK(stat->ppid == ::getppid());
+    CHECK(stat->rss_pages > 0);
+}
+
+TEST_CASE("a process is told apart from a later holder of its pid by the start time") {
+    const auto self = hbwatch::self_identity();
+    CHECK(hbwatch::liveness({self.pid, self.start_time + 1}) == Liveness::reused);
+    CHECK(hbwatch::liveness({self.pid, self.start_time - 1}) == Liveness::reused);
+}
+
+TEST_CASE("a zombie is not alive, and a reaped process is gone") {
+    hbtest::Child child([] { return 0; });
+    REQUIRE(child.wait_exit(std::chrono::seconds(10)));
+    auto identity = hbwatch::identity_of(child.pid());
+    REQUIRE(identity);
+    CHECK(hbwatch::liveness(*identity) == Liveness::zombie);
+    CHECK(hbwatch::read_proc_stat(child.pid())->state == 'Z');
+    child.wait();
+    CHECK(hbwatch::liveness(*identity) == Liveness::gone);
+    CHECK_FALSE(hbwatch::identity_of(child.pid()));
+}
+
+TEST_CASE("a command name with spaces and parentheses does not confuse the /proc parser") {
+    hbtest::Pipe ready;
+    hbtest::Child child([&] {
+        ::prctl(PR_SET_NAME, "a) (b c) 1 2", 0, 0, 0);
+        char byte = 1;
+        (void)!::write(ready.write_end(), &byte, 1);
+        ::pause();
+        return 0;
+    });
+    char byte;
+    REQUIRE(::read(ready.read_end(), &byte, 1) == 1);
+    std::optional<hbwatch::ProcStat> stat;
+    // The child sleeps in pause() soon after writing; until then it may show as running.
+    CHECK(hbtest::eventually([&] {
+        stat = hbwatch::read_proc_stat(child.pid());
+        return stat && stat->state == 'S';
+    }));
+    REQUIRE(stat);
+    CHECK(stat->comm == "a) (b c) 1 2");
+    CHECK(stat->ppid == ::getpid());
+}
+
+TEST_CASE("no process answers for pid 0, a negative pid or an unused pid") {
+    CHECK_FALSE(hbwatch::read_proc_stat(0));
+    CHECK_FALSE(hbwatch::read_proc_stat(-5));
+    CHECK_FALSE(hbwatch::read_proc_stat(1 << 23));  // above PID_MAX_LIMIT: never a process
+    CHECK(hbwatch::liveness({0, 1}) == Liveness::gone);
+}
