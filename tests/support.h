@@ -21,6 +21,7 @@ extern "C" {
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <hbwatch/table.h>
 
@@ -70,6 +71,15 @@ inline bool eventually(const std::function<bool()>& condition, std::chrono::mill
     return true;
 }
 
+/// Default dispositions and an empty mask, as a freshly exec'd program would have.
+inline void reset_signals() {
+    for (int sig = 1; sig < NSIG; ++sig)
+        if (sig != SIGKILL && sig != SIGSTOP) ::signal(sig, SIG_DFL);
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+}
+
 /// A fork()ed child running `body` (its return value is the exit code). Killed and reaped on
 /// destruction, so a failing test leaves no process behind.
 class Child {
@@ -78,6 +88,7 @@ public:
         pid_ = ::fork();
         if (pid_ < 0) throw std::runtime_error("fork failed");
         if (pid_ == 0) {
+            reset_signals();  // not doctest's crash handlers: a signal sent to the child is its death
             int code = 1;
             try {
                 code = body();
@@ -142,5 +153,91 @@ struct Pipe {
     int read_end() const { return fds[0]; }
     int write_end() const { return fds[1]; }
 };
+
+/// A program run by fork+exec, stdout and stderr captured into one pipe. Killed and reaped on
+/// destruction.
+class Process {
+public:
+    explicit Process(std::vector<std::string> argv, const std::function<void()>& in_child = {}) {
+        Pipe output;
+        pid_ = ::fork();
+        if (pid_ < 0) throw std::runtime_error("fork failed");
+        if (pid_ == 0) {
+            reset_signals();
+            ::dup2(output.write_end(), 1);
+            ::dup2(output.write_end(), 2);
+            if (in_child) in_child();
+            std::vector<char*> args;
+            for (auto& a : argv) args.push_back(a.data());
+            args.push_back(nullptr);
+            ::execvp(args[0], args.data());
+            ::_exit(127);
+        }
+        output.close_write();
+        output_fd_ = output.fds[0];
+        output.fds[0] = -1;
+        pidfd_ = ::pidfd_open(pid_, 0);
+    }
+    ~Process() {
+        if (!reaped_) {
+            ::kill(pid_, SIGKILL);
+            wait();
+        }
+        if (pidfd_ >= 0) ::close(pidfd_);
+        if (output_fd_ >= 0) ::close(output_fd_);
+    }
+    Process(const Process&) = delete;
+    Process& operator=(const Process&) = delete;
+
+    pid_t pid() const { return pid_; }
+    /// Waits for the exit without reaping; false on timeout.
+    bool wait_exit(std::chrono::milliseconds timeout) const {
+        pollfd p{pidfd_, POLLIN, 0};
+        return ::poll(&p, 1, static_cast<int>(timeout.count())) == 1;
+    }
+    bool running() const { return !wait_exit(0ms); }
+    /// Reaps; the raw wait status.
+    int wait() {
+        if (!reaped_) {
+            while (::waitpid(pid_, &status_, 0) < 0 && errno == EINTR) {}
+            reaped_ = true;
+        }
+        return status_;
+    }
+    /// Reads output until a line containing `needle` arrives; false on timeout or EOF.
+    bool wait_for_output(const std::string& needle, std::chrono::milliseconds timeout = 10s) {
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        while (output_.find(needle) == std::string::npos) {
+            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+            if (left.count() <= 0 || !read_some(left)) return false;
+        }
+        return true;
+    }
+    /// All output, after the process has closed its end (call after it exits).
+    const std::string& output() {
+        while (read_some(10s)) {}
+        return output_;
+    }
+
+private:
+    bool read_some(std::chrono::milliseconds timeout) {
+        pollfd p{output_fd_, POLLIN, 0};
+        if (::poll(&p, 1, static_cast<int>(timeout.count())) != 1) return false;
+        char buffer[4096];
+        const ssize_t n = ::read(output_fd_, buffer, sizeof buffer);
+        if (n <= 0) return false;
+        output_.append(buffer, static_cast<std::size_t>(n));
+        return true;
+    }
+    pid_t pid_ = -1;
+    int pidfd_ = -1;
+    int output_fd_ = -1;
+    bool reaped_ = false;
+    int status_ = 0;
+    std::string output_;
+};
+
+/// Where the build put the programs (set by CMake).
+inline std::string bin(const std::string& program) { return std::string(HBWATCH_BIN_DIR) + "/" + program; }
 
 }  // namespace hbtest

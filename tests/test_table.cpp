@@ -175,9 +175,6 @@ TEST_CASE("a foreign segment at the key is refused, named, and left byte for byt
                 std::snprintf(reinterpret_cast<char*>(base + i * 64 + 4), 32, "svc%d", i);
             }
         });
-        const std::string expected = "the shared-memory segment at key " + key +
-                                     " (6400 bytes) is not an hbwatch table: found magic 0x0000006400000000"
-                                     "... ";
         const auto message = error_of([&] { (void)Table::open_or_create(scratch.options()); });
         CHECK(message.starts_with("the shared-memory segment at key " + key + " (6400 bytes) is not an hbwatch table: found magic 0x"));
         CHECK(message.ends_with(", expected 0x4842574154434831. It was left untouched. Point hbwatch elsewhere with "
@@ -216,8 +213,22 @@ TEST_CASE("a foreign segment at the key is refused, named, and left byte for byt
               "slots of 128 bytes after a 128-byte header, which does not match its size. It was left untouched. "
               "Point hbwatch elsewhere with HBWATCH_KEY, or, if nothing uses the segment, remove it with: ipcrm -M " + key);
     }
-    SUBCASE("zero magic but data in it") {
-        const auto original = make_raw_segment(scratch.key(), 128 + 4 * 128, [](unsigned char* base) { base[300] = 7; });
+    SUBCASE("all zeros, of a table's size, from a creator that is still running") {
+        const auto original = make_raw_segment(scratch.key(), 128 + 31 * 128, [](unsigned char*) {});
+        CHECK(error_of([&] { (void)Table::open_or_create(scratch.options()); }) ==
+              "the shared-memory segment at key " + key + " (4096 bytes) is not an hbwatch table: its magic is 0 and "
+              "its creator, pid " + std::to_string(::getpid()) + ", is running but has not made it a table. It was "
+              "left untouched. Point hbwatch elsewhere with HBWATCH_KEY, or, if nothing uses the segment, remove it "
+              "with: ipcrm -M " + key);
+        CHECK(segment_bytes(scratch.key()) == original);
+    }
+    SUBCASE("zero magic but data in it, from a creator that is gone") {
+        hbtest::Child creator([&] {
+            make_raw_segment(scratch.key(), 128 + 4 * 128, [](unsigned char* base) { base[300] = 7; });
+            return 0;
+        });
+        REQUIRE(creator.wait() == 0);
+        const auto original = segment_bytes(scratch.key());
         CHECK(error_of([&] { (void)Table::open_or_create(scratch.options()); }).find("its magic is 0 and it holds data") !=
               std::string::npos);
         CHECK(segment_bytes(scratch.key()) == original);
@@ -227,10 +238,14 @@ TEST_CASE("a foreign segment at the key is refused, named, and left byte for byt
 TEST_CASE("a table whose creator died before publishing it is finished by the next user") {
     ScratchKey scratch;
     // What a creator SIGKILLed between shmget and the magic leaves: zeros, sized for 4 slots.
-    make_raw_segment(scratch.key(), 128 + 4 * 128, [](unsigned char* base) {
-        auto* header = reinterpret_cast<hbwatch::detail::Header*>(base);
-        header->slot_size.store(128);  // it got this far
+    hbtest::Child creator([&] {
+        make_raw_segment(scratch.key(), 128 + 4 * 128, [](unsigned char* base) {
+            auto* header = reinterpret_cast<hbwatch::detail::Header*>(base);
+            header->slot_size.store(128);  // it got this far
+        });
+        return 0;
     });
+    REQUIRE(creator.wait() == 0);
     Table table = Table::open_or_create(scratch.options());
     CHECK(table.slot_count() == 4);
     CHECK(table.info().version == 1);

@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <charconv>
+#include <cstdio>
 #include <cstdint>
 
 #include <hbwatch/error.h>
@@ -49,6 +50,28 @@ std::string format_duration(std::chrono::milliseconds duration) {
         }
     }
     return std::to_string(ms) + "ms";
+}
+
+std::string human_duration(std::chrono::milliseconds duration) {
+    const std::int64_t ms = duration.count();
+    char buffer[32];
+    if (ms < 0) return std::string(1, '-').append(human_duration(-duration));
+    if (ms < 1000) {
+        std::snprintf(buffer, sizeof buffer, "%lldms", static_cast<long long>(ms));
+    } else if (ms < 60'000) {
+        std::snprintf(buffer, sizeof buffer, "%lld.%llds", static_cast<long long>(ms / 1000),
+                      static_cast<long long>(ms % 1000 / 100));
+    } else if (ms < 3'600'000) {
+        std::snprintf(buffer, sizeof buffer, "%lldm%02llds", static_cast<long long>(ms / 60'000),
+                      static_cast<long long>(ms % 60'000 / 1000));
+    } else if (ms < 86'400'000) {
+        std::snprintf(buffer, sizeof buffer, "%lldh%02lldm", static_cast<long long>(ms / 3'600'000),
+                      static_cast<long long>(ms % 3'600'000 / 60'000));
+    } else {
+        std::snprintf(buffer, sizeof buffer, "%lldd%02lldh", static_cast<long long>(ms / 86'400'000),
+                      static_cast<long long>(ms % 86'400'000 / 3'600'000));
+    }
+    return buffer;
 }
 
 }  // namespace hbwatch

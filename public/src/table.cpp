@@ -243,9 +243,9 @@ void write_header(Header& header, std::uint32_t slots) {
                                          std::memory_order_relaxed);
 }
 
-// A segment whose creator died (or stalls) between shmget and storing the magic is all zeros
-// but for header fields that can only hold our own values. Finishing its initialization is
-// safe: the values are the same whoever writes them. Anything else is refused, untouched.
+// A segment whose creator was killed between shmget and storing the magic is all zeros but
+// for header fields that can only hold our own values. Finishing its initialization is safe:
+// the values are the same whoever writes them. Anything else is refused, untouched.
 bool is_unfinished_table(const void* base, std::size_t bytes) {
     if (bytes < table_bytes(1) || (bytes - sizeof(Header)) % sizeof(Slot) != 0) return false;
     const auto slots = (bytes - sizeof(Header)) / sizeof(Slot);
@@ -255,27 +255,39 @@ bool is_unfinished_table(const void* base, std::size_t bytes) {
     if (!zero_or(header.version.load(), detail::kLayoutVersion) || !zero_or(header.header_size.load(), sizeof(Header)) ||
         !zero_or(header.slot_size.load(), sizeof(Slot)) || !zero_or(header.slot_count.load(), slots))
         return false;
-    const auto* counters = reinterpret_cast<const std::atomic<std::uint64_t>*>(&header.registrations);
-    for (int i = 0; i < 4; ++i) {
-        if (counters[i].load() != 0) return false;
-    }
+    if (header.registrations.load() != 0 || header.releases.load() != 0 || header.reclaims.load() != 0 ||
+        header.kills.load() != 0)
+        return false;
     const auto* slot_bytes = static_cast<const unsigned char*>(base) + sizeof(Header);
     return std::all_of(slot_bytes, slot_bytes + slots * sizeof(Slot), [](unsigned char b) { return b == 0; });
 }
 
+// The pid that created segment `shmid`, if it still runs.
+std::optional<pid_t> live_creator(int shmid) {
+    shmid_ds ds{};
+    if (::shmctl(shmid, IPC_STAT, &ds) != 0) return std::nullopt;
+    auto stat = read_proc_stat(ds.shm_cpid);
+    if (!stat || stat->state == 'Z' || stat->state == 'X') return std::nullopt;
+    return ds.shm_cpid;
+}
+
 // Checks that the mapped segment is an hbwatch table of this layout; returns its slot count.
-std::uint32_t validate_layout(key_t key, void* base, std::size_t bytes, bool writable) {
+std::uint32_t validate_layout(key_t key, int shmid, void* base, std::size_t bytes, bool writable) {
     if (bytes < sizeof(Header))
         throw_foreign(key, bytes, "it is smaller than the " + std::to_string(sizeof(Header)) + "-byte header");
     auto& header = *static_cast<Header*>(base);
     std::uint64_t magic = header.magic.load(std::memory_order_acquire);
     if (magic == 0) {
-        // A creator publishes the magic microseconds after shmget; give a live one a moment.
-        for (int i = 0; i < 200 && magic == 0; ++i) {
+        // An hbwatch creator publishes the magic microseconds after shmget: give a live one a
+        // moment (there is no event to wait on in a System V segment).
+        for (int i = 0; i < 200 && magic == 0 && live_creator(shmid); ++i) {
             std::this_thread::sleep_for(std::chrono::milliseconds(5));
             magic = header.magic.load(std::memory_order_acquire);
         }
         if (magic == 0) {
+            if (auto creator = live_creator(shmid))
+                throw_foreign(key, bytes, "its magic is 0 and its creator, pid " + std::to_string(*creator) +
+                                              ", is running but has not made it a table");
             if (!is_unfinished_table(base, bytes)) throw_foreign(key, bytes, "its magic is 0 and it holds data");
             if (!writable)
                 throw Error(EAGAIN, "the hbwatch table at key " + format_key(key) +
@@ -334,7 +346,7 @@ static std::unique_ptr<Table::Mapping> map_existing(key_t key, bool writable) {
     mapping->key = key;
     mapping->shmid = shmid;
     mapping->writable = writable;
-    mapping->slot_count = validate_layout(key, mapping->region.get_address(), mapping->region.get_size(), writable);
+    mapping->slot_count = validate_layout(key, shmid, mapping->region.get_address(), mapping->region.get_size(), writable);
     mapping->header = static_cast<Header*>(mapping->region.get_address());
     mapping->slots = reinterpret_cast<Slot*>(static_cast<char*>(mapping->region.get_address()) + sizeof(Header));
     return mapping;
@@ -553,6 +565,7 @@ Claim Table::claim(std::string_view name, std::chrono::milliseconds timeout, con
     slot.registered_ns.store(now, relaxed);
     slot.last_beat_ns.store(now, relaxed);
     slot.beats.store(0, relaxed);
+    slot.stopper.store(0, relaxed);
     char padded[detail::kNameWords * 8] = {};
     std::memcpy(padded, name.data(), name.size());
     for (std::size_t w = 0; w < detail::kNameWords; ++w) {
@@ -588,6 +601,45 @@ bool Table::beat(std::uint32_t index, std::uint64_t token) noexcept {
     slot.last_beat_ns.store(coarse_monotonic_now_ns(), std::memory_order_relaxed);
     slot.beats.store(slot.beats.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     return true;
+}
+
+namespace {
+std::uint64_t stopper_word(const ProcessIdentity& who) {
+    return (who.start_time << 32) | static_cast<std::uint32_t>(who.pid);
+}
+// Whether the checkproc that wrote `word` is still running.
+bool stopper_alive(std::uint64_t word) {
+    const auto pid = static_cast<pid_t>(static_cast<std::uint32_t>(word));
+    auto stat = read_proc_stat(pid);
+    return stat && (stat->start_time & 0xFFFFFFFFu) == (word >> 32) && stat->state != 'Z' && stat->state != 'X';
+}
+}  // namespace
+
+StopClaim Table::take_stop(std::uint32_t index, std::uint64_t token, const ProcessIdentity& stopper) noexcept {
+    if (index >= mapping_->slot_count || !mapping_->writable) return {StopClaim::Result::changed, 0};
+    Slot& slot = mapping_->slots[index];
+    const std::uint64_t mine = stopper_word(stopper);
+    std::uint64_t held = slot.stopper.load(std::memory_order_acquire);
+    for (;;) {
+        if (slot.state.load(std::memory_order_acquire) != token) return {StopClaim::Result::changed, 0};
+        if (held == mine) return {StopClaim::Result::taken, 0};
+        if (held != 0 && stopper_alive(held))
+            return {StopClaim::Result::held, static_cast<pid_t>(static_cast<std::uint32_t>(held))};
+        if (slot.stopper.compare_exchange_weak(held, mine, std::memory_order_acq_rel, std::memory_order_acquire)) break;
+    }
+    // The slot may have been released and claimed again between the two words: undo.
+    if (slot.state.load(std::memory_order_acquire) != token) {
+        std::uint64_t expected = mine;
+        slot.stopper.compare_exchange_strong(expected, 0, std::memory_order_acq_rel);
+        return {StopClaim::Result::changed, 0};
+    }
+    return {StopClaim::Result::taken, 0};
+}
+
+void Table::drop_stop(std::uint32_t index, const ProcessIdentity& stopper) noexcept {
+    if (index >= mapping_->slot_count || !mapping_->writable) return;
+    std::uint64_t expected = stopper_word(stopper);
+    mapping_->slots[index].stopper.compare_exchange_strong(expected, 0, std::memory_order_acq_rel);
 }
 
 void Table::count_kill() noexcept {

@@ -14,4 +14,7 @@ namespace hbwatch {
 /// The shortest exact spelling that parse_duration reads back: 1500ms -> "1500ms", 120s -> "2m".
 [[nodiscard]] std::string format_duration(std::chrono::milliseconds duration);
 
+/// For people, in logs and tables: "250ms", "12.3s", "4m05s", "2h10m", "3d04h".
+[[nodiscard]] std::string human_duration(std::chrono::milliseconds duration);
+
 }  // namespace hbwatch

@@ -102,6 +102,12 @@ struct Claim {
     std::uint64_t token = 0;
 };
 
+/// The answer to "may I stop this registration?" (Table::take_stop).
+struct StopClaim {
+    enum class Result { taken, held, changed } result;
+    pid_t holder = 0;  // with `held`: the live checkproc that is stopping it
+};
+
 /// A mapping of the table. Moveable, not copyable; unmaps on destruction.
 class Table {
 public:
@@ -151,6 +157,13 @@ public:
     /// Stamps a beat into slot `index` if it still holds `token`. Returns whether it did.
     /// (The hot path is Heartbeat::beat(); this is for tools beating on another's behalf.)
     bool beat(std::uint32_t index, std::uint64_t token) noexcept;
+
+    /// Takes the right to stop registration `token` for the process `stopper`, so that two
+    /// checkprocs never act on one entry. `held` when another live checkproc has it (a dead
+    /// holder's right is taken over); `changed` when the slot no longer holds `token`.
+    StopClaim take_stop(std::uint32_t index, std::uint64_t token, const ProcessIdentity& stopper) noexcept;
+    /// Gives the right back (after a stop that did not happen).
+    void drop_stop(std::uint32_t index, const ProcessIdentity& stopper) noexcept;
 
     /// Counts a kill in the header (checkproc calls it after a SIGKILL or SIGTERM it sent).
     void count_kill() noexcept;

@@ -42,7 +42,10 @@ struct alignas(64) Slot {
     std::atomic<std::uint32_t> uid;
     std::atomic<std::uint32_t> timeout_ms;
     std::atomic<std::uint64_t> name[kNameWords];  // kMaxNameLength bytes and a NUL
-    std::atomic<std::uint64_t> reserved[4];
+    // Which checkproc is stopping this registration: pid (low 32 bits) | start time (high 32,
+    // truncated). 0 when none. Cleared by each claim; taken over when its holder is dead.
+    std::atomic<std::uint64_t> stopper;
+    std::atomic<std::uint64_t> reserved[3];
 };
 
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
@@ -51,6 +54,7 @@ static_assert(sizeof(std::atomic<std::uint64_t>) == 8);
 static_assert(sizeof(Header) == 128);
 static_assert(sizeof(Slot) == 128 && alignof(Slot) == 64);
 static_assert(offsetof(Slot, name) == 48 && kNameWords * 8 == kMaxNameLength + 1);
+static_assert(offsetof(Slot, stopper) == 96);
 
 inline constexpr std::uint64_t kPhaseBits = 2;
 inline constexpr std::uint64_t kPidBits = 32;

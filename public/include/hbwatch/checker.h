@@ -1,0 +1,93 @@
+#pragma once
+// checkproc's engine: one decision per table entry, each one logged.
+//   - the process is gone, reused or a zombie: free the slot, signal nothing;
+//   - the entry is garbage (pid <= 1, checkproc itself, bad name or timeout): free, signal nothing;
+//   - the service is hung (last beat older than its timeout, on CLOCK_MONOTONIC): verify it,
+//     SIGTERM through a pidfd, SIGKILL after the grace, then free the slot if it still holds
+//     the same registration. All hung entries of a scan are stopped at once.
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+
+#include <hbwatch/stopper.h>
+#include <hbwatch/table.h>
+
+namespace hbwatch {
+
+enum class Health { ok, late, hung };
+
+/// `ok` up to half the timeout since the last beat, `late` up to the timeout, `hung` past it.
+[[nodiscard]] Health health_of(const SlotSnapshot& slot, std::uint64_t now_ns) noexcept;
+[[nodiscard]] const char* to_string(Health health) noexcept;
+
+enum class LogLevel { debug, info, warn, error };
+/// Receives one line per decision; the tools hand it to spdlog.
+using LogSink = std::function<void(LogLevel, const std::string&)>;
+
+struct CheckOptions {
+    std::chrono::milliseconds grace{std::chrono::seconds(5)};  // SIGTERM to SIGKILL
+    std::chrono::milliseconds kill_wait{std::chrono::seconds(5)};  // SIGKILL to giving up
+    bool dry_run = false;  // log what would be done; signal and change nothing
+};
+
+struct ScanSummary {
+    std::size_t entries = 0;
+    std::size_t healthy = 0;
+    std::size_t hung = 0;      // hung entries found (stopped, skipped or left alone)
+    std::size_t stopping = 0;  // stops started by this scan
+    std::size_t freed = 0;     // slots freed without a signal (dead or garbage)
+    std::optional<std::uint64_t> next_deadline_ns;  // earliest moment a healthy entry turns hung
+};
+
+class Checker {
+public:
+    Checker(Table& table, CheckOptions options, LogSink log);
+
+    /// One pass over the table at `now_ns` (CLOCK_MONOTONIC): frees what is dead or garbage and
+    /// starts stopping what is hung. Stops then progress through stopper().
+    ScanSummary scan(std::uint64_t now_ns);
+
+    /// Reports exits and escalates due stops (call after polling stopper()'s pidfds).
+    void advance(std::uint64_t now_ns) { stopper_.advance(now_ns); }
+    [[nodiscard]] const Stopper& stopper() const noexcept { return stopper_; }
+    [[nodiscard]] bool idle() const noexcept { return stopper_.idle(); }
+    /// Waits until every stop in flight has finished.
+    void finish() { stopper_.run_until_idle(); }
+
+private:
+    struct Pending {
+        std::uint32_t index;
+        std::uint64_t token;
+        std::string who;
+    };
+    void handle(const SlotSnapshot& slot, std::uint64_t now_ns, ScanSummary& summary);
+    void stop_hung(const SlotSnapshot& slot, const std::string& who, const std::string& hung, ScanSummary& summary);
+    void free_unsignalled(const SlotSnapshot& slot, LogLevel level, const std::string& message, ScanSummary& summary);
+    void on_stop_event(const StopEvent& event);
+
+    Table& table_;
+    CheckOptions options_;
+    LogSink log_;
+    ProcessIdentity self_;
+    Stopper stopper_;
+    std::uint64_t next_id_ = 1;
+    std::map<std::uint64_t, Pending> pending_;  // by stop id
+    std::set<std::uint64_t> given_up_;          // tokens whose SIGKILL did not end them
+};
+
+/// The one-shot mode: scan the table at `table_options` once, stop what is hung and wait for
+/// the stops. A missing table is not an error: it logs that there is nothing to watch.
+/// Throws hbwatch::Error when the table cannot be read.
+ScanSummary check_once(const TableOptions& table_options, const CheckOptions& options, const LogSink& log);
+
+/// The --watch mode: stays resident, waking at the earliest deadline in the table (and at
+/// least every second, to see new registrations), until `stop_fd` becomes readable; then
+/// finishes the stops in flight and returns. Waits for the table when there is none yet.
+void watch(const TableOptions& table_options, const CheckOptions& options, const LogSink& log, int stop_fd);
+
+}  // namespace hbwatch

@@ -1,0 +1,67 @@
+#pragma once
+// Stopping processes gracefully, many at once: SIGTERM, a deadline, then SIGKILL. A state
+// machine over pidfds, so that it fits in a caller's poll loop and ten stops cost one grace.
+
+#include <poll.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <hbwatch/pidfd.h>
+
+namespace hbwatch {
+
+struct StopEvent {
+    enum class Kind {
+        exited,       // gone: after SIGTERM, or after SIGKILL when `killed`
+        kill_sent,    // the grace ran out; SIGKILL sent
+        kill_failed,  // still there `kill_wait` after SIGKILL (uninterruptible sleep?), or not signallable
+    };
+    std::uint64_t id = 0;
+    Kind kind = Kind::exited;
+    bool killed = false;                 // SIGKILL was needed
+    std::chrono::milliseconds elapsed{};  // since SIGTERM was sent
+    std::string detail;
+};
+
+class Stopper {
+public:
+    using Observer = std::function<void(const StopEvent&)>;
+
+    /// `observer` hears every event; `kill_wait` bounds the wait after SIGKILL.
+    Stopper(std::chrono::milliseconds grace, Observer observer,
+            std::chrono::milliseconds kill_wait = std::chrono::seconds(5));
+
+    /// Sends SIGTERM through `target` and follows it under `id`. False, with the reason in
+    /// `why`, when SIGTERM could not be sent (then nothing is followed).
+    bool start(std::uint64_t id, Pidfd target, std::string* why = nullptr);
+
+    /// Appends a pollfd per process being stopped (readable when it exits).
+    void add_pollfds(std::vector<pollfd>& out) const;
+    /// Reports exits and sends the SIGKILLs that are due at `now_ns` (CLOCK_MONOTONIC).
+    void advance(std::uint64_t now_ns);
+    /// The next escalation deadline (CLOCK_MONOTONIC ns), if any stop is in flight.
+    [[nodiscard]] std::optional<std::uint64_t> next_deadline_ns() const;
+    [[nodiscard]] bool idle() const noexcept { return stops_.empty(); }
+    /// Waits on the pidfds, escalating on time, until every stop has finished.
+    void run_until_idle();
+
+private:
+    struct Stop {
+        std::uint64_t id;
+        Pidfd target;
+        std::uint64_t term_sent_ns;
+        std::uint64_t deadline_ns;
+        bool killed;
+    };
+    std::chrono::milliseconds grace_;
+    std::chrono::milliseconds kill_wait_;
+    Observer observer_;
+    std::vector<Stop> stops_;
+};
+
+}  // namespace hbwatch

@@ -1,0 +1,90 @@
+#include <hbwatch/stopper.h>
+
+#include <signal.h>
+
+#include <cerrno>
+
+#include <hbwatch/clock.h>
+
+namespace hbwatch {
+namespace {
+std::uint64_t ns(std::chrono::milliseconds d) { return static_cast<std::uint64_t>(d.count()) * 1'000'000u; }
+std::chrono::milliseconds ms_between(std::uint64_t from_ns, std::uint64_t to_ns) {
+    return std::chrono::milliseconds(to_ns > from_ns ? (to_ns - from_ns) / 1'000'000u : 0);
+}
+}  // namespace
+
+Stopper::Stopper(std::chrono::milliseconds grace, Observer observer, std::chrono::milliseconds kill_wait)
+    : grace_(grace), kill_wait_(kill_wait), observer_(std::move(observer)) {}
+
+bool Stopper::start(std::uint64_t id, Pidfd target, std::string* why) {
+    std::string error;
+    if (!target.send(SIGTERM, &error)) {
+        if (why) *why = "SIGTERM failed: " + error;
+        return false;
+    }
+    const auto now = monotonic_now_ns();
+    stops_.push_back(Stop{id, std::move(target), now, now + ns(grace_), false});
+    return true;
+}
+
+void Stopper::add_pollfds(std::vector<pollfd>& out) const {
+    for (const Stop& stop : stops_) out.push_back(pollfd{stop.target.fd(), POLLIN, 0});
+}
+
+void Stopper::advance(std::uint64_t now_ns) {
+    for (auto it = stops_.begin(); it != stops_.end();) {
+        StopEvent event{it->id, StopEvent::Kind::exited, it->killed, ms_between(it->term_sent_ns, now_ns), {}};
+        if (it->target.has_exited()) {
+            observer_(event);
+            it = stops_.erase(it);
+            continue;
+        }
+        if (now_ns < it->deadline_ns) {
+            ++it;
+            continue;
+        }
+        if (!it->killed) {
+            // The pidfd still names the registrant: no other process can receive this.
+            std::string error;
+            if (it->target.send(SIGKILL, &error)) {
+                it->killed = true;
+                it->deadline_ns = now_ns + ns(kill_wait_);
+                event.kind = StopEvent::Kind::kill_sent;
+                event.killed = true;
+                observer_(event);
+                ++it;
+                continue;
+            }
+            event.detail = "SIGKILL failed: " + error;
+        } else {
+            event.detail = "still running " + std::to_string(kill_wait_.count()) +
+                           "ms after SIGKILL: likely in uninterruptible sleep (D state)";
+        }
+        event.kind = StopEvent::Kind::kill_failed;
+        observer_(event);
+        it = stops_.erase(it);
+    }
+}
+
+std::optional<std::uint64_t> Stopper::next_deadline_ns() const {
+    std::optional<std::uint64_t> next;
+    for (const Stop& stop : stops_)
+        if (!next || stop.deadline_ns < *next) next = stop.deadline_ns;
+    return next;
+}
+
+void Stopper::run_until_idle() {
+    std::vector<pollfd> fds;
+    while (!idle()) {
+        fds.clear();
+        add_pollfds(fds);
+        const auto now = monotonic_now_ns();
+        const auto deadline = *next_deadline_ns();
+        const int timeout_ms = deadline > now ? static_cast<int>((deadline - now + 999'999) / 1'000'000) : 0;
+        if (::poll(fds.data(), fds.size(), timeout_ms) < 0 && errno != EINTR) break;
+        advance(monotonic_now_ns());
+    }
+}
+
+}  // namespace hbwatch

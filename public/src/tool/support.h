@@ -1,0 +1,42 @@
+#pragma once
+// What every hbwatch tool does the same way: logging through spdlog, argument validation with
+// CLI11, signals through a signalfd. Not part of libhbwatch: services need none of it.
+
+#include <csignal>
+#include <initializer_list>
+#include <memory>
+#include <string>
+
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include <hbwatch/checker.h>
+
+namespace hbwatch::tool {
+
+/// Exit codes shared by the tools.
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailure = 1;  // the work could not be done (table unreadable, ...)
+inline constexpr int kExitUsage = 2;    // bad arguments
+
+/// The tool's logger: a rotating file (10 MiB x 5) when `file` is set, else stderr.
+/// Each line: time, tool[pid], level, message.
+std::shared_ptr<spdlog::logger> make_logger(const std::string& tool, const std::string& file, bool verbose);
+
+/// A LogSink that writes to `logger`.
+LogSink sink_for(std::shared_ptr<spdlog::logger> logger);
+
+/// CLI11 checks that name the bad value and the accepted forms.
+CLI::Validator duration_validator();
+CLI::Validator key_validator();
+
+/// Applies --key (when given) over HBWATCH_KEY and the default.
+TableOptions table_options(const std::string& key_text);
+
+/// Blocks `signals` and returns a CLOEXEC signalfd that becomes readable when one arrives.
+int signalfd_for(std::initializer_list<int> signals);
+
+/// Ignores SIGPIPE: a closed pipe on stdout is an error to report, not a death.
+void ignore_sigpipe();
+
+}  // namespace hbwatch::tool

@@ -1,0 +1,189 @@
+// checkproc's engine in-process: the clock is a parameter, so hangs are judged at chosen
+// instants without sleeping; the stops are real signals to real forked processes.
+#include <doctest/doctest.h>
+
+#include <unistd.h>
+
+#include <hbwatch/checker.h>
+#include <hbwatch/heartbeat.h>
+
+#include "support.h"
+
+using namespace std::chrono_literals;
+using hbwatch::Checker;
+using hbwatch::Health;
+using hbwatch::LogLevel;
+using hbwatch::Table;
+
+namespace {
+
+// What checkproc logs without -v.
+struct Log {
+    std::vector<std::string> lines;
+    hbwatch::LogSink sink() {
+        return [this](LogLevel level, const std::string& line) {
+            if (level != LogLevel::debug) lines.push_back(line);
+        };
+    }
+    std::string all() const {
+        std::string text;
+        for (const auto& l : lines) text += l + "\n";
+        return text;
+    }
+};
+
+// A forked child registered under `name`, which then sleeps without beating.
+struct Registrant {
+    hbtest::Pipe ready;
+    std::unique_ptr<hbtest::Child> child;
+    std::uint32_t slot = 0;
+    Registrant(const hbwatch::TableOptions& options, const std::string& name, std::chrono::milliseconds timeout,
+               bool ignore_term = false) {
+        child = std::make_unique<hbtest::Child>([&] {
+            if (ignore_term) ::signal(SIGTERM, SIG_IGN);
+            hbwatch::Heartbeat hb(name, timeout, options);
+            const std::uint32_t index = hb.slot();
+            (void)!::write(ready.write_end(), &index, sizeof index);
+            for (;;) ::pause();
+            return 0;
+        });
+        REQUIRE(::read(ready.read_end(), &slot, sizeof slot) == sizeof slot);
+    }
+};
+
+std::uint64_t deadline_of(Table& table, std::uint32_t slot) {
+    auto s = table.read(slot);
+    REQUIRE(s);
+    return s->last_beat_ns + static_cast<std::uint64_t>(s->timeout.count()) * 1'000'000;
+}
+
+}  // namespace
+
+TEST_CASE("health is ok to half the timeout, late to the timeout, hung past it") {
+    hbwatch::SlotSnapshot s;
+    s.last_beat_ns = 1'000'000'000;
+    s.timeout = 10s;
+    CHECK(hbwatch::health_of(s, 1'000'000'000) == Health::ok);
+    CHECK(hbwatch::health_of(s, 6'000'000'000) == Health::ok);
+    CHECK(hbwatch::health_of(s, 6'000'000'001) == Health::late);
+    CHECK(hbwatch::health_of(s, 11'000'000'000) == Health::late);
+    CHECK(hbwatch::health_of(s, 11'000'000'001) == Health::hung);
+    CHECK(hbwatch::health_of(s, 500) == Health::ok);  // a beat "in the future" counts as just now
+}
+
+TEST_CASE("an entry is healthy up to its deadline and hung one nanosecond after") {
+    hbtest::ScratchKey scratch;
+    const auto options = scratch.options(8);
+    Registrant service(options, "order-svc", 1s);
+    Table table = Table::open_or_create(options);
+    const auto deadline = deadline_of(table, service.slot);
+    Log log;
+    Checker checker(table, {}, log.sink());
+
+    auto summary = checker.scan(deadline);
+    CHECK(summary.healthy == 1);
+    CHECK(summary.hung == 0);
+    CHECK(summary.next_deadline_ns == deadline + 1);
+    CHECK(service.child->wait_exit(0ms) == false);
+
+    summary = checker.scan(deadline + 1);
+    CHECK(summary.hung == 1);
+    CHECK(summary.stopping == 1);
+    checker.finish();
+    REQUIRE(service.child->wait_exit(10s));
+    CHECK(WTERMSIG(service.child->wait()) == SIGTERM);
+    CHECK_FALSE(table.read(service.slot));
+    CHECK(table.info().kills == 1);
+    const std::string who = "slot " + std::to_string(service.slot) + " pid " + std::to_string(service.child->pid()) + " 'order-svc'";
+    INFO(log.all());
+    REQUIRE(log.lines.size() == 2);
+    CHECK(log.lines[0] == who + ": hung: last beat 1.0s ago, timeout 1.0s, 0ms late: SIGTERM sent, SIGKILL in 5.0s unless it exits");
+    CHECK(log.lines[1].starts_with(who + ": exited "));
+    CHECK(log.lines[1].ends_with(" after SIGTERM; slot freed"));
+}
+
+TEST_CASE("a process that ignores SIGTERM gets SIGKILL when the grace runs out") {
+    hbtest::ScratchKey scratch;
+    const auto options = scratch.options(8);
+    Registrant stubborn(options, "stubborn", 1s, true);
+    Table table = Table::open_or_create(options);
+    Log log;
+    hbwatch::CheckOptions check;
+    check.grace = 300ms;
+    Checker checker(table, check, log.sink());
+    checker.scan(deadline_of(table, stubborn.slot) + 1);
+    const auto start = std::chrono::steady_clock::now();
+    checker.finish();
+    const auto took = std::chrono::steady_clock::now() - start;
+    REQUIRE(stubborn.child->wait_exit(10s));
+    CHECK(WTERMSIG(stubborn.child->wait()) == SIGKILL);
+    CHECK(took >= 250ms);
+    CHECK(took < 5s);
+    CHECK(log.all().find("did not exit within the 300ms grace after SIGTERM: SIGKILL sent") != std::string::npos);
+    CHECK(log.all().find("(SIGKILL was needed); slot freed") != std::string::npos);
+}
+
+TEST_CASE("a dry run signals nothing and changes nothing") {
+    hbtest::ScratchKey scratch;
+    const auto options = scratch.options(8);
+    Registrant service(options, "order-svc", 1s);
+    Table table = Table::open_or_create(options);
+    const auto token = table.read(service.slot)->token;
+    Log log;
+    hbwatch::CheckOptions check;
+    check.dry_run = true;
+    Checker checker(table, check, log.sink());
+    checker.scan(deadline_of(table, service.slot) + 1);
+    CHECK(checker.idle());
+    CHECK(service.child->wait_exit(0ms) == false);
+    CHECK(table.read(service.slot)->token == token);
+    CHECK(log.all().find("dry run: would send SIGTERM, then SIGKILL after 5.0s") != std::string::npos);
+}
+
+TEST_CASE("an entry another live checkproc is stopping is left to it; a dead one's claim is taken over") {
+    hbtest::ScratchKey scratch;
+    const auto options = scratch.options(8);
+    Registrant service(options, "order-svc", 1s);
+    Table table = Table::open_or_create(options);
+    const auto s = *table.read(service.slot);
+    hbtest::Child other_checkproc([] {
+        ::pause();
+        return 0;
+    });
+    const auto other = *hbwatch::identity_of(other_checkproc.pid());
+    REQUIRE(table.take_stop(s.index, s.token, other).result == hbwatch::StopClaim::Result::taken);
+    Log log;
+    Checker checker(table, {}, log.sink());
+
+    SUBCASE("alive: skipped") {
+        checker.scan(deadline_of(table, service.slot) + 1);
+        CHECK(checker.idle());
+        CHECK(service.child->wait_exit(0ms) == false);
+        CHECK(log.all().find("already being stopped by checkproc pid " + std::to_string(other.pid) + ", skipped") !=
+              std::string::npos);
+    }
+    SUBCASE("dead: taken over") {
+        ::kill(other_checkproc.pid(), SIGKILL);
+        other_checkproc.wait();
+        checker.scan(deadline_of(table, service.slot) + 1);
+        checker.finish();
+        REQUIRE(service.child->wait_exit(10s));
+        CHECK(WTERMSIG(service.child->wait()) == SIGTERM);
+    }
+}
+
+TEST_CASE("an entry with the scanner's own pid is garbage: reported, freed, never signalled") {
+    hbtest::ScratchKey scratch;
+    const auto options = scratch.options(8);
+    Table table = Table::open_or_create(options);
+    const auto claim = table.claim("impostor", 1s, hbwatch::self_identity(), 0);
+    Log log;
+    Checker checker(table, {}, log.sink());
+    const auto summary = checker.scan(deadline_of(table, claim.index) + 1);
+    CHECK(summary.freed == 1);
+    CHECK(checker.idle());
+    CHECK_FALSE(table.read(claim.index));
+    CHECK(log.lines == std::vector<std::string>{"slot " + std::to_string(claim.index) + ": garbage entry (pid " +
+                                                std::to_string(::getpid()) +
+                                                " is this checkproc, which never registers): slot freed, nothing signalled"});
+}

@@ -1,0 +1,346 @@
+// checkproc, the binary, against real processes: demo_service and term_counter instances on a
+// scratch table. Every wait is on an event (pidfd, output line) or a poll with a deadline.
+#include <doctest/doctest.h>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <regex>
+
+#include <hbwatch/checker.h>
+#include <hbwatch/clock.h>
+#include <hbwatch/heartbeat.h>
+
+#include "../public/src/internal/layout.h"
+#include "support.h"
+
+using namespace std::chrono_literals;
+using hbtest::Process;
+using hbwatch::Table;
+
+namespace {
+
+std::string key_text(const hbtest::ScratchKey& scratch) { return hbwatch::format_key(scratch.key()); }
+
+// A demo_service registered at the scratch key (waits for its "registered" line).
+std::unique_ptr<Process> service(const hbtest::ScratchKey& scratch, const std::string& name,
+                                 std::vector<std::string> extra = {}) {
+    std::vector<std::string> argv{hbtest::bin("demo_service"), name, "--key", key_text(scratch)};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    auto p = std::make_unique<Process>(argv);
+    REQUIRE(p->wait_for_output("registered in slot"));
+    return p;
+}
+
+std::unique_ptr<Process> term_counter(const hbtest::ScratchKey& scratch, const std::string& name) {
+    auto p = std::make_unique<Process>(std::vector<std::string>{hbtest::bin("term_counter"), name, "100ms"},
+                                       [&] { ::setenv("HBWATCH_KEY", key_text(scratch).c_str(), 1); });
+    REQUIRE(p->wait_for_output("ready"));
+    return p;
+}
+
+std::vector<std::string> checkproc_args(const hbtest::ScratchKey& scratch, std::vector<std::string> extra = {}) {
+    std::vector<std::string> argv{hbtest::bin("checkproc"), "--key", key_text(scratch)};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return argv;
+}
+
+// Runs checkproc to completion; returns its exit status and log.
+std::pair<int, std::string> run_checkproc(const hbtest::ScratchKey& scratch, std::vector<std::string> extra = {},
+                                          const std::function<void()>& in_child = {}) {
+    Process checkproc(checkproc_args(scratch, std::move(extra)), in_child);
+    REQUIRE(checkproc.wait_exit(60s));
+    const int status = checkproc.wait();
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), checkproc.output()};
+}
+
+// Waits until every live entry named `name` is past its timeout.
+void wait_until_hung(const hbtest::ScratchKey& scratch, std::size_t count) {
+    auto table = Table::open_existing(scratch.options(), Table::Access::read_only);
+    REQUIRE(table);
+    REQUIRE(hbtest::eventually([&] {
+        std::size_t hung = 0;
+        const auto now = hbwatch::monotonic_now_ns();
+        table->for_each([&](const hbwatch::SlotSnapshot& s) { hung += hbwatch::health_of(s, now) == hbwatch::Health::hung; });
+        return hung >= count;
+    }));
+}
+
+bool contains(const std::string& text, const std::string& needle) { return text.find(needle) != std::string::npos; }
+
+std::size_t live_entries(const hbtest::ScratchKey& scratch) {
+    auto table = Table::open_existing(scratch.options(), Table::Access::read_only);
+    std::size_t n = 0;
+    if (table) table->for_each([&](const hbwatch::SlotSnapshot&) { ++n; });
+    return n;
+}
+
+}  // namespace
+
+TEST_CASE("a hung service gets SIGTERM, a stubborn one SIGKILL after the grace, a healthy one nothing") {
+    hbtest::ScratchKey scratch;
+    auto healthy = service(scratch, "healthy", {"--timeout", "5s"});
+    auto stuck = service(scratch, "stuck", {"--timeout", "200ms", "--hang-after", "0ms"});
+    auto stubborn = service(scratch, "stubborn", {"--timeout", "200ms", "--hang-after", "0ms", "--ignore-term"});
+    wait_until_hung(scratch, 2);
+
+    const auto [code, log] = run_checkproc(scratch, {"--grace", "500ms"});
+    CHECK(code == 0);
+    REQUIRE(stuck->wait_exit(5s));
+    CHECK(WTERMSIG(stuck->wait()) == SIGTERM);
+    REQUIRE(stubborn->wait_exit(5s));
+    CHECK(WTERMSIG(stubborn->wait()) == SIGKILL);
+    CHECK(healthy->running());
+    CHECK(live_entries(scratch) == 1);
+    CHECK(contains(log, "'stuck': hung: last beat "));
+    CHECK(contains(log, "'stubborn': did not exit within the 500ms grace after SIGTERM: SIGKILL sent"));
+    CHECK(std::regex_search(log, std::regex("'stubborn': exited [0-9]+ms after SIGTERM \\(SIGKILL was needed\\); slot freed")));
+    CHECK(contains(log, "3 entries, 1 healthy, 2 hung, 2 stopped, 0 freed without a signal"));
+}
+
+TEST_CASE("a registrant's pid reused by an unrelated process: nothing is signalled, the slot is freed") {
+    hbtest::ScratchKey scratch;
+    auto registrant = service(scratch, "reused", {"--timeout", "100ms", "--hang-after", "0ms"});
+    const pid_t pid = registrant->pid();
+    ::kill(pid, SIGKILL);
+    registrant->wait();
+    // Start times tick at 100 Hz: make sure the new holder of the pid starts in a later tick.
+    std::this_thread::sleep_for(30ms);
+
+    // Really reuse the pid: ask the kernel to hand it out next.
+    std::unique_ptr<Process> unrelated;
+    for (int attempt = 0; attempt < 200 && !unrelated; ++attempt) {
+        {
+            std::ofstream last_pid("/proc/sys/kernel/ns_last_pid");
+            REQUIRE_MESSAGE(last_pid, "writing /proc/sys/kernel/ns_last_pid needs root");
+            last_pid << pid - 1;
+        }
+        auto candidate = std::make_unique<Process>(std::vector<std::string>{"sleep", "60"});
+        if (candidate->pid() == pid) unrelated = std::move(candidate);
+    }
+    REQUIRE_MESSAGE(unrelated, "could not get pid " << pid << " reused");
+
+    const auto [code, log] = run_checkproc(scratch, {"--grace", "200ms"});
+    CHECK(code == 0);
+    CHECK(contains(log, "pid " + std::to_string(pid) + " 'reused': the pid now belongs to another process (its start "
+                        "time differs): slot freed, nothing signalled"));
+    CHECK(unrelated->running());
+    CHECK(live_entries(scratch) == 0);
+}
+
+TEST_CASE("forged and garbage entries are reported and freed, never signalled") {
+    hbtest::ScratchKey scratch;
+    const auto options = scratch.options(16);
+    Table table = Table::open_or_create(options);
+    auto forge = [&](std::uint32_t slot, std::int32_t pid, std::uint64_t start_time, std::uint32_t timeout_ms,
+                     const std::string& name) {
+        auto* s = table.slot_at(slot);
+        s->start_time.store(start_time);
+        s->timeout_ms.store(timeout_ms);
+        s->last_beat_ns.store(1);  // long ago
+        unsigned char bytes[48] = {};
+        std::memcpy(bytes, name.data(), std::min<std::size_t>(name.size(), 48));
+        for (int w = 0; w < 6; ++w) {
+            std::uint64_t word;
+            std::memcpy(&word, bytes + w * 8, 8);
+            s->name[w].store(word);
+        }
+        s->state.store(hbwatch::detail::make_state(7, pid, hbwatch::SlotPhase::live));
+    };
+    const auto init = *hbwatch::identity_of(1);
+    forge(0, 1, init.start_time, 1000, "init");
+    forge(1, -1, 1, 1000, "everyone");
+    forge(2, 0, 1, 1000, "my-group");
+    forge(3, ::getpid(), hbwatch::self_identity().start_time, 1000, std::string(48, 'x'));  // no NUL
+    forge(4, ::getpid(), hbwatch::self_identity().start_time, 0, "zero-timeout");
+    // checkproc's own identity: forged in the forked child, which then execs checkproc (same pid, same start time).
+    const auto [code, log] = run_checkproc(scratch, {"--grace", "200ms"}, [&] {
+        forge(5, ::getpid(), hbwatch::self_identity().start_time, 1000, "checkproc-itself");
+    });
+    CHECK(code == 0);
+    CHECK(contains(log, "slot 0: garbage entry (pid 1 is init, never a registered service): slot freed, nothing signalled"));
+    CHECK(contains(log, "slot 1: garbage entry (pid -1 is not a process): slot freed, nothing signalled"));
+    CHECK(contains(log, "slot 2: garbage entry (pid 0 is not a process): slot freed, nothing signalled"));
+    CHECK(contains(log, "slot 3: garbage entry (name is not NUL-terminated): slot freed, nothing signalled"));
+    CHECK(contains(log, "slot 4: garbage entry (heartbeat timeout 0ms is out of range: give 100ms to 7d): slot freed"));
+    CHECK(std::regex_search(log, std::regex("slot 5: garbage entry \\(pid [0-9]+ is this checkproc, which never "
+                                            "registers\\): slot freed, nothing signalled")));
+    CHECK_FALSE(contains(log, "SIGTERM sent"));
+    CHECK(live_entries(scratch) == 0);
+}
+
+TEST_CASE("a hung entry of checkproc's ancestor is reported and never signalled") {
+    hbtest::ScratchKey scratch;
+    const auto options = scratch.options(4);
+    Table table = Table::open_or_create(options);
+    // This test process is checkproc's parent; if it were signalled, the test would die.
+    const auto claim = table.claim("my-parent", 100ms, hbwatch::self_identity(), ::getuid());
+    wait_until_hung(scratch, 1);
+    const auto [code, log] = run_checkproc(scratch, {"--grace", "200ms"});
+    CHECK(code == 0);
+    CHECK(contains(log, "'my-parent': hung: "));
+    CHECK(contains(log, "not signalled: pid " + std::to_string(::getpid()) + " is an ancestor of this process"));
+    CHECK(table.read(claim.index));
+}
+
+TEST_CASE("after a service exits cleanly on SIGTERM, nothing else in checkproc's process group is touched") {
+    hbtest::ScratchKey scratch;
+    // --graceful: on TERM it releases its own slot and exits 0, the moment the classic tool
+    // re-read the cleared slot and sent kill(0, SIGKILL) to its own group.
+    auto graceful = service(scratch, "graceful", {"--timeout", "100ms", "--hang-after", "0ms", "--graceful"});
+    wait_until_hung(scratch, 1);
+    hbtest::Pipe sentinel_pipe;
+    const auto [code, log] = run_checkproc(scratch, {"--grace", "2s"}, [&] {
+        ::setpgid(0, 0);  // checkproc leads a group of its own ...
+        const pid_t sentinel = ::fork();  // ... which holds a sentinel
+        if (sentinel == 0) {
+            const int devnull = ::open("/dev/null", O_WRONLY);  // not holding the log pipe open
+            ::dup2(devnull, 1);
+            ::dup2(devnull, 2);
+            ::execlp("sleep", "sleep", "60", nullptr);
+            ::_exit(127);
+        }
+        (void)!::write(sentinel_pipe.write_end(), &sentinel, sizeof sentinel);
+    });
+    pid_t sentinel = 0;
+    sentinel_pipe.close_write();
+    REQUIRE(::read(sentinel_pipe.read_end(), &sentinel, sizeof sentinel) == sizeof sentinel);
+    CHECK(code == 0);
+    REQUIRE(graceful->wait_exit(5s));
+    const int status = graceful->wait();
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+    CHECK(contains(log, "it had released its slot itself"));
+    const int sentinel_fd = ::pidfd_open(sentinel, 0);
+    REQUIRE(sentinel_fd >= 0);
+    pollfd p{sentinel_fd, POLLIN, 0};
+    CHECK(::poll(&p, 1, 200) == 0);  // still running
+    ::kill(sentinel, SIGKILL);
+    ::close(sentinel_fd);
+}
+
+TEST_CASE("a zombie registrant is reported with its parent, and its slot is freed") {
+    hbtest::ScratchKey scratch;
+    auto crasher = service(scratch, "crasher", {"--timeout", "10s", "--crash-after", "0ms"});
+    REQUIRE(crasher->wait_exit(10s));  // not reaped: a zombie, whose parent is this test
+    const auto [code, log] = run_checkproc(scratch);
+    CHECK(code == 0);
+    CHECK(contains(log, "pid " + std::to_string(crasher->pid()) + " 'crasher': the process is a zombie; pid " +
+                            std::to_string(::getpid()) + " (test_checkproc) must reap it: slot freed, nothing signalled"));
+    CHECK(live_entries(scratch) == 0);
+}
+
+TEST_CASE("ten hung services are all gone within one grace period plus a margin") {
+    hbtest::ScratchKey scratch;
+    std::vector<std::unique_ptr<Process>> services;
+    for (int i = 0; i < 10; ++i)
+        services.push_back(service(scratch, "stubborn-" + std::to_string(i),
+                                   {"--timeout", "100ms", "--hang-after", "0ms", "--ignore-term"}));
+    wait_until_hung(scratch, 10);
+    const auto start = std::chrono::steady_clock::now();
+    const auto [code, log] = run_checkproc(scratch, {"--grace", "1s"});
+    const auto took = std::chrono::steady_clock::now() - start;
+    CHECK(code == 0);
+    MESSAGE("ten hung services cleared in " << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms");
+    CHECK(took >= 1s);
+    CHECK(took < 3s);  // ten in sequence would take 10 s
+    for (auto& s : services) {
+        REQUIRE(s->wait_exit(1s));
+        CHECK(WTERMSIG(s->wait()) == SIGKILL);
+    }
+    CHECK(live_entries(scratch) == 0);
+}
+
+TEST_CASE("with two checkprocs at once, each hung process receives exactly one SIGTERM") {
+    hbtest::ScratchKey scratch;
+    std::vector<std::unique_ptr<Process>> counters;
+    for (int i = 0; i < 5; ++i) counters.push_back(term_counter(scratch, "counter-" + std::to_string(i)));
+    wait_until_hung(scratch, 5);
+    Process first(checkproc_args(scratch, {"--grace", "1s"}));
+    Process second(checkproc_args(scratch, {"--grace", "1s"}));
+    REQUIRE(first.wait_exit(30s));
+    REQUIRE(second.wait_exit(30s));
+    CHECK(WEXITSTATUS(first.wait()) == 0);
+    CHECK(WEXITSTATUS(second.wait()) == 0);
+    for (auto& c : counters) {
+        REQUIRE(c->wait_exit(5s));
+        CHECK(WTERMSIG(c->wait()) == SIGKILL);
+        const auto& out = c->output();
+        CHECK(contains(out, "TERM 1 at"));
+        CHECK_FALSE(contains(out, "TERM 2 at"));
+    }
+    CHECK(live_entries(scratch) == 0);
+}
+
+TEST_CASE("a wall clock an hour ahead does not kill a service that beats") {
+    hbtest::ScratchKey scratch;
+    auto beating = service(scratch, "beating", {"--timeout", "30s"});
+    const std::time_t before = std::time(nullptr);
+    const std::string checkproc = hbtest::bin("checkproc"), key = key_text(scratch);
+    const auto [code, log] = run_checkproc(scratch, {"-v"}, [&] {
+        ::setenv("FAKETIME_DONT_FAKE_MONOTONIC", "1", 1);
+        ::setenv("TZ", "UTC", 1);
+        ::execlp("faketime", "faketime", "-f", "+3600s", checkproc.c_str(), "--key", key.c_str(), "-v", nullptr);
+        ::_exit(127);
+    });
+    CHECK(code == 0);
+    CHECK(beating->running());
+    CHECK(contains(log, "'beating': healthy, last beat"));
+    // The log's own timestamps show that checkproc ran with the clock an hour ahead.
+    std::smatch m;
+    REQUIRE(std::regex_search(log, m, std::regex("(\\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\d)\\.\\d{3} checkproc")));
+    std::tm tm{};
+    REQUIRE(::strptime(m[1].str().c_str(), "%Y-%m-%d %H:%M:%S", &tm) != nullptr);
+    const auto logged = ::timegm(&tm);
+    CHECK(logged - before >= 3590);
+    CHECK(logged - before <= 3700);
+}
+
+TEST_CASE("--watch stops a service soon after its deadline, and exits on SIGTERM") {
+    hbtest::ScratchKey scratch;
+    // Started before any table exists: it waits for one.
+    Process watcher(checkproc_args(scratch, {"--watch", "--grace", "1s"}));
+    REQUIRE(watcher.wait_for_output("yet: waiting for the first registration"));
+    auto stuck = service(scratch, "stuck", {"--timeout", "300ms", "--hang-after", "0ms"});
+    auto table = Table::open_existing(scratch.options(), Table::Access::read_only);
+    std::uint64_t deadline = 0;
+    table->for_each([&](const hbwatch::SlotSnapshot& s) { deadline = s.last_beat_ns + 300'000'000; });
+    REQUIRE(stuck->wait_exit(10s));
+    const auto latency_ms = static_cast<std::int64_t>(hbwatch::monotonic_now_ns() - deadline) / 1'000'000;
+    MESSAGE("--watch: deadline to exit in " << latency_ms << " ms");
+    CHECK(WTERMSIG(stuck->wait()) == SIGTERM);
+    CHECK(latency_ms < 1500);  // generous: new registrations are seen within 1 s, deadlines within 100 ms
+    REQUIRE(watcher.wait_for_output("slot freed"));
+    ::kill(watcher.pid(), SIGTERM);
+    REQUIRE(watcher.wait_exit(10s));
+    CHECK(WEXITSTATUS(watcher.wait()) == 0);
+    CHECK(contains(watcher.output(), "stop requested: finishing the stops in flight, then exiting"));
+}
+
+TEST_CASE("checkproc exits 0 with no table, 1 when the table cannot be read, 2 on bad arguments") {
+    hbtest::ScratchKey scratch;
+    SUBCASE("no table") {
+        const auto [code, log] = run_checkproc(scratch);
+        CHECK(code == 0);
+        CHECK(contains(log, "no table at key " + key_text(scratch) + ": nothing registered, nothing to watch"));
+    }
+    SUBCASE("a foreign segment") {
+        const int id = ::shmget(scratch.key(), 4096, IPC_CREAT | 0600);
+        REQUIRE(id >= 0);
+        const auto [code, log] = run_checkproc(scratch);
+        CHECK(code == 1);
+        CHECK(contains(log, "checkproc: the shared-memory segment at key " + key_text(scratch) +
+                                " (4096 bytes) is not an hbwatch table"));
+    }
+    SUBCASE("bad arguments") {
+        auto [code, log] = run_checkproc(scratch, {"--grace", "soon"});
+        CHECK(code == 2);
+        CHECK(contains(log, "--grace: bad duration 'soon'"));
+        std::tie(code, log) = run_checkproc(scratch, {"--no-such-flag"});
+        CHECK(code == 2);
+    }
+}
