@@ -4,6 +4,7 @@
 #include <sys/shm.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <utility>
@@ -140,12 +141,13 @@ void Checker::handle(const SlotSnapshot& slot, std::uint64_t now_ns, ScanSummary
 void Checker::stop_hung(const SlotSnapshot& slot, const std::string& who, const std::string& hung,
                         ScanSummary& summary) {
     if (auto reason = protected_reason(slot.process.pid); !reason.empty()) {
-        log_(LogLevel::warn, who + ": " + hung + "; not signalled: " + reason);
+        if (reported_.insert(slot.token).second) log_(LogLevel::warn, who + ": " + hung + "; not signalled: " + reason);
         return;
     }
     if (options_.dry_run) {
-        log_(LogLevel::warn, who + ": " + hung + "; dry run: would send SIGTERM, then SIGKILL after " +
-                                 human_duration(options_.grace));
+        if (reported_.insert(slot.token).second)
+            log_(LogLevel::warn, who + ": " + hung + "; dry run: would send SIGTERM, then SIGKILL after " +
+                                     human_duration(options_.grace));
         return;
     }
     const StopClaim claim = table_.take_stop(slot.index, slot.token, self_);
@@ -230,16 +232,20 @@ ScanSummary check_once(const TableOptions& table_options, const CheckOptions& op
 
 void watch(const TableOptions& table_options, const CheckOptions& options, const LogSink& log, int stop_fd) {
     const key_t key = table_options.key.value_or(key_from_environment());
-    constexpr std::uint64_t kRescanNs = 1000 * kNsPerMs;  // new registrations show within a second
+    // A full scan reads /proc for every entry, so it runs only when something is due: an
+    // entry's deadline, a new registration (one atomic load, checked every 100 ms), a stop's
+    // escalation, or once a second to free the slots of processes that died.
+    constexpr std::uint64_t kFullScanNs = 1000 * kNsPerMs;
+    constexpr std::uint64_t kRegistrationCheckNs = 100 * kNsPerMs;
     const auto access = options.dry_run ? Table::Access::read_only : Table::Access::read_write;
     std::optional<Table> table;
     std::optional<Checker> checker;
     bool said_missing = false, stopping = false;
+    std::uint64_t next_full_scan = 0, next_deadline = 0, seen_registrations = 0;
     std::vector<pollfd> fds;
     for (;;) {
-        std::uint64_t now = monotonic_now_ns();
-        std::uint64_t wake = now + kRescanNs;
-        if (!stopping) {
+        const std::uint64_t now = monotonic_now_ns();
+        if (!stopping && now >= next_full_scan) {
             // The table may appear, or be destroyed and made anew: follow the key.
             if (table && checker->idle() && ::shmget(key, 0, 0) != table->info().shmid) {
                 log(LogLevel::info, "the table at key " + format_key(key) + " was removed; looking for a new one");
@@ -256,19 +262,27 @@ void watch(const TableOptions& table_options, const CheckOptions& options, const
                 log(LogLevel::info, "no table at key " + format_key(key) + " yet: waiting for the first registration");
                 said_missing = true;
             }
-            if (checker) {
-                const auto summary = checker->scan(now);
-                if (summary.next_deadline_ns && *summary.next_deadline_ns < wake) wake = *summary.next_deadline_ns;
-            }
         }
+        if (!stopping && checker &&
+            (now >= next_full_scan || now >= next_deadline || table->registration_count() != seen_registrations)) {
+            seen_registrations = table->registration_count();
+            const auto summary = checker->scan(now);
+            next_full_scan = now + kFullScanNs;
+            next_deadline = summary.next_deadline_ns.value_or(next_full_scan);
+        } else if (!checker && now >= next_full_scan) {
+            next_full_scan = now + kFullScanNs;
+        }
+
+        std::uint64_t wake = std::min(next_full_scan, checker ? next_deadline : next_full_scan);
         if (checker) {
-            if (auto deadline = checker->stopper().next_deadline_ns(); deadline && *deadline < wake) wake = *deadline;
+            wake = std::min(wake, now + kRegistrationCheckNs);
+            if (auto escalation = checker->stopper().next_deadline_ns()) wake = std::min(wake, *escalation);
         }
         fds.clear();
         fds.push_back(pollfd{stop_fd, POLLIN, 0});
         if (checker) checker->stopper().add_pollfds(fds);
-        now = monotonic_now_ns();
-        const std::uint64_t wait_ns = wake > now ? wake - now : 0;
+        const std::uint64_t after = monotonic_now_ns();
+        const std::uint64_t wait_ns = wake > after ? wake - after : 0;
         const timespec timeout{static_cast<time_t>(wait_ns / 1'000'000'000u), static_cast<long>(wait_ns % 1'000'000'000u)};
         if (::ppoll(fds.data(), fds.size(), &timeout, nullptr) < 0 && errno != EINTR)
             throw Error(errno, std::string("checkproc: poll failed: ") + std::strerror(errno));

@@ -438,6 +438,10 @@ key_t Table::key() const noexcept { return mapping_->key; }
 std::uint32_t Table::slot_count() const noexcept { return mapping_->slot_count; }
 detail::Slot* Table::slot_at(std::uint32_t index) const noexcept { return &mapping_->slots[index]; }
 
+std::uint64_t Table::registration_count() const noexcept {
+    return mapping_->header->registrations.load(std::memory_order_acquire);
+}
+
 TableInfo Table::info() const {
     const Header& header = *mapping_->header;
     TableInfo info;

@@ -78,6 +78,7 @@ private:
     std::uint64_t next_id_ = 1;
     std::map<std::uint64_t, Pending> pending_;  // by stop id
     std::set<std::uint64_t> given_up_;          // tokens whose SIGKILL did not end them
+    std::set<std::uint64_t> reported_;          // tokens whose "not signalled" was logged: once is enough
 };
 
 /// The one-shot mode: scan the table at `table_options` once, stop what is hung and wait for

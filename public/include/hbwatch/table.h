@@ -133,6 +133,8 @@ public:
     [[nodiscard]] key_t key() const noexcept;
     [[nodiscard]] std::uint32_t slot_count() const noexcept;
     [[nodiscard]] TableInfo info() const;
+    /// The header's registration counter alone: one atomic load, to notice new entries cheaply.
+    [[nodiscard]] std::uint64_t registration_count() const noexcept;
 
     /// A consistent snapshot of slot `index`, or nullopt when it is free.
     [[nodiscard]] std::optional<SlotSnapshot> read(std::uint32_t index) const;
