@@ -213,6 +213,22 @@ public:
         }
         return true;
     }
+    /// Reads output until `needle` has appeared `count` times; false on timeout or EOF.
+    bool wait_for_output_count(const std::string& needle, std::size_t count, std::chrono::milliseconds timeout = 10s) {
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        auto occurrences = [&] {
+            std::size_t n = 0;
+            for (auto pos = output_.find(needle); pos != std::string::npos; pos = output_.find(needle, pos + 1)) ++n;
+            return n;
+        };
+        while (occurrences() < count) {
+            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+            if (left.count() <= 0 || !read_some(left)) return false;
+        }
+        return true;
+    }
+    /// What has been read so far, without waiting.
+    const std::string& output_so_far() const { return output_; }
     /// All output, after the process has closed its end (call after it exits).
     const std::string& output() {
         while (read_some(10s)) {}

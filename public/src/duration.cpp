@@ -2,7 +2,10 @@
 
 #include <cerrno>
 #include <charconv>
+#include <cctype>
 #include <cstdio>
+#include <cstring>
+#include <limits>
 #include <cstdint>
 
 #include <hbwatch/error.h>
@@ -50,6 +53,29 @@ std::string format_duration(std::chrono::milliseconds duration) {
         }
     }
     return std::to_string(ms) + "ms";
+}
+
+std::uint64_t parse_size(std::string_view text) {
+    auto bad = [&](std::string_view why) -> Error {
+        return Error(EINVAL, "bad size '" + std::string(text) + "': " + std::string(why) +
+                                 "; write it like 4096, 64K, 10M or 1G");
+    };
+    std::uint64_t number = 0;
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), number);
+    if (ec != std::errc{} || text.empty() || !std::isdigit(static_cast<unsigned char>(text.front())))
+        throw bad("it does not start with a whole number");
+    std::string suffix(end, static_cast<std::size_t>(text.data() + text.size() - end));
+    for (const char* tail : {"iB", "B"}) {
+        if (suffix.size() > 1 && suffix.ends_with(tail)) suffix.resize(suffix.size() - std::strlen(tail));
+    }
+    int shift = 0;
+    if (suffix == "K" || suffix == "k") shift = 10;
+    else if (suffix == "M") shift = 20;
+    else if (suffix == "G") shift = 30;
+    else if (suffix == "T") shift = 40;
+    else if (!suffix.empty() && suffix != "B") throw bad("unknown unit '" + suffix + "'");
+    if (number > (std::numeric_limits<std::uint64_t>::max() >> shift)) throw bad("the size is too large");
+    return number << shift;
 }
 
 std::string human_duration(std::chrono::milliseconds duration) {

@@ -1,11 +1,13 @@
 #include <hbwatch/process.h>
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <charconv>
 #include <cstring>
+#include <fstream>
 #include <string_view>
 #include <vector>
 
@@ -92,6 +94,29 @@ Liveness liveness(const ProcessIdentity& who) {
     if (stat->start_time != who.start_time) return Liveness::reused;
     if (stat->state == 'Z' || stat->state == 'X') return Liveness::zombie;
     return Liveness::alive;
+}
+
+std::vector<pid_t> children_of(pid_t pid) {
+    std::vector<pid_t> children;
+    const std::string tasks = "/proc/" + std::to_string(pid) + "/task";
+    DIR* dir = ::opendir(tasks.c_str());
+    if (dir == nullptr) return children;
+    while (const dirent* entry = ::readdir(dir)) {
+        if (entry->d_name[0] == '.') continue;
+        std::ifstream in(tasks + "/" + entry->d_name + "/children");
+        pid_t child;
+        while (in >> child) children.push_back(child);
+    }
+    ::closedir(dir);
+    return children;
+}
+
+std::vector<pid_t> descendants_of(pid_t pid) {
+    std::vector<pid_t> all = children_of(pid);
+    for (std::size_t i = 0; i < all.size(); ++i) {
+        for (pid_t grandchild : children_of(all[i])) all.push_back(grandchild);
+    }
+    return all;
 }
 
 const char* to_string(Liveness liveness) noexcept {

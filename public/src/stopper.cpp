@@ -2,6 +2,7 @@
 
 #include <signal.h>
 
+#include <algorithm>
 #include <cerrno>
 
 #include <hbwatch/clock.h>
@@ -18,14 +19,21 @@ Stopper::Stopper(std::chrono::milliseconds grace, Observer observer, std::chrono
     : grace_(grace), kill_wait_(kill_wait), observer_(std::move(observer)) {}
 
 bool Stopper::start(std::uint64_t id, Pidfd target, std::string* why) {
+    return start(id, std::move(target), monotonic_now_ns() + ns(grace_), why);
+}
+
+bool Stopper::start(std::uint64_t id, Pidfd target, std::uint64_t kill_at_ns, std::string* why) {
     std::string error;
     if (!target.send(SIGTERM, &error)) {
         if (why) *why = "SIGTERM failed: " + error;
         return false;
     }
-    const auto now = monotonic_now_ns();
-    stops_.push_back(Stop{id, std::move(target), now, now + ns(grace_), false});
+    stops_.push_back(Stop{id, std::move(target), monotonic_now_ns(), kill_at_ns, false});
     return true;
+}
+
+bool Stopper::stopping(pid_t pid) const noexcept {
+    return std::any_of(stops_.begin(), stops_.end(), [pid](const Stop& stop) { return stop.target.pid() == pid; });
 }
 
 void Stopper::add_pollfds(std::vector<pollfd>& out) const {

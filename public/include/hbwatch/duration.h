@@ -2,6 +2,7 @@
 // Durations as operators type them: "500ms", "5s", "2m", "1h", "7d", or a bare number of seconds.
 
 #include <chrono>
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -13,6 +14,10 @@ namespace hbwatch {
 
 /// The shortest exact spelling that parse_duration reads back: 1500ms -> "1500ms", 120s -> "2m".
 [[nodiscard]] std::string format_duration(std::chrono::milliseconds duration);
+
+/// Parses a byte size: a whole number with an optional K, M, G or T (powers of 1024; a
+/// trailing B or iB is allowed: 10M, 10MB, 10MiB). Throws hbwatch::Error(EINVAL) naming the text.
+[[nodiscard]] std::uint64_t parse_size(std::string_view text);
 
 /// For people, in logs and tables: "250ms", "12.3s", "4m05s", "2h10m", "3d04h".
 [[nodiscard]] std::string human_duration(std::chrono::milliseconds duration);

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace hbwatch {
 
@@ -50,5 +51,11 @@ enum class Liveness {
 [[nodiscard]] Liveness liveness(const ProcessIdentity& who);
 
 [[nodiscard]] const char* to_string(Liveness liveness) noexcept;
+
+/// The children of `pid` (from /proc/PID/task/*/children); empty when it has none or is gone.
+[[nodiscard]] std::vector<pid_t> children_of(pid_t pid);
+
+/// Every descendant of `pid`, parents before their children.
+[[nodiscard]] std::vector<pid_t> descendants_of(pid_t pid);
 
 }  // namespace hbwatch

@@ -39,6 +39,11 @@ public:
     /// Sends SIGTERM through `target` and follows it under `id`. False, with the reason in
     /// `why`, when SIGTERM could not be sent (then nothing is followed).
     bool start(std::uint64_t id, Pidfd target, std::string* why = nullptr);
+    /// The same, with SIGKILL due at `kill_at_ns` (CLOCK_MONOTONIC) instead of after the grace:
+    /// for processes found late in a stop that has one deadline for all.
+    bool start(std::uint64_t id, Pidfd target, std::uint64_t kill_at_ns, std::string* why = nullptr);
+    /// Whether a stop is in flight for process `pid`.
+    [[nodiscard]] bool stopping(pid_t pid) const noexcept;
 
     /// Appends a pollfd per process being stopped (readable when it exits).
     void add_pollfds(std::vector<pollfd>& out) const;

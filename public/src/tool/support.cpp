@@ -8,14 +8,22 @@
 
 #include <spdlog/sinks/rotating_file_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/sinks/syslog_sink.h>
 
 #include <hbwatch/duration.h>
 #include <hbwatch/error.h>
 
 namespace hbwatch::tool {
 
-std::shared_ptr<spdlog::logger> make_logger(const std::string& tool, const std::string& file, bool verbose) {
+std::shared_ptr<spdlog::logger> make_logger(const std::string& tool, const std::string& file, bool verbose,
+                                            bool syslog) {
     std::shared_ptr<spdlog::logger> logger;
+    if (file.empty() && syslog) {
+        logger = spdlog::syslog_logger_st(tool, tool, LOG_PID, LOG_DAEMON);
+        logger->set_pattern("%v");  // syslog adds time, name and pid itself
+        logger->set_level(verbose ? spdlog::level::debug : spdlog::level::info);
+        return logger;
+    }
     if (file.empty()) {
         logger = spdlog::stderr_color_st(tool);
     } else {

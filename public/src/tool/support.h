@@ -19,9 +19,10 @@ inline constexpr int kExitOk = 0;
 inline constexpr int kExitFailure = 1;  // the work could not be done (table unreadable, ...)
 inline constexpr int kExitUsage = 2;    // bad arguments
 
-/// The tool's logger: a rotating file (10 MiB x 5) when `file` is set, else stderr.
-/// Each line: time, tool[pid], level, message.
-std::shared_ptr<spdlog::logger> make_logger(const std::string& tool, const std::string& file, bool verbose);
+/// The tool's logger: a rotating file (10 MiB x 5) when `file` is set, else syslog when
+/// `syslog` (a detached daemon), else stderr. Each line: time, tool[pid], level, message.
+std::shared_ptr<spdlog::logger> make_logger(const std::string& tool, const std::string& file, bool verbose,
+                                            bool syslog = false);
 
 /// A LogSink that writes to `logger`.
 LogSink sink_for(std::shared_ptr<spdlog::logger> logger);

@@ -1,0 +1,84 @@
+// procctl's figures (run by `make bench`): the restart latency from a child's exit to the next
+// start, at INTERVAL 0 and INTERVAL 1, and procctl's RSS after 1000 restarts. The child is
+// tests/helpers/stamp, which prints "start <ns>" first thing and "exit <ns>" last thing.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <regex>
+#include <string>
+#include <vector>
+
+namespace {
+
+const std::string kBin = HBWATCH_BIN_DIR;
+
+struct Run {
+    std::vector<double> latencies_ms;
+    long rss_kib = 0;
+};
+
+// Runs `procctl -f INTERVAL stamp` until `restarts` children have exited; reads its RSS then.
+Run run(const std::string& interval, std::size_t restarts) {
+    int out[2];
+    if (::pipe(out) != 0) return {};
+    const pid_t procctl = ::fork();
+    if (procctl == 0) {
+        ::dup2(out[1], 1);
+        const int null = ::open("/dev/null", O_WRONLY);
+        ::dup2(null, 2);  // procctl's own log
+        const std::string program = kBin + "/procctl", stamp = kBin + "/stamp";
+        ::execl(program.c_str(), program.c_str(), "-f", interval.c_str(), stamp.c_str(), nullptr);
+        ::_exit(127);
+    }
+    ::close(out[1]);
+    std::string text;
+    std::size_t exits = 0;
+    char buffer[65536];
+    Run result;
+    while (exits < restarts) {
+        const ssize_t n = ::read(out[0], buffer, sizeof buffer);
+        if (n <= 0) break;
+        text.append(buffer, static_cast<std::size_t>(n));
+        exits = static_cast<std::size_t>(std::count(text.begin(), text.end(), 'x'));  // one per "exit"
+    }
+    std::ifstream status("/proc/" + std::to_string(procctl) + "/status");
+    for (std::string line; std::getline(status, line);)
+        if (line.rfind("VmRSS:", 0) == 0) result.rss_kib = std::stol(line.substr(6));
+    ::kill(procctl, SIGTERM);
+    int wstatus;
+    ::waitpid(procctl, &wstatus, 0);
+    ::close(out[0]);
+
+    std::vector<long long> starts, ends;
+    std::regex line("(start|exit) ([0-9]+)");
+    for (auto it = std::sregex_iterator(text.begin(), text.end(), line); it != std::sregex_iterator(); ++it)
+        ((*it)[1] == "start" ? starts : ends).push_back(std::stoll((*it)[2]));
+    for (std::size_t i = 0; i + 1 < starts.size() && i < ends.size(); ++i)
+        result.latencies_ms.push_back(static_cast<double>(starts[i + 1] - ends[i]) / 1e6);
+    return result;
+}
+
+void report(const char* what, std::vector<double> samples, double minus_ms = 0) {
+    if (samples.empty()) return;
+    for (auto& s : samples) s -= minus_ms;
+    std::sort(samples.begin(), samples.end());
+    std::printf("%-52s median %7.2f ms   min %7.2f   worst %7.2f   (n=%zu)\n", what, samples[samples.size() / 2],
+                samples.front(), samples.back(), samples.size());
+}
+
+}  // namespace
+
+int main() {
+    const Run fast = run("0", 1001);
+    report("procctl INTERVAL 0: child exit to next start", fast.latencies_ms);
+    std::printf("%-52s %ld KiB\n", "procctl RSS after 1000 restarts", fast.rss_kib);
+    const Run slow = run("1", 11);
+    report("procctl INTERVAL 1: child exit to next start, less 1s", slow.latencies_ms, 1000.0);
+    std::printf("%-52s %ld KiB (for comparison: no growth per restart)\n", "procctl RSS after 10 restarts", slow.rss_kib);
+    return 0;
+}

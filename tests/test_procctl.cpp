@@ -1,0 +1,283 @@
+// procctl, the binary, on real processes. Waits are on output lines, pidfds and files, each
+// with a deadline; time bounds are generous, except where the issue sets the slack.
+#include <doctest/doctest.h>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <sstream>
+
+#include <hbwatch/process.h>
+
+#include "support.h"
+
+using namespace std::chrono_literals;
+using hbtest::Process;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::vector<std::string> procctl(std::vector<std::string> args) {
+    args.insert(args.begin(), hbtest::bin("procctl"));
+    return args;
+}
+
+// A scratch directory, removed at the end.
+struct Scratch {
+    fs::path dir;
+    Scratch() {
+        char buffer[] = "/tmp/hbwatch-procctl-XXXXXX";
+        dir = ::mkdtemp(buffer);
+    }
+    ~Scratch() { fs::remove_all(dir); }
+    std::string file(const std::string& name) const { return (dir / name).string(); }
+};
+
+std::string read_file(const std::string& path) {
+    std::ifstream in(path);
+    std::stringstream text;
+    text << in.rdbuf();
+    return text.str();
+}
+
+std::vector<long long> values_after(const std::string& text, const std::string& word) {
+    std::vector<long long> values;
+    std::regex pattern(word + " ([0-9]+)");
+    for (auto it = std::sregex_iterator(text.begin(), text.end(), pattern); it != std::sregex_iterator(); ++it)
+        values.push_back(std::stoll((*it)[1]));
+    return values;
+}
+
+std::vector<pid_t> pids_in(const std::string& text) {
+    std::vector<pid_t> pids;
+    std::istringstream in(text);
+    std::string line;
+    while (std::getline(in, line))
+        if (!line.empty() && std::isdigit(static_cast<unsigned char>(line[0]))) pids.push_back(std::stoi(line));
+    return pids;
+}
+
+// Open pidfds on processes that are not our children, to see them exit.
+struct Watched {
+    std::vector<int> fds;
+    explicit Watched(const std::vector<pid_t>& pids) {
+        for (pid_t pid : pids) fds.push_back(::pidfd_open(pid, 0));
+    }
+    ~Watched() {
+        for (int fd : fds)
+            if (fd >= 0) ::close(fd);
+    }
+    bool all_exited(std::chrono::milliseconds timeout) const {
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        for (int fd : fds) {
+            if (fd < 0) continue;  // was already gone when watched
+            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+            pollfd p{fd, POLLIN, 0};
+            if (::poll(&p, 1, static_cast<int>(std::max<long>(left.count(), 0))) != 1) return false;
+        }
+        return true;
+    }
+};
+
+pid_t started_pid(Process& p) {
+    REQUIRE(p.wait_for_output(" as pid "));
+    std::smatch m;
+    const std::string text = p.output_so_far();
+    REQUIRE(std::regex_search(text, m, std::regex(" as pid ([0-9]+)")));
+    return std::stoi(m[1]);
+}
+
+bool contains(const std::string& text, const std::string& needle) { return text.find(needle) != std::string::npos; }
+
+}  // namespace
+
+TEST_CASE("the program is restarted after it exits, at the interval") {
+    Process p(procctl({"-f", "500ms", hbtest::bin("stamp")}));
+    REQUIRE(p.wait_for_output("start", 10s));
+    for (int runs = 2; runs <= 4; ++runs) REQUIRE(p.wait_for_output_count("exit ", runs, 10s));
+    REQUIRE(p.wait_for_output_count("start ", 4, 10s));
+    const auto starts = values_after(p.output_so_far(), "start"), exits = values_after(p.output_so_far(), "exit");
+    for (std::size_t i = 0; i + 1 < starts.size() && i < exits.size(); ++i) {
+        const auto gap_ms = (starts[i + 1] - exits[i]) / 1'000'000;
+        CAPTURE(i);
+        CHECK(gap_ms >= 500 - 150);
+        CHECK(gap_ms <= 500 + 150);
+    }
+}
+
+TEST_CASE("SIGTERM to procctl stops the child and every grandchild, the daemonized one included") {
+    Scratch scratch;
+    const auto pids_file = scratch.file("pids");
+    Process p(procctl({"-f", "--grace", "2s", "10", HBWATCH_HELPER_DIR "/tree.sh", pids_file}));
+    REQUIRE(hbtest::eventually([&] { return contains(read_file(pids_file), "ready"); }));
+    const auto tree = pids_in(read_file(pids_file));
+    REQUIRE(tree.size() == 4);
+    Watched watched(tree);
+    REQUIRE(p.wait_for_output(" as pid "));
+    ::kill(p.pid(), SIGTERM);
+    REQUIRE(p.wait_exit(10s));
+    CHECK(WEXITSTATUS(p.wait()) == 0);
+    CHECK(watched.all_exited(1s));
+    for (pid_t pid : tree) CHECK_FALSE(hbwatch::identity_of(pid).has_value());  // not even zombies
+    CHECK(contains(p.output(), "process(es) stopped"));
+}
+
+TEST_CASE("a child that ignores SIGTERM is killed when the grace runs out") {
+    Process p(procctl({"-f", "--grace", "500ms", "10", "sh", "-c", "trap '' TERM; echo armed; while :; do sleep 1; done"}));
+    REQUIRE(p.wait_for_output("armed"));
+    const pid_t child = started_pid(p);
+    Watched watched({child});
+    const auto start = std::chrono::steady_clock::now();
+    ::kill(p.pid(), SIGTERM);
+    REQUIRE(p.wait_exit(10s));
+    const auto took = std::chrono::steady_clock::now() - start;
+    CHECK(WEXITSTATUS(p.wait()) == 0);
+    CHECK(watched.all_exited(1s));
+    CHECK(took >= 450ms);
+    CHECK(took < 5s);
+    CHECK(contains(p.output(), "by SIGKILL"));
+}
+
+TEST_CASE("a missing program is logged with its reason and retried with a doubling delay") {
+    Process p(procctl({"-f", "0", "/nonexistent/order-svc"}));
+    std::this_thread::sleep_for(3500ms);  // the window in which the attempts are counted
+    ::kill(p.pid(), SIGTERM);
+    REQUIRE(p.wait_exit(10s));
+    const auto& log = p.output();
+    std::size_t attempts = 0;
+    for (auto pos = log.find("cannot start"); pos != std::string::npos; pos = log.find("cannot start", pos + 1)) ++attempts;
+    CHECK(attempts >= 2);
+    CHECK(attempts <= 3);  // at 0 s, 1 s and 3 s: no spinning
+    CHECK(contains(log, "cannot start /nonexistent/order-svc: exec failed: No such file or directory; attempt 1 in a row, next in 1.0s"));
+    CHECK(contains(log, "attempt 2 in a row, next in 2.0s"));
+}
+
+TEST_CASE("a crash loop backs off; a quick exit 0 does not") {
+    SUBCASE("exit 1 at once") {
+        Process p(procctl({"-f", "0", "sh", "-c", "echo crash; exit 1"}));
+        std::this_thread::sleep_for(3500ms);
+        ::kill(p.pid(), SIGTERM);
+        REQUIRE(p.wait_exit(10s));
+        const auto& log = p.output();
+        std::size_t runs = 0;
+        for (auto pos = log.find("started sh"); pos != std::string::npos; pos = log.find("started sh", pos + 1)) ++runs;
+        CHECK(runs >= 2);
+        CHECK(runs <= 3);
+        CHECK(contains(log, "(crash 2 in a row: backoff, max 5m00s)"));
+    }
+    SUBCASE("exit 0 at once, like a one-shot checkproc") {
+        Process p(procctl({"-f", "100ms", "true"}));
+        REQUIRE(p.wait_for_output_count("started true", 5, 10s));
+        ::kill(p.pid(), SIGTERM);
+        REQUIRE(p.wait_exit(10s));
+        CHECK_FALSE(contains(p.output(), "backoff"));
+    }
+}
+
+TEST_CASE("the pidfile lock refuses a second procctl, naming the first") {
+    Scratch scratch;
+    const auto pidfile = scratch.file("svc.pid");
+    Process first(procctl({"-f", "--pidfile", pidfile, "10", "sleep", "1000"}));
+    REQUIRE(first.wait_for_output(" as pid "));
+    Process second(procctl({"-f", "--pidfile", pidfile, "10", "sleep", "1000"}));
+    REQUIRE(second.wait_exit(10s));
+    CHECK(WEXITSTATUS(second.wait()) == 1);
+    CHECK(contains(second.output(), "procctl: " + pidfile + " is locked by procctl pid " + std::to_string(first.pid()) +
+                                         ", which already supervises this program: stop it first (kill " +
+                                         std::to_string(first.pid()) + ")"));
+    CHECK(first.running());
+}
+
+TEST_CASE("the child starts with default signal dispositions, an empty mask and no inherited descriptors") {
+    // procctl's own caller ignores TERM, blocks USR1 and leaves descriptor 7 open without CLOEXEC.
+    Process p(procctl({"-f", "10", hbtest::bin("report_env")}), [] {
+        ::signal(SIGTERM, SIG_IGN);
+        sigset_t usr1;
+        sigemptyset(&usr1);
+        sigaddset(&usr1, SIGUSR1);
+        ::sigprocmask(SIG_BLOCK, &usr1, nullptr);
+        ::dup2(::open("/dev/null", O_RDONLY), 7);
+    });
+    REQUIRE(p.wait_for_output("sigterm="));
+    REQUIRE(p.wait_for_output("\n", 5s));
+    CHECK(contains(p.output_so_far(), "sigterm=default blocked=0 fds=0,1,2\n"));
+}
+
+TEST_CASE("a SIGKILL to procctl also stops its child") {
+    Process p(procctl({"-f", "10", "sleep", "1000"}));
+    const pid_t child = started_pid(p);
+    Watched watched({child});
+    ::kill(p.pid(), SIGKILL);
+    CHECK(watched.all_exited(5s));
+}
+
+TEST_CASE("--stdout captures the child's output and rotates it at the cap") {
+    Scratch scratch;
+    const auto out = scratch.file("svc.out");
+    Process p(procctl({"-f", "--stdout", out, "--stderr", out, "--output-max-size", "4K", "--output-files", "3", "10",
+                       "sh", "-c", "i=0; while [ $i -lt 1000 ]; do echo line-$i-of-the-output; i=$((i+1)); done; echo done >&2"}));
+    REQUIRE(hbtest::eventually([&] { return contains(read_file(out), "done"); }));
+    ::kill(p.pid(), SIGTERM);
+    REQUIRE(p.wait_exit(10s));
+    CHECK(fs::exists(scratch.file("svc.1.out")));
+    CHECK(fs::exists(scratch.file("svc.2.out")));
+    CHECK(fs::exists(scratch.file("svc.3.out")));
+    CHECK_FALSE(fs::exists(scratch.file("svc.4.out")));  // only three rotated files are kept
+    for (const char* name : {"svc.out", "svc.1.out", "svc.2.out", "svc.3.out"}) {
+        CAPTURE(name);
+        CHECK(fs::file_size(scratch.file(name)) <= 4096);
+    }
+    CHECK(contains(read_file(out), "line-999-of-the-output\ndone\n"));
+}
+
+TEST_CASE("by default procctl detaches: its own session, no terminal, nothing inherited") {
+    Scratch scratch;
+    const auto pidfile = scratch.file("bg.pid"), log = scratch.file("bg.log"), leaked = scratch.file("leaked");
+    Process launcher(procctl({"--pidfile", pidfile, "--log", log, "10", "sleep", "1000"}), [&] {
+        ::dup2(::open(leaked.c_str(), O_CREAT | O_WRONLY, 0600), 9);  // a descriptor the caller leaks
+    });
+    REQUIRE(launcher.wait_exit(10s));
+    CHECK(WEXITSTATUS(launcher.wait()) == 0);
+    const pid_t daemon = std::stoi(read_file(pidfile));
+    CHECK(contains(launcher.output(), "procctl: supervising sleep in the background as pid " + std::to_string(daemon)));
+    auto stat = hbwatch::read_proc_stat(daemon);
+    REQUIRE(stat);
+    CHECK(stat->session != hbwatch::read_proc_stat(::getpid())->session);
+    std::ifstream stat_file("/proc/" + std::to_string(daemon) + "/stat");
+    std::string line;
+    std::getline(stat_file, line);
+    std::istringstream fields(line.substr(line.rfind(')') + 2));
+    std::string state, ppid, pgrp, session, tty;
+    fields >> state >> ppid >> pgrp >> session >> tty;
+    CHECK(tty == "0");  // no controlling terminal
+    for (const auto& entry : fs::directory_iterator("/proc/" + std::to_string(daemon) + "/fd")) {
+        std::error_code ec;
+        CHECK(fs::read_symlink(entry.path(), ec).string() != leaked);
+    }
+    Watched watched({daemon});
+    ::kill(daemon, SIGTERM);
+    CHECK(watched.all_exited(10s));
+    CHECK(contains(read_file(log), "stopped; exiting"));
+}
+
+TEST_CASE("--max-restarts gives up with a log line and exit code 3") {
+    Process p(procctl({"-f", "--max-restarts", "3", "--window", "1m", "100ms", "true"}));
+    REQUIRE(p.wait_exit(20s));
+    CHECK(WEXITSTATUS(p.wait()) == 3);
+    CHECK(contains(p.output(), "giving up: true was started 3 times within 1m (--max-restarts 3 --window 1m); exiting with code 3"));
+}
+
+TEST_CASE("bad arguments are named, with exit code 2") {
+    Process p(procctl({"-f", "soon", "true"}));
+    REQUIRE(p.wait_exit(10s));
+    CHECK(WEXITSTATUS(p.wait()) == 2);
+    CHECK(contains(p.output(), "INTERVAL: bad duration 'soon'"));
+    Process env(procctl({"-f", "--env", "NOEQUALS", "1", "true"}));
+    REQUIRE(env.wait_exit(10s));
+    CHECK(WEXITSTATUS(env.wait()) == 2);
+    CHECK(contains(env.output(), "procctl: --env NOEQUALS: write it as KEY=VALUE"));
+}

@@ -1,0 +1,197 @@
+// procctl: runs a program, waits for it to exit, sleeps INTERVAL, and runs it again.
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <hbwatch/duration.h>
+#include <hbwatch/error.h>
+
+#include "tool/supervisor.h"
+#include "tool/support.h"
+
+namespace {
+
+namespace tool = hbwatch::tool;
+
+// procctl's options, as typed; checked and converted by options().
+struct Cli {
+    std::string interval, grace = "10s", max_backoff = "5m", window = "1m", output_max_size = "10M";
+    std::string chdir, stdout_file, stderr_file, pidfile, log_file;
+    std::vector<std::string> env;
+    std::optional<unsigned> max_restarts;
+    std::size_t output_files = 5;
+    bool foreground = false, verbose = false;
+    std::string program;
+
+    void add_to(CLI::App& app) {
+        app.add_flag("-f,--foreground", foreground, "stay attached (for systemd units and containers)");
+        app.add_option("--pidfile", pidfile, "hold a lock on FILE and write procctl's pid into it");
+        app.add_option("--stdout", stdout_file, "append the program's stdout to FILE, rotated");
+        app.add_option("--stderr", stderr_file, "append the program's stderr to FILE, rotated (may equal --stdout)");
+        app.add_option("--output-max-size", output_max_size, "rotate --stdout/--stderr files at this size (default 10M)");
+        app.add_option("--output-files", output_files, "rotated output files kept (default 5)")->check(CLI::Range(1, 100));
+        app.add_option("--chdir", chdir, "run the program in DIR")->check(CLI::ExistingDirectory);
+        app.add_option("--env", env, "set KEY=VALUE in the program's environment (repeatable)")->allow_extra_args(false);
+        app.add_option("--grace", grace, "SIGTERM to SIGKILL when stopping (default 10s)")->check(tool::duration_validator());
+        app.add_option("--max-backoff", max_backoff, "cap on the restart backoff (default 5m)")->check(tool::duration_validator());
+        app.add_option("--max-restarts", max_restarts, "give up after N starts within --window");
+        app.add_option("--window", window, "the window of --max-restarts (default 1m)")->check(tool::duration_validator());
+        app.add_option("--log", log_file, "log to FILE (rotated)");
+        app.add_flag("-v,--verbose", verbose, "also log reaped descendants");
+        app.add_option("INTERVAL", interval, "pause between an exit and the next start")->required()->check(tool::duration_validator());
+        app.add_option("PROGRAM", program, "a path, or a name found on PATH, then its arguments")->required();
+        app.prefix_command();  // what follows PROGRAM is PROGRAM's, even when it looks like an option
+    }
+
+    tool::SuperviseOptions options(const std::vector<std::string>& args) const {
+        tool::SuperviseOptions o;
+        o.argv.push_back(program);
+        o.argv.insert(o.argv.end(), args.begin(), args.end());
+        o.interval = hbwatch::parse_duration(interval);
+        o.grace = hbwatch::parse_duration(grace);
+        o.max_backoff = hbwatch::parse_duration(max_backoff);
+        o.window = hbwatch::parse_duration(window);
+        o.output_max_size = hbwatch::parse_size(output_max_size);
+        o.output_files = output_files;
+        o.chdir = chdir;
+        o.stdout_file = stdout_file;
+        o.stderr_file = stderr_file;
+        o.inherit_output = foreground;
+        for (const auto& entry : env) {
+            if (entry.find('=') == std::string::npos || entry.front() == '=')
+                throw hbwatch::Error(EINVAL, "--env " + entry + ": write it as KEY=VALUE");
+        }
+        o.env = env;
+        if (max_restarts && *max_restarts == 0) throw hbwatch::Error(EINVAL, "--max-restarts must be at least 1");
+        o.max_restarts = max_restarts;
+        return o;
+    }
+};
+
+// Takes the pidfile's lock, or throws naming the procctl that holds it.
+int lock_pidfile(const std::string& path) {
+    const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) throw hbwatch::Error(errno, "cannot open the pidfile " + path + ": " + std::strerror(errno));
+    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        char text[32] = {};
+        (void)!::pread(fd, text, sizeof text - 1, 0);
+        const std::string holder = std::strtol(text, nullptr, 10) > 0 ? "procctl pid " + std::to_string(std::strtol(text, nullptr, 10))
+                                                                      : "another procctl";
+        throw hbwatch::Error(EEXIST, path + " is locked by " + holder +
+                                         ", which already supervises this program: stop it first (kill " +
+                                         (holder.starts_with("procctl pid") ? holder.substr(12) : "its pid") + ")");
+    }
+    return fd;
+}
+
+void write_pid(int fd) {
+    const std::string text = std::to_string(::getpid()) + "\n";
+    if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, text.data(), text.size(), 0) != static_cast<ssize_t>(text.size()))
+        throw hbwatch::Error(errno, std::string("cannot write the pidfile: ") + std::strerror(errno));
+}
+
+// Forks into the background: a new session, no terminal, stdio on /dev/null. Returns in the
+// daemon; the caller's process exits with what the daemon reports through `ready`.
+int detach() {
+    int ready[2];
+    if (::pipe2(ready, O_CLOEXEC) != 0) throw hbwatch::Error(errno, "pipe failed");
+    const pid_t first = ::fork();
+    if (first < 0) throw hbwatch::Error(errno, std::string("fork failed: ") + std::strerror(errno));
+    if (first > 0) {
+        ::close(ready[1]);
+        std::string report;
+        char buffer[512];
+        ssize_t n;
+        while ((n = ::read(ready[0], buffer, sizeof buffer)) > 0) report.append(buffer, static_cast<std::size_t>(n));
+        const bool ok = report.starts_with("ok ");
+        std::fprintf(ok ? stdout : stderr, "procctl: %s\n", ok ? report.substr(3).c_str() : report.empty() ? "the background process died while starting" : report.c_str());
+        std::fflush(nullptr);  // _exit does not
+        ::_exit(ok ? hbwatch::tool::kExitOk : hbwatch::tool::kExitFailure);
+    }
+    ::close(ready[0]);
+    ::setsid();
+    if (::fork() != 0) ::_exit(0);  // not a session leader: it can never acquire a terminal
+    const int null = ::open("/dev/null", O_RDWR);
+    for (int fd = 0; fd < 3; ++fd) ::dup2(null, fd);
+    if (null > 2) ::close(null);
+    return ready[1];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    Cli cli;
+    CLI::App app{"procctl [OPTIONS] INTERVAL PROGRAM [ARGS...]\n\n"
+                 "Runs PROGRAM, waits for it to exit, sleeps INTERVAL, and runs it again, forever. Detaches\n"
+                 "into the background unless -f. SIGTERM or SIGINT stops PROGRAM and everything it started\n"
+                 "(SIGTERM, then SIGKILL after --grace), then procctl exits.",
+                 "procctl"};
+    cli.add_to(app);
+    app.footer(
+        "Examples:\n"
+        "  procctl 10 checkproc /var/log/hbwatch/checkproc.log     scan the table every 10 s\n"
+        "  procctl 5 /opt/app/order-svc --port 9000                 bring a killed service back after 5 s\n"
+        "  procctl -f --pidfile /run/order.pid --stdout /var/log/order.out 5s order-svc\n"
+        "                                                           in the foreground, for systemd or a container\n"
+        "  procctl --max-restarts 5 --window 1m 0 ./flaky           give up after 5 starts in a minute\n"
+        "\n"
+        "INTERVAL and durations: 500ms, 10s, 2m, or a number of seconds. A program that cannot start, or\n"
+        "exits unsuccessfully within a second, is restarted after a doubling delay (from INTERVAL, at\n"
+        "least 1s, up to --max-backoff); a run of a second or more, or any exit 0, resets it.\n"
+        "Logs: --log FILE (rotated), else stderr in the foreground and syslog in the background.\n"
+        "\n"
+        "Exit status: 0 stopped by SIGTERM/SIGINT (or, when detaching, the background loop started);\n"
+        "1 procctl itself could not start (pidfile held, log not writable); 2 bad arguments;\n"
+        "3 gave up after --max-restarts.");
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        return app.exit(e) == 0 ? tool::kExitOk : tool::kExitUsage;
+    }
+
+    tool::SuperviseOptions options;
+    try {
+        options = cli.options(app.remaining());
+    } catch (const hbwatch::Error& e) {
+        std::fprintf(stderr, "procctl: %s\nRun with --help for more information.\n", e.what());
+        return tool::kExitUsage;
+    }
+
+    tool::ignore_sigpipe();
+    int ready = -1;
+    try {
+        // In the background nothing of the caller's survives: close what it left open first.
+        if (!cli.foreground) ::close_range(3, ~0U, 0);
+        const int pidfile = cli.pidfile.empty() ? -1 : lock_pidfile(cli.pidfile);
+        if (!cli.foreground) ready = detach();
+        if (pidfile >= 0) write_pid(pidfile);
+        const int signals = tool::signalfd_for({SIGTERM, SIGINT, SIGHUP, SIGCHLD});
+        auto log = tool::make_logger("procctl", cli.log_file, cli.verbose, /*syslog=*/!cli.foreground && cli.log_file.empty());
+        if (ready >= 0) {
+            const std::string report = "ok supervising " + options.argv.front() + " in the background as pid " +
+                                       std::to_string(::getpid());
+            (void)!::write(ready, report.data(), report.size());
+            ::close(ready);
+            ready = -1;
+        }
+        const int code = tool::supervise(options, *log, signals);
+        if (pidfile >= 0) (void)!::ftruncate(pidfile, 0);  // not running any more; the lock goes with the process
+        return code;
+    } catch (const hbwatch::Error& e) {
+        const std::string message = std::string("procctl: ") + e.what();
+        if (ready >= 0) {
+            const std::string report = e.what();
+            (void)!::write(ready, report.data(), report.size());
+        } else {
+            std::fprintf(stderr, "%s\n", message.c_str());
+        }
+        return tool::kExitFailure;
+    }
+}
