@@ -78,6 +78,20 @@ std::uint64_t parse_size(std::string_view text) {
     return number << shift;
 }
 
+std::string human_size(std::uint64_t bytes) {
+    if (bytes < 1024) return std::to_string(bytes) + "B";
+    const char* units = "KMGT";
+    double value = static_cast<double>(bytes) / 1024.0;
+    int unit = 0;
+    while (value >= 1024.0 && unit < 3) {
+        value /= 1024.0;
+        ++unit;
+    }
+    char buffer[32];
+    std::snprintf(buffer, sizeof buffer, "%.1f%c", value, units[unit]);
+    return buffer;
+}
+
 std::string human_duration(std::chrono::milliseconds duration) {
     const std::int64_t ms = duration.count();
     char buffer[32];

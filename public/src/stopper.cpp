@@ -95,4 +95,39 @@ void Stopper::run_until_idle() {
     }
 }
 
+StopTally stop_all(const std::vector<ProcessIdentity>& targets, std::chrono::milliseconds grace) {
+    StopTally tally;
+    Stopper stopper(grace, [&](const StopEvent& event) {
+        const auto pid = std::to_string(event.id);
+        switch (event.kind) {
+            case StopEvent::Kind::exited:
+                ++tally.stopped;
+                tally.killed += event.killed;
+                if (event.killed) tally.notes.push_back("pid " + pid + " needed SIGKILL");
+                break;
+            case StopEvent::Kind::kill_sent: break;
+            case StopEvent::Kind::kill_failed:
+                ++tally.failed;
+                tally.notes.push_back("pid " + pid + ": " + event.detail);
+                break;
+        }
+    });
+    for (const auto& who : targets) {
+        std::string why;
+        auto target = Pidfd::open(who, &why);
+        if (!target) {
+            const bool gone = why == "gone" || why == "zombie" || why == "pid reused by another process";
+            (gone ? tally.stopped : tally.failed) += 1;
+            if (!gone) tally.notes.push_back("pid " + std::to_string(who.pid) + " refused: " + why);
+            continue;
+        }
+        if (!stopper.start(static_cast<std::uint64_t>(who.pid), std::move(*target), &why)) {
+            ++tally.failed;
+            tally.notes.push_back("pid " + std::to_string(who.pid) + ": " + why);
+        }
+    }
+    stopper.run_until_idle();
+    return tally;
+}
+
 }  // namespace hbwatch

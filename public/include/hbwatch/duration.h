@@ -19,6 +19,9 @@ namespace hbwatch {
 /// trailing B or iB is allowed: 10M, 10MB, 10MiB). Throws hbwatch::Error(EINVAL) naming the text.
 [[nodiscard]] std::uint64_t parse_size(std::string_view text);
 
+/// For people: "512B", "64.0K", "3.8M", "1.5G".
+[[nodiscard]] std::string human_size(std::uint64_t bytes);
+
 /// For people, in logs and tables: "250ms", "12.3s", "4m05s", "2h10m", "3d04h".
 [[nodiscard]] std::string human_duration(std::chrono::milliseconds duration);
 

@@ -69,4 +69,17 @@ private:
     std::vector<Stop> stops_;
 };
 
+/// The outcome of stop_all().
+struct StopTally {
+    std::size_t stopped = 0;  // exited, on SIGTERM or after SIGKILL
+    std::size_t killed = 0;   // of those, how many needed SIGKILL
+    std::size_t failed = 0;   // refused (protected), not signallable, or still there after SIGKILL
+    std::vector<std::string> notes;  // one line per process that did not simply exit on SIGTERM
+};
+
+/// Stops every process in `targets` at once: each verified and signalled through a pidfd
+/// (never pid <= 1, this process or its ancestors), SIGTERM, SIGKILL after `grace`. A target
+/// already gone counts as stopped. Returns when all are done.
+StopTally stop_all(const std::vector<ProcessIdentity>& targets, std::chrono::milliseconds grace);
+
 }  // namespace hbwatch

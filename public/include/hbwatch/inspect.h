@@ -1,0 +1,75 @@
+#pragma once
+// What operators look at: the table's entries with their state and resources, and any process
+// on the host found by name over /proc. Read-only; proctab formats it.
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <hbwatch/process.h>
+#include <hbwatch/table.h>
+
+namespace hbwatch {
+
+/// Resource use of a process, from /proc/PID/stat and /proc/uptime.
+struct Usage {
+    std::chrono::milliseconds uptime{0};
+    std::uint64_t rss_bytes = 0;
+    double cpu_percent = 0;  // average over the process's lifetime, as ps shows it
+};
+[[nodiscard]] Usage usage_of(const ProcStat& stat);
+
+enum class EntryState { ok, late, hung, dead };
+[[nodiscard]] const char* to_string(EntryState state) noexcept;
+
+/// One live table entry as proctab shows it.
+struct Entry {
+    SlotSnapshot slot;
+    EntryState state = EntryState::ok;
+    std::string dead_reason;  // with `dead`: gone, reused, zombie
+    std::chrono::milliseconds since_beat{0};
+    std::optional<Usage> usage;  // absent when dead
+};
+
+/// Every live (not free, not mid-claim) entry, judged at `now_ns`, sorted by name then pid.
+[[nodiscard]] std::vector<Entry> inspect(const Table& table, std::uint64_t now_ns);
+
+/// A process on the host.
+struct HostProcess {
+    pid_t pid = 0;
+    pid_t ppid = 0;
+    char state = '?';
+    std::string comm;  // the kernel's name (15 bytes at most)
+    std::string exe;   // /proc/PID/exe, empty when unreadable (kernel threads, zombies)
+    std::string parent_comm;
+    Usage usage;
+};
+
+/// Processes named `name` (its command name, the base name of its executable or of argv[0]),
+/// and with executable `path` when given (a zombie, whose executable cannot be read, is matched
+/// by name alone). Never this process.
+[[nodiscard]] std::vector<HostProcess> find_processes(const std::string& name, const std::string& path = {});
+
+/// Every zombie on the host, with its parent.
+[[nodiscard]] std::vector<HostProcess> find_zombies();
+
+/// The answer of `proctab health`: the issues found, each with what to do.
+struct HealthReport {
+    struct Issue {
+        std::string problem;
+        std::string recommendation;
+    };
+    std::vector<HostProcess> processes;
+    std::vector<Issue> issues;
+    [[nodiscard]] bool healthy() const { return issues.empty(); }
+};
+
+/// Is it running, are several instances running, are any zombies, is any above `max_rss`?
+[[nodiscard]] HealthReport check_health(const std::string& name, const std::string& path,
+                                        std::optional<std::uint64_t> max_rss_bytes);
+
+}  // namespace hbwatch

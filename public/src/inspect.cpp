@@ -1,0 +1,184 @@
+#include <hbwatch/inspect.h>
+
+#include <dirent.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <fstream>
+
+#include <hbwatch/checker.h>
+#include <hbwatch/duration.h>
+
+namespace hbwatch {
+namespace {
+
+double uptime_seconds() {
+    std::ifstream in("/proc/uptime");
+    double seconds = 0;
+    in >> seconds;
+    return seconds;
+}
+
+std::string read_link(const std::string& path) {
+    char buffer[4096];
+    const ssize_t n = ::readlink(path.c_str(), buffer, sizeof buffer - 1);
+    return n > 0 ? std::string(buffer, static_cast<std::size_t>(n)) : std::string();
+}
+
+std::string argv0_of(pid_t pid) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline");
+    std::string argv0;
+    std::getline(in, argv0, '\0');
+    return argv0;
+}
+
+std::string base_name(const std::string& path) {
+    const auto slash = path.rfind('/');
+    return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+std::vector<pid_t> all_pids() {
+    std::vector<pid_t> pids;
+    DIR* dir = ::opendir("/proc");
+    if (dir == nullptr) return pids;
+    while (const dirent* entry = ::readdir(dir)) {
+        char* end = nullptr;
+        const long pid = std::strtol(entry->d_name, &end, 10);
+        if (pid > 0 && end != nullptr && *end == '\0') pids.push_back(static_cast<pid_t>(pid));
+    }
+    ::closedir(dir);
+    std::sort(pids.begin(), pids.end());
+    return pids;
+}
+
+HostProcess host_process(const ProcStat& stat) {
+    HostProcess p;
+    p.pid = stat.pid;
+    p.ppid = stat.ppid;
+    p.state = stat.state;
+    p.comm = stat.comm;
+    p.exe = read_link("/proc/" + std::to_string(stat.pid) + "/exe");
+    if (auto parent = read_proc_stat(stat.ppid)) p.parent_comm = parent->comm;
+    p.usage = usage_of(stat);
+    return p;
+}
+
+}  // namespace
+
+Usage usage_of(const ProcStat& stat) {
+    static const long ticks = ::sysconf(_SC_CLK_TCK);
+    static const long page = ::sysconf(_SC_PAGESIZE);
+    Usage usage;
+    const double age = uptime_seconds() - static_cast<double>(stat.start_time) / static_cast<double>(ticks);
+    usage.uptime = std::chrono::milliseconds(static_cast<std::int64_t>(std::max(age, 0.0) * 1000));
+    usage.rss_bytes = stat.rss_pages * static_cast<std::uint64_t>(page);
+    const double cpu = static_cast<double>(stat.utime_ticks + stat.stime_ticks) / static_cast<double>(ticks);
+    usage.cpu_percent = age > 0 ? 100.0 * cpu / age : 0;
+    return usage;
+}
+
+const char* to_string(EntryState state) noexcept {
+    switch (state) {
+        case EntryState::ok: return "ok";
+        case EntryState::late: return "late";
+        case EntryState::hung: return "hung";
+        case EntryState::dead: return "dead";
+    }
+    return "unknown";
+}
+
+std::vector<Entry> inspect(const Table& table, std::uint64_t now_ns) {
+    std::vector<Entry> entries;
+    table.for_each([&](const SlotSnapshot& slot) {
+        if (slot.phase != SlotPhase::live) return;
+        Entry e;
+        e.slot = slot;
+        e.since_beat = slot.since_beat(now_ns);
+        auto stat = read_proc_stat(slot.process.pid);
+        const Liveness life = !stat                                          ? Liveness::gone
+                              : stat->start_time != slot.process.start_time ? Liveness::reused
+                              : (stat->state == 'Z' || stat->state == 'X')  ? Liveness::zombie
+                                                                            : Liveness::alive;
+        if (life != Liveness::alive) {
+            e.state = EntryState::dead;
+            e.dead_reason = to_string(life);
+        } else {
+            e.usage = usage_of(*stat);
+            switch (health_of(slot, now_ns)) {
+                case Health::ok: e.state = EntryState::ok; break;
+                case Health::late: e.state = EntryState::late; break;
+                case Health::hung: e.state = EntryState::hung; break;
+            }
+        }
+        entries.push_back(std::move(e));
+    });
+    std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
+        return std::pair(a.slot.name(), a.slot.process.pid) < std::pair(b.slot.name(), b.slot.process.pid);
+    });
+    return entries;
+}
+
+std::vector<HostProcess> find_processes(const std::string& name, const std::string& path) {
+    std::vector<HostProcess> found;
+    const pid_t self = ::getpid();
+    for (pid_t pid : all_pids()) {
+        if (pid == self) continue;
+        auto stat = read_proc_stat(pid);
+        if (!stat) continue;
+        const std::string exe = read_link("/proc/" + std::to_string(pid) + "/exe");
+        // The kernel cuts command names to 15 bytes; compare like with like.
+        const bool named = stat->comm == name.substr(0, 15) || base_name(exe) == name || base_name(argv0_of(pid)) == name;
+        // A zombie's executable can no longer be read: it is matched by name alone.
+        const bool at_path = path.empty() || exe == path || (exe.empty() && stat->state == 'Z');
+        if (!named || !at_path) continue;
+        found.push_back(host_process(*stat));
+    }
+    return found;
+}
+
+std::vector<HostProcess> find_zombies() {
+    std::vector<HostProcess> zombies;
+    for (pid_t pid : all_pids()) {
+        auto stat = read_proc_stat(pid);
+        if (stat && stat->state == 'Z') zombies.push_back(host_process(*stat));
+    }
+    return zombies;
+}
+
+HealthReport check_health(const std::string& name, const std::string& path, std::optional<std::uint64_t> max_rss_bytes) {
+    HealthReport report;
+    report.processes = find_processes(name, path);
+    const std::string what = "'" + name + "'" + (path.empty() ? "" : " at " + path);
+    std::vector<HostProcess> running, zombies;
+    for (const auto& p : report.processes) (p.state == 'Z' ? zombies : running).push_back(p);
+    if (running.empty()) {
+        report.issues.push_back({"no " + what + " is running",
+                                 "start it, or check why it exits: under procctl, see procctl's log for its exit code"});
+    }
+    if (running.size() > 1) {
+        std::string pids;
+        for (const auto& p : running) pids += (pids.empty() ? "" : ", ") + std::to_string(p.pid);
+        report.issues.push_back({std::to_string(running.size()) + " instances of " + what + " are running (pids " + pids + ")",
+                                 "if only one should run, stop the extra ones by pid, and give its procctl a "
+                                 "--pidfile so that a second one cannot start"});
+    }
+    for (const auto& z : zombies) {
+        report.issues.push_back({"pid " + std::to_string(z.pid) + " of " + what + " is a zombie",
+                                 "its parent, pid " + std::to_string(z.ppid) + " (" + z.parent_comm +
+                                     "), does not reap it: fix or restart the parent; the zombie goes with it"});
+    }
+    if (max_rss_bytes) {
+        for (const auto& p : running) {
+            if (p.usage.rss_bytes <= *max_rss_bytes) continue;
+            report.issues.push_back({"pid " + std::to_string(p.pid) + " of " + what + " uses " +
+                                         human_size(p.usage.rss_bytes) + " of memory, above the " +
+                                         human_size(*max_rss_bytes) + " limit",
+                                     "look for a leak (heaptrack, valgrind --tool=massif), or restart it during a quiet "
+                                     "moment: proctab kill " + name + " under procctl brings it back"});
+        }
+    }
+    return report;
+}
+
+}  // namespace hbwatch

@@ -1,0 +1,245 @@
+// proctab, the binary, on real processes and a scratch table.
+#include <doctest/doctest.h>
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include <hbwatch/checker.h>
+#include <hbwatch/clock.h>
+
+#include "support.h"
+
+using namespace std::chrono_literals;
+using hbtest::Process;
+using json = nlohmann::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string key_text(const hbtest::ScratchKey& scratch) { return hbwatch::format_key(scratch.key()); }
+
+std::pair<int, std::string> run(const std::vector<std::string>& argv, const std::function<void()>& in_child = {}) {
+    Process p(argv, in_child);
+    REQUIRE(p.wait_exit(60s));
+    const int status = p.wait();
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), p.output()};
+}
+
+std::pair<int, std::string> proctab(const hbtest::ScratchKey& scratch, std::vector<std::string> args) {
+    args.insert(args.begin(), {hbtest::bin("proctab"), "--key", key_text(scratch)});
+    return run(args);
+}
+
+std::unique_ptr<Process> service(const hbtest::ScratchKey& scratch, const std::string& name, std::vector<std::string> extra) {
+    std::vector<std::string> argv{hbtest::bin("demo_service"), name, "--key", key_text(scratch)};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    auto p = std::make_unique<Process>(argv);
+    REQUIRE(p->wait_for_output("registered in slot"));
+    return p;
+}
+
+json entry_named(const json& entries, const std::string& name) {
+    for (const auto& e : entries)
+        if (e["name"] == name) return e;
+    return json();
+}
+
+// A copy of sleep under a name no other test runs.
+struct Sleeper {
+    fs::path dir, path;
+    Sleeper() {
+        char buffer[] = "/tmp/hbwatch-proctab-XXXXXX";
+        dir = ::mkdtemp(buffer);
+        path = dir / ("hbw-sleeper-" + std::to_string(::getpid()));
+        fs::copy_file("/usr/bin/sleep", path);
+        fs::permissions(path, fs::perms::owner_all);
+    }
+    ~Sleeper() { fs::remove_all(dir); }
+    std::string name() const { return path.filename().string(); }
+    std::unique_ptr<Process> start(const std::string& seconds) const {
+        return std::make_unique<Process>(std::vector<std::string>{path.string(), seconds});
+    }
+};
+
+bool contains(const std::string& text, const std::string& needle) { return text.find(needle) != std::string::npos; }
+
+}  // namespace
+
+TEST_CASE("the list shows ok, hung and dead entries of real processes, in text and JSON") {
+    hbtest::ScratchKey scratch;
+    auto healthy = service(scratch, "healthy", {"--timeout", "10s"});
+    auto stuck = service(scratch, "stuck", {"--timeout", "200ms", "--hang-after", "0ms"});
+    auto gone = service(scratch, "gone", {"--timeout", "10s"});
+    ::kill(gone->pid(), SIGKILL);
+    gone->wait();
+    {
+        auto table = hbwatch::Table::open_existing(scratch.options(), hbwatch::Table::Access::read_only);
+        REQUIRE(hbtest::eventually([&] {
+            bool hung = false;
+            table->for_each([&](const hbwatch::SlotSnapshot& s) {
+                hung |= s.name() == "stuck" && hbwatch::health_of(s, hbwatch::monotonic_now_ns()) == hbwatch::Health::hung;
+            });
+            return hung;
+        }));
+    }
+    const auto [code, text] = proctab(scratch, {});
+    CHECK(code == 0);
+    CHECK(text.starts_with("table " + key_text(scratch) + ": 3/4096 slots, mode 0660 root:root, 3 registrations, 0 kills\n"));
+    std::istringstream lines(text);
+    std::string line;
+    while (std::getline(lines, line)) CHECK(line.size() <= 80);
+
+    const auto [json_code, json_text] = proctab(scratch, {"--json"});
+    CHECK(json_code == 0);
+    const auto entries = json::parse(json_text);
+    REQUIRE(entries.size() == 3);
+    CHECK(entry_named(entries, "healthy")["state"] == "ok");
+    CHECK(entry_named(entries, "stuck")["state"] == "hung");
+    CHECK(entry_named(entries, "gone")["state"] == "dead");
+    CHECK(entry_named(entries, "gone")["dead_reason"] == "gone");
+    const auto e = entry_named(entries, "healthy");
+    for (const char* field : {"slot", "pid", "name", "state", "timeout_ms", "since_beat_ms", "beats", "rss_bytes", "cpu_percent"})
+        CHECK_MESSAGE(e.contains(field), field);
+    CHECK(e["pid"] == healthy->pid());
+    CHECK(e["timeout_ms"] == 10000);
+    CHECK(e["rss_bytes"].get<std::uint64_t>() > 0);
+}
+
+TEST_CASE("the Prometheus output passes promtool check metrics") {
+    hbtest::ScratchKey scratch;
+    auto a = service(scratch, "order-svc", {"--timeout", "10s"});
+    auto b = service(scratch, "billing.v2", {"--timeout", "5s"});
+    const auto [code, metrics] = proctab(scratch, {"--prometheus"});
+    CHECK(code == 0);
+    CHECK(contains(metrics, "hbwatch_entry_timeout_seconds{name=\"order-svc\",pid=\"" + std::to_string(a->pid()) + "\"} 10\n"));
+    CHECK(contains(metrics, "hbwatch_table_slots 4096\n"));
+    char path[] = "/tmp/hbwatch-metrics-XXXXXX";
+    const int fd = ::mkstemp(path);
+    REQUIRE(::write(fd, metrics.data(), metrics.size()) == static_cast<ssize_t>(metrics.size()));
+    ::close(fd);
+    const auto [promtool, report] = run({"sh", "-c", std::string("promtool check metrics < ") + path});
+    ::unlink(path);
+    CHECK(promtool == 0);
+    CHECK(report.empty());  // no lint findings either
+}
+
+TEST_CASE("a shell script that calls proctab beat stays fresh, and checkproc stops it when it hangs") {
+    hbtest::ScratchKey scratch;
+    const std::string proctab_bin = hbtest::bin("proctab"), key = key_text(scratch);
+    Process script({"sh", "-c",
+                    "i=0; while [ $i -lt 10 ]; do " + proctab_bin + " --key " + key +
+                        " beat nightly --timeout 500ms >/dev/null || exit 9; sleep 0.1; i=$((i+1)); done; "
+                        "echo hanging; exec sleep 1000"});
+    REQUIRE(script.wait_for_output("hanging"));
+    const auto [code, text] = proctab(scratch, {"--json"});
+    const auto entry = entry_named(json::parse(text), "nightly");
+    REQUIRE(entry.is_object());
+    CHECK(entry["pid"] == script.pid());
+    CHECK(entry["beats"] == 9);  // one registration, then nine beats into the same entry
+    CHECK(entry["state"] != "hung");
+    auto table = hbwatch::Table::open_existing(scratch.options(), hbwatch::Table::Access::read_only);
+    REQUIRE(hbtest::eventually([&] {
+        bool hung = false;
+        table->for_each([&](const hbwatch::SlotSnapshot& s) {
+            hung |= hbwatch::health_of(s, hbwatch::monotonic_now_ns()) == hbwatch::Health::hung;
+        });
+        return hung;
+    }));
+    const auto [checkproc, log] = run({hbtest::bin("checkproc"), "--key", key, "--grace", "2s"});
+    CHECK(checkproc == 0);
+    REQUIRE(script.wait_exit(5s));
+    CHECK(WTERMSIG(script.wait()) == SIGTERM);
+    CHECK(contains(log, "'nightly': exited"));
+}
+
+TEST_CASE("ps, health and kill work on several instances, a zombie and a process above a memory limit") {
+    Sleeper sleeper;
+    auto first = sleeper.start("1000"), second = sleeper.start("1000"), doomed = sleeper.start("0");
+    REQUIRE(doomed->wait_exit(10s));  // not reaped: a zombie whose parent is this test
+    hbtest::ScratchKey scratch;
+
+    auto [code, text] = proctab(scratch, {"ps", sleeper.name()});
+    CHECK(code == 0);
+    for (pid_t pid : {first->pid(), second->pid(), doomed->pid()}) CHECK(contains(text, std::to_string(pid)));
+    CHECK(contains(text, sleeper.path.string()));
+
+    std::tie(code, text) = proctab(scratch, {"--json", "health", sleeper.name(), "--path", sleeper.path.string(), "--max-rss", "64K"});
+    CHECK(code == 1);
+    const auto report = json::parse(text);
+    CHECK(report["healthy"] == false);
+    std::string problems;
+    for (const auto& issue : report["issues"]) problems += issue["problem"].get<std::string>() + "\n";
+    CHECK(contains(problems, "2 instances of '" + sleeper.name() + "' at " + sleeper.path.string() + " are running"));
+    CHECK(contains(problems, "pid " + std::to_string(doomed->pid()) + " of '" + sleeper.name() + "' at " +
+                                 sleeper.path.string() + " is a zombie"));
+    CHECK(contains(problems, "of memory, above the 64.0K limit"));
+    for (const auto& issue : report["issues"]) CHECK_FALSE(issue["recommendation"].get<std::string>().empty());
+
+    std::tie(code, text) = proctab(scratch, {"kill", sleeper.name(), "--grace", "2s"});
+    CHECK(code == 0);
+    CHECK(contains(text, "3 stopped (0 needed SIGKILL), 0 failed"));  // the zombie counts as already gone
+    REQUIRE(first->wait_exit(5s));
+    REQUIRE(second->wait_exit(5s));
+    CHECK(WTERMSIG(first->wait()) == SIGTERM);
+    doomed->wait();
+    std::tie(code, text) = proctab(scratch, {"health", sleeper.name()});
+    CHECK(code == 1);
+    CHECK(contains(text, "no '" + sleeper.name() + "' is running"));
+}
+
+TEST_CASE("zombies are listed with their parent") {
+    Sleeper sleeper;
+    auto doomed = sleeper.start("0");
+    REQUIRE(doomed->wait_exit(10s));
+    hbtest::ScratchKey scratch;
+    const auto [code, text] = proctab(scratch, {"zombies"});
+    CHECK(code == 0);
+    CHECK(contains(text, std::to_string(doomed->pid()) + " Z "));  // a zombie's PID and STATE columns
+    CHECK(contains(text, std::to_string(::getpid()) + " (test_proctab)"));
+}
+
+TEST_CASE("managing the table: init, beat, remove, destroy, and the errors") {
+    hbtest::ScratchKey scratch;
+    auto [code, text] = proctab(scratch, {});
+    CHECK(code == 2);
+    CHECK(text == "proctab: no table at key " + key_text(scratch) +
+                      ": nothing has registered yet (services create it on first use; or run proctab init)\n");
+    std::tie(code, text) = proctab(scratch, {"init", "--slots", "64", "--mode", "0640"});
+    CHECK(code == 0);
+    CHECK(contains(text, "created the table " + key_text(scratch) + ": 0/64 slots, mode 0640"));
+    std::tie(code, text) = proctab(scratch, {"init"});
+    CHECK(code == 1);
+    CHECK(contains(text, "already exists at key"));
+
+    auto svc = service(scratch, "order-svc", {"--timeout", "10s"});
+    std::tie(code, text) = proctab(scratch, {"destroy"});
+    CHECK(code == 1);
+    CHECK(contains(text, "refusing to destroy the table at key " + key_text(scratch) + ": 1 live entries"));
+    CHECK(contains(text, "pid " + std::to_string(svc->pid()) + " 'order-svc'"));
+
+    std::tie(code, text) = proctab(scratch, {"beat", "for-svc", "--timeout", "1m", "--pid", std::to_string(svc->pid())});
+    CHECK(code == 0);
+    CHECK(contains(text, "registered 'for-svc' for pid " + std::to_string(svc->pid())));
+    std::tie(code, text) = proctab(scratch, {"beat", "init-is-not-ours", "--timeout", "1m", "--pid", "1"});
+    CHECK(code == 2);
+    CHECK(contains(text, "cannot register pid 1"));
+
+    std::tie(code, text) = proctab(scratch, {"remove", "for-svc"});
+    CHECK(code == 0);
+    CHECK(contains(text, "removed slot"));
+    std::tie(code, text) = proctab(scratch, {"remove", "--pid", "999999"});
+    CHECK(code == 1);
+
+    std::tie(code, text) = proctab(scratch, {"destroy", "--force"});
+    CHECK(code == 0);
+    CHECK(::shmget(scratch.key(), 0, 0) < 0);
+
+    std::tie(code, text) = proctab(scratch, {"beat", "x", "--timeout", "soon"});
+    CHECK(code == 2);
+    CHECK(contains(text, "--timeout: bad duration 'soon'"));
+}

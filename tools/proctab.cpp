@@ -1,0 +1,397 @@
+// proctab: the operators' view of the heartbeat table and of the host's processes.
+#include <grp.h>
+#include <poll.h>
+#include <pwd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include <hbwatch/clock.h>
+#include <hbwatch/duration.h>
+#include <hbwatch/error.h>
+#include <hbwatch/inspect.h>
+#include <hbwatch/stopper.h>
+
+#include "tool/support.h"
+
+namespace {
+
+namespace tool = hbwatch::tool;
+using hbwatch::Error;
+using json = nlohmann::json;
+
+constexpr int kExitNoTable = 2;
+
+// ---------------------------------------------------------------- formatting
+
+bool colour() {
+    static const bool on = ::isatty(1) && std::getenv("NO_COLOR") == nullptr;
+    return on;
+}
+
+std::string paint(const std::string& text, hbwatch::EntryState state) {
+    if (!colour()) return text;
+    const char* code = state == hbwatch::EntryState::ok ? "32" : state == hbwatch::EntryState::late ? "33"
+                       : state == hbwatch::EntryState::hung ? "31" : "35";
+    return std::string("\033[") + code + "m" + text + "\033[0m";
+}
+
+std::string fit(std::string_view text, std::size_t width) {
+    if (text.size() <= width) return std::string(text);
+    return std::string(text.substr(0, width - 1)) + "~";
+}
+
+std::string user_name(uid_t uid) {
+    const passwd* pw = ::getpwuid(uid);
+    return pw ? pw->pw_name : std::to_string(uid);
+}
+
+std::string group_name(gid_t gid) {
+    const group* gr = ::getgrgid(gid);
+    return gr ? gr->gr_name : std::to_string(gid);
+}
+
+std::string header_line(const hbwatch::TableInfo& info, std::size_t used) {
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(info.mode));
+    return "table " + hbwatch::format_key(info.key) + ": " + std::to_string(used) + "/" + std::to_string(info.slot_count) +
+           " slots, mode " + mode + " " + user_name(info.owner_uid) + ":" + group_name(info.owner_gid) + ", " +
+           std::to_string(info.registrations) + " registrations, " + std::to_string(info.kills) + " kills";
+}
+
+void print_table(const hbwatch::Table& table, std::ostream& out) {
+    const auto entries = hbwatch::inspect(table, hbwatch::monotonic_now_ns());
+    out << header_line(table.info(), entries.size()) << "\n";
+    char line[256];
+    std::snprintf(line, sizeof line, "%5s %7s %-14s %-5s %7s %7s %7s %7s %7s %5s\n", "SLOT", "PID", "NAME", "STATE",
+                  "TIMEOUT", "BEAT", "BEATS", "UPTIME", "RSS", "CPU%");
+    out << line;
+    for (const auto& e : entries) {
+        const std::string state = hbwatch::to_string(e.state);
+        std::snprintf(line, sizeof line, "%5u %7d %-14s %s%*s %7s %7s %7s %7s %7s %5s\n", e.slot.index, e.slot.process.pid,
+                      fit(e.slot.name(), 14).c_str(), paint(state, e.state).c_str(), static_cast<int>(5 - state.size()), "",
+                      hbwatch::human_duration(e.slot.timeout).c_str(), hbwatch::human_duration(e.since_beat).c_str(),
+                      e.slot.beats > 9'999'999 ? (std::to_string(e.slot.beats / 1'000'000) + "M").c_str()
+                                               : std::to_string(e.slot.beats).c_str(),
+                      e.usage ? hbwatch::human_duration(e.usage->uptime).c_str() : "-",
+                      e.usage ? hbwatch::human_size(e.usage->rss_bytes).c_str() : "-",
+                      e.usage ? (std::to_string(static_cast<int>(std::lround(e.usage->cpu_percent)))).c_str() : "-");
+        out << line;
+    }
+}
+
+json entries_json(const hbwatch::Table& table) {
+    json array = json::array();
+    for (const auto& e : hbwatch::inspect(table, hbwatch::monotonic_now_ns())) {
+        json o{{"slot", e.slot.index},
+               {"pid", e.slot.process.pid},
+               {"name", std::string(e.slot.name())},
+               {"state", hbwatch::to_string(e.state)},
+               {"uid", e.slot.uid},
+               {"start_time_ticks", e.slot.process.start_time},
+               {"timeout_ms", e.slot.timeout.count()},
+               {"since_beat_ms", e.since_beat.count()},
+               {"beats", e.slot.beats},
+               {"uptime_ms", e.usage ? json(e.usage->uptime.count()) : json(nullptr)},
+               {"rss_bytes", e.usage ? json(e.usage->rss_bytes) : json(nullptr)},
+               {"cpu_percent", e.usage ? json(std::round(e.usage->cpu_percent * 10) / 10) : json(nullptr)}};
+        if (e.state == hbwatch::EntryState::dead) o["dead_reason"] = e.dead_reason;
+        array.push_back(std::move(o));
+    }
+    return array;
+}
+
+// The Prometheus text format, for node_exporter's textfile collector.
+std::string prometheus(const hbwatch::Table& table) {
+    const auto entries = hbwatch::inspect(table, hbwatch::monotonic_now_ns());
+    const auto info = table.info();
+    std::ostringstream out;
+    auto family = [&](const char* name, const char* type, const char* help, auto value_of) {
+        out << "# HELP " << name << " " << help << "\n# TYPE " << name << " " << type << "\n";
+        for (const auto& e : entries) {
+            // Names are [A-Za-z0-9._:@+/-]: nothing to escape in a label value.
+            out << name << "{name=\"" << e.slot.name() << "\",pid=\"" << e.slot.process.pid << "\"} " << value_of(e) << "\n";
+        }
+    };
+    family("hbwatch_entry_timeout_seconds", "gauge", "Heartbeat timeout of the entry.",
+           [](const hbwatch::Entry& e) { return static_cast<double>(e.slot.timeout.count()) / 1000.0; });
+    family("hbwatch_entry_last_beat_age_seconds", "gauge", "Time since the entry's last beat.",
+           [](const hbwatch::Entry& e) { return static_cast<double>(e.since_beat.count()) / 1000.0; });
+    family("hbwatch_entry_beats_total", "counter", "Beats since the entry registered.",
+           [](const hbwatch::Entry& e) { return static_cast<double>(e.slot.beats); });
+    family("hbwatch_entry_hung", "gauge", "1 when the last beat is older than the timeout.",
+           [](const hbwatch::Entry& e) { return e.state == hbwatch::EntryState::hung ? 1 : 0; });
+    family("hbwatch_entry_dead", "gauge", "1 when the registered process is gone, reused or a zombie.",
+           [](const hbwatch::Entry& e) { return e.state == hbwatch::EntryState::dead ? 1 : 0; });
+    family("hbwatch_entry_resident_memory_bytes", "gauge", "Resident memory of the entry's process.",
+           [](const hbwatch::Entry& e) { return e.usage ? static_cast<double>(e.usage->rss_bytes) : 0.0; });
+    family("hbwatch_entry_cpu_ratio", "gauge", "CPU used by the entry's process over its lifetime, 1 = one core.",
+           [](const hbwatch::Entry& e) { return e.usage ? e.usage->cpu_percent / 100.0 : 0.0; });
+    auto total = [&](const char* name, const char* type, const char* help, double value) {
+        out << "# HELP " << name << " " << help << "\n# TYPE " << name << " " << type << "\n" << name << " " << value << "\n";
+    };
+    total("hbwatch_table_slots", "gauge", "Slots in the table.", info.slot_count);
+    total("hbwatch_table_entries", "gauge", "Slots holding an entry.", static_cast<double>(entries.size()));
+    total("hbwatch_table_registrations_total", "counter", "Registrations since the table was created.",
+          static_cast<double>(info.registrations));
+    total("hbwatch_table_kills_total", "counter", "Processes checkproc signalled to stop.", static_cast<double>(info.kills));
+    total("hbwatch_table_reclaims_total", "counter", "Slots of dead owners taken back by registrations.",
+          static_cast<double>(info.reclaims));
+    return out.str();
+}
+
+void print_processes(const std::vector<hbwatch::HostProcess>& processes, bool with_parent) {
+    std::printf("%7s %-5s %8s %8s %5s  %s%s\n", "PID", "STATE", "UPTIME", "RSS(MB)", "CPU%", with_parent ? "PARENT  " : "",
+                "EXECUTABLE");
+    for (const auto& p : processes) {
+        const std::string parent = with_parent ? std::to_string(p.ppid) + " (" + p.parent_comm + ")  " : "";
+        std::printf("%7d %-5c %8s %8.1f %5ld  %s%s\n", p.pid, p.state, hbwatch::human_duration(p.usage.uptime).c_str(),
+                    static_cast<double>(p.usage.rss_bytes) / 1048576.0, std::lround(p.usage.cpu_percent), parent.c_str(),
+                    p.exe.empty() ? ("(" + p.comm + ")").c_str() : p.exe.c_str());
+    }
+}
+
+json processes_json(const std::vector<hbwatch::HostProcess>& processes) {
+    json array = json::array();
+    for (const auto& p : processes)
+        array.push_back({{"pid", p.pid}, {"ppid", p.ppid}, {"parent", p.parent_comm}, {"state", std::string(1, p.state)},
+                         {"comm", p.comm}, {"exe", p.exe}, {"uptime_ms", p.usage.uptime.count()},
+                         {"rss_bytes", p.usage.rss_bytes}, {"cpu_percent", std::round(p.usage.cpu_percent * 10) / 10}});
+    return array;
+}
+
+// ---------------------------------------------------------------- commands
+
+hbwatch::Table existing_table(const hbwatch::TableOptions& options, hbwatch::Table::Access access) {
+    auto table = hbwatch::Table::open_existing(options, access);
+    if (!table)
+        throw Error(ENOENT, "no table at key " + hbwatch::format_key(*options.key) +
+                                ": nothing has registered yet (services create it on first use; or run proctab init)");
+    return std::move(*table);
+}
+
+int list(const hbwatch::TableOptions& options, bool as_json, bool as_prometheus, std::optional<std::string> watch) {
+    auto table = existing_table(options, hbwatch::Table::Access::read_only);
+    if (as_json) {
+        std::cout << entries_json(table).dump(2) << "\n";
+    } else if (as_prometheus) {
+        std::cout << prometheus(table);
+    } else if (!watch) {
+        print_table(table, std::cout);
+    } else {
+        const auto every = hbwatch::parse_duration(watch->empty() ? "2s" : *watch);
+        const int stop = tool::signalfd_for({SIGINT, SIGTERM});
+        for (;;) {
+            std::ostringstream frame;
+            print_table(table, frame);
+            std::cout << (::isatty(1) ? "\033[H\033[2J" : "") << frame.str() << std::flush;
+            pollfd p{stop, POLLIN, 0};
+            if (::poll(&p, 1, static_cast<int>(every.count())) > 0) break;
+        }
+    }
+    return tool::kExitOk;
+}
+
+int beat(const hbwatch::TableOptions& options, const std::string& name, const std::string& timeout_text,
+         std::optional<pid_t> pid_option) {
+    const pid_t pid = pid_option.value_or(::getppid());
+    const auto timeout = hbwatch::parse_duration(timeout_text);
+    hbwatch::validate_name(name);
+    hbwatch::validate_timeout(timeout);
+    auto who = hbwatch::identity_of(pid);
+    if (!who) throw Error(ESRCH, "no process with pid " + std::to_string(pid) + " to beat for");
+    struct stat owner {};
+    ::stat(("/proc/" + std::to_string(pid)).c_str(), &owner);
+    auto table = hbwatch::Table::open_or_create(options);
+    std::optional<hbwatch::SlotSnapshot> mine;
+    table.for_each([&](const hbwatch::SlotSnapshot& s) {
+        if (s.phase == hbwatch::SlotPhase::live && s.name() == name && s.process == *who) mine = s;
+    });
+    if (mine && mine->timeout == timeout && table.beat(mine->index, mine->token)) {
+        std::printf("beat '%s' for pid %d in slot %u\n", name.c_str(), pid, mine->index);
+        return tool::kExitOk;
+    }
+    if (mine) table.free_slot(mine->index, mine->token);  // a new timeout: register anew
+    const auto claim = table.claim(name, timeout, *who, owner.st_uid);
+    std::printf("registered '%s' for pid %d in slot %u, timeout %s\n", name.c_str(), pid, claim.index,
+                hbwatch::format_duration(timeout).c_str());
+    return tool::kExitOk;
+}
+
+int remove(const hbwatch::TableOptions& options, const std::string& name, std::optional<pid_t> pid,
+           std::optional<std::uint32_t> slot) {
+    if (name.empty() && !pid && !slot) throw Error(EINVAL, "remove: give NAME, --pid PID or --slot N");
+    auto table = existing_table(options, hbwatch::Table::Access::read_write);
+    std::size_t removed = 0;
+    table.for_each([&](const hbwatch::SlotSnapshot& s) {
+        if ((!name.empty() && s.name() != name) || (pid && s.process.pid != *pid) || (slot && s.index != *slot)) return;
+        if (table.free_slot(s.index, s.token)) {
+            ++removed;
+            std::printf("removed slot %u: pid %d '%s'\n", s.index, s.process.pid, std::string(s.name()).c_str());
+        }
+    });
+    if (removed == 0) {
+        std::fprintf(stderr, "proctab: no entry matched\n");
+        return tool::kExitFailure;
+    }
+    return tool::kExitOk;
+}
+
+int init(const hbwatch::TableOptions& base, std::uint32_t slots, const std::string& mode, const std::string& group) {
+    hbwatch::TableOptions options = base;
+    options.slots = slots;
+    char* end = nullptr;
+    const unsigned long bits = std::strtoul(mode.c_str(), &end, 8);
+    if (mode.empty() || *end != '\0' || bits > 0777) throw Error(EINVAL, "--mode " + mode + ": give octal permission bits such as 0660");
+    options.mode = static_cast<mode_t>(bits);
+    if (!group.empty()) {
+        const struct group* gr = ::getgrnam(group.c_str());
+        char* gend = nullptr;
+        const unsigned long gid = std::strtoul(group.c_str(), &gend, 10);
+        if (gr) options.group = gr->gr_gid;
+        else if (*gend == '\0') options.group = static_cast<gid_t>(gid);
+        else throw Error(EINVAL, "--group " + group + ": no such group");
+    }
+    auto table = hbwatch::Table::create(options);
+    std::printf("created the %s\n", header_line(table.info(), 0).c_str());
+    return tool::kExitOk;
+}
+
+int destroy(const hbwatch::TableOptions& options, bool force) {
+    auto table = existing_table(options, hbwatch::Table::Access::read_only);
+    std::vector<std::string> alive;
+    for (const auto& e : hbwatch::inspect(table, hbwatch::monotonic_now_ns()))
+        if (e.state != hbwatch::EntryState::dead)
+            alive.push_back("pid " + std::to_string(e.slot.process.pid) + " '" + std::string(e.slot.name()) + "'");
+    if (!alive.empty() && !force) {
+        std::string list;
+        for (const auto& a : alive) list += "\n  " + a;
+        std::fprintf(stderr, "proctab: refusing to destroy the table at key %s: %zu live entries would lose their slots:%s\n"
+                             "Stop them first, or use --force.\n",
+                     hbwatch::format_key(*options.key).c_str(), alive.size(), list.c_str());
+        return tool::kExitFailure;
+    }
+    hbwatch::Table::destroy(*options.key);
+    std::printf("destroyed the table at key %s\n", hbwatch::format_key(*options.key).c_str());
+    return tool::kExitOk;
+}
+
+int health(const std::string& name, const std::string& path, const std::string& max_rss, bool as_json) {
+    const auto report = hbwatch::check_health(name, path, max_rss.empty() ? std::nullopt : std::optional(hbwatch::parse_size(max_rss)));
+    if (as_json) {
+        json issues = json::array();
+        for (const auto& i : report.issues) issues.push_back({{"problem", i.problem}, {"recommendation", i.recommendation}});
+        std::cout << json{{"name", name}, {"healthy", report.healthy()}, {"issues", issues},
+                          {"processes", processes_json(report.processes)}}.dump(2) << "\n";
+    } else if (report.healthy()) {
+        std::printf("healthy: %zu instance of '%s' running, no zombie%s\n", report.processes.size(), name.c_str(),
+                    max_rss.empty() ? "" : (", memory under " + max_rss).c_str());
+    } else {
+        std::printf("unhealthy: %zu issue(s) with '%s'\n", report.issues.size(), name.c_str());
+        for (const auto& i : report.issues) std::printf("  - %s\n    what to do: %s\n", i.problem.c_str(), i.recommendation.c_str());
+    }
+    return report.healthy() ? tool::kExitOk : tool::kExitFailure;
+}
+
+int kill_matching(const std::string& name, const std::string& path, const std::string& grace) {
+    std::vector<hbwatch::ProcessIdentity> targets;
+    for (const auto& p : hbwatch::find_processes(name, path))
+        if (auto who = hbwatch::identity_of(p.pid)) targets.push_back(*who);
+    if (targets.empty()) {
+        std::fprintf(stderr, "proctab: no process named '%s'%s\n", name.c_str(), path.empty() ? "" : (" at " + path).c_str());
+        return tool::kExitFailure;
+    }
+    const auto tally = hbwatch::stop_all(targets, hbwatch::parse_duration(grace));
+    for (const auto& note : tally.notes) std::printf("  %s\n", note.c_str());
+    std::printf("%zu stopped (%zu needed SIGKILL), %zu failed\n", tally.stopped, tally.killed, tally.failed);
+    return tally.failed == 0 ? tool::kExitOk : tool::kExitFailure;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"proctab: see and manage the hbwatch table, and the host's processes.", "proctab"};
+    app.footer(
+        "Examples:\n"
+        "  proctab                                    the table: state, last beat, memory, CPU\n"
+        "  proctab --json | jq '.[] | select(.state==\"hung\")'\n"
+        "  proctab --prometheus > /var/lib/node_exporter/hbwatch.prom\n"
+        "  proctab --watch 1s                         refresh in place, like top\n"
+        "  while work; do proctab beat nightly-backup --timeout 10m; done\n"
+        "  proctab health order-svc --max-rss 1G      exit 0 when healthy, 1 when not\n"
+        "  proctab kill order-svc --grace 10s         SIGTERM, then SIGKILL, through pidfds\n"
+        "\n"
+        "Exit status: 0 done (or healthy); 1 failed, unhealthy or nothing matched; 2 bad arguments\n"
+        "or no table at the key.");
+    app.require_subcommand(0, 1);
+    std::string key;
+    bool as_json = false, as_prometheus = false;
+    std::optional<std::string> watch;
+    app.add_option("--key", key, "table key (default: HBWATCH_KEY, else 0x48425754)")->check(tool::key_validator());
+    auto* json_flag = app.add_flag("--json", as_json, "one JSON array (or object) for scripts");
+    app.add_flag("--prometheus", as_prometheus, "the Prometheus text format")->excludes(json_flag);
+    app.add_option("--watch", watch, "refresh every INTERVAL (default 2s)")->expected(0, 1)->check(tool::duration_validator());
+
+    app.add_subcommand("list", "the table (the default)");
+    auto* beat_cmd = app.add_subcommand("beat", "register or refresh an entry for a process (default: the calling shell)");
+    std::string name, timeout, path, max_rss, grace = "10s", mode = "0660", group;
+    std::optional<pid_t> pid;
+    std::optional<std::uint32_t> slot;
+    std::uint32_t slots = hbwatch::kDefaultSlots;
+    beat_cmd->add_option("NAME", name)->required();
+    beat_cmd->add_option("--timeout", timeout, "the entry's timeout")->required()->check(tool::duration_validator());
+    beat_cmd->add_option("--pid", pid, "the process to beat for");
+    auto* remove_cmd = app.add_subcommand("remove", "free entries by NAME, --pid or --slot");
+    remove_cmd->add_option("NAME", name);
+    remove_cmd->add_option("--pid", pid);
+    remove_cmd->add_option("--slot", slot);
+    auto* init_cmd = app.add_subcommand("init", "create the table");
+    init_cmd->add_option("--slots", slots, "slots (default 4096)")->check(CLI::Range(1u, hbwatch::kMaxSlots));
+    init_cmd->add_option("--mode", mode, "permission bits (default 0660)");
+    init_cmd->add_option("--group", group, "owning group, by name or number");
+    auto* destroy_cmd = app.add_subcommand("destroy", "remove the table (refused while live entries exist)");
+    bool force = false;
+    destroy_cmd->add_flag("--force", force, "remove it even so");
+    auto* ps_cmd = app.add_subcommand("ps", "every process with that name (any process, registered or not)");
+    auto* health_cmd = app.add_subcommand("health", "running? several? zombies? memory above --max-rss?");
+    auto* kill_cmd = app.add_subcommand("kill", "stop every matching process: SIGTERM, then SIGKILL after --grace");
+    for (auto* cmd : {ps_cmd, health_cmd, kill_cmd}) {
+        cmd->add_option("NAME", name)->required();
+        cmd->add_option("--path", path, "only processes running this executable");
+    }
+    health_cmd->add_option("--max-rss", max_rss, "memory limit, such as 512M or 1G");
+    kill_cmd->add_option("--grace", grace, "SIGTERM to SIGKILL (default 10s)")->check(tool::duration_validator());
+    auto* zombies_cmd = app.add_subcommand("zombies", "every zombie on the host, with its parent");
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        return app.exit(e) == 0 ? tool::kExitOk : tool::kExitUsage;
+    }
+
+    tool::ignore_sigpipe();
+    try {
+        const auto options = tool::table_options(key);
+        if (beat_cmd->parsed()) return beat(options, name, timeout, pid);
+        if (remove_cmd->parsed()) return remove(options, name, pid, slot);
+        if (init_cmd->parsed()) return init(options, slots, mode, group);
+        if (destroy_cmd->parsed()) return destroy(options, force);
+        if (health_cmd->parsed()) return health(name, path, max_rss, as_json);
+        if (kill_cmd->parsed()) return kill_matching(name, path, grace);
+        if (ps_cmd->parsed() || zombies_cmd->parsed()) {
+            const auto found = ps_cmd->parsed() ? hbwatch::find_processes(name, path) : hbwatch::find_zombies();
+            if (as_json) std::cout << processes_json(found).dump(2) << "\n";
+            else print_processes(found, zombies_cmd->parsed());
+            return found.empty() && ps_cmd->parsed() ? tool::kExitFailure : tool::kExitOk;
+        }
+        return list(options, as_json, as_prometheus, watch);
+    } catch (const Error& e) {
+        std::fprintf(stderr, "proctab: %s\n", e.what());
+        return e.code() == ENOENT || e.code() == EINVAL ? kExitNoTable : tool::kExitFailure;
+    }
+}
