@@ -271,6 +271,13 @@ TEST_CASE("--max-restarts gives up with a log line and exit code 3") {
     CHECK(contains(p.output(), "giving up: true was started 3 times within 1m (--max-restarts 3 --window 1m); exiting with code 3"));
 }
 
+TEST_CASE("arguments after PROGRAM are PROGRAM's, even those that look like procctl's") {
+    Process p(procctl({"-f", "10", "sh", "-c", "echo \"args: $*\"", "sh", "--grace", "2s", "-f", "--env=X"}));
+    REQUIRE(p.wait_for_output("args: "));
+    REQUIRE(p.wait_for_output("\n"));
+    CHECK(contains(p.output_so_far(), "args: --grace 2s -f --env=X\n"));
+}
+
 TEST_CASE("bad arguments are named, with exit code 2") {
     Process p(procctl({"-f", "soon", "true"}));
     REQUIRE(p.wait_exit(10s));

@@ -47,7 +47,23 @@ struct Cli {
         app.add_flag("-v,--verbose", verbose, "also log reaped descendants");
         app.add_option("INTERVAL", interval, "pause between an exit and the next start")->required()->check(tool::duration_validator());
         app.add_option("PROGRAM", program, "a path, or a name found on PATH, then its arguments")->required();
-        app.prefix_command();  // what follows PROGRAM is PROGRAM's, even when it looks like an option
+    }
+
+    // Where procctl's own arguments end: just after PROGRAM. What follows is PROGRAM's, even
+    // when it looks like one of procctl's options (`procctl 10 checkproc --grace 2s`).
+    static int program_end(const CLI::App& app, int argc, char** argv) {
+        int positionals = 0;
+        for (int i = 1; i < argc; ++i) {
+            const std::string arg = argv[i];
+            if (arg.size() > 1 && arg[0] == '-' && arg.find('=') == std::string::npos) {
+                const CLI::Option* option = app.get_option_no_throw(arg);
+                if (option != nullptr && option->get_items_expected_max() > 0) ++i;  // its value
+                continue;
+            }
+            if (arg.size() > 1 && arg[0] == '-') continue;  // --option=value
+            if (++positionals == 2) return i + 1;
+        }
+        return argc;
     }
 
     tool::SuperviseOptions options(const std::vector<std::string>& args) const {
@@ -150,15 +166,16 @@ int main(int argc, char** argv) {
         "Exit status: 0 stopped by SIGTERM/SIGINT (or, when detaching, the background loop started);\n"
         "1 procctl itself could not start (pidfile held, log not writable); 2 bad arguments;\n"
         "3 gave up after --max-restarts.");
+    const int own = Cli::program_end(app, argc, argv);
     try {
-        app.parse(argc, argv);
+        app.parse(own, argv);
     } catch (const CLI::ParseError& e) {
         return app.exit(e) == 0 ? tool::kExitOk : tool::kExitUsage;
     }
 
     tool::SuperviseOptions options;
     try {
-        options = cli.options(app.remaining());
+        options = cli.options(std::vector<std::string>(argv + own, argv + argc));
     } catch (const hbwatch::Error& e) {
         std::fprintf(stderr, "procctl: %s\nRun with --help for more information.\n", e.what());
         return tool::kExitUsage;

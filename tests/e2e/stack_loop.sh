@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The whole loop on real processes, through scripts/start.sh and stop.sh: a service hangs; it
+# is killed (TERM, or KILL when it ignores TERM); procctl restarts it; it beats again; after
+# stop.sh no process of the stack and no slot is left.
+set -euo pipefail
+bin=$1
+scripts=$2
+export HBWATCH_BIN=$bin
+export HBWATCH_KEY=$(printf '0x48E3%04x' $(( $$ & 0xFFFF )))
+run=$(mktemp -d /tmp/hbwatch-e2e-XXXXXX)
+cleanup() {
+  "$scripts/stop.sh" "$run" 20 >/dev/null 2>&1 || true
+  ipcrm -M "$HBWATCH_KEY" 2>/dev/null || true
+  rm -rf "$run"
+}
+trap cleanup EXIT
+
+fail() { echo "e2e FAILED: $*" >&2; echo "--- logs:" >&2; tail -n 20 "$run"/*.log "$run"/*.out >&2 || true; exit 1; }
+# Waits (up to 30 s) until the command succeeds.
+wait_until() {
+  local what=$1; shift
+  local deadline=$((SECONDS + 30))
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || fail "timed out waiting: $what"
+    sleep 0.1
+  done
+  echo "ok: $what"
+}
+metric() { "$bin/proctab" --prometheus | grep "^$1{name=\"$2\"" || true; }
+
+cat > "$run/stack" <<STACK
+1 \$HBWATCH_BIN/checkproc --grace 1s
+1 \$HBWATCH_BIN/demo_service hangs --timeout 1s --hang-after 1500ms
+1 \$HBWATCH_BIN/demo_service stubborn --timeout 1s --hang-after 1500ms --ignore-term
+STACK
+"$scripts/start.sh" "$run/stack" "$run" || fail "start.sh"
+checkproc_log=$run/01-checkproc.out
+
+wait_until "both services registered and beating" sh -c "'$bin/proctab' --json | grep -q '\"name\": \"stubborn\"'"
+first_hangs=$(metric hbwatch_entry_beats_total hangs | sed 's/.*pid="\([0-9]*\)".*/\1/')
+[ -n "$first_hangs" ] || fail "no entry for hangs"
+
+# 1. it hangs, and 2. it is killed: by TERM, or by KILL when it ignores TERM.
+wait_until "checkproc saw 'hangs' hung and sent SIGTERM" grep -q "pid $first_hangs 'hangs': hung: .*SIGTERM sent" "$checkproc_log"
+wait_until "'hangs' exited on SIGTERM and its slot was freed" grep -q "pid $first_hangs 'hangs': exited .* after SIGTERM; slot freed" "$checkproc_log"
+wait_until "'stubborn' ignored SIGTERM and was killed by SIGKILL" grep -q "'stubborn': exited .* (SIGKILL was needed); slot freed" "$checkproc_log"
+
+# 3. procctl restarts it, and 4. the new pid beats again.
+wait_until "procctl restarted 'hangs'" sh -c "[ \$(grep -c 'started .* as pid' '$run/02-demo_service.log') -ge 2 ]"
+new_hangs=$(grep 'started .* as pid' "$run/02-demo_service.log" | sed -n 2p | sed 's/.* as pid \([0-9]*\).*/\1/')
+[ "$new_hangs" != "$first_hangs" ] || fail "the restarted service has the old pid"
+wait_until "the new pid $new_hangs beats again" sh -c "'$bin/proctab' --prometheus | grep -q '^hbwatch_entry_beats_total{name=\"hangs\",pid=\"$new_hangs\"} [1-9]'"
+
+# 5. after stop, nothing of the stack is left: no process, no slot.
+procctls=$(cat "$run"/*.pid)
+services=$(grep -ho 'as pid [0-9]*' "$run"/*.log | awk '{print $3}')
+"$scripts/stop.sh" "$run" 20 || fail "stop.sh reported processes that would not stop"
+for pid in $procctls $services; do
+  if [ -d "/proc/$pid" ] && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null; then
+    fail "pid $pid is still running after stop.sh: $(tr '\0' ' ' < /proc/$pid/cmdline)"
+  fi
+done
+echo "ok: no procctl or service of the stack is left"
+entries=$("$bin/proctab" --json | tr -d ' \n')
+[ "$entries" = "[]" ] || fail "slots left in the table after stop: $entries"
+echo "ok: no slot is left in the table"
