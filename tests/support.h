@@ -23,6 +23,7 @@ extern "C" {
 #include <thread>
 #include <vector>
 
+#include <hbwatch/error.h>
 #include <hbwatch/table.h>
 
 namespace hbtest {
@@ -59,6 +60,23 @@ public:
 private:
     key_t key_;
 };
+
+/// The message of the hbwatch::Error that `action` throws, or "no error".
+inline std::string error_of(const std::function<void()>& action) {
+    try {
+        action();
+    } catch (const hbwatch::Error& e) {
+        return e.what();
+    }
+    return "no error";
+}
+
+/// How many times `needle` occurs in `text`.
+inline std::size_t count_of(const std::string& text, const std::string& needle) {
+    std::size_t n = 0;
+    for (auto pos = text.find(needle); pos != std::string::npos; pos = text.find(needle, pos + 1)) ++n;
+    return n;
+}
 
 /// Polls `condition` until it holds or `timeout` passes. For states that have no event to
 /// wait on (a slot in shared memory); processes are waited on through pidfds instead.
@@ -216,12 +234,7 @@ public:
     /// Reads output until `needle` has appeared `count` times; false on timeout or EOF.
     bool wait_for_output_count(const std::string& needle, std::size_t count, std::chrono::milliseconds timeout = 10s) {
         const auto deadline = std::chrono::steady_clock::now() + timeout;
-        auto occurrences = [&] {
-            std::size_t n = 0;
-            for (auto pos = output_.find(needle); pos != std::string::npos; pos = output_.find(needle, pos + 1)) ++n;
-            return n;
-        };
-        while (occurrences() < count) {
+        while (count_of(output_, needle) < count) {
             const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
             if (left.count() <= 0 || !read_some(left)) return false;
         }

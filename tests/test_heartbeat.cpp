@@ -11,17 +11,7 @@ using hbwatch::BeatStatus;
 using hbwatch::Heartbeat;
 using hbwatch::Table;
 using hbtest::ScratchKey;
-
-namespace {
-std::string error_of(const std::function<void()>& action) {
-    try {
-        action();
-    } catch (const hbwatch::Error& e) {
-        return e.what();
-    }
-    return "no error";
-}
-}  // namespace
+using hbtest::error_of;
 
 TEST_CASE("a heartbeat registers the process, beats, and frees its slot when destroyed") {
     ScratchKey scratch;

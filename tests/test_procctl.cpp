@@ -148,8 +148,7 @@ TEST_CASE("a missing program is logged with its reason and retried with a doubli
     ::kill(p.pid(), SIGTERM);
     REQUIRE(p.wait_exit(10s));
     const auto& log = p.output();
-    std::size_t attempts = 0;
-    for (auto pos = log.find("cannot start"); pos != std::string::npos; pos = log.find("cannot start", pos + 1)) ++attempts;
+    const auto attempts = hbtest::count_of(log, "cannot start");
     CHECK(attempts >= 2);
     CHECK(attempts <= 3);  // at 0 s, 1 s and 3 s: no spinning
     CHECK(contains(log, "cannot start /nonexistent/order-svc: exec failed: No such file or directory; attempt 1 in a row, next in 1.0s"));
@@ -163,8 +162,7 @@ TEST_CASE("a crash loop backs off; a quick exit 0 does not") {
         ::kill(p.pid(), SIGTERM);
         REQUIRE(p.wait_exit(10s));
         const auto& log = p.output();
-        std::size_t runs = 0;
-        for (auto pos = log.find("started sh"); pos != std::string::npos; pos = log.find("started sh", pos + 1)) ++runs;
+        const auto runs = hbtest::count_of(log, "started sh");
         CHECK(runs >= 2);
         CHECK(runs <= 3);
         CHECK(contains(log, "(crash 2 in a row: backoff, max 5m00s)"));

@@ -19,6 +19,7 @@
 using namespace std::chrono_literals;
 using hbwatch::Table;
 using hbtest::ScratchKey;
+using hbtest::error_of;
 
 namespace {
 
@@ -63,14 +64,6 @@ std::string as_nobody(gid_t gid, const std::function<std::string()>& body) {
     return text;
 }
 
-std::string error_of(const std::function<void()>& action) {
-    try {
-        action();
-    } catch (const hbwatch::Error& e) {
-        return e.what();
-    }
-    return "no error";
-}
 
 }  // namespace
 

@@ -37,13 +37,7 @@ int main(int argc, char** argv) {
     auto* log_option = app.add_option("--log", log_file, "log to FILE (rotated) instead of stderr");
     app.add_option("LOGFILE", log_positional, "same as --log FILE")->excludes(log_option);
     app.add_flag("-v,--verbose", verbose, "also log healthy entries");
-    try {
-        app.parse(argc, argv);
-    } catch (const CLI::ParseError& e) {
-        return app.exit(e) == 0 ? tool::kExitOk : tool::kExitUsage;
-    }
-
-    tool::ignore_sigpipe();
+    if (auto done = tool::parse(app, argc, argv)) return *done;
     try {
         // Blocked in both modes: a TERM from procctl must not cut a stop short.
         const int stop_fd = tool::signalfd_for({SIGTERM, SIGINT});

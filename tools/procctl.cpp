@@ -167,11 +167,7 @@ int main(int argc, char** argv) {
         "1 procctl itself could not start (pidfile held, log not writable); 2 bad arguments;\n"
         "3 gave up after --max-restarts.");
     const int own = Cli::program_end(app, argc, argv);
-    try {
-        app.parse(own, argv);
-    } catch (const CLI::ParseError& e) {
-        return app.exit(e) == 0 ? tool::kExitOk : tool::kExitUsage;
-    }
+    if (auto done = tool::parse(app, own, argv)) return *done;
 
     tool::SuperviseOptions options;
     try {
@@ -181,7 +177,6 @@ int main(int argc, char** argv) {
         return tool::kExitUsage;
     }
 
-    tool::ignore_sigpipe();
     int ready = -1;
     try {
         // In the background nothing of the caller's survives: close what it left open first.

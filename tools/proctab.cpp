@@ -368,13 +368,7 @@ int main(int argc, char** argv) {
     health_cmd->add_option("--max-rss", max_rss, "memory limit, such as 512M or 1G");
     kill_cmd->add_option("--grace", grace, "SIGTERM to SIGKILL (default 10s)")->check(tool::duration_validator());
     auto* zombies_cmd = app.add_subcommand("zombies", "every zombie on the host, with its parent");
-    try {
-        app.parse(argc, argv);
-    } catch (const CLI::ParseError& e) {
-        return app.exit(e) == 0 ? tool::kExitOk : tool::kExitUsage;
-    }
-
-    tool::ignore_sigpipe();
+    if (auto done = tool::parse(app, argc, argv)) return *done;
     try {
         const auto options = tool::table_options(key);
         if (beat_cmd->parsed()) return beat(options, name, timeout, pid);

@@ -74,6 +74,16 @@ CLI::Validator key_validator() {
     return validator("KEY", [](const std::string& text) { return parse_key(text); });
 }
 
+std::optional<int> parse(CLI::App& app, int argc, char** argv) {
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        return app.exit(e) == 0 ? kExitOk : kExitUsage;
+    }
+    ignore_sigpipe();
+    return std::nullopt;
+}
+
 TableOptions table_options(const std::string& key_text) {
     TableOptions options;
     options.key = key_text.empty() ? key_from_environment() : parse_key(key_text);

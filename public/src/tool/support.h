@@ -5,6 +5,7 @@
 #include <csignal>
 #include <initializer_list>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include <CLI/CLI.hpp>
@@ -30,6 +31,10 @@ LogSink sink_for(std::shared_ptr<spdlog::logger> logger);
 /// CLI11 checks that name the bad value and the accepted forms.
 CLI::Validator duration_validator();
 CLI::Validator key_validator();
+
+/// Parses the command line. nullopt to go on; otherwise the exit code to return at once
+/// (0 after --help, kExitUsage after an error, which CLI11 has printed). Also ignores SIGPIPE.
+std::optional<int> parse(CLI::App& app, int argc, char** argv);
 
 /// Applies --key (when given) over HBWATCH_KEY and the default.
 TableOptions table_options(const std::string& key_text);
