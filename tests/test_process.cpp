@@ -21,6 +21,19 @@ TEST_CASE("the calling process reads its own identity from /proc") {
     CHECK(stat->rss_pages > 0);
 }
 
+TEST_CASE("a fork()ed child gets its own identity, not its parent's remembered one") {
+    const auto parent = hbwatch::self_identity();
+    hbtest::Pipe report;
+    hbtest::Child child([&] {
+        const auto mine = hbwatch::self_identity();
+        const auto from_proc = hbwatch::identity_of(::getpid());
+        const int ok = mine.pid == ::getpid() && from_proc && mine == *from_proc && !(mine == parent);
+        return ok ? 0 : 1;
+    });
+    CHECK(child.wait() == 0);
+    CHECK(hbwatch::self_identity() == parent);
+}
+
 TEST_CASE("a process is told apart from a later holder of its pid by the start time") {
     const auto self = hbwatch::self_identity();
     CHECK(hbwatch::liveness({self.pid, self.start_time + 1}) == Liveness::reused);

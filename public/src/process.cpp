@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <charconv>
 #include <cstring>
+#include <atomic>
 #include <fstream>
 #include <string_view>
 #include <vector>
@@ -81,10 +82,20 @@ std::optional<ProcessIdentity> identity_of(pid_t pid) {
 }
 
 ProcessIdentity self_identity() {
-    auto self = identity_of(::getpid());
+    // A process's start time never changes, so /proc is read once per pid: a fork()ed child
+    // has a new pid and reads its own. No mutex: one held by another thread at fork() would
+    // stay locked in the child. Racing writers store the same values; the release on the pid
+    // publishes the start time that belongs to it.
+    static std::atomic<std::uint64_t> cached_start{0};
+    static std::atomic<pid_t> cached_pid{0};
+    const pid_t pid = ::getpid();
+    if (cached_pid.load(std::memory_order_acquire) == pid) return {pid, cached_start.load(std::memory_order_relaxed)};
+    auto self = identity_of(pid);
     if (!self)
-        throw Error(ENOENT, "cannot read /proc/" + std::to_string(::getpid()) +
+        throw Error(ENOENT, "cannot read /proc/" + std::to_string(pid) +
                                 "/stat: hbwatch needs /proc mounted to record the process start time");
+    cached_start.store(self->start_time, std::memory_order_relaxed);
+    cached_pid.store(pid, std::memory_order_release);
     return *self;
 }
 
