@@ -18,10 +18,8 @@
 namespace hbwatch {
 namespace {
 
-constexpr std::uint64_t kNsPerMs = 1'000'000;
-
 std::uint64_t deadline_ns(const SlotSnapshot& s) {
-    return s.last_beat_ns + static_cast<std::uint64_t>(s.timeout.count()) * kNsPerMs;
+    return s.last_beat_ns + to_ns(s.timeout);
 }
 
 std::string describe(const SlotSnapshot& s) {
@@ -33,7 +31,7 @@ std::string describe(const SlotSnapshot& s) {
 
 Health health_of(const SlotSnapshot& slot, std::uint64_t now_ns) noexcept {
     const std::uint64_t since = now_ns > slot.last_beat_ns ? now_ns - slot.last_beat_ns : 0;
-    const std::uint64_t timeout = static_cast<std::uint64_t>(slot.timeout.count()) * kNsPerMs;
+    const std::uint64_t timeout = to_ns(slot.timeout);
     if (since > timeout) return Health::hung;
     if (since > timeout / 2) return Health::late;
     return Health::ok;
@@ -75,14 +73,11 @@ void Checker::free_unsignalled(const SlotSnapshot& slot, LogLevel level, const s
 void Checker::handle(const SlotSnapshot& slot, std::uint64_t now_ns, ScanSummary& summary) {
     ++summary.entries;
     const std::string who = describe(slot);
-    for (const auto& [id, pending] : pending_)
-        if (pending.token == slot.token) return;  // being stopped by this checkproc
-    if (given_up_.count(slot.token)) return;
+    if (pending_.count(slot.token) || given_up_.count(slot.token)) return;  // being, or given up being, stopped
 
     if (slot.phase == SlotPhase::claiming) {
         // A claim takes microseconds; one whose claimer has died will never complete.
-        auto stat = read_proc_stat(slot.process.pid);
-        if (slot.process.pid > 1 && (!stat || stat->state == 'Z' || stat->state == 'X'))
+        if (slot.process.pid > 1 && !is_running(slot.process.pid))
             free_unsignalled(slot, LogLevel::info,
                              "slot " + std::to_string(slot.index) + ": registration abandoned mid-claim by pid " +
                                  std::to_string(slot.process.pid) + ", which is gone",
@@ -93,8 +88,8 @@ void Checker::handle(const SlotSnapshot& slot, std::uint64_t now_ns, ScanSummary
     std::string garbage = slot.garbage_reason();
     if (garbage.empty() && slot.process.pid == self_.pid)
         garbage = "pid " + std::to_string(self_.pid) + " is this checkproc, which never registers";
-    if (garbage.empty() && slot.last_beat_ns > now_ns + 1000 * kNsPerMs)
-        garbage = "its last beat is " + human_duration(std::chrono::milliseconds((slot.last_beat_ns - now_ns) / kNsPerMs)) +
+    if (garbage.empty() && slot.last_beat_ns > now_ns + to_ns(std::chrono::seconds(1)))
+        garbage = "its last beat is " + human_duration(ms_between(now_ns, slot.last_beat_ns)) +
                   " in the future";
     if (!garbage.empty()) {
         free_unsignalled(slot, LogLevel::warn, "slot " + std::to_string(slot.index) + ": garbage entry (" + garbage + ")",
@@ -102,7 +97,8 @@ void Checker::handle(const SlotSnapshot& slot, std::uint64_t now_ns, ScanSummary
         return;
     }
 
-    switch (liveness(slot.process)) {
+    const auto stat = read_proc_stat(slot.process.pid);  // one read serves every case below
+    switch (liveness(slot.process, stat)) {
         case Liveness::alive: break;
         case Liveness::gone:
             free_unsignalled(slot, LogLevel::info, who + ": the process is gone", summary);
@@ -112,13 +108,9 @@ void Checker::handle(const SlotSnapshot& slot, std::uint64_t now_ns, ScanSummary
                              summary);
             return;
         case Liveness::zombie: {
-            auto stat = read_proc_stat(slot.process.pid);
-            const std::string parent = stat ? "pid " + std::to_string(stat->ppid) : "its parent";
-            std::string parent_name;
-            if (stat)
-                if (auto p = read_proc_stat(stat->ppid)) parent_name = " (" + p->comm + ")";
-            free_unsignalled(slot, LogLevel::info,
-                             who + ": the process is a zombie; " + parent + parent_name + " must reap it", summary);
+            std::string parent = "pid " + std::to_string(stat->ppid);
+            if (auto p = read_proc_stat(stat->ppid)) parent += " (" + p->comm + ")";
+            free_unsignalled(slot, LogLevel::info, who + ": the process is a zombie; " + parent + " must reap it", summary);
             return;
         }
     }
@@ -175,13 +167,13 @@ void Checker::stop_hung(const SlotSnapshot& slot, const std::string& who, const 
         }
         return;
     }
-    const std::uint64_t id = next_id_++;
-    if (!stopper_.start(id, std::move(*target), &why)) {
+    // The token names this registration alone, so it serves as the stop's id.
+    if (!stopper_.start(slot.token, std::move(*target), &why)) {
         table_.drop_stop(slot.index, self_);
         log_(LogLevel::error, who + ": " + hung + "; " + why + "; slot kept");
         return;
     }
-    pending_.emplace(id, Pending{slot.index, slot.token, who});
+    pending_.emplace(slot.token, Pending{slot.index, who});
     ++summary.stopping;
     log_(LogLevel::warn, who + ": " + hung + ": SIGTERM sent, SIGKILL in " + human_duration(options_.grace) +
                              " unless it exits");
@@ -198,14 +190,14 @@ void Checker::on_stop_event(const StopEvent& event) {
             return;
         case StopEvent::Kind::exited: {
             table_.count_kill();
-            const bool freed = table_.free_slot(pending.index, pending.token);
+            const bool freed = table_.free_slot(pending.index, event.id);
             log_(LogLevel::info, pending.who + ": exited " + human_duration(event.elapsed) + " after SIGTERM" +
                                      (event.killed ? " (SIGKILL was needed)" : "") +
                                      (freed ? "; slot freed" : "; it had released its slot itself"));
             break;
         }
         case StopEvent::Kind::kill_failed:
-            given_up_.insert(pending.token);
+            given_up_.insert(event.id);
             table_.count_kill();
             log_(LogLevel::error, pending.who + ": " + event.detail + "; slot kept, see to it by hand");
             break;
@@ -235,8 +227,8 @@ void watch(const TableOptions& table_options, const CheckOptions& options, const
     // A full scan reads /proc for every entry, so it runs only when something is due: an
     // entry's deadline, a new registration (one atomic load, checked every 100 ms), a stop's
     // escalation, or once a second to free the slots of processes that died.
-    constexpr std::uint64_t kFullScanNs = 1000 * kNsPerMs;
-    constexpr std::uint64_t kRegistrationCheckNs = 100 * kNsPerMs;
+    constexpr std::uint64_t kFullScanNs = to_ns(std::chrono::seconds(1));
+    constexpr std::uint64_t kRegistrationCheckNs = to_ns(std::chrono::milliseconds(100));
     const auto access = options.dry_run ? Table::Access::read_only : Table::Access::read_write;
     std::optional<Table> table;
     std::optional<Checker> checker;

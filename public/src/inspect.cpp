@@ -95,11 +95,8 @@ std::vector<Entry> inspect(const Table& table, std::uint64_t now_ns) {
         Entry e;
         e.slot = slot;
         e.since_beat = slot.since_beat(now_ns);
-        auto stat = read_proc_stat(slot.process.pid);
-        const Liveness life = !stat                                          ? Liveness::gone
-                              : stat->start_time != slot.process.start_time ? Liveness::reused
-                              : (stat->state == 'Z' || stat->state == 'X')  ? Liveness::zombie
-                                                                            : Liveness::alive;
+        const auto stat = read_proc_stat(slot.process.pid);  // for liveness and for usage
+        const Liveness life = liveness(slot.process, stat);
         if (life != Liveness::alive) {
             e.state = EntryState::dead;
             e.dead_reason = to_string(life);

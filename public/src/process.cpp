@@ -99,12 +99,20 @@ ProcessIdentity self_identity() {
     return *self;
 }
 
-Liveness liveness(const ProcessIdentity& who) {
-    auto stat = read_proc_stat(who.pid);
+Liveness liveness(const ProcessIdentity& who) { return liveness(who, read_proc_stat(who.pid)); }
+
+Liveness liveness(const ProcessIdentity& who, const std::optional<ProcStat>& stat) noexcept {
     if (!stat) return Liveness::gone;
     if (stat->start_time != who.start_time) return Liveness::reused;
-    if (stat->state == 'Z' || stat->state == 'X') return Liveness::zombie;
+    if (has_exited(*stat)) return Liveness::zombie;
     return Liveness::alive;
+}
+
+bool has_exited(const ProcStat& stat) noexcept { return stat.state == 'Z' || stat.state == 'X'; }
+
+bool is_running(pid_t pid) {
+    auto stat = read_proc_stat(pid);
+    return stat && !has_exited(*stat);
 }
 
 std::vector<pid_t> children_of(pid_t pid) {

@@ -8,18 +8,11 @@
 #include <hbwatch/clock.h>
 
 namespace hbwatch {
-namespace {
-std::uint64_t ns(std::chrono::milliseconds d) { return static_cast<std::uint64_t>(d.count()) * 1'000'000u; }
-std::chrono::milliseconds ms_between(std::uint64_t from_ns, std::uint64_t to_ns) {
-    return std::chrono::milliseconds(to_ns > from_ns ? (to_ns - from_ns) / 1'000'000u : 0);
-}
-}  // namespace
-
 Stopper::Stopper(std::chrono::milliseconds grace, Observer observer, std::chrono::milliseconds kill_wait)
     : grace_(grace), kill_wait_(kill_wait), observer_(std::move(observer)) {}
 
 bool Stopper::start(std::uint64_t id, Pidfd target, std::string* why) {
-    return start(id, std::move(target), monotonic_now_ns() + ns(grace_), why);
+    return start(id, std::move(target), monotonic_now_ns() + to_ns(grace_), why);
 }
 
 bool Stopper::start(std::uint64_t id, Pidfd target, std::uint64_t kill_at_ns, std::string* why) {
@@ -57,7 +50,7 @@ void Stopper::advance(std::uint64_t now_ns) {
             std::string error;
             if (it->target.send(SIGKILL, &error)) {
                 it->killed = true;
-                it->deadline_ns = now_ns + ns(kill_wait_);
+                it->deadline_ns = now_ns + to_ns(kill_wait_);
                 event.kind = StopEvent::Kind::kill_sent;
                 event.killed = true;
                 observer_(event);
@@ -87,9 +80,7 @@ void Stopper::run_until_idle() {
     while (!idle()) {
         fds.clear();
         add_pollfds(fds);
-        const auto now = monotonic_now_ns();
-        const auto deadline = *next_deadline_ns();
-        const int timeout_ms = deadline > now ? static_cast<int>((deadline - now + 999'999) / 1'000'000) : 0;
+        const int timeout_ms = poll_timeout_ms(*next_deadline_ns(), monotonic_now_ns());
         if (::poll(fds.data(), fds.size(), timeout_ms) < 0 && errno != EINTR) break;
         advance(monotonic_now_ns());
     }

@@ -266,8 +266,7 @@ bool is_unfinished_table(const void* base, std::size_t bytes) {
 std::optional<pid_t> live_creator(int shmid) {
     shmid_ds ds{};
     if (::shmctl(shmid, IPC_STAT, &ds) != 0) return std::nullopt;
-    auto stat = read_proc_stat(ds.shm_cpid);
-    if (!stat || stat->state == 'Z' || stat->state == 'X') return std::nullopt;
+    if (!is_running(ds.shm_cpid)) return std::nullopt;
     return ds.shm_cpid;
 }
 
@@ -508,8 +507,7 @@ bool owner_is_dead(const SlotSnapshot& s) {
     if (s.process.pid <= 0) return true;
     if (s.phase == SlotPhase::claiming) {
         // No start time is recorded yet; only a pid with no live process proves the claimer died.
-        auto stat = read_proc_stat(s.process.pid);
-        return !stat || stat->state == 'Z' || stat->state == 'X';
+        return !is_running(s.process.pid);
     }
     return liveness(s.process) != Liveness::alive;
 }
@@ -615,7 +613,7 @@ std::uint64_t stopper_word(const ProcessIdentity& who) {
 bool stopper_alive(std::uint64_t word) {
     const auto pid = static_cast<pid_t>(static_cast<std::uint32_t>(word));
     auto stat = read_proc_stat(pid);
-    return stat && (stat->start_time & 0xFFFFFFFFu) == (word >> 32) && stat->state != 'Z' && stat->state != 'X';
+    return stat && (stat->start_time & 0xFFFFFFFFu) == (word >> 32) && !has_exited(*stat);
 }
 }  // namespace
 

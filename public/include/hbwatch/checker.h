@@ -62,7 +62,6 @@ public:
 private:
     struct Pending {
         std::uint32_t index;
-        std::uint64_t token;
         std::string who;
     };
     void handle(const SlotSnapshot& slot, std::uint64_t now_ns, ScanSummary& summary);
@@ -75,8 +74,7 @@ private:
     LogSink log_;
     ProcessIdentity self_;
     Stopper stopper_;
-    std::uint64_t next_id_ = 1;
-    std::map<std::uint64_t, Pending> pending_;  // by stop id
+    std::map<std::uint64_t, Pending> pending_;  // stops in flight, by token (which is the stop's id)
     std::set<std::uint64_t> given_up_;          // tokens whose SIGKILL did not end them
     std::set<std::uint64_t> reported_;          // tokens whose "not signalled" was logged: once is enough
 };

@@ -49,6 +49,14 @@ enum class Liveness {
 
 /// Whether the process `who` still exists. Only `alive` means a signal could reach it.
 [[nodiscard]] Liveness liveness(const ProcessIdentity& who);
+/// The same, judged from a /proc/PID/stat the caller has already read (nullopt: none).
+[[nodiscard]] Liveness liveness(const ProcessIdentity& who, const std::optional<ProcStat>& stat) noexcept;
+
+/// Whether the process has exited: a zombie awaiting its parent, or dead.
+[[nodiscard]] bool has_exited(const ProcStat& stat) noexcept;
+
+/// Whether some process holds `pid` and has not exited (whatever its start time).
+[[nodiscard]] bool is_running(pid_t pid);
 
 [[nodiscard]] const char* to_string(Liveness liveness) noexcept;
 

@@ -29,11 +29,8 @@ extern char** environ;
 namespace hbwatch::tool {
 namespace {
 
-constexpr std::uint64_t kNsPerMs = 1'000'000;
 constexpr std::chrono::seconds kCrashWindow{1};  // an unsuccessful exit sooner than this is a crash
 
-std::uint64_t ns_of(std::chrono::milliseconds d) { return static_cast<std::uint64_t>(d.count()) * kNsPerMs; }
-std::chrono::milliseconds ms_of(std::uint64_t ns) { return std::chrono::milliseconds(ns / kNsPerMs); }
 
 std::string describe_status(int status) {
     if (WIFEXITED(status)) return "exited with code " + std::to_string(WEXITSTATUS(status));
@@ -129,7 +126,7 @@ public:
             for (const auto& reader : readers_) fds.push_back(pollfd{reader.fd, POLLIN, 0});
             int timeout = -1;
             if (child_ == 0 && !stop_requested_)
-                timeout = start_at > now ? static_cast<int>((start_at - now + kNsPerMs - 1) / kNsPerMs) : 0;
+                timeout = poll_timeout_ms(start_at, now);
             if (::poll(fds.data(), fds.size(), timeout) < 0 && errno != EINTR) {
                 log_.error("poll failed: {}", std::strerror(errno));
                 return 1;
@@ -153,7 +150,7 @@ private:
 
     bool gave_up(std::uint64_t now) {
         if (!options_.max_restarts) return false;
-        while (!starts_.empty() && starts_.front() + ns_of(options_.window) <= now) starts_.pop_front();
+        while (!starts_.empty() && starts_.front() + to_ns(options_.window) <= now) starts_.pop_front();
         if (starts_.size() < *options_.max_restarts) return false;
         log_.error("giving up: {} was started {} times within {} (--max-restarts {} --window {}); exiting with code {}",
                    program_, starts_.size(), format_duration(options_.window), *options_.max_restarts,
@@ -174,7 +171,7 @@ private:
     std::uint64_t start(std::uint64_t now) {
         starts_.push_back(now);
         int out[2] = {-1, -1}, err[2] = {-1, -1}, report[2];
-        if (::pipe2(report, O_CLOEXEC) != 0) return now + ns_of(std::chrono::seconds(1));
+        if (::pipe2(report, O_CLOEXEC) != 0) return now + to_ns(std::chrono::seconds(1));
         auto open_output = [&](const std::string& file, int (&fds)[2]) {
             if (!file.empty() && ::pipe2(fds, O_CLOEXEC) == 0) {
                 ::fcntl(fds[0], F_SETFL, O_NONBLOCK);
@@ -211,7 +208,7 @@ private:
                        std::strerror(error),
                        error == ENOENT && program_.find('/') == std::string::npos ? " (not found on PATH)" : "",
                        failures_, human_duration(delay), human_duration(options_.max_backoff));
-            return now + ns_of(delay);
+            return now + to_ns(delay);
         }
         child_ = pid;
         child_started_ns_ = now;
@@ -294,16 +291,16 @@ private:
 
     std::uint64_t after_exit(const Exit& exit) {
         const bool success = WIFEXITED(exit.status) && WEXITSTATUS(exit.status) == 0;
-        const bool crashed = !success && exit.runtime_ns < ns_of(kCrashWindow);
+        const bool crashed = !success && exit.runtime_ns < to_ns(kCrashWindow);
         failures_ = crashed ? failures_ + 1 : 0;
         const auto delay = crashed ? backoff() : options_.interval;
         log_.log(success ? spdlog::level::info : spdlog::level::warn, "{} {} after {}; next start in {}{}", program_,
-                 describe_status(exit.status), human_duration(ms_of(exit.runtime_ns)), human_duration(delay),
+                 describe_status(exit.status), human_duration(ms_between(0, exit.runtime_ns)), human_duration(delay),
                  crashed ? " (crash " + std::to_string(failures_) + " in a row: backoff, max " +
                                human_duration(options_.max_backoff) + ")"
                          : "");
         if (!descendants_of(::getpid()).empty()) stop_everything("its main process exited; stopping what it left running");
-        return monotonic_now_ns() + ns_of(delay);
+        return monotonic_now_ns() + to_ns(delay);
     }
 
     // SIGTERM to every descendant through verified pidfds, SIGKILL to what is left at the
@@ -320,7 +317,7 @@ private:
                 log_.error("pid {} could not be stopped: {}", event.id, event.detail);
             }
         });
-        const std::uint64_t deadline = monotonic_now_ns() + ns_of(options_.grace);
+        const std::uint64_t deadline = monotonic_now_ns() + to_ns(options_.grace);
         bool announced = false;
         std::vector<pollfd> fds;
         for (;;) {
@@ -348,10 +345,7 @@ private:
             stopper.add_pollfds(fds);
             // Rescan now and then: a process may fork while it is being stopped.
             int timeout = 100;
-            if (auto next = stopper.next_deadline_ns()) {
-                const auto now = monotonic_now_ns();
-                timeout = std::min<int>(timeout, *next > now ? static_cast<int>((*next - now) / kNsPerMs + 1) : 0);
-            }
+            if (auto next = stopper.next_deadline_ns()) timeout = std::min(timeout, poll_timeout_ms(*next, monotonic_now_ns()));
             ::poll(fds.data(), fds.size(), timeout);
             if (fds[0].revents & POLLIN) read_signals();
             stopper.advance(monotonic_now_ns());
