@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Stops a stack started by start.sh: SIGTERM to every procctl whose pidfile in RUNDIR is
 # locked (a stale pidfile is never signalled), so each stops its program and everything it
-# started; waits for them; then runs checkproc once to free the slots of stopped services.
+# started, and frees the heartbeat entries of those processes (and of no other); waits for them.
 #
 #   scripts/stop.sh              # RUNDIR defaults to ./run
 #   scripts/stop.sh /run/hbwatch 30
@@ -11,8 +11,6 @@ set -uo pipefail
 [ $# -le 2 ] || { echo "usage: $0 [RUNDIR] [WAIT_SECONDS]" >&2; exit 2; }
 run=${1:-./run}
 wait_for=${2:-30}  # at least procctl's --grace (10 s by default) plus a margin
-here=$(cd "$(dirname "$0")" && pwd)
-HBWATCH_BIN=${HBWATCH_BIN:-$here/../build/bin}
 
 pids=() names=()
 for pidfile in "$run"/*.pid; do
@@ -21,7 +19,11 @@ for pidfile in "$run"/*.pid; do
   if flock -n "$pidfile" true 2>/dev/null; then continue; fi
   pid=$(cat "$pidfile")
   [ -n "$pid" ] || continue
-  kill -TERM "$pid" 2>/dev/null && { pids+=("$pid"); names+=("$(basename "$pidfile" .pid)"); }
+  # procctl writes its pid before its pidfile becomes visible locked: the pid is the holder's.
+  if kill -TERM "$pid" 2>/dev/null; then
+    pids+=("$pid"); names+=("$(basename "$pidfile" .pid)")
+    echo "stop.sh: SIGTERM to procctl pid $pid ($(basename "$pidfile" .pid))"
+  fi
 done
 
 deadline=$((SECONDS + wait_for))
@@ -31,10 +33,6 @@ for i in "${!pids[@]}"; do
   if kill -0 "${pids[$i]}" 2>/dev/null; then left+=("${names[$i]} (procctl pid ${pids[$i]})"); fi
 done
 echo "stop.sh: stopped ${#pids[@]} procctl(s) in $run"
-
-checkproc=$HBWATCH_BIN/checkproc
-[ -x "$checkproc" ] || checkproc=$(command -v checkproc || true)
-[ -n "$checkproc" ] && "$checkproc" 2>/dev/null  # frees the slots the stopped services held
 
 if [ ${#left[@]} -gt 0 ]; then
   printf 'stop.sh: still running after %ss: %s\n' "$wait_for" "${left[*]}" >&2

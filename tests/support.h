@@ -3,6 +3,7 @@
 // forked children that are always reaped, and waits on events with deadlines.
 
 #include <fcntl.h>
+#include <grp.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/ipc.h>
@@ -265,6 +266,24 @@ private:
     int status_ = 0;
     std::string output_;
 };
+
+/// Runs `body` in a child that has become uid 65534 (nobody) with group `gid`; its text.
+inline std::string as_nobody(gid_t gid, const std::function<std::string()>& body) {
+    Pipe out;
+    Child child([&] {
+        if (::setgroups(0, nullptr) != 0 || ::setresgid(gid, gid, gid) != 0 || ::setresuid(65534, 65534, 65534) != 0)
+            return 3;
+        const std::string text = body();
+        return ::write(out.write_end(), text.data(), text.size()) == static_cast<ssize_t>(text.size()) ? 0 : 4;
+    });
+    out.close_write();
+    std::string text;
+    char buffer[512];
+    ssize_t n;
+    while ((n = ::read(out.read_end(), buffer, sizeof buffer)) > 0) text.append(buffer, static_cast<std::size_t>(n));
+    if (!WIFEXITED(child.wait()) || WEXITSTATUS(child.status()) != 0) text += "\n[as_nobody: the child failed]";
+    return text;
+}
 
 /// Where the build put the programs (set by CMake).
 inline std::string bin(const std::string& program) { return std::string(HBWATCH_BIN_DIR) + "/" + program; }

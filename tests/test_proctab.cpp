@@ -55,7 +55,7 @@ struct Sleeper {
     Sleeper() {
         char buffer[] = "/tmp/hbwatch-proctab-XXXXXX";
         dir = ::mkdtemp(buffer);
-        path = dir / ("hbw-sleeper-" + std::to_string(::getpid()));
+        path = dir / ("hbwsl-" + std::to_string(::getpid()));  // under 15 bytes: its zombie is found by name
         fs::copy_file("/usr/bin/sleep", path);
         fs::permissions(path, fs::perms::owner_all);
     }
@@ -134,7 +134,7 @@ TEST_CASE("a shell script that calls proctab beat stays fresh, and checkproc sto
     Process script({"sh", "-c",
                     "i=0; while [ $i -lt 10 ]; do " + proctab_bin + " --key " + key +
                         " beat nightly --timeout 500ms >/dev/null || exit 9; sleep 0.1; i=$((i+1)); done; "
-                        "echo hanging; exec sleep 1000"});
+                        "echo hanging; while :; do sleep 0.2; done"});
     REQUIRE(script.wait_for_output("hanging"));
     const auto [code, text] = proctab(scratch, {"--json"});
     const auto entry = entry_named(json::parse(text), "nightly");
@@ -155,6 +155,90 @@ TEST_CASE("a shell script that calls proctab beat stays fresh, and checkproc sto
     REQUIRE(script.wait_exit(5s));
     CHECK(WTERMSIG(script.wait()) == SIGTERM);
     CHECK(contains(log, "'nightly': exited"));
+}
+
+TEST_CASE("a script that registered with proctab beat and then exec'd is never signalled: its entry is freed") {
+    hbtest::ScratchKey scratch;
+    const std::string key = key_text(scratch);
+    Process script({"sh", "-c", hbtest::bin("proctab") + " --key " + key +
+                                    " beat nightly --timeout 200ms >/dev/null || exit 9; echo exec; exec sleep 1000"});
+    REQUIRE(script.wait_for_output("exec"));
+    auto table = hbwatch::Table::open_existing(scratch.options(), hbwatch::Table::Access::read_only);
+    REQUIRE(hbtest::eventually([&] {  // hung, and the shell has become sleep
+        bool hung = false;
+        table->for_each([&](const hbwatch::SlotSnapshot& s) {
+            hung |= hbwatch::health_of(s, hbwatch::monotonic_now_ns()) == hbwatch::Health::hung;
+        });
+        auto stat = hbwatch::read_proc_stat(script.pid());
+        return hung && stat && stat->comm == "sleep";
+    }));
+    const auto [checkproc, log] = run({hbtest::bin("checkproc"), "--key", key, "--grace", "1s"});
+    CHECK(checkproc == 0);
+    CHECK(contains(log, "pid " + std::to_string(script.pid()) + " has exec'd since it was registered on its behalf: "
+                        "slot freed, nothing signalled"));
+    CHECK(script.running());
+    int live = 0;
+    table->for_each([&](const hbwatch::SlotSnapshot&) { ++live; });
+    CHECK(live == 0);
+}
+
+TEST_CASE("proctab run: the script's own beats keep it alive, and when it hangs checkproc stops the wrapper and the command") {
+    hbtest::ScratchKey scratch;
+    const std::string key = key_text(scratch), proctab_bin = hbtest::bin("proctab");
+    // The command beats five times, says so, then hangs in a loop that ignores nothing.
+    Process wrapper({proctab_bin, "--key", key, "run", "nightly", "--timeout", "300ms", "--grace", "2s", "--", "sh", "-c",
+                     "for i in 1 2 3 4 5; do " + proctab_bin + " beat nightly || exit 9; sleep 0.05; done; "
+                     "echo hanging $$; exec sleep 1000"});
+    REQUIRE(wrapper.wait_for_output("hanging"));
+    const auto [code, text] = proctab(scratch, {"--json"});
+    const auto entry = entry_named(json::parse(text), "nightly");
+    REQUIRE(entry.is_object());
+    CHECK(entry["pid"] == wrapper.pid());  // the wrapper is the registrant, not the shell
+    CHECK(entry["beats"] == 5);
+    auto table = hbwatch::Table::open_existing(scratch.options(), hbwatch::Table::Access::read_only);
+    REQUIRE(hbtest::eventually([&] {
+        bool hung = false;
+        table->for_each([&](const hbwatch::SlotSnapshot& s) {
+            hung |= hbwatch::health_of(s, hbwatch::monotonic_now_ns()) == hbwatch::Health::hung;
+        });
+        return hung;
+    }));
+    const auto [checkproc, log] = run({hbtest::bin("checkproc"), "--key", key, "--grace", "5s"});
+    CHECK(checkproc == 0);
+    CHECK(contains(log, "'nightly': hung"));
+    REQUIRE(wrapper.wait_exit(10s));
+    CHECK(wrapper.wait() == (128 + SIGTERM) << 8);  // exits with its command's fate: SIGTERM
+    CHECK(contains(wrapper.output(), "proctab run: SIGTERM from pid"));
+    int live = 0;
+    table->for_each([&](const hbwatch::SlotSnapshot&) { ++live; });
+    CHECK(live == 0);
+}
+
+TEST_CASE("names match whole: a shared 15-byte prefix is not a match, and an empty name is refused") {
+    const fs::path dir = [] {
+        char buffer[] = "/tmp/hbwatch-names-XXXXXX";
+        return fs::path(::mkdtemp(buffer));
+    }();
+    const fs::path canary = dir / "payments-gateway-canary", primary = dir / "payments-gateway-primary";
+    fs::copy_file("/usr/bin/sleep", canary);
+    fs::copy_file("/usr/bin/sleep", primary);
+    Process kept({primary.string(), "1000"});
+    hbtest::ScratchKey scratch;
+    auto [code, text] = proctab(scratch, {"kill", "payments-gateway-canary", "--grace", "1s"});
+    CHECK(code == 1);
+    CHECK(contains(text, "no process named 'payments-gateway-canary'"));
+    CHECK(kept.running());
+    std::tie(code, text) = proctab(scratch, {"ps", "payments-gateway-prim"});
+    CHECK(code == 1);
+    std::tie(code, text) = proctab(scratch, {"ps", "payments-gateway-primary"});
+    CHECK(code == 0);
+    CHECK(contains(text, std::to_string(kept.pid())));
+    std::tie(code, text) = proctab(scratch, {"ps", ""});
+    CHECK(code == 2);
+    CHECK(contains(text, "an empty NAME matches nothing"));
+    std::tie(code, text) = proctab(scratch, {"ps", "kthreadd"});  // a kernel thread is never matched
+    CHECK(code == 1);
+    fs::remove_all(dir);
 }
 
 TEST_CASE("ps, health and kill work on several instances, a zombie and a process above a memory limit") {

@@ -19,6 +19,7 @@
 using namespace std::chrono_literals;
 using hbwatch::Table;
 using hbtest::ScratchKey;
+using hbtest::as_nobody;
 using hbtest::error_of;
 
 namespace {
@@ -47,24 +48,6 @@ std::vector<unsigned char> segment_bytes(key_t key) {
 }
 
 // Runs `body` in a child as uid/gid 65534 ("nobody") and returns what it wrote.
-std::string as_nobody(gid_t gid, const std::function<std::string()>& body) {
-    hbtest::Pipe out;
-    hbtest::Child child([&] {
-        if (::setgroups(0, nullptr) != 0 || ::setresgid(gid, gid, gid) != 0 || ::setresuid(65534, 65534, 65534) != 0)
-            return 3;
-        const std::string text = body();
-        return ::write(out.write_end(), text.data(), text.size()) == static_cast<ssize_t>(text.size()) ? 0 : 4;
-    });
-    out.close_write();
-    std::string text;
-    char buffer[512];
-    ssize_t n;
-    while ((n = ::read(out.read_end(), buffer, sizeof buffer)) > 0) text.append(buffer, static_cast<std::size_t>(n));
-    CHECK(WEXITSTATUS(child.wait()) == 0);
-    return text;
-}
-
-
 }  // namespace
 
 TEST_CASE("a table key is read in hex or decimal, and anything else is refused") {
@@ -107,7 +90,7 @@ TEST_CASE("a new table is one System V segment with the header and 4096 free slo
     CHECK(info.key == scratch.key());
     CHECK(info.slot_count == 4096);
     CHECK(info.bytes == 128 + 4096 * 128);
-    CHECK(info.version == 1);
+    CHECK(info.version == 2);
     CHECK(info.mode == 0660);
     CHECK(info.owner_uid == ::geteuid());
     CHECK(info.owner_gid == ::getegid());
@@ -187,11 +170,11 @@ TEST_CASE("a foreign segment at the key is refused, named, and left byte for byt
         { Table table = Table::create(scratch.options(4)); }
         const int id = ::shmget(scratch.key(), 0, 0);
         auto* header = static_cast<hbwatch::detail::Header*>(::shmat(id, nullptr, 0));
-        header->version.store(2);
+        header->version.store(1);
         ::shmdt(header);
         const auto original = segment_bytes(scratch.key());
         CHECK(error_of([&] { (void)Table::open_or_create(scratch.options()); }) ==
-              "the hbwatch table at key " + key + " has layout version 2 but this build reads version 1: stop the "
+              "the hbwatch table at key " + key + " has layout version 1 but this build reads version 2: stop the "
               "services that use it, then remove and recreate it (ipcrm -M " + key + ")");
         CHECK(segment_bytes(scratch.key()) == original);
     }
@@ -241,7 +224,7 @@ TEST_CASE("a table whose creator died before publishing it is finished by the ne
     REQUIRE(creator.wait() == 0);
     Table table = Table::open_or_create(scratch.options());
     CHECK(table.slot_count() == 4);
-    CHECK(table.info().version == 1);
+    CHECK(table.info().version == 2);
     const auto claim = table.claim("late-bloomer", 1s, hbwatch::self_identity(), ::getuid());
     CHECK(table.read(claim.index)->name() == "late-bloomer");
 }
@@ -257,9 +240,11 @@ TEST_CASE("a caller without access is told the key, the mode and the owner") {
     SUBCASE("no access at all") {
         const auto message = as_nobody(65534, [&] { return error_of([&] { (void)Table::open_or_create(options); }); });
         CHECK(message == "no permission to open the hbwatch table at key " + key + " for reading and writing" +
-                             " (mode 0640, owner uid " + std::to_string(::geteuid()) +
-                             " gid 4242; you are uid 65534 gid 65534): run as the owner or in its group, or recreate "
-                             "the table with a wider --mode or --group");
+                             " (mode 0640, owner uid " + std::to_string(::geteuid()) + " gid 4242, created by pid " +
+                             std::to_string(::getpid()) + " (running); you are uid 65534 gid 65534): run as the owner or "
+                             "in its group, or have root recreate the table with a wider --mode or --group (proctab init). "
+                             "If you do not know that owner, the key may be squatted: remove the segment as root (ipcrm -M " +
+                             key + ") or use another key (HBWATCH_KEY)");
     }
     SUBCASE("the group may read but not write") {
         const auto read = as_nobody(4242, [&] {

@@ -1,6 +1,7 @@
 // procctl: runs a program, waits for it to exit, sleeps INTERVAL, and runs it again.
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -91,26 +92,55 @@ struct Cli {
     }
 };
 
-// Takes the pidfile's lock, or throws naming the procctl that holds it.
+// Takes the pidfile, or throws naming the procctl that holds it. The pid is written and
+// locked in a private file first, which then takes the pidfile's name (link, or rename over a
+// stale one whose lock we hold): whoever sees the pidfile locked reads the right pid in it.
 int lock_pidfile(const std::string& path) {
-    const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (fd < 0) throw hbwatch::Error(errno, "cannot open the pidfile " + path + ": " + std::strerror(errno));
-    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
-        char text[32] = {};
-        (void)!::pread(fd, text, sizeof text - 1, 0);
-        const std::string holder = std::strtol(text, nullptr, 10) > 0 ? "procctl pid " + std::to_string(std::strtol(text, nullptr, 10))
-                                                                      : "another procctl";
-        throw hbwatch::Error(EEXIST, path + " is locked by " + holder +
-                                         ", which already supervises this program: stop it first (kill " +
-                                         (holder.starts_with("procctl pid") ? holder.substr(12) : "its pid") + ")");
-    }
-    return fd;
-}
-
-void write_pid(int fd) {
+    auto fail = [&](int err, const std::string& what) -> hbwatch::Error {
+        return hbwatch::Error(err, "cannot take the pidfile " + path + ": " + what + ": " + std::strerror(err));
+    };
+    std::string temporary = path + ".XXXXXX";
+    const int fd = ::mkostemp(temporary.data(), O_CLOEXEC);
+    if (fd < 0) throw fail(errno, "cannot create a file beside it");
+    auto give_up = [&](const hbwatch::Error& error) -> hbwatch::Error {
+        ::unlink(temporary.c_str());
+        ::close(fd);
+        return error;
+    };
     const std::string text = std::to_string(::getpid()) + "\n";
-    if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, text.data(), text.size(), 0) != static_cast<ssize_t>(text.size()))
-        throw hbwatch::Error(errno, std::string("cannot write the pidfile: ") + std::strerror(errno));
+    if (::fchmod(fd, 0644) != 0 || ::write(fd, text.data(), text.size()) != static_cast<ssize_t>(text.size()) ||
+        ::flock(fd, LOCK_EX | LOCK_NB) != 0)
+        throw give_up(fail(errno, "cannot write " + temporary));
+    for (int attempt = 0; attempt < 100; ++attempt) {
+        if (::link(temporary.c_str(), path.c_str()) == 0) {
+            ::unlink(temporary.c_str());
+            return fd;
+        }
+        if (errno != EEXIST) throw give_up(fail(errno, "cannot create it"));
+        const int existing = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        if (existing < 0) {
+            if (errno == ENOENT) continue;  // removed meanwhile
+            throw give_up(fail(errno, errno == ELOOP ? "it is a symbolic link, which procctl never follows" : "cannot open it"));
+        }
+        if (::flock(existing, LOCK_EX | LOCK_NB) != 0) {
+            char held[32] = {};
+            (void)!::pread(existing, held, sizeof held - 1, 0);
+            ::close(existing);
+            const long holder = std::strtol(held, nullptr, 10);
+            const std::string who = holder > 0 ? "procctl pid " + std::to_string(holder) : "another procctl";
+            throw give_up(hbwatch::Error(EEXIST, path + " is locked by " + who +
+                                                     ", which already supervises this program: stop it first (kill " +
+                                                     (holder > 0 ? std::to_string(holder) : "its pid") + ")"));
+        }
+        // A stale pidfile, now locked by us: replace it, if the name still refers to it.
+        struct stat held {}, named {};
+        const bool same = ::fstat(existing, &held) == 0 && ::lstat(path.c_str(), &named) == 0 &&
+                          held.st_dev == named.st_dev && held.st_ino == named.st_ino;
+        const bool replaced = same && ::rename(temporary.c_str(), path.c_str()) == 0;
+        ::close(existing);
+        if (replaced) return fd;
+    }
+    throw give_up(hbwatch::Error(EAGAIN, "cannot take the pidfile " + path + ": it keeps changing under procctl"));
 }
 
 // Forks into the background: a new session, no terminal, stdio on /dev/null. Returns in the
@@ -181,9 +211,10 @@ int main(int argc, char** argv) {
     try {
         // In the background nothing of the caller's survives: close what it left open first.
         if (!cli.foreground) ::close_range(3, ~0U, 0);
-        const int pidfile = cli.pidfile.empty() ? -1 : lock_pidfile(cli.pidfile);
         if (!cli.foreground) ready = detach();
-        if (pidfile >= 0) write_pid(pidfile);
+        // Taken by the process that will hold it, with its own pid; a refusal reaches the
+        // launcher through `ready`.
+        const int pidfile = cli.pidfile.empty() ? -1 : lock_pidfile(cli.pidfile);
         const int signals = tool::signalfd_for({SIGTERM, SIGINT, SIGHUP, SIGCHLD});
         auto log = tool::make_logger("procctl", cli.log_file, cli.verbose, /*syslog=*/!cli.foreground && cli.log_file.empty());
         if (ready >= 0) {

@@ -2,7 +2,10 @@
 #include <grp.h>
 #include <poll.h>
 #include <pwd.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -15,7 +18,9 @@
 #include <hbwatch/clock.h>
 #include <hbwatch/duration.h>
 #include <hbwatch/error.h>
+#include <hbwatch/heartbeat.h>
 #include <hbwatch/inspect.h>
+#include <hbwatch/pidfd.h>
 #include <hbwatch/stopper.h>
 
 #include "tool/support.h"
@@ -198,30 +203,128 @@ int list(const hbwatch::TableOptions& options, bool as_json, bool as_prometheus,
     return tool::kExitOk;
 }
 
+// `proctab run` hands its command "KEY:PID:SLOT", so that `proctab beat` inside refreshes the
+// run's own entry, whose process (proctab run) is what checkproc stops.
+constexpr const char* kRunVariable = "HBWATCH_RUN";
+
+int beat_run_entry(const std::string& name, const std::string& run) {
+    unsigned key = 0, slot = 0;
+    int pid = 0;
+    if (std::sscanf(run.c_str(), "%x:%d:%u", &key, &pid, &slot) != 3)
+        throw Error(EINVAL, std::string(kRunVariable) + "='" + run + "' is not KEY:PID:SLOT as proctab run sets it");
+    hbwatch::TableOptions options;
+    options.key = static_cast<key_t>(key);
+    auto table = hbwatch::Table::open_existing(options, hbwatch::Table::Access::read_write);
+    auto entry = table ? table->read(slot) : std::nullopt;
+    if (!entry || entry->phase != hbwatch::SlotPhase::live || entry->process.pid != pid || entry->name() != name ||
+        !table->beat(slot, entry->token))
+        throw Error(ESTALE, "the entry '" + name + "' of proctab run pid " + std::to_string(pid) + " is no longer in slot " +
+                                std::to_string(slot) + " at key " + hbwatch::format_key(static_cast<key_t>(key)) +
+                                " (was it removed, or is NAME not the one given to proctab run?)");
+    return tool::kExitOk;
+}
+
 int beat(const hbwatch::TableOptions& options, const std::string& name, const std::string& timeout_text,
          std::optional<pid_t> pid_option) {
+    if (const char* run = std::getenv(kRunVariable); run != nullptr && *run != '\0' && !pid_option)
+        return beat_run_entry(name, run);
+    if (timeout_text.empty()) throw Error(EINVAL, "beat: --timeout is required outside proctab run");
     const pid_t pid = pid_option.value_or(::getppid());
     const auto timeout = hbwatch::parse_duration(timeout_text);
     hbwatch::validate_name(name);
     hbwatch::validate_timeout(timeout);
-    auto who = hbwatch::identity_of(pid);
-    if (!who) throw Error(ESRCH, "no process with pid " + std::to_string(pid) + " to beat for");
-    struct stat owner {};
-    ::stat(("/proc/" + std::to_string(pid)).c_str(), &owner);
+    hbwatch::Refusal refusal{};
+    auto target = hbwatch::Pidfd::pin(pid, &refusal, /*for_signal=*/false);
+    if (!target)
+        throw Error(hbwatch::means_exited(refusal) ? ESRCH : EINVAL,
+                    "cannot register pid " + std::to_string(pid) + ": it is " + hbwatch::to_string(refusal));
+    // An entry makes checkproc signal its process: never one the caller could not signal itself.
+    const auto uids = hbwatch::read_uids(pid);
+    if (!target->pidfd.may_signal() || !uids)
+        throw Error(EPERM, "cannot register pid " + std::to_string(pid) + (uids ? " (uid " + std::to_string(uids->real) + ")" : "") +
+                               ": you (uid " + std::to_string(::geteuid()) +
+                               ") could not signal it yourself, so proctab will not have checkproc do it");
+    if (target->stat.start_stack == 0)
+        throw Error(EPERM, "cannot register pid " + std::to_string(pid) + ": its memory layout cannot be read, so an exec "
+                                                                          "could not be told from the program you register");
+    const hbwatch::Registrant registrant{target->identity, uids->real, 0, target->stat.start_stack};
     auto table = hbwatch::Table::open_or_create(options);
+    if (!target->pidfd.still_running()) throw Error(ESRCH, "pid " + std::to_string(pid) + " exited meanwhile");
     std::optional<hbwatch::SlotSnapshot> mine;
     table.for_each([&](const hbwatch::SlotSnapshot& s) {
-        if (s.phase == hbwatch::SlotPhase::live && s.name() == name && s.process == *who) mine = s;
+        if (s.phase == hbwatch::SlotPhase::live && s.name() == name && s.delegated() &&
+            hbwatch::same_process(s.process, registrant.process) && s.exec_mark == registrant.exec_mark)
+            mine = s;
     });
     if (mine && mine->timeout == timeout && table.beat(mine->index, mine->token)) {
         std::printf("beat '%s' for pid %d in slot %u\n", name.c_str(), pid, mine->index);
         return tool::kExitOk;
     }
     if (mine) table.free_slot(mine->index, mine->token);  // a new timeout: register anew
-    const auto claim = table.claim(name, timeout, *who, owner.st_uid);
+    const auto claim = table.claim(name, timeout, registrant);
     std::printf("registered '%s' for pid %d in slot %u, timeout %s\n", name.c_str(), pid, claim.index,
                 hbwatch::format_duration(timeout).c_str());
     return tool::kExitOk;
+}
+
+// Registers itself under NAME, runs COMMAND, and is what checkproc stops when the entry goes
+// stale: on SIGTERM it stops COMMAND (SIGTERM, SIGKILL after the grace) and exits.
+int run(const hbwatch::TableOptions& options, const std::string& name, const std::string& timeout_text,
+        const std::string& grace_text, const std::vector<std::string>& command) {
+    if (command.empty()) throw Error(EINVAL, "run: give the command after --, e.g. proctab run backup --timeout 10m -- ./backup.sh");
+    if (timeout_text.empty()) throw Error(EINVAL, "run: --timeout is required");
+    const auto timeout = hbwatch::parse_duration(timeout_text);
+    const auto grace = hbwatch::parse_duration(grace_text);
+    const int signals = tool::signalfd_for({SIGTERM, SIGINT, SIGHUP, SIGCHLD});
+    hbwatch::Heartbeat heartbeat(name, timeout, options);
+    char run_value[64];
+    std::snprintf(run_value, sizeof run_value, "%s:%d:%u", hbwatch::format_key(heartbeat.key()).c_str(), ::getpid(),
+                  heartbeat.slot());
+    std::vector<char*> argv;
+    for (const auto& word : command) argv.push_back(const_cast<char*>(word.c_str()));
+    argv.push_back(nullptr);
+    const std::string key_value = hbwatch::format_key(heartbeat.key());
+    const pid_t parent = ::getpid();
+    const pid_t child = ::fork();
+    if (child < 0) throw Error(errno, std::string("run: fork failed: ") + std::strerror(errno));
+    if (child == 0) {
+        ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlives its watcher
+        if (::getppid() != parent) ::_exit(127);
+        sigset_t none;
+        sigemptyset(&none);
+        ::sigprocmask(SIG_SETMASK, &none, nullptr);
+        ::setenv(kRunVariable, run_value, 1);
+        ::setenv("HBWATCH_KEY", key_value.c_str(), 1);
+        ::execvp(argv[0], argv.data());
+        std::fprintf(stderr, "proctab run: cannot run %s: %s\n", argv[0], std::strerror(errno));
+        ::_exit(127);
+    }
+    auto pidfd = hbwatch::Pidfd::open_pid(child);  // our unreaped child: it cannot change hands
+    if (!pidfd) throw Error(errno, "run: pidfd_open failed");
+    int status = 0;
+    bool stopping = false;
+    hbwatch::Stopper stopper(grace, [](const hbwatch::StopEvent&) {});
+    for (;;) {
+        std::vector<pollfd> fds{{signals, POLLIN, 0}, {pidfd->fd(), POLLIN, 0}};
+        const auto next = stopper.next_deadline_ns();
+        ::poll(fds.data(), fds.size(), next ? hbwatch::poll_timeout_ms(*next, hbwatch::monotonic_now_ns()) : -1);
+        if (fds[0].revents & POLLIN) {
+            signalfd_siginfo info;
+            while (::read(signals, &info, sizeof info) == sizeof info) {
+                const int sig = static_cast<int>(info.ssi_signo);
+                if (sig == SIGCHLD || stopping) continue;
+                std::fprintf(stderr, "proctab run: SIG%s from pid %u: stopping %s (pid %d), SIGKILL after %s\n",
+                             sigabbrev_np(sig), info.ssi_pid, command.front().c_str(), child,
+                             hbwatch::human_duration(grace).c_str());
+                if (auto target = pidfd->duplicate()) stopper.start(static_cast<std::uint64_t>(child), std::move(*target));
+                stopping = true;
+            }
+        }
+        stopper.advance(hbwatch::monotonic_now_ns());
+        if (pidfd->has_exited() && ::waitpid(child, &status, WNOHANG) == child) break;
+    }
+    if (WIFEXITED(status)) return WEXITSTATUS(status);
+    return 128 + WTERMSIG(status);
 }
 
 int remove(const hbwatch::TableOptions& options, const std::string& name, std::optional<pid_t> pid,
@@ -300,14 +403,33 @@ int health(const std::string& name, const std::string& path, const std::string& 
 }
 
 int kill_matching(const std::string& name, const std::string& path, const std::string& grace) {
-    std::vector<hbwatch::ProcessIdentity> targets;
-    for (const auto& p : hbwatch::find_processes(name, path))
-        if (auto who = hbwatch::identity_of(p.pid)) targets.push_back(*who);
-    if (targets.empty()) {
+    // Signalled through the pidfds pinned at the read that matched them: a pid that changed
+    // hands since is never reached.
+    std::vector<hbwatch::Pidfd> targets;
+    std::size_t zombies = 0;
+    for (const auto& p : hbwatch::find_processes(name, path)) {
+        auto target = p.pidfd ? p.pidfd->duplicate() : std::nullopt;
+        if (!target) {
+            ++zombies;
+            continue;
+        }
+        std::printf("  matched pid %d (%s)\n", p.pid, p.exe.empty() ? p.comm.c_str() : p.exe.c_str());
+        targets.push_back(std::move(*target));
+    }
+    if (const char* pause = std::getenv("HBWATCH_TEST_PAUSE_BEFORE_SIGNAL")) {
+        // Tests widen the window between matching and signalling with it (a FIFO to read from).
+        std::fflush(stdout);
+        if (FILE* fifo = std::fopen(pause, "r")) {
+            std::fgetc(fifo);
+            std::fclose(fifo);
+        }
+    }
+    if (targets.empty() && zombies == 0) {
         std::fprintf(stderr, "proctab: no process named '%s'%s\n", name.c_str(), path.empty() ? "" : (" at " + path).c_str());
         return tool::kExitFailure;
     }
-    const auto tally = hbwatch::stop_all(targets, hbwatch::parse_duration(grace));
+    auto tally = hbwatch::stop_all(std::move(targets), hbwatch::parse_duration(grace));
+    tally.stopped += zombies;  // already exited: nothing to signal
     for (const auto& note : tally.notes) std::printf("  %s\n", note.c_str());
     std::printf("%zu stopped (%zu needed SIGKILL), %zu failed\n", tally.stopped, tally.killed, tally.failed);
     return tally.failed == 0 ? tool::kExitOk : tool::kExitFailure;
@@ -323,7 +445,7 @@ int main(int argc, char** argv) {
         "  proctab --json | jq '.[] | select(.state==\"hung\")'\n"
         "  proctab --prometheus > /var/lib/node_exporter/hbwatch.prom\n"
         "  proctab --watch 1s                         refresh in place, like top\n"
-        "  while work; do proctab beat nightly-backup --timeout 10m; done\n"
+        "  proctab run nightly-backup --timeout 10m -- ./backup.sh   (backup.sh calls: proctab beat nightly-backup)\n"
         "  proctab health order-svc --max-rss 1G      exit 0 when healthy, 1 when not\n"
         "  proctab kill order-svc --grace 10s         SIGTERM, then SIGKILL, through pidfds\n"
         "\n"
@@ -345,8 +467,18 @@ int main(int argc, char** argv) {
     std::optional<std::uint32_t> slot;
     std::uint32_t slots = hbwatch::kDefaultSlots;
     beat_cmd->add_option("NAME", name)->required();
-    beat_cmd->add_option("--timeout", timeout, "the entry's timeout")->required()->check(tool::duration_validator());
-    beat_cmd->add_option("--pid", pid, "the process to beat for");
+    beat_cmd->add_option("--timeout", timeout, "the entry's timeout (not needed inside proctab run)")
+        ->check(tool::duration_validator());
+    beat_cmd->add_option("--pid", pid, "the process to beat for (one you could signal yourself)");
+    auto* run_cmd = app.add_subcommand("run", "run COMMAND under an entry NAME that `proctab beat NAME` inside it refreshes; "
+                                              "checkproc stops this wrapper, which stops COMMAND");
+    std::vector<std::string> command;
+    std::string run_grace = "10s";
+    run_cmd->add_option("NAME", name)->required();
+    run_cmd->add_option("--timeout", timeout, "the entry's timeout")->required()->check(tool::duration_validator());
+    run_cmd->add_option("--grace", run_grace, "SIGTERM to SIGKILL for COMMAND when stopped (default 10s)")
+        ->check(tool::duration_validator());
+    run_cmd->add_option("COMMAND", command, "the command and its arguments, after --")->required();
     auto* remove_cmd = app.add_subcommand("remove", "free entries by NAME, --pid or --slot");
     remove_cmd->add_option("NAME", name);
     remove_cmd->add_option("--pid", pid);
@@ -362,7 +494,10 @@ int main(int argc, char** argv) {
     auto* health_cmd = app.add_subcommand("health", "running? several? zombies? memory above --max-rss?");
     auto* kill_cmd = app.add_subcommand("kill", "stop every matching process: SIGTERM, then SIGKILL after --grace");
     for (auto* cmd : {ps_cmd, health_cmd, kill_cmd}) {
-        cmd->add_option("NAME", name)->required();
+        cmd->add_option("NAME", name, "the program's whole name: base name of its executable or of argv[0]")
+            ->required()
+            ->check(CLI::Validator([](std::string& v) { return v.empty() ? std::string("an empty NAME matches nothing") : std::string(); },
+                                   "NAME"));
         cmd->add_option("--path", path, "only processes running this executable");
     }
     health_cmd->add_option("--max-rss", max_rss, "memory limit, such as 512M or 1G");
@@ -372,6 +507,7 @@ int main(int argc, char** argv) {
     try {
         const auto options = tool::table_options(key);
         if (beat_cmd->parsed()) return beat(options, name, timeout, pid);
+        if (run_cmd->parsed()) return run(options, name, timeout, run_grace, command);
         if (remove_cmd->parsed()) return remove(options, name, pid, slot);
         if (init_cmd->parsed()) return init(options, slots, mode, group);
         if (destroy_cmd->parsed()) return destroy(options, force);

@@ -14,6 +14,7 @@
 #include <hbwatch/duration.h>
 #include <hbwatch/error.h>
 #include <hbwatch/pidfd.h>
+#include <hbwatch/trust.h>
 
 namespace hbwatch {
 namespace {
@@ -25,6 +26,17 @@ std::uint64_t deadline_ns(const SlotSnapshot& s) {
 std::string describe(const SlotSnapshot& s) {
     return "slot " + std::to_string(s.index) + " pid " + std::to_string(s.process.pid) + " '" +
            std::string(s.name()) + "'";
+}
+
+// A read-write open already refuses a squatter's table; a dry run opens read-only, and must
+// not act on one either.
+void require_trusted(const Table& table) {
+    const auto info = table.info();
+    SegmentFacts facts;
+    facts.uid = info.owner_uid;
+    facts.cuid = info.creator_uid;
+    facts.creator = info.creator_pid;
+    if (auto reason = untrusted_owner_reason(table.key(), facts, ::geteuid()); !reason.empty()) throw Error(EPERM, reason);
 }
 
 }  // namespace
@@ -98,6 +110,13 @@ void Checker::handle(const SlotSnapshot& slot, std::uint64_t now_ns, ScanSummary
     }
 
     const auto stat = read_proc_stat(slot.process.pid);  // one read serves every case below
+    if (stat && is_kernel_thread(*stat)) {
+        free_unsignalled(slot, LogLevel::warn,
+                         "slot " + std::to_string(slot.index) + ": garbage entry (pid " + std::to_string(slot.process.pid) +
+                             " is a kernel thread, never a service)",
+                         summary);
+        return;
+    }
     switch (liveness(slot.process, stat)) {
         case Liveness::alive: break;
         case Liveness::gone:
@@ -132,14 +151,17 @@ void Checker::handle(const SlotSnapshot& slot, std::uint64_t now_ns, ScanSummary
 
 void Checker::stop_hung(const SlotSnapshot& slot, const std::string& who, const std::string& hung,
                         ScanSummary& summary) {
-    if (auto reason = protected_reason(slot.process.pid); !reason.empty()) {
-        if (reported_.insert(slot.token).second) log_(LogLevel::warn, who + ": " + hung + "; not signalled: " + reason);
+    auto report_once = [&](LogLevel level, const std::string& message) {
+        if (reported_.insert(slot.token).second) log_(level, message);
+    };
+    if (auto refusal = protected_pid(slot.process.pid)) {
+        report_once(LogLevel::warn, who + ": " + hung + "; not signalled: pid " + std::to_string(slot.process.pid) + " is " +
+                                        to_string(*refusal));
         return;
     }
     if (options_.dry_run) {
-        if (reported_.insert(slot.token).second)
-            log_(LogLevel::warn, who + ": " + hung + "; dry run: would send SIGTERM, then SIGKILL after " +
-                                     human_duration(options_.grace));
+        report_once(LogLevel::warn, who + ": " + hung + "; dry run: would send SIGTERM, then SIGKILL after " +
+                                        human_duration(options_.grace));
         return;
     }
     const StopClaim claim = table_.take_stop(slot.index, slot.token, self_);
@@ -156,19 +178,52 @@ void Checker::stop_hung(const SlotSnapshot& slot, const std::string& who, const 
         log_(LogLevel::info, who + ": beat again before it was signalled, left alone");
         return;
     }
-    std::string why;
-    auto target = Pidfd::open(slot.process, &why);
+    // Everything below is read after the pidfd was opened and confirmed on it before the signal:
+    // the process that is judged is the one that is signalled.
+    Refusal refusal{};
+    auto target = Pidfd::pin(slot.process.pid, &refusal);
+    std::string unsafe;          // why it must not be signalled and its slot freed
+    std::string keep_unsignalled;  // why it must not be signalled, though the entry may be right
     if (!target) {
-        table_.drop_stop(slot.index, self_);
-        if (why.starts_with("protected")) {
-            log_(LogLevel::warn, who + ": " + hung + "; not signalled: " + why);
-        } else {
-            free_unsignalled(slot, LogLevel::info, who + ": " + hung + ", but the process is " + why + " now", summary);
+        if (means_exited(refusal)) unsafe = "the process is " + std::string(to_string(refusal)) + " now";
+        else if (refusal == Refusal::kernel_thread) unsafe = "garbage entry: pid " + std::to_string(slot.process.pid) + " is a kernel thread";
+        else keep_unsignalled = "pid " + std::to_string(slot.process.pid) + " is " + to_string(refusal);
+    } else if (!same_process(slot.process, target->identity)) {
+        unsafe = "the pid now belongs to another process";
+    } else if (!slot.delegated()) {
+        // It registered itself: it must still hold the marker of the image that did.
+        if (!holds_image_marker(slot.process.pid, slot.image))
+            unsafe = "pid " + std::to_string(slot.process.pid) +
+                     " does not hold the marker of the program image that registered: it has exec'd since, or the "
+                     "entry is forged";
+    } else if (slot.exec_mark == 0 || target->stat.start_stack != slot.exec_mark) {
+        unsafe = "pid " + std::to_string(slot.process.pid) + " has exec'd since it was registered on its behalf" +
+                 (slot.exec_mark == 0 ? " (or the entry carries no exec mark)" : "");
+    } else {
+        // Registered on its behalf (proctab beat, or forged): act only if every user who can
+        // write the table could have signalled it anyway.
+        const auto uids = read_uids(slot.process.pid);
+        const auto writers = table_writers(table_.key());
+        if (!uids || !writers) {
+            keep_unsignalled = "its owner or the table's writers cannot be read";
+        } else if (auto outsider = writer_who_could_not_signal(*writers, *uids)) {
+            keep_unsignalled = "it was registered on its behalf (proctab beat, or a forged entry), and uid " +
+                               std::to_string(*outsider) + ", who can write the table, could not signal pid " +
+                               std::to_string(slot.process.pid) + " (uid " + std::to_string(uids->real) +
+                               ") itself. Use proctab run, or a table only trusted users can write";
         }
+    }
+    if (target && unsafe.empty() && keep_unsignalled.empty() && !target->pidfd.still_running())
+        unsafe = "the process is gone now";
+    if (!unsafe.empty() || !keep_unsignalled.empty()) {
+        table_.drop_stop(slot.index, self_);
+        if (!unsafe.empty()) free_unsignalled(slot, LogLevel::warn, who + ": " + hung + ", but " + unsafe, summary);
+        else report_once(LogLevel::warn, who + ": " + hung + "; not signalled: " + keep_unsignalled);
         return;
     }
     // The token names this registration alone, so it serves as the stop's id.
-    if (!stopper_.start(slot.token, std::move(*target), &why)) {
+    std::string why;
+    if (!stopper_.start(slot.token, std::move(target->pidfd), &why)) {
         table_.drop_stop(slot.index, self_);
         log_(LogLevel::error, who + ": " + hung + "; " + why + "; slot kept");
         return;
@@ -193,7 +248,7 @@ void Checker::on_stop_event(const StopEvent& event) {
             const bool freed = table_.free_slot(pending.index, event.id);
             log_(LogLevel::info, pending.who + ": exited " + human_duration(event.elapsed) + " after SIGTERM" +
                                      (event.killed ? " (SIGKILL was needed)" : "") +
-                                     (freed ? "; slot freed" : "; it had released its slot itself"));
+                                     (freed ? "; slot freed" : "; slot already freed (by the process itself or its supervisor)"));
             break;
         }
         case StopEvent::Kind::kill_failed:
@@ -212,6 +267,7 @@ ScanSummary check_once(const TableOptions& table_options, const CheckOptions& op
         log(LogLevel::info, "no table at key " + format_key(key) + ": nothing registered, nothing to watch");
         return {};
     }
+    require_trusted(*table);
     Checker checker(*table, options, log);
     ScanSummary summary = checker.scan(monotonic_now_ns());
     checker.finish();
@@ -245,6 +301,7 @@ void watch(const TableOptions& table_options, const CheckOptions& options, const
                 table.reset();
             }
             if (!table && (table = Table::open_existing(table_options, access))) {
+                require_trusted(*table);
                 log(LogLevel::info, "watching the table at key " + format_key(key) + " (" +
                                         std::to_string(table->slot_count()) + " slots)");
                 checker.emplace(*table, options, log);

@@ -8,12 +8,17 @@
 #include <utility>
 
 
+#include <cstdio>
+
+#include <hbwatch/trust.h>
+
 #include "internal/layout.h"
 
 namespace hbwatch {
 namespace {
 
 std::once_flag atfork_once;
+std::once_flag warned_once;
 void on_fork_child() noexcept { detail::fork_generation.fetch_add(1, std::memory_order_relaxed); }
 
 }  // namespace
@@ -38,7 +43,17 @@ Heartbeat::Heartbeat(std::string_view name, std::chrono::milliseconds timeout, c
     validate_timeout(timeout);
     std::call_once(atfork_once, [] { ::pthread_atfork(nullptr, nullptr, on_fork_child); });
     table_ = std::make_unique<Table>(Table::open_or_create(options));
-    claim_ = table_->claim(name, timeout, self_identity(), ::getuid());
+    // The marker proves to checkproc that this image registered itself (see trust.h).
+    const std::uint64_t image = image_marker();
+    Registrant self{self_identity(), ::getuid(), image, 0};
+    if (image == 0) {  // no memfd: fall back to the delegated rule, with the exec mark
+        if (auto stat = read_proc_stat(self.process.pid)) self.exec_mark = stat->start_stack;
+    }
+    claim_ = table_->claim(name, timeout, self);
+    std::call_once(warned_once, [&] {
+        if (auto warning = shared_table_warning(table_->key(), ::geteuid()); !warning.empty())
+            std::fprintf(stderr, "hbwatch: warning: %s\n", warning.c_str());
+    });
     detail::Slot* slot = table_->slot_at(claim_.index);
     state_ = &slot->state;
     last_beat_ns_ = &slot->last_beat_ns;

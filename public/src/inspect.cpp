@@ -9,6 +9,7 @@
 
 #include <hbwatch/checker.h>
 #include <hbwatch/duration.h>
+#include <hbwatch/error.h>
 
 namespace hbwatch {
 namespace {
@@ -23,7 +24,10 @@ double uptime_seconds() {
 std::string read_link(const std::string& path) {
     char buffer[4096];
     const ssize_t n = ::readlink(path.c_str(), buffer, sizeof buffer - 1);
-    return n > 0 ? std::string(buffer, static_cast<std::size_t>(n)) : std::string();
+    std::string target = n > 0 ? std::string(buffer, static_cast<std::size_t>(n)) : std::string();
+    constexpr std::string_view kDeleted = " (deleted)";  // the binary was replaced since it started
+    if (target.ends_with(kDeleted)) target.resize(target.size() - kDeleted.size());
+    return target;
 }
 
 std::string argv0_of(pid_t pid) {
@@ -117,19 +121,30 @@ std::vector<Entry> inspect(const Table& table, std::uint64_t now_ns) {
 }
 
 std::vector<HostProcess> find_processes(const std::string& name, const std::string& path) {
+    if (name.empty()) throw Error(EINVAL, "an empty name matches nothing: give the program's name");
+    constexpr std::size_t kCommBytes = 15;  // the kernel cuts command names there
     std::vector<HostProcess> found;
     const pid_t self = ::getpid();
     for (pid_t pid : all_pids()) {
         if (pid == self) continue;
-        auto stat = read_proc_stat(pid);
-        if (!stat) continue;
+        // Pinned first: what is read below, then confirmed on the pidfd, is this process's.
+        Refusal refusal{};
+        auto pinned = Pidfd::pin(pid, &refusal);
+        if (!pinned) {
+            if (refusal != Refusal::zombie) continue;  // gone, a kernel thread, or an ancestor
+            auto stat = read_proc_stat(pid);
+            if (!stat || is_kernel_thread(*stat) || !has_exited(*stat)) continue;
+            // A zombie has no executable or argv left: its untruncated command name must do.
+            if (name.size() < kCommBytes && stat->comm == name) found.push_back(host_process(*stat));
+            continue;
+        }
         const std::string exe = read_link("/proc/" + std::to_string(pid) + "/exe");
-        // The kernel cuts command names to 15 bytes; compare like with like.
-        const bool named = stat->comm == name.substr(0, 15) || base_name(exe) == name || base_name(argv0_of(pid)) == name;
-        // A zombie's executable can no longer be read: it is matched by name alone.
-        const bool at_path = path.empty() || exe == path || (exe.empty() && stat->state == 'Z');
-        if (!named || !at_path) continue;
-        found.push_back(host_process(*stat));
+        const bool named = base_name(exe) == name || base_name(argv0_of(pid)) == name;
+        if (!named || (!path.empty() && exe != path)) continue;
+        HostProcess process = host_process(pinned->stat);
+        if (!pinned->pidfd.still_running()) continue;  // the reads above may be a later holder's
+        process.pidfd = std::make_shared<const Pidfd>(std::move(pinned->pidfd));
+        found.push_back(std::move(process));
     }
     return found;
 }
@@ -138,7 +153,7 @@ std::vector<HostProcess> find_zombies() {
     std::vector<HostProcess> zombies;
     for (pid_t pid : all_pids()) {
         auto stat = read_proc_stat(pid);
-        if (stat && stat->state == 'Z') zombies.push_back(host_process(*stat));
+        if (stat && stat->state == 'Z' && !is_kernel_thread(*stat)) zombies.push_back(host_process(*stat));
     }
     return zombies;
 }

@@ -1,7 +1,10 @@
 #include <hbwatch/pidfd.h>
 
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -16,40 +19,87 @@ namespace {
 int pidfd_open_raw(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
 int pidfd_send_signal_raw(int fd, int sig) { return static_cast<int>(::syscall(SYS_pidfd_send_signal, fd, sig, nullptr, 0)); }
 
+constexpr long kPidfsMagic = 0x50494446;  // PID_FS_MAGIC: pidfds are pidfs inodes (Linux 6.9+)
+
 }  // namespace
 
-std::string protected_reason(pid_t pid) {
-    if (pid <= 0) return "pid " + std::to_string(pid) + " is not a single process";
-    if (pid == 1) return "pid 1 is init";
-    if (pid == ::getpid()) return "pid " + std::to_string(pid) + " is this process";
+const char* to_string(Refusal refusal) noexcept {
+    switch (refusal) {
+        case Refusal::gone: return "gone";
+        case Refusal::reused: return "pid reused by another process";
+        case Refusal::zombie: return "a zombie";
+        case Refusal::not_a_process: return "not a single process (pid <= 0)";
+        case Refusal::init: return "init (pid 1)";
+        case Refusal::self: return "this process itself";
+        case Refusal::ancestor: return "an ancestor of this process";
+        case Refusal::kernel_thread: return "a kernel thread";
+        case Refusal::system_error: return "not openable as a pidfd";
+    }
+    return "unknown";
+}
+
+bool means_exited(Refusal refusal) noexcept {
+    return refusal == Refusal::gone || refusal == Refusal::reused || refusal == Refusal::zombie;
+}
+
+bool means_protected(Refusal refusal) noexcept {
+    return refusal == Refusal::not_a_process || refusal == Refusal::init || refusal == Refusal::self ||
+           refusal == Refusal::ancestor || refusal == Refusal::kernel_thread;
+}
+
+std::optional<Refusal> protected_pid(pid_t pid) {
+    if (pid <= 0) return Refusal::not_a_process;
+    if (pid == 1) return Refusal::init;
+    if (pid == ::getpid()) return Refusal::self;
     for (pid_t ancestor = ::getppid(); ancestor > 1;) {
-        if (ancestor == pid) return "pid " + std::to_string(pid) + " is an ancestor of this process";
+        if (ancestor == pid) return Refusal::ancestor;
         auto stat = read_proc_stat(ancestor);
         if (!stat) break;
         ancestor = stat->ppid;
     }
-    return {};
+    return std::nullopt;
 }
 
-std::optional<Pidfd> Pidfd::open(const ProcessIdentity& who, std::string* why) {
-    auto fail = [&](std::string reason) -> std::optional<Pidfd> {
-        if (why) *why = std::move(reason);
+std::optional<Pidfd> Pidfd::open_pid(pid_t pid, int* error) {
+    if (pid <= 0) {
+        if (error) *error = EINVAL;
+        return std::nullopt;
+    }
+    const int fd = pidfd_open_raw(pid);  // CLOEXEC always
+    if (fd < 0) {
+        if (error) *error = errno;
+        return std::nullopt;
+    }
+    return Pidfd(fd, pid);
+}
+
+std::optional<Pinned> Pidfd::pin(pid_t pid, Refusal* why, bool for_signal) {
+    auto fail = [&](Refusal refusal) -> std::optional<Pinned> {
+        if (why) *why = refusal;
         return std::nullopt;
     };
-    if (auto reason = protected_reason(who.pid); !reason.empty()) return fail("protected: " + reason);
-    const int fd = pidfd_open_raw(who.pid);
-    if (fd < 0) return fail(errno == ESRCH ? "gone" : std::string("pidfd_open failed: ") + std::strerror(errno));
-    Pidfd pidfd(fd, who.pid);  // closes on every return below
-    // Checked after opening: if the pid still has the registered start time now, the pidfd
-    // (opened earlier) cannot refer to an older or newer holder of the pid.
-    switch (liveness(who)) {
-        case Liveness::alive: break;
-        case Liveness::gone: return fail("gone");
-        case Liveness::reused: return fail("pid reused by another process");
-        case Liveness::zombie: return fail("zombie");
+    if (auto refusal = protected_pid(pid); refusal && (for_signal || *refusal != Refusal::ancestor)) return fail(*refusal);
+    int error = 0;
+    auto pidfd = open_pid(pid, &error);
+    if (!pidfd) return fail(error == ESRCH ? Refusal::gone : Refusal::system_error);
+    auto stat = read_proc_stat(pid);  // after opening: it describes the pidfd's process or a later one
+    if (!stat) return fail(Refusal::gone);
+    if (is_kernel_thread(*stat)) return fail(Refusal::kernel_thread);
+    if (hbwatch::has_exited(*stat)) return fail(Refusal::zombie);
+    // Still running now, so the pid has not changed hands since it was opened: the stat is its.
+    if (pidfd->has_exited()) return fail(Refusal::gone);
+    ProcessIdentity identity{pid, stat->start_time, pidfd->pidfs_inode()};
+    return Pinned{std::move(*pidfd), std::move(*stat), identity};
+}
+
+std::optional<Pidfd> Pidfd::open(const ProcessIdentity& who, Refusal* why) {
+    auto pinned = pin(who.pid, why);
+    if (!pinned) return std::nullopt;
+    if (!same_process(who, pinned->identity)) {
+        if (why) *why = Refusal::reused;
+        return std::nullopt;
     }
-    if (pidfd.has_exited()) return fail("gone");
-    return pidfd;
+    return std::move(pinned->pidfd);
 }
 
 Pidfd::Pidfd(Pidfd&& other) noexcept : fd_(std::exchange(other.fd_, -1)), pid_(other.pid_) {}
@@ -67,11 +117,27 @@ Pidfd::~Pidfd() {
     if (fd_ >= 0) ::close(fd_);
 }
 
+std::uint64_t Pidfd::pidfs_inode() const noexcept {
+    // Before pidfs, every pidfd is the same anonymous inode: no identity in it.
+    struct statfs fs {};
+    struct stat st {};
+    if (::fstatfs(fd_, &fs) != 0 || fs.f_type != kPidfsMagic || ::fstat(fd_, &st) != 0) return 0;
+    return static_cast<std::uint64_t>(st.st_ino);
+}
+
+std::optional<Pidfd> Pidfd::duplicate() const {
+    const int fd = ::fcntl(fd_, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) return std::nullopt;
+    return Pidfd(fd, pid_);
+}
+
 bool Pidfd::send(int sig, std::string* error) const {
     if (pidfd_send_signal_raw(fd_, sig) == 0 || errno == ESRCH) return true;
     if (error) *error = std::strerror(errno);
     return false;
 }
+
+bool Pidfd::may_signal() const { return pidfd_send_signal_raw(fd_, 0) == 0 || errno == ESRCH; }
 
 bool Pidfd::has_exited() const { return wait_exit(std::chrono::milliseconds(0)); }
 

@@ -2,24 +2,59 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
-#include <atomic>
 #include <fstream>
+#include <sstream>
 #include <string_view>
 #include <vector>
 
 #include <hbwatch/error.h>
+#include <hbwatch/pidfd.h>
 
 namespace hbwatch {
 namespace {
 
-// /proc/PID/stat is at most a few hundred bytes; one read() gives a consistent line.
-std::optional<std::string> read_small_file(const std::string& path) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+template <class T>
+bool parse_number(std::string_view text, T& out) {
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
+    return ec == std::errc{} && end == text.data() + text.size();
+}
+
+constexpr std::uint32_t kPfKthread = 0x00200000;  // PF_KTHREAD, include/linux/sched.h
+
+}  // namespace
+
+std::optional<std::string> read_proc_file(const std::string& path) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return std::nullopt;
+    std::string text;
+    char buffer[4096];
+    for (;;) {
+        const ssize_t n = ::read(fd, buffer, sizeof buffer);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        text.append(buffer, static_cast<std::size_t>(n));
+    }
+    ::close(fd);
+    return text;
+}
+
+bool same_process(const ProcessIdentity& recorded, const ProcessIdentity& observed) noexcept {
+    if (recorded.pid != observed.pid || recorded.start_time != observed.start_time) return false;
+    return recorded.pidfs_inode == 0 || observed.pidfs_inode == 0 || recorded.pidfs_inode == observed.pidfs_inode;
+}
+
+std::optional<ProcStat> read_proc_stat(pid_t pid) {
+    if (pid <= 0) return std::nullopt;
+    // One read() of /proc/PID/stat gives a consistent line of a few hundred bytes.
+    const std::string path = "/proc/" + std::to_string(pid) + "/stat";
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) return std::nullopt;
     char buffer[1024];
     ssize_t n;
@@ -28,73 +63,82 @@ std::optional<std::string> read_small_file(const std::string& path) {
     } while (n < 0 && errno == EINTR);
     ::close(fd);
     if (n <= 0) return std::nullopt;
-    return std::string(buffer, static_cast<std::size_t>(n));
-}
-
-template <class T>
-bool parse_number(std::string_view text, T& out) {
-    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
-    return ec == std::errc{} && end == text.data() + text.size();
-}
-
-}  // namespace
-
-std::optional<ProcStat> read_proc_stat(pid_t pid) {
-    if (pid <= 0) return std::nullopt;
-    auto line = read_small_file("/proc/" + std::to_string(pid) + "/stat");
-    if (!line) return std::nullopt;
+    const std::string_view line(buffer, static_cast<std::size_t>(n));
     // comm may hold spaces and ')', so it ends at the last ')'.
-    const auto open = line->find('(');
-    const auto close = line->rfind(')');
-    if (open == std::string::npos || close == std::string::npos || close < open) return std::nullopt;
+    const auto open = line.find('(');
+    const auto close = line.rfind(')');
+    if (open == std::string_view::npos || close == std::string_view::npos || close < open) return std::nullopt;
 
     ProcStat stat;
     stat.pid = pid;
-    stat.comm = line->substr(open + 1, close - open - 1);
-    std::vector<std::string_view> fields;  // fields[0] is field 3 of proc(5), the state
-    std::string_view rest(*line);
-    rest.remove_prefix(close + 1);
-    while (!rest.empty()) {
+    stat.comm = std::string(line.substr(open + 1, close - open - 1));
+    std::string_view fields[26];  // fields[0] is field 3 of proc(5), the state; up to field 28
+    std::size_t count = 0;
+    std::string_view rest = line.substr(close + 1);
+    while (!rest.empty() && count < std::size(fields)) {
         const auto start = rest.find_first_not_of(" \n");
         if (start == std::string_view::npos) break;
         rest.remove_prefix(start);
         const auto stop = std::min(rest.find_first_of(" \n"), rest.size());
-        fields.push_back(rest.substr(0, stop));
+        fields[count++] = rest.substr(0, stop);
         rest.remove_prefix(stop);
     }
     auto field = [&](int number) { return fields[static_cast<std::size_t>(number - 3)]; };
-    if (fields.size() < 22 || field(3).size() != 1) return std::nullopt;
+    if (count < std::size(fields) || field(3).size() != 1) return std::nullopt;
     stat.state = field(3)[0];
     std::int64_t rss = 0;
     if (!parse_number(field(4), stat.ppid) || !parse_number(field(5), stat.pgrp) ||
-        !parse_number(field(6), stat.session) || !parse_number(field(14), stat.utime_ticks) ||
-        !parse_number(field(15), stat.stime_ticks) || !parse_number(field(22), stat.start_time) ||
-        !parse_number(field(24), rss))
+        !parse_number(field(6), stat.session) || !parse_number(field(9), stat.flags) ||
+        !parse_number(field(14), stat.utime_ticks) || !parse_number(field(15), stat.stime_ticks) ||
+        !parse_number(field(22), stat.start_time) || !parse_number(field(24), rss) ||
+        !parse_number(field(28), stat.start_stack))
         return std::nullopt;
     stat.rss_pages = rss > 0 ? static_cast<std::uint64_t>(rss) : 0;
     return stat;
 }
 
+bool is_kernel_thread(const ProcStat& stat) noexcept { return (stat.flags & kPfKthread) != 0 || stat.pid == 2; }
+
+std::optional<ProcessUids> read_uids(pid_t pid) {
+    if (pid <= 0) return std::nullopt;
+    auto status = read_proc_file("/proc/" + std::to_string(pid) + "/status");
+    if (!status) return std::nullopt;
+    const auto at = status->find("\nUid:");
+    if (at == std::string::npos) return std::nullopt;
+    ProcessUids uids;
+    std::istringstream line(status->substr(at + 5, status->find('\n', at + 1) - at - 5));
+    if (!(line >> uids.real >> uids.effective >> uids.saved)) return std::nullopt;
+    return uids;
+}
+
+bool user_may_signal(uid_t user, const ProcessUids& target) noexcept {
+    return user == 0 || user == target.real || user == target.saved;
+}
+
 std::optional<ProcessIdentity> identity_of(pid_t pid) {
     auto stat = read_proc_stat(pid);
     if (!stat) return std::nullopt;
-    return ProcessIdentity{pid, stat->start_time};
+    return ProcessIdentity{pid, stat->start_time, 0};
 }
 
 ProcessIdentity self_identity() {
-    // A process's start time never changes, so /proc is read once per pid: a fork()ed child
-    // has a new pid and reads its own. No mutex: one held by another thread at fork() would
-    // stay locked in the child. Racing writers store the same values; the release on the pid
-    // publishes the start time that belongs to it.
+    // A process's identity never changes, so it is read once per pid: a fork()ed child has a
+    // new pid and reads its own. No mutex: one held by another thread at fork() would stay
+    // locked in the child. Racing writers store the same values; the release on the pid
+    // publishes the fields that belong to it.
     static std::atomic<std::uint64_t> cached_start{0};
+    static std::atomic<std::uint64_t> cached_inode{0};
     static std::atomic<pid_t> cached_pid{0};
     const pid_t pid = ::getpid();
-    if (cached_pid.load(std::memory_order_acquire) == pid) return {pid, cached_start.load(std::memory_order_relaxed)};
+    if (cached_pid.load(std::memory_order_acquire) == pid)
+        return {pid, cached_start.load(std::memory_order_relaxed), cached_inode.load(std::memory_order_relaxed)};
     auto self = identity_of(pid);
     if (!self)
         throw Error(ENOENT, "cannot read /proc/" + std::to_string(pid) +
                                 "/stat: hbwatch needs /proc mounted to record the process start time");
+    if (auto pidfd = Pidfd::open_pid(pid)) self->pidfs_inode = pidfd->pidfs_inode();
     cached_start.store(self->start_time, std::memory_order_relaxed);
+    cached_inode.store(self->pidfs_inode, std::memory_order_relaxed);
     cached_pid.store(pid, std::memory_order_release);
     return *self;
 }
@@ -128,14 +172,6 @@ std::vector<pid_t> children_of(pid_t pid) {
     }
     ::closedir(dir);
     return children;
-}
-
-std::vector<pid_t> descendants_of(pid_t pid) {
-    std::vector<pid_t> all = children_of(pid);
-    for (std::size_t i = 0; i < all.size(); ++i) {
-        for (pid_t grandchild : children_of(all[i])) all.push_back(grandchild);
-    }
-    return all;
 }
 
 const char* to_string(Liveness liveness) noexcept {

@@ -86,7 +86,7 @@ void Stopper::run_until_idle() {
     }
 }
 
-StopTally stop_all(const std::vector<ProcessIdentity>& targets, std::chrono::milliseconds grace) {
+StopTally stop_all(std::vector<Pidfd> targets, std::chrono::milliseconds grace) {
     StopTally tally;
     Stopper stopper(grace, [&](const StopEvent& event) {
         const auto pid = std::to_string(event.id);
@@ -103,18 +103,12 @@ StopTally stop_all(const std::vector<ProcessIdentity>& targets, std::chrono::mil
                 break;
         }
     });
-    for (const auto& who : targets) {
+    for (auto& target : targets) {
+        const pid_t pid = target.pid();
         std::string why;
-        auto target = Pidfd::open(who, &why);
-        if (!target) {
-            const bool gone = why == "gone" || why == "zombie" || why == "pid reused by another process";
-            (gone ? tally.stopped : tally.failed) += 1;
-            if (!gone) tally.notes.push_back("pid " + std::to_string(who.pid) + " refused: " + why);
-            continue;
-        }
-        if (!stopper.start(static_cast<std::uint64_t>(who.pid), std::move(*target), &why)) {
+        if (!stopper.start(static_cast<std::uint64_t>(pid), std::move(target), &why)) {
             ++tally.failed;
-            tally.notes.push_back("pid " + std::to_string(who.pid) + ": " + why);
+            tally.notes.push_back("pid " + std::to_string(pid) + ": " + why);
         }
     }
     stopper.run_until_idle();

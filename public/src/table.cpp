@@ -145,6 +145,40 @@ std::chrono::milliseconds SlotSnapshot::since_beat(std::uint64_t now_ns) const n
 
 // ---------------------------------------------------------------- the mapping
 
+std::optional<SegmentFacts> segment_facts(key_t key) {
+    std::ifstream in("/proc/sysvipc/shm");
+    std::string line;
+    std::getline(in, line);  // column titles
+    while (std::getline(in, line)) {
+        std::istringstream fields(line);
+        long long file_key = 0;
+        SegmentFacts facts;
+        std::string mode_text;
+        pid_t last_pid = 0;
+        long attached = 0;
+        if (!(fields >> file_key >> facts.shmid >> mode_text >> facts.bytes >> facts.creator >> last_pid >>
+              attached >> facts.uid >> facts.gid >> facts.cuid >> facts.cgid))
+            continue;
+        if (static_cast<key_t>(file_key) != key) continue;
+        facts.mode = static_cast<mode_t>(std::strtoul(mode_text.c_str(), nullptr, 8) & 0777);
+        return facts;
+    }
+    return std::nullopt;
+}
+
+std::string untrusted_owner_reason(key_t key, const SegmentFacts& facts, uid_t user) {
+    for (const auto& [role, uid] : {std::pair{"owned", facts.uid}, std::pair{"created", facts.cuid}}) {
+        if (uid == 0 || uid == user) continue;
+        return std::string("the table at key ") + format_key(key) + " is " + role + " by uid " + std::to_string(uid) +
+               ", who is neither root nor you (uid " + std::to_string(user) + "), so that user can rewrite every entry and "
+               "its permissions at will (creator pid " + std::to_string(facts.creator) +
+               "). hbwatch trusts only a table owned by root or by you: if the segment is not meant to be there, "
+               "remove it as root (ipcrm -M " + format_key(key) + ") and have root create the table (proctab init), "
+               "or use another key (HBWATCH_KEY)";
+    }
+    return {};
+}
+
 struct Table::Mapping {
     key_t key = 0;
     int shmid = -1;
@@ -161,36 +195,9 @@ constexpr std::size_t table_bytes(std::uint32_t slots) {
     return sizeof(Header) + std::size_t{slots} * sizeof(Slot);
 }
 
-// What /proc/sysvipc/shm says of the segment at `key`. It is world-readable, so it works
-// exactly when IPC_STAT is refused for lack of permission.
-struct SegmentFacts {
-    int shmid = -1;
-    mode_t mode = 0;
-    uid_t uid = 0;
-    gid_t gid = 0;
-    std::uint64_t bytes = 0;
-    pid_t creator = 0;
-};
-
-std::optional<SegmentFacts> segment_facts(key_t key) {
-    std::ifstream in("/proc/sysvipc/shm");
-    std::string line;
-    std::getline(in, line);  // column titles
-    while (std::getline(in, line)) {
-        std::istringstream fields(line);
-        long long file_key = 0;
-        SegmentFacts facts;
-        std::string mode_text;
-        pid_t last_pid = 0;
-        long attached = 0;
-        if (!(fields >> file_key >> facts.shmid >> mode_text >> facts.bytes >> facts.creator >> last_pid >>
-              attached >> facts.uid >> facts.gid))
-            continue;
-        if (static_cast<key_t>(file_key) != key) continue;
-        facts.mode = static_cast<mode_t>(std::strtoul(mode_text.c_str(), nullptr, 8) & 0777);
-        return facts;
-    }
-    return std::nullopt;
+std::string user_label(uid_t uid) {
+    // No getpwuid here: the library must not pull NSS into every service's registration.
+    return "uid " + std::to_string(uid);
 }
 
 std::string describe_owner(key_t key) {
@@ -198,16 +205,20 @@ std::string describe_owner(key_t key) {
     if (!facts) return "owner unknown";
     char mode[8];
     std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(facts->mode));
-    return std::string("mode ") + mode + ", owner uid " + std::to_string(facts->uid) + " gid " +
-           std::to_string(facts->gid);
+    std::string text = std::string("mode ") + mode + ", owner " + user_label(facts->uid) + " gid " + std::to_string(facts->gid);
+    if (facts->cuid != facts->uid) text += ", creator " + user_label(facts->cuid);
+    text += ", created by pid " + std::to_string(facts->creator) + (is_running(facts->creator) ? " (running)" : " (gone)");
+    return text;
 }
 
 [[noreturn]] void throw_permission(key_t key, bool writing) {
     throw Error(EACCES, "no permission to open the hbwatch table at key " + format_key(key) + " for " +
                             (writing ? "reading and writing" : "reading") + " (" + describe_owner(key) + "; you are uid " +
                             std::to_string(::geteuid()) + " gid " + std::to_string(::getegid()) +
-                            "): run as the owner or in its group, or recreate the table with a wider "
-                            "--mode or --group");
+                            "): run as the owner or in its group, or have root recreate the table with a wider "
+                            "--mode or --group (proctab init). If you do not know that owner, the key may be squatted: "
+                            "remove the segment as root (ipcrm -M " + format_key(key) +
+                            ") or use another key (HBWATCH_KEY)");
 }
 
 [[noreturn]] void throw_system(key_t key, const char* doing, int err) {
@@ -342,6 +353,18 @@ static std::unique_ptr<Table::Mapping> map_existing(key_t key, bool writable) {
         if (e.get_native_error() == EINVAL || e.get_native_error() == EIDRM) return nullptr;  // removed meanwhile
         throw_system(key, writable ? "write" : "read", e.get_native_error());
     }
+    if (writable) {
+        // A squatter's table would let its owner steer what this process writes and what the
+        // tools do: only root's or the caller's own is used for writing.
+        shmid_ds ds{};
+        if (::shmctl(shmid, IPC_STAT, &ds) != 0) throw_system(key, "inspect", errno);
+        SegmentFacts facts;
+        facts.shmid = shmid;
+        facts.uid = ds.shm_perm.uid;
+        facts.cuid = ds.shm_perm.cuid;
+        facts.creator = ds.shm_cpid;
+        if (auto reason = untrusted_owner_reason(key, facts, ::geteuid()); !reason.empty()) throw Error(EPERM, reason);
+    }
     mapping->key = key;
     mapping->shmid = shmid;
     mapping->writable = writable;
@@ -460,6 +483,8 @@ TableInfo Table::info() const {
         info.mode = ds.shm_perm.mode & 0777;
         info.owner_uid = ds.shm_perm.uid;
         info.owner_gid = ds.shm_perm.gid;
+        info.creator_uid = ds.shm_perm.cuid;
+        info.creator_pid = ds.shm_cpid;
     }
     return info;
 }
@@ -484,6 +509,9 @@ std::optional<SlotSnapshot> Table::read(std::uint32_t index) const {
         s.registered_ns = slot.registered_ns.load(relaxed);
         s.last_beat_ns = slot.last_beat_ns.load(relaxed);
         s.beats = slot.beats.load(relaxed);
+        s.process.pidfs_inode = slot.pidfs_inode.load(relaxed);
+        s.image = slot.image.load(relaxed);
+        s.exec_mark = slot.exec_mark.load(relaxed);
         for (std::size_t w = 0; w < detail::kNameWords; ++w) {
             const std::uint64_t word = slot.name[w].load(relaxed);
             std::memcpy(s.name_bytes.data() + w * 8, &word, 8);
@@ -526,6 +554,15 @@ bool try_claim(Slot& slot, std::uint64_t& token, pid_t pid) {
 }  // namespace
 
 Claim Table::claim(std::string_view name, std::chrono::milliseconds timeout, const ProcessIdentity& who, uid_t uid) {
+    Registrant registrant{who, uid, 0, 0};
+    if (auto stat = read_proc_stat(who.pid); stat && stat->start_time == who.start_time)
+        registrant.exec_mark = stat->start_stack;
+    return claim(name, timeout, registrant);
+}
+
+Claim Table::claim(std::string_view name, std::chrono::milliseconds timeout, const Registrant& registrant) {
+    const ProcessIdentity& who = registrant.process;
+    const uid_t uid = registrant.uid;
     validate_name(name);
     validate_timeout(timeout);
     if (who.pid <= 1) throw Error(EINVAL, "cannot register pid " + std::to_string(who.pid) + " as '" + std::string(name) + "'");
@@ -568,6 +605,9 @@ Claim Table::claim(std::string_view name, std::chrono::milliseconds timeout, con
     slot.last_beat_ns.store(now, relaxed);
     slot.beats.store(0, relaxed);
     slot.stopper.store(0, relaxed);
+    slot.pidfs_inode.store(who.pidfs_inode, relaxed);
+    slot.image.store(registrant.image, relaxed);
+    slot.exec_mark.store(registrant.exec_mark, relaxed);
     char padded[detail::kNameWords * 8] = {};
     std::memcpy(padded, name.data(), name.size());
     for (std::size_t w = 0; w < detail::kNameWords; ++w) {
@@ -580,7 +620,7 @@ Claim Table::claim(std::string_view name, std::chrono::milliseconds timeout, con
     std::uint64_t expected = token;
     const std::uint64_t live = make_state(generation_of(token), who.pid, SlotPhase::live);
     if (!slot.state.compare_exchange_strong(expected, live, std::memory_order_release, std::memory_order_relaxed))
-        return claim(name, timeout, who, uid);
+        return claim(name, timeout, registrant);
     header.registrations.fetch_add(1, std::memory_order_relaxed);
     return Claim{*index, live};
 }

@@ -6,10 +6,12 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include <hbwatch/pidfd.h>
 #include <hbwatch/process.h>
 #include <hbwatch/table.h>
 
@@ -47,11 +49,16 @@ struct HostProcess {
     std::string exe;   // /proc/PID/exe, empty when unreadable (kernel threads, zombies)
     std::string parent_comm;
     Usage usage;
+    /// The process that was matched, pinned before anything of it was read: signal it through
+    /// this and nothing else. Null for a zombie, which no signal reaches.
+    std::shared_ptr<const Pidfd> pidfd;
 };
 
-/// Processes named `name` (its command name, the base name of its executable or of argv[0]),
-/// and with executable `path` when given (a zombie, whose executable cannot be read, is matched
-/// by name alone). Never this process.
+/// Processes whose program is named `name` in full: the base name of its executable
+/// (/proc/PID/exe) or of its argv[0]. Never the 15-byte command name, except for a zombie
+/// (which has neither) when `name` is shorter than 15 bytes. With `path`, only processes
+/// running that executable (and zombies of that name, whose executable cannot be read). Never this process, never a kernel thread. Throws Error(EINVAL)
+/// for an empty name.
 [[nodiscard]] std::vector<HostProcess> find_processes(const std::string& name, const std::string& path = {});
 
 /// Every zombie on the host, with its parent.

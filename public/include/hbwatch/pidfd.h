@@ -1,11 +1,13 @@
 #pragma once
-// Signalling one exact process. A pidfd names a process, not a pid: once opened and checked
-// against the registered start time, no signal sent through it can reach a later holder of
-// the same pid.
+// Signalling one exact process. A pidfd names a process, not a pid: whatever is read from
+// /proc/PID after the pidfd was opened, and before the pidfd is seen still alive, describes
+// that very process, so a check made that way cannot be fooled by a reused pid. Every signal
+// hbwatch sends goes through a pidfd verified so.
 
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstdint>
 #include <optional>
 #include <string>
 
@@ -13,17 +15,49 @@
 
 namespace hbwatch {
 
-/// Why this process must never signal `pid`, or empty when it may: pid 0, 1 or negative,
-/// this process itself, or one of its ancestors.
-[[nodiscard]] std::string protected_reason(pid_t pid);
+/// Why a process was not pinned or not verified. Decisions compare these, never text.
+enum class Refusal {
+    gone,           // no process holds the pid (ESRCH): nothing to do
+    reused,         // the pid belongs to another process now
+    zombie,         // it has exited; its parent has not reaped it yet
+    not_a_process,  // pid 0 or negative: a group or everyone, never one process
+    init,           // pid 1
+    self,           // the calling process
+    ancestor,       // an ancestor of the calling process
+    kernel_thread,  // a kernel thread: never a service
+    system_error,   // pidfd_open failed otherwise (EMFILE, EPERM, ...)
+};
 
-/// An open pidfd for a process whose identity was verified after opening. Move-only; CLOEXEC.
+/// Short text for logs: "gone", "pid reused by another process", "a kernel thread", ...
+[[nodiscard]] const char* to_string(Refusal refusal) noexcept;
+/// Whether the refusal means the process no longer exists (gone, reused, zombie): then there
+/// is nothing to signal and nothing was refused.
+[[nodiscard]] bool means_exited(Refusal refusal) noexcept;
+/// Whether hbwatch must never signal this process at all (pid <= 1, itself, an ancestor, a
+/// kernel thread).
+[[nodiscard]] bool means_protected(Refusal refusal) noexcept;
+
+/// Why this process must never signal `pid` (not_a_process, init, self, ancestor), if so.
+[[nodiscard]] std::optional<Refusal> protected_pid(pid_t pid);
+
+struct Pinned;
+
+/// An open pidfd. Move-only; CLOEXEC.
 class Pidfd {
 public:
-    /// Opens a pidfd for `who` and checks, after opening, that the pid still carries who's
-    /// start time and has not exited. nullopt otherwise, with the reason in `why`
-    /// ("gone", "pid reused by another process", "zombie", "protected: ...").
-    static std::optional<Pidfd> open(const ProcessIdentity& who, std::string* why = nullptr);
+    /// A pidfd for whatever process holds `pid` now: nothing is verified. nullopt with the
+    /// errno in `error` when pidfd_open fails.
+    static std::optional<Pidfd> open_pid(pid_t pid, int* error = nullptr);
+
+    /// Pins the process holding `pid`: opens a pidfd, then reads /proc/PID/stat, then checks
+    /// that the pidfd is still alive, so the stat belongs to the pidfd's process. Refuses
+    /// protected pids, kernel threads and zombies. A caller that reads more of /proc/PID
+    /// confirms it with still_running() afterwards.
+    /// `for_signal` false (registering, not signalling) lets an ancestor be pinned.
+    static std::optional<Pinned> pin(pid_t pid, Refusal* why = nullptr, bool for_signal = true);
+
+    /// Pins `who.pid` and checks it is `who` (pidfs inode where both have one, else start time).
+    static std::optional<Pidfd> open(const ProcessIdentity& who, Refusal* why = nullptr);
 
     Pidfd(Pidfd&& other) noexcept;
     Pidfd& operator=(Pidfd&& other) noexcept;
@@ -33,12 +67,20 @@ public:
 
     [[nodiscard]] int fd() const noexcept { return fd_; }
     [[nodiscard]] pid_t pid() const noexcept { return pid_; }
+    /// The pidfs inode: unique for the boot on Linux 6.9+; 0 on older kernels.
+    [[nodiscard]] std::uint64_t pidfs_inode() const noexcept;
+    /// Another descriptor for the same process.
+    [[nodiscard]] std::optional<Pidfd> duplicate() const;
 
     /// Sends `sig`. True when it was sent or the process had already exited (ESRCH means done);
     /// false with errno's text in `error` otherwise (EPERM: not ours to signal).
     bool send(int sig, std::string* error = nullptr) const;
+    /// Whether the caller may signal the process (a signal 0 through the pidfd).
+    [[nodiscard]] bool may_signal() const;
     /// Whether the process has exited (it may be a zombie awaiting its parent).
     [[nodiscard]] bool has_exited() const;
+    /// Whether it has not: what was read of /proc/PID since opening belongs to this process.
+    [[nodiscard]] bool still_running() const { return !has_exited(); }
     /// Waits for the exit, at most `timeout`; true when it exited.
     bool wait_exit(std::chrono::milliseconds timeout) const;
 
@@ -46,6 +88,13 @@ private:
     Pidfd(int fd, pid_t pid) noexcept : fd_(fd), pid_(pid) {}
     int fd_ = -1;
     pid_t pid_ = 0;
+};
+
+/// A process held by a pidfd, with its /proc/PID/stat read after the pidfd was opened.
+struct Pinned {
+    Pidfd pidfd;
+    ProcStat stat;
+    ProcessIdentity identity;  // pid, start time and pidfs inode of this very process
 };
 
 }  // namespace hbwatch

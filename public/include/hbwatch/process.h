@@ -1,6 +1,8 @@
 #pragma once
-// Who a process is, read from /proc. A pid alone is not an identity: pids are reused, so hbwatch
-// pairs the pid with the process start time (field 22 of /proc/PID/stat, in clock ticks since boot).
+// Who a process is, read from /proc. A pid alone is not an identity: pids are reused. Where the
+// kernel has pidfs (Linux 6.9+), the inode of a pidfd names one process for the whole boot;
+// elsewhere hbwatch pairs the pid with the start time (field 22 of /proc/PID/stat, in clock
+// ticks since boot), which leaves a pid reused within the same 10 ms tick indistinguishable.
 
 #include <sys/types.h>
 
@@ -13,9 +15,14 @@ namespace hbwatch {
 
 struct ProcessIdentity {
     pid_t pid = 0;
-    std::uint64_t start_time = 0;  // clock ticks since boot
+    std::uint64_t start_time = 0;   // clock ticks since boot
+    std::uint64_t pidfs_inode = 0;  // 0 when unknown (no pidfs on this kernel)
     friend bool operator==(const ProcessIdentity&, const ProcessIdentity&) = default;
 };
+
+/// Whether `observed` is the process that `recorded` names: same pid and start time, and the
+/// same pidfs inode when both carry one (which also tells apart two holders of one tick).
+[[nodiscard]] bool same_process(const ProcessIdentity& recorded, const ProcessIdentity& observed) noexcept;
 
 /// The fields of /proc/PID/stat that hbwatch uses.
 struct ProcStat {
@@ -25,19 +32,36 @@ struct ProcStat {
     pid_t ppid = 0;
     pid_t pgrp = 0;
     pid_t session = 0;
+    std::uint32_t flags = 0;  // PF_* (field 9)
     std::uint64_t utime_ticks = 0;
     std::uint64_t stime_ticks = 0;
-    std::uint64_t start_time = 0;  // clock ticks since boot
+    std::uint64_t start_time = 0;   // clock ticks since boot
     std::uint64_t rss_pages = 0;
+    std::uint64_t start_stack = 0;  // field 28: set anew by every exec; 0 unless we may ptrace-read it
 };
 
 /// Reads /proc/PID/stat; nullopt when there is no such process (or it cannot be parsed).
 [[nodiscard]] std::optional<ProcStat> read_proc_stat(pid_t pid);
 
-/// The identity of the process that holds `pid` now; nullopt when none does.
+/// Whether the task is a kernel thread (PF_KTHREAD): never a service, never signalled.
+[[nodiscard]] bool is_kernel_thread(const ProcStat& stat) noexcept;
+
+/// The real, effective and saved uids of a process (from /proc/PID/status).
+struct ProcessUids {
+    uid_t real = 0, effective = 0, saved = 0;
+};
+[[nodiscard]] std::optional<ProcessUids> read_uids(pid_t pid);
+
+/// Whether a process running as `user` (real = effective = user) could send a signal to a
+/// process with `target` uids, by kill(2)'s rule: root, or the target's real or saved uid.
+[[nodiscard]] bool user_may_signal(uid_t user, const ProcessUids& target) noexcept;
+
+/// The identity of the process that holds `pid` now; nullopt when none does. Without a pidfd
+/// the pidfs inode is left 0.
 [[nodiscard]] std::optional<ProcessIdentity> identity_of(pid_t pid);
 
-/// The identity of the calling process. Throws hbwatch::Error when /proc is not mounted.
+/// The identity of the calling process, pidfs inode included. Throws hbwatch::Error when
+/// /proc is not mounted.
 [[nodiscard]] ProcessIdentity self_identity();
 
 enum class Liveness {
@@ -63,7 +87,7 @@ enum class Liveness {
 /// The children of `pid` (from /proc/PID/task/*/children); empty when it has none or is gone.
 [[nodiscard]] std::vector<pid_t> children_of(pid_t pid);
 
-/// Every descendant of `pid`, parents before their children.
-[[nodiscard]] std::vector<pid_t> descendants_of(pid_t pid);
+/// Reads a small /proc file whole; nullopt when it cannot be opened.
+[[nodiscard]] std::optional<std::string> read_proc_file(const std::string& path);
 
 }  // namespace hbwatch

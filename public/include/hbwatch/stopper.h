@@ -77,9 +77,9 @@ struct StopTally {
     std::vector<std::string> notes;  // one line per process that did not simply exit on SIGTERM
 };
 
-/// Stops every process in `targets` at once: each verified and signalled through a pidfd
-/// (never pid <= 1, this process or its ancestors), SIGTERM, SIGKILL after `grace`. A target
-/// already gone counts as stopped. Returns when all are done.
-StopTally stop_all(const std::vector<ProcessIdentity>& targets, std::chrono::milliseconds grace);
+/// Stops every process in `targets` at once through the pidfds the caller verified (Pidfd::pin
+/// at the very read that selected each one): SIGTERM, SIGKILL after `grace`. A target already
+/// gone counts as stopped. Returns when all are done.
+StopTally stop_all(std::vector<Pidfd> targets, std::chrono::milliseconds grace);
 
 }  // namespace hbwatch

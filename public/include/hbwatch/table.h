@@ -68,6 +68,11 @@ struct SlotSnapshot {
     std::uint64_t last_beat_ns = 0;   // CLOCK_MONOTONIC (coarse)
     std::uint64_t beats = 0;
     std::array<char, kMaxNameLength + 1> name_bytes{};
+    std::uint64_t image = 0;      // self-registered: the nonce of the registrant's image marker
+    std::uint64_t exec_mark = 0;  // delegated (image 0): the target's stack start when registered
+
+    /// Registered on the process's behalf (proctab beat), not by the process itself.
+    [[nodiscard]] bool delegated() const noexcept { return image == 0; }
 
     /// The name up to its NUL (or all 48 bytes when a forged slot has none).
     [[nodiscard]] std::string_view name() const noexcept;
@@ -88,6 +93,8 @@ struct TableInfo {
     mode_t mode = 0;
     uid_t owner_uid = 0;
     gid_t owner_gid = 0;
+    uid_t creator_uid = 0;
+    pid_t creator_pid = 0;
     std::uint64_t created_realtime_ns = 0;
     std::uint64_t created_monotonic_ns = 0;
     std::uint64_t registrations = 0;
@@ -95,6 +102,34 @@ struct TableInfo {
     std::uint64_t reclaims = 0;
     std::uint64_t kills = 0;
 };
+
+/// Whom a registration is for, and how checkproc later tells that it is still the same
+/// program (an exec ends a registration).
+struct Registrant {
+    ProcessIdentity process;
+    uid_t uid = 0;
+    /// Self-registration: the nonce of the marker mapping that the library keeps in the
+    /// process (see image_marker()); exec drops it. 0 for a delegated registration.
+    std::uint64_t image = 0;
+    /// Delegated registration: the target's stack start (stat field 28), which exec changes.
+    std::uint64_t exec_mark = 0;
+};
+
+/// What the kernel says of the segment at a key (from /proc/sysvipc/shm, which anyone may
+/// read, so it works exactly where IPC_STAT is refused).
+struct SegmentFacts {
+    int shmid = -1;
+    mode_t mode = 0;
+    uid_t uid = 0, cuid = 0;  // owner and creator: both may change the mode and owner
+    gid_t gid = 0, cgid = 0;
+    std::uint64_t bytes = 0;
+    pid_t creator = 0;
+};
+[[nodiscard]] std::optional<SegmentFacts> segment_facts(key_t key);
+
+/// Why `user` must not trust the table at `key`, or empty: a table owned or created by a user
+/// who is neither root nor `user` is that user's to rewrite at will (a squatter's table).
+[[nodiscard]] std::string untrusted_owner_reason(key_t key, const SegmentFacts& facts, uid_t user);
 
 /// A slot this process has claimed: `token` proves the claim still holds.
 struct Claim {
@@ -113,6 +148,8 @@ class Table {
 public:
     enum class Access { read_only, read_write };
 
+    /// Opens and creates refuse, with Error(EPERM), a table owned or created by a user who is
+    /// neither root nor the caller (untrusted_owner_reason), except read-only opens.
     /// Opens the table, creating it when there is none (the library's first use).
     static Table open_or_create(const TableOptions& options = {});
     /// Opens an existing table; nullopt when no segment exists at the key.
@@ -150,6 +187,8 @@ public:
     /// Claims a free slot for `who` and publishes it live with a fresh beat. When no slot is
     /// free, frees the slots of dead owners first. Throws Error: EINVAL for a bad name or
     /// timeout, ENOSPC when every slot holds a live process.
+    Claim claim(std::string_view name, std::chrono::milliseconds timeout, const Registrant& who);
+    /// A delegated claim for `who`, its exec mark read from /proc (tests and tools).
     Claim claim(std::string_view name, std::chrono::milliseconds timeout, const ProcessIdentity& who,
                 uid_t uid);
 

@@ -12,7 +12,7 @@
 namespace hbwatch::detail {
 
 inline constexpr std::uint64_t kMagic = 0x4842574154434831ull;  // "HBWATCH1"
-inline constexpr std::uint32_t kLayoutVersion = 1;
+inline constexpr std::uint32_t kLayoutVersion = 2;  // 2: pidfs inode, image and exec mark
 inline constexpr std::size_t kNameWords = (kMaxNameLength + 1) / 8;
 
 struct Header {
@@ -45,7 +45,9 @@ struct alignas(64) Slot {
     // Which checkproc is stopping this registration: pid (low 32 bits) | start time (high 32,
     // truncated). 0 when none. Cleared by each claim; taken over when its holder is dead.
     std::atomic<std::uint64_t> stopper;
-    std::atomic<std::uint64_t> reserved[3];
+    std::atomic<std::uint64_t> pidfs_inode;  // the registrant's pidfs inode, 0 without pidfs
+    std::atomic<std::uint64_t> image;        // Registrant::image
+    std::atomic<std::uint64_t> exec_mark;    // Registrant::exec_mark
 };
 
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free);

@@ -20,9 +20,11 @@
 
 #include <hbwatch/clock.h>
 #include <hbwatch/duration.h>
+#include <hbwatch/error.h>
 #include <hbwatch/pidfd.h>
 #include <hbwatch/process.h>
 #include <hbwatch/stopper.h>
+#include <hbwatch/table.h>
 
 extern char** environ;
 
@@ -212,6 +214,8 @@ private:
         }
         child_ = pid;
         child_started_ns_ = now;
+        // Our unreaped child: its pid cannot change hands, so this identity is its.
+        if (auto pinned = Pidfd::pin(pid)) child_identity_ = pinned->identity;
         log_.info("started {} as pid {}", program_, pid);
         return now;
     }
@@ -299,7 +303,9 @@ private:
                  crashed ? " (crash " + std::to_string(failures_) + " in a row: backoff, max " +
                                human_duration(options_.max_backoff) + ")"
                          : "");
-        if (!descendants_of(::getpid()).empty()) stop_everything("its main process exited; stopping what it left running");
+        stopped_.push_back(child_identity_);
+        if (!children_of(::getpid()).empty()) stop_everything("its main process exited; stopping what it left running");
+        else release_slots();
         return monotonic_now_ns() + to_ns(delay);
     }
 
@@ -319,27 +325,38 @@ private:
         });
         const std::uint64_t deadline = monotonic_now_ns() + to_ns(options_.grace);
         bool announced = false;
+        std::map<pid_t, Pidfd> known;  // every descendant pinned so far, for verifying its children
         std::vector<pollfd> fds;
         for (;;) {
-            std::size_t remaining = 0;
-            for (pid_t pid : descendants_of(::getpid())) {
-                if (given_up.count(pid) || stopper.stopping(pid)) {
-                    remaining += !given_up.count(pid);
-                    continue;
+            // Walk down from procctl. A child pid is pinned, then its stat (read after the pin)
+            // must name the verified parent it was listed under, and that parent must still
+            // run: so the pid signalled is the descendant that was found, never a reuser.
+            std::vector<pid_t> parents{::getpid()};
+            for (std::size_t i = 0; i < parents.size(); ++i) {
+                const pid_t parent = parents[i];
+                for (pid_t pid : children_of(parent)) {
+                    if (known.count(pid)) {
+                        parents.push_back(pid);
+                        continue;
+                    }
+                    auto pinned = Pidfd::pin(pid);
+                    if (!pinned || pinned->stat.ppid != parent) continue;  // exited, or not ours any more
+                    if (parent != ::getpid() && known.at(parent).has_exited()) continue;  // found again under procctl
+                    auto held = pinned->pidfd.duplicate();
+                    if (!held) continue;
+                    if (!announced) {
+                        log_.info("{}: SIGTERM to {} and its descendants, SIGKILL after {}", why, program_,
+                                  human_duration(options_.grace));
+                        announced = true;
+                    }
+                    stopped_.push_back(pinned->identity);
+                    known.emplace(pid, std::move(*held));
+                    stopper.start(static_cast<std::uint64_t>(pid), std::move(pinned->pidfd), deadline);
+                    parents.push_back(pid);
                 }
-                auto who = identity_of(pid);
-                std::string why_not;
-                auto target = who ? Pidfd::open(*who, &why_not) : std::nullopt;
-                if (!target) continue;  // already exited: reaped below
-                if (!announced) {
-                    log_.info("{}: SIGTERM to {} and its descendants, SIGKILL after {}", why, program_,
-                              human_duration(options_.grace));
-                    announced = true;
-                }
-                if (stopper.start(static_cast<std::uint64_t>(pid), std::move(*target), deadline)) ++remaining;
             }
             if (auto exit = reap()) log_.info("{} {}", program_, describe_status(exit->status));
-            if (remaining == 0 && stopper.idle()) break;
+            if (stopper.idle() && children_of(::getpid()).empty()) break;
             fds.clear();
             fds.push_back(pollfd{signal_fd_, POLLIN, 0});
             stopper.add_pollfds(fds);
@@ -349,11 +366,46 @@ private:
             ::poll(fds.data(), fds.size(), timeout);
             if (fds[0].revents & POLLIN) read_signals();
             stopper.advance(monotonic_now_ns());
+            if (stopper.idle() && !given_up.empty()) {
+                // What SIGKILL could not end is left; everything else is reaped below.
+                bool others = false;
+                for (pid_t pid : children_of(::getpid())) others |= !given_up.count(pid);
+                if (!others) break;
+            }
         }
         while (auto exit = reap()) log_.info("{} {}", program_, describe_status(exit->status));
         if (announced)
             log_.info("{} process(es) stopped: {} on SIGTERM, {} by SIGKILL{}", exited, exited - killed, killed,
                       given_up.empty() ? "" : "; " + std::to_string(given_up.size()) + " could not be stopped");
+        release_slots();
+    }
+
+    // Frees the heartbeat entries of the processes procctl stopped or reaped, and only those:
+    // a service stopped without releasing its slot leaves no stale entry behind.
+    void release_slots() {
+        if (stopped_.empty()) return;
+        std::vector<ProcessIdentity> dead;
+        std::swap(dead, stopped_);
+        try {
+            TableOptions options;
+            options.key = key_from_environment();
+            for (const auto& entry : options_.env)
+                if (entry.starts_with("HBWATCH_KEY=")) options.key = parse_key(entry.substr(12));
+            auto table = Table::open_existing(options, Table::Access::read_write);
+            if (!table) return;
+            table->for_each([&](const SlotSnapshot& s) {
+                if (s.phase != SlotPhase::live) return;
+                for (const auto& who : dead) {
+                    if (!same_process(who, s.process) || liveness(s.process) == Liveness::alive) continue;
+                    if (table->free_slot(s.index, s.token))
+                        log_.info("freed slot {} of pid {} '{}' at key {}: it ended without releasing it", s.index,
+                                  s.process.pid, std::string(s.name()), format_key(table->key()));
+                    return;
+                }
+            });
+        } catch (const Error& e) {
+            log_.warn("could not free the heartbeat entries of stopped processes: {}", e.what());
+        }
     }
 
     const SuperviseOptions& options_;
@@ -370,6 +422,8 @@ private:
     int failures_ = 0;
     std::deque<std::uint64_t> starts_;
     bool stop_requested_ = false;
+    std::vector<ProcessIdentity> stopped_;  // ended under procctl: their entries are freed
+    ProcessIdentity child_identity_;
 };
 
 }  // namespace

@@ -1,0 +1,131 @@
+#include <hbwatch/trust.h>
+
+#include <grp.h>
+#include <pwd.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <mutex>
+
+#include <hbwatch/error.h>
+
+namespace hbwatch {
+namespace {
+
+constexpr const char* kMarkerPrefix = "hbwatch-image:";
+
+std::string hex16(std::uint64_t value) {
+    char text[24];
+    std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(value));
+    return text;
+}
+
+// Members of `gid`: listed in the group database, or having it as their primary group.
+std::vector<uid_t> group_members(gid_t gid) {
+    std::vector<uid_t> uids;
+    std::vector<std::string> names;
+    long size = ::sysconf(_SC_GETGR_R_SIZE_MAX);
+    std::vector<char> buffer(static_cast<std::size_t>(size > 0 ? size : 16384));
+    group entry{};
+    group* found = nullptr;
+    while (::getgrgid_r(gid, &entry, buffer.data(), buffer.size(), &found) == ERANGE) buffer.resize(buffer.size() * 2);
+    if (found != nullptr)
+        for (char** member = found->gr_mem; member != nullptr && *member != nullptr; ++member) names.emplace_back(*member);
+    for (const auto& name : names)
+        if (const passwd* pw = ::getpwnam(name.c_str())) uids.push_back(pw->pw_uid);
+    ::setpwent();
+    while (const passwd* pw = ::getpwent())
+        if (pw->pw_gid == gid) uids.push_back(pw->pw_uid);
+    ::endpwent();
+    return uids;
+}
+
+}  // namespace
+
+std::string TableWriters::describe() const {
+    if (everyone) return "every user (the table's mode gives write access to others)";
+    if (users.empty()) return "root only";
+    std::string text;
+    for (uid_t uid : users) text += (text.empty() ? "uid " : ", uid ") + std::to_string(uid);
+    return text + " (owner, creator" + ((mode & 020) ? " and members of group " + std::to_string(group) : "") + ")";
+}
+
+std::optional<TableWriters> table_writers(key_t key) {
+    auto facts = segment_facts(key);
+    if (!facts) return std::nullopt;
+    TableWriters w;
+    w.key = key;
+    w.mode = facts->mode;
+    w.owner = facts->uid;
+    w.creator = facts->cuid;
+    w.group = facts->gid;
+    w.everyone = (facts->mode & 002) != 0;
+    // Owner and creator may change the mode at will, so they count whatever the mode says.
+    w.users = {facts->uid, facts->cuid};
+    if (facts->mode & 020) {
+        auto members = group_members(facts->gid);
+        w.users.insert(w.users.end(), members.begin(), members.end());
+    }
+    std::erase(w.users, uid_t{0});
+    std::sort(w.users.begin(), w.users.end());
+    w.users.erase(std::unique(w.users.begin(), w.users.end()), w.users.end());
+    return w;
+}
+
+std::optional<uid_t> writer_who_could_not_signal(const TableWriters& writers, const ProcessUids& target) {
+    if (writers.everyone) return uid_t{65534};
+    for (uid_t uid : writers.users)
+        if (!user_may_signal(uid, target)) return uid;
+    return std::nullopt;
+}
+
+std::uint64_t image_marker() {
+    // Created once per image; a forked child keeps the parent's mapping, and so its nonce.
+    static std::once_flag once;
+    static std::uint64_t nonce = 0;
+    std::call_once(once, [] {
+        std::uint64_t value = 0;
+        while (value == 0) {
+            if (::getrandom(&value, sizeof value, 0) != static_cast<ssize_t>(sizeof value)) return;
+        }
+        const std::string name = kMarkerPrefix + hex16(value);
+        const int fd = ::memfd_create(name.c_str(), MFD_CLOEXEC);
+        if (fd < 0) return;
+        // PROT_NONE and never touched: it costs an address range, no memory.
+        void* at = ::mmap(nullptr, 4096, PROT_NONE, MAP_SHARED, fd, 0);
+        ::close(fd);
+        if (at != MAP_FAILED) nonce = value;
+    });
+    return nonce;
+}
+
+bool holds_image_marker(pid_t pid, std::uint64_t nonce) {
+    if (pid <= 0 || nonce == 0) return false;
+    auto maps = read_proc_file("/proc/" + std::to_string(pid) + "/maps");
+    if (!maps) return false;
+    const std::string needle = std::string("/memfd:") + kMarkerPrefix + hex16(nonce) + " (deleted)\n";
+    return maps->find(needle) != std::string::npos;
+}
+
+std::string shared_table_warning(key_t key, uid_t user) {
+    // Cheap on purpose (no user database in a service's registration): the table's mode and
+    // group against the caller's own group. checkproc applies the exact membership rule.
+    auto facts = segment_facts(key);
+    if (!facts) return {};
+    std::string who;
+    if (facts->mode & 002) who = "every user (its mode gives write access to others)";
+    else if ((facts->mode & 020) && facts->gid != 0 && facts->gid != ::getegid())
+        who = "the members of group " + std::to_string(facts->gid);
+    else if ((facts->uid != 0 && facts->uid != user) || (facts->cuid != 0 && facts->cuid != user))
+        who = "uid " + std::to_string(facts->uid != user ? facts->uid : facts->cuid);
+    if (who.empty()) return {};
+    return "the hbwatch table at key " + format_key(key) + " can be written by " + who +
+           ": any of them can make checkproc stop this process by forging its entry. If they are not all trusted, "
+           "have root recreate the table with --mode 0600, or 0660 with a group of trusted users (proctab init)";
+}
+
+}  // namespace hbwatch

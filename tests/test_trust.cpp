@@ -1,0 +1,319 @@
+// The promise that no local user can turn hbwatch against a process they could not signal
+// themselves: each attack is made for real, as the user nobody, against root's tools, and the
+// target is a root process that counts the signals it receives.
+#include <doctest/doctest.h>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <hbwatch/checker.h>
+#include <hbwatch/clock.h>
+#include <hbwatch/heartbeat.h>
+#include <hbwatch/pidfd.h>
+
+#include "support.h"
+
+using namespace std::chrono_literals;
+using hbtest::Process;
+using hbwatch::Table;
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr gid_t kNogroup = 65534;
+
+#define REQUIRE_ROOT()                                                                                   \
+    if (::geteuid() != 0) {                                                                              \
+        MESSAGE("SKIPPED: needs root (to act as the user nobody, and to be the privileged victim)");    \
+        return;                                                                                          \
+    }
+
+bool contains(const std::string& text, const std::string& needle) { return text.find(needle) != std::string::npos; }
+
+// A root process that never registered and counts what it receives: 'T' per SIGTERM, 'M' per
+// SIGRTMIN (the test's own marker, delivered after any SIGTERM already pending).
+class SignalCounter {
+public:
+    SignalCounter() {
+        child_ = std::make_unique<hbtest::Child>([this] {
+            static int out = -1;
+            out = pipe_.write_end();
+            ::signal(SIGTERM, [](int) { (void)!::write(out, "T", 1); });
+            ::signal(SIGRTMIN, [](int) { (void)!::write(out, "M", 1); });
+            (void)!::write(out, "R", 1);
+            for (;;) ::pause();
+            return 0;
+        });
+        char byte = 0;
+        REQUIRE(::read(pipe_.read_end(), &byte, 1) == 1);
+        REQUIRE(byte == 'R');
+    }
+    pid_t pid() const { return child_->pid(); }
+    bool alive() const { return !child_->wait_exit(0ms); }
+    /// Whether a SIGTERM ever reached it: sends the marker and reads everything up to it.
+    bool got_term() {
+        REQUIRE(::kill(pid(), SIGRTMIN) == 0);
+        bool term = false;
+        for (char byte = 0; byte != 'M';) {
+            pollfd p{pipe_.read_end(), POLLIN, 0};
+            REQUIRE(::poll(&p, 1, 10000) == 1);
+            REQUIRE(::read(pipe_.read_end(), &byte, 1) == 1);
+            term |= byte == 'T';
+        }
+        return term;
+    }
+
+private:
+    hbtest::Pipe pipe_;
+    std::unique_ptr<hbtest::Child> child_;
+};
+
+std::pair<int, std::string> run(const std::vector<std::string>& argv, const std::function<void()>& in_child = {}) {
+    Process p(argv, in_child);
+    REQUIRE(p.wait_exit(60s));
+    const int status = p.wait();
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), p.output()};
+}
+
+std::pair<int, std::string> run_checkproc(const hbtest::ScratchKey& scratch) {
+    return run({hbtest::bin("checkproc"), "--key", hbwatch::format_key(scratch.key()), "--grace", "500ms"});
+}
+
+void become_nobody() {
+    if (::setgroups(0, nullptr) != 0 || ::setresgid(kNogroup, kNogroup, kNogroup) != 0 ||
+        ::setresuid(65534, 65534, 65534) != 0)
+        ::_exit(3);
+}
+
+std::size_t hung_entries(const hbtest::ScratchKey& scratch) {
+    auto table = Table::open_existing(scratch.options(), Table::Access::read_only);
+    std::size_t hung = 0;
+    const auto now = hbwatch::monotonic_now_ns();
+    if (table) table->for_each([&](const hbwatch::SlotSnapshot& s) { hung += hbwatch::health_of(s, now) == hbwatch::Health::hung; });
+    return hung;
+}
+
+std::size_t live_entries(const hbtest::ScratchKey& scratch) {
+    auto table = Table::open_existing(scratch.options(), Table::Access::read_only);
+    std::size_t n = 0;
+    if (table) table->for_each([&](const hbwatch::SlotSnapshot&) { ++n; });
+    return n;
+}
+
+// The strongest forger: knows the victim's exact identity and exec mark (root reads them here
+// and hands them over, as a patient attacker could learn them).
+hbwatch::Pinned pin(pid_t pid) {
+    auto pinned = hbwatch::Pidfd::pin(pid);
+    REQUIRE(pinned);
+    return std::move(*pinned);
+}
+
+}  // namespace
+
+TEST_CASE("a member of root's table group cannot make root's checkproc signal a root process that never registered") {
+    REQUIRE_ROOT();
+    hbtest::ScratchKey scratch;
+    auto options = scratch.options(8);
+    options.mode = 0660;
+    options.group = kNogroup;
+    { Table table = Table::create(options); }
+    SignalCounter daemon;
+    const auto victim = pin(daemon.pid());
+    const auto forged = hbtest::as_nobody(kNogroup, [&] {
+        auto table = Table::open_existing(options, Table::Access::read_write);
+        if (!table) return std::string("no table");
+        table->claim("forged-delegated", 100ms, hbwatch::Registrant{victim.identity, 0, 0, victim.stat.start_stack});
+        table->claim("forged-self", 100ms, hbwatch::Registrant{victim.identity, 0, 0x5eed, 0});
+        table->claim("forged-unmarked", 100ms, victim.identity, 0);  // nobody cannot read root's exec mark
+        return std::string("forged");
+    });
+    REQUIRE(forged == "forged");
+    REQUIRE(hbtest::eventually([&] { return hung_entries(scratch) == 3; }));
+
+    const auto [code, log] = run_checkproc(scratch);
+    INFO(log);
+    CHECK(code == 0);
+    const std::string pid = std::to_string(daemon.pid());
+    CHECK(contains(log, "'forged-delegated': hung: last beat "));
+    // The first writer found is named (nobody, or another member of nogroup such as sync).
+    CHECK(contains(log, "not signalled: it was registered on its behalf (proctab beat, or a forged entry), and uid "));
+    CHECK(contains(log, ", who can write the table, could not signal pid " + pid + " (uid 0) itself"));
+    CHECK(contains(log, "but pid " + pid + " does not hold the marker of the program image that registered: it has "
+                        "exec'd since, or the entry is forged: slot freed, nothing signalled"));
+    CHECK(contains(log, "but pid " + pid + " has exec'd since it was registered on its behalf (or the entry carries no "
+                        "exec mark): slot freed, nothing signalled"));
+    CHECK_FALSE(contains(log, "SIGTERM sent"));
+    CHECK(daemon.alive());
+    CHECK_FALSE(daemon.got_term());
+    CHECK(Table::open_existing(options, Table::Access::read_only)->info().kills == 0);
+}
+
+TEST_CASE("a table squatted by another user is refused by root's library and checkproc, naming its owner and creator") {
+    REQUIRE_ROOT();
+    hbtest::ScratchKey scratch;
+    SignalCounter daemon;
+    const auto victim = pin(daemon.pid());
+    const auto squatted = hbtest::as_nobody(kNogroup, [&] {
+        auto options = scratch.options(8);
+        options.mode = 0666;
+        Table table = Table::create(options);
+        table.claim("forged", 100ms, hbwatch::Registrant{victim.identity, 0, 0, victim.stat.start_stack});
+        return std::to_string(::getpid());
+    });
+    REQUIRE_FALSE(squatted.empty());
+    const std::string key = hbwatch::format_key(scratch.key());
+    const std::string expected = "the table at key " + key + " is owned by uid 65534, who is neither root nor you (uid 0), "
+                                 "so that user can rewrite every entry and its permissions at will (creator pid " +
+                                 squatted + "). hbwatch trusts only a table owned by root or by you: if the segment is "
+                                 "not meant to be there, remove it as root (ipcrm -M " + key + ") and have root create "
+                                 "the table (proctab init), or use another key (HBWATCH_KEY)";
+    CHECK(hbtest::error_of([&] { hbwatch::Heartbeat hb("root-svc", 1s, scratch.options()); }) == expected);
+    REQUIRE(hbtest::eventually([&] { return hung_entries(scratch) == 1; }));
+    const auto [code, log] = run_checkproc(scratch);
+    CHECK(code == 1);
+    CHECK(contains(log, expected));
+    CHECK(daemon.alive());
+    CHECK_FALSE(daemon.got_term());
+}
+
+TEST_CASE("proctab beat refuses to register a process its caller could not signal") {
+    REQUIRE_ROOT();
+    hbtest::ScratchKey scratch;
+    auto options = scratch.options(8);
+    options.group = kNogroup;
+    { Table table = Table::create(options); }
+    SignalCounter daemon;
+    const auto [code, text] = run({hbtest::bin("proctab"), "--key", hbwatch::format_key(scratch.key()), "beat", "victim",
+                                   "--timeout", "100ms", "--pid", std::to_string(daemon.pid())},
+                                  become_nobody);
+    CHECK(code == 1);
+    CHECK(text == "proctab: cannot register pid " + std::to_string(daemon.pid()) +
+                      " (uid 0): you (uid 65534) could not signal it yourself, so proctab will not have checkproc do it\n");
+    CHECK(live_entries(scratch) == 0);
+}
+
+TEST_CASE("a forged entry naming a kernel thread is freed as garbage, never signalled, never counted as a kill") {
+    REQUIRE_ROOT();
+    hbtest::ScratchKey scratch;
+    // A kernel thread started after boot (kthreadd's start time is 0, refused earlier as garbage).
+    std::optional<hbwatch::ProcStat> kthread;
+    for (const auto& entry : fs::directory_iterator("/proc")) {
+        const pid_t pid = std::atoi(entry.path().filename().c_str());
+        auto stat = pid > 2 ? hbwatch::read_proc_stat(pid) : std::nullopt;
+        if (stat && hbwatch::is_kernel_thread(*stat) && stat->start_time > 0) {
+            kthread = stat;
+            break;
+        }
+    }
+    REQUIRE_MESSAGE(kthread, "no kernel thread found in /proc");
+    Table table = Table::open_or_create(scratch.options(8));
+    table.claim("kworker-forged", 100ms, hbwatch::ProcessIdentity{kthread->pid, kthread->start_time, 0}, 0);
+    REQUIRE(hbtest::eventually([&] { return hung_entries(scratch) == 1; }));
+    const auto [code, log] = run_checkproc(scratch);
+    CHECK(code == 0);
+    CHECK(contains(log, ": garbage entry (pid " + std::to_string(kthread->pid) +
+                            " is a kernel thread, never a service): slot freed, nothing signalled"));
+    CHECK(table.info().kills == 0);
+    CHECK(live_entries(scratch) == 0);
+}
+
+TEST_CASE("a service that re-execs itself and registers again survives its old entry going stale") {
+    hbtest::ScratchKey scratch;
+    Process service({hbtest::bin("reexec_service")},
+                    [&] { ::setenv("HBWATCH_KEY", hbwatch::format_key(scratch.key()).c_str(), 1); });
+    REQUIRE(service.wait_for_output("ready slot"));
+    REQUIRE(hbtest::eventually([&] { return hung_entries(scratch) == 1; }));  // the first image's entry
+    const auto [code, log] = run_checkproc(scratch);
+    INFO(log);
+    CHECK(code == 0);
+    CHECK(contains(log, "but pid " + std::to_string(service.pid()) +
+                            " does not hold the marker of the program image that registered: it has exec'd since, or "
+                            "the entry is forged: slot freed, nothing signalled"));
+    CHECK(contains(log, "2 entries, 1 healthy, 1 hung, 0 stopped, 1 freed without a signal"));
+    CHECK(service.running());
+    CHECK(live_entries(scratch) == 1);
+}
+
+TEST_CASE("proctab kill signals the very process it matched, never a later holder of its pid") {
+    REQUIRE_ROOT();
+    const fs::path dir = [] {
+        char buffer[] = "/tmp/hbwatch-race-XXXXXX";
+        return fs::path(::mkdtemp(buffer));
+    }();
+    const std::string name = "hbwrace-" + std::to_string(::getpid());
+    fs::copy_file("/usr/bin/sleep", dir / name);
+    const std::string fifo = (dir / "go").string();
+    REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+    auto matched = std::make_unique<Process>(std::vector<std::string>{(dir / name).string(), "1000"});
+    const pid_t pid = matched->pid();
+
+    // proctab matches it, then waits on the FIFO before signalling: the window, held open.
+    Process killer({hbtest::bin("proctab"), "kill", name, "--grace", "1s"},
+                   [&] { ::setenv("HBWATCH_TEST_PAUSE_BEFORE_SIGNAL", fifo.c_str(), 1); });
+    REQUIRE(killer.wait_for_output("matched pid " + std::to_string(pid)));
+    ::kill(pid, SIGKILL);
+    matched->wait();
+    matched.reset();
+
+    // The pid goes to an unrelated process that counts signals.
+    std::unique_ptr<SignalCounter> unrelated;
+    for (int attempt = 0; attempt < 200 && !unrelated; ++attempt) {
+        {
+            std::ofstream last_pid("/proc/sys/kernel/ns_last_pid");
+            REQUIRE(last_pid);
+            last_pid << pid - 1;
+        }
+        auto candidate = std::make_unique<SignalCounter>();
+        if (candidate->pid() == pid) unrelated = std::move(candidate);
+    }
+    REQUIRE_MESSAGE(unrelated, "could not get pid " << pid << " reused");
+
+    {
+        std::ofstream go(fifo);  // opens once proctab is reading: let it signal now
+        go << 'x';
+    }
+    REQUIRE(killer.wait_exit(30s));
+    CHECK(killer.wait() == 0);
+    CHECK(contains(killer.output(), "1 stopped (0 needed SIGKILL), 0 failed"));
+    CHECK(unrelated->alive());
+    CHECK_FALSE(unrelated->got_term());
+    fs::remove_all(dir);
+}
+
+TEST_CASE("procctl frees the heartbeat entries of the processes it stopped, and no other") {
+    hbtest::ScratchKey scratch;
+    const std::string key = hbwatch::format_key(scratch.key());
+    {  // another team's service, dead without releasing its entry
+        hbtest::Pipe ready;
+        hbtest::Child other([&] {
+            hbwatch::Heartbeat hb("other-team", 10s, scratch.options());
+            (void)!::write(ready.write_end(), "r", 1);
+            for (;;) ::pause();
+            return 0;
+        });
+        char byte;
+        REQUIRE(::read(ready.read_end(), &byte, 1) == 1);
+        ::kill(other.pid(), SIGKILL);
+        other.wait();
+    }
+    // term_counter ignores SIGTERM, so procctl's stop ends it with SIGKILL: no release.
+    Process procctl({hbtest::bin("procctl"), "-f", "--grace", "300ms", "0", hbtest::bin("term_counter"), "ours", "10s"},
+                    [&] { ::setenv("HBWATCH_KEY", key.c_str(), 1); });
+    REQUIRE(procctl.wait_for_output("started"));
+    REQUIRE(hbtest::eventually([&] { return live_entries(scratch) == 2; }));
+    ::kill(procctl.pid(), SIGTERM);
+    REQUIRE(procctl.wait_exit(30s));
+    CHECK(procctl.wait() == 0);
+    const std::string log = procctl.output();
+    INFO(log);
+    CHECK(contains(log, "'ours' at key " + key + ": it ended without releasing it"));
+    auto table = Table::open_existing(scratch.options(), Table::Access::read_only);
+    std::vector<std::string> left;
+    table->for_each([&](const hbwatch::SlotSnapshot& s) { left.emplace_back(s.name()); });
+    CHECK(left == std::vector<std::string>{"other-team"});
+}
