@@ -16,6 +16,7 @@
 #include <hbwatch/heartbeat.h>
 #include <hbwatch/pidfd.h>
 
+#include "../public/src/internal/layout.h"
 #include "support.h"
 
 using namespace std::chrono_literals;
@@ -135,7 +136,9 @@ TEST_CASE("a member of root's table group cannot make root's checkproc signal a 
     REQUIRE(forged == "forged");
     REQUIRE(hbtest::eventually([&] { return hung_entries(scratch) == 3; }));
 
-    const auto [code, log] = run_checkproc(scratch);
+    int code = 0;
+    std::string log;
+    std::tie(code, log) = run_checkproc(scratch);
     INFO(log);
     CHECK(code == 0);
     const std::string pid = std::to_string(daemon.pid());
@@ -228,7 +231,9 @@ TEST_CASE("a service that re-execs itself and registers again survives its old e
                     [&] { ::setenv("HBWATCH_KEY", hbwatch::format_key(scratch.key()).c_str(), 1); });
     REQUIRE(service.wait_for_output("ready slot"));
     REQUIRE(hbtest::eventually([&] { return hung_entries(scratch) == 1; }));  // the first image's entry
-    const auto [code, log] = run_checkproc(scratch);
+    int code = 0;
+    std::string log;
+    std::tie(code, log) = run_checkproc(scratch);
     INFO(log);
     CHECK(code == 0);
     CHECK(contains(log, "but pid " + std::to_string(service.pid()) +
@@ -316,4 +321,79 @@ TEST_CASE("procctl frees the heartbeat entries of the processes it stopped, and 
     std::vector<std::string> left;
     table->for_each([&](const hbwatch::SlotSnapshot& s) { left.emplace_back(s.name()); });
     CHECK(left == std::vector<std::string>{"other-team"});
+}
+
+TEST_CASE("with pidfs, an entry whose pid and start time match but whose pidfs inode differs is another process") {
+    hbtest::ScratchKey scratch;
+    const std::string key = hbwatch::format_key(scratch.key());
+    Process service({hbtest::bin("term_counter"), "same-tick", "100ms"}, [&] { ::setenv("HBWATCH_KEY", key.c_str(), 1); });
+    REQUIRE(service.wait_for_output("ready"));
+    Table table = Table::open_or_create(scratch.options());
+    std::optional<hbwatch::SlotSnapshot> entry;
+    table.for_each([&](const hbwatch::SlotSnapshot& s) { entry = s; });
+    REQUIRE(entry);
+    if (entry->process.pidfs_inode == 0) {
+        MESSAGE("SKIPPED: needs a kernel with pidfs (Linux 6.9+)");
+        return;
+    }
+    // As if a process that died had held the pid within the same 10 ms tick: same pid, same
+    // start time, another pidfs inode.
+    table.slot_at(entry->index)->pidfs_inode.store(entry->process.pidfs_inode + 1);
+    REQUIRE(hbtest::eventually([&] { return hung_entries(scratch) == 1; }));
+    int code = 0;
+    std::string log;
+    std::tie(code, log) = run_checkproc(scratch);
+    INFO(log);
+    CHECK(code == 0);
+    CHECK(contains(log, "'same-tick': hung: "));
+    CHECK(contains(log, "but the pid now belongs to another process: slot freed, nothing signalled"));
+    CHECK(service.running());
+    CHECK_FALSE(contains(service.output_so_far(), "TERM"));
+}
+
+TEST_CASE("a registration in a table that others can write warns once, naming who can write it") {
+    REQUIRE_ROOT();
+    hbtest::ScratchKey scratch;
+    auto options = scratch.options(8);
+    options.mode = 0666;
+    { Table table = Table::create(options); }
+    Process service({hbtest::bin("term_counter"), "warned", "10s"},
+                    [&] { ::setenv("HBWATCH_KEY", hbwatch::format_key(scratch.key()).c_str(), 1); });
+    REQUIRE(service.wait_for_output("ready"));
+    CHECK(contains(service.output_so_far(),
+                   "hbwatch: warning: the hbwatch table at key " + hbwatch::format_key(scratch.key()) +
+                       " can be written by every user (its mode gives write access to others): any of them can make "
+                       "checkproc stop this process by forging its entry."));
+}
+
+TEST_CASE("procctl never follows a symbolic link at its pidfile, and writes its pid before the pidfile is locked") {
+    const fs::path dir = [] {
+        char buffer[] = "/tmp/hbwatch-pidfile-XXXXXX";
+        return fs::path(::mkdtemp(buffer));
+    }();
+    const fs::path victim = dir / "victim", link = dir / "svc.pid", pidfile = dir / "real.pid";
+    { std::ofstream(victim) << "precious\n"; }
+    fs::create_symlink(victim, link);
+    auto [code, text] = run({hbtest::bin("procctl"), "-f", "--pidfile", link.string(), "1", "sleep", "1"});
+    CHECK(code == 1);
+    CHECK(contains(text, "cannot take the pidfile " + link.string() +
+                             ": it is a symbolic link, which procctl never follows"));
+    std::ifstream in(victim);
+    std::string line;
+    std::getline(in, line);
+    CHECK(line == "precious");
+
+    { std::ofstream(pidfile) << "99999999\n"; }  // stale, from a procctl long gone
+    Process procctl({hbtest::bin("procctl"), "-f", "--pidfile", pidfile.string(), "1", "sleep", "100"});
+    REQUIRE(procctl.wait_for_output("started"));
+    std::ifstream held(pidfile);
+    std::getline(held, line);
+    CHECK(line == std::to_string(procctl.pid()));
+    std::vector<std::string> left;
+    for (const auto& entry : fs::directory_iterator(dir)) left.push_back(entry.path().filename());
+    std::sort(left.begin(), left.end());
+    CHECK(left == std::vector<std::string>{"real.pid", "svc.pid", "victim"});  // no temporary left behind
+    ::kill(procctl.pid(), SIGTERM);
+    REQUIRE(procctl.wait_exit(30s));
+    fs::remove_all(dir);
 }
