@@ -4,7 +4,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
+#include <chrono>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <optional>
@@ -14,6 +17,7 @@
 #include <hbwatch/duration.h>
 #include <hbwatch/error.h>
 
+#include "tool/output.h"
 #include "tool/supervisor.h"
 #include "tool/support.h"
 
@@ -67,15 +71,28 @@ struct Cli {
         return argc;
     }
 
+    // A duration within [low, high]: converted to nanoseconds later, it can never overflow.
+    static std::chrono::milliseconds duration(const std::string& option, const std::string& text,
+                                              std::chrono::milliseconds low, std::chrono::milliseconds high) {
+        const auto value = hbwatch::parse_duration(text);
+        if (value < low || value > high)
+            throw hbwatch::Error(EINVAL, option + " " + text + " is out of range: give " + hbwatch::format_duration(low) +
+                                             " to " + hbwatch::format_duration(high));
+        return value;
+    }
+
     tool::SuperviseOptions options(const std::vector<std::string>& args) const {
+        using namespace std::chrono_literals;
         tool::SuperviseOptions o;
         o.argv.push_back(program);
         o.argv.insert(o.argv.end(), args.begin(), args.end());
-        o.interval = hbwatch::parse_duration(interval);
-        o.grace = hbwatch::parse_duration(grace);
-        o.max_backoff = hbwatch::parse_duration(max_backoff);
-        o.window = hbwatch::parse_duration(window);
+        o.interval = duration("INTERVAL", interval, 0ms, 24h);
+        o.grace = duration("--grace", grace, 0ms, 24h);
+        o.max_backoff = duration("--max-backoff", max_backoff, 1s, 24h);
+        o.window = duration("--window", window, 1s, 24h * 30);
         o.output_max_size = hbwatch::parse_size(output_max_size);
+        if (o.output_max_size < 1024 || o.output_max_size > (std::uint64_t{1} << 40))
+            throw hbwatch::Error(EINVAL, "--output-max-size " + output_max_size + " is out of range: give 1K to 1T");
         o.output_files = output_files;
         o.chdir = chdir;
         o.stdout_file = stdout_file;
@@ -88,7 +105,33 @@ struct Cli {
         o.env = env;
         if (max_restarts && *max_restarts == 0) throw hbwatch::Error(EINVAL, "--max-restarts must be at least 1");
         o.max_restarts = max_restarts;
+        o.cgroup_name = cgroup_name(o.argv);
         return o;
+    }
+
+    // Stable across restarts of procctl, so that a new one finds what a SIGKILLed one left:
+    // named after the pidfile when there is one, else after the command line.
+    std::string cgroup_name(const std::vector<std::string>& argv) const {
+        std::string key = pidfile, label;
+        if (!pidfile.empty()) {
+            char* absolute = ::realpath(hbwatch::tool::directory_of(pidfile).c_str(), nullptr);
+            if (absolute) {
+                key = std::string(absolute) + "/" + pidfile.substr(pidfile.rfind('/') + 1);
+                std::free(absolute);
+            }
+            label = key.substr(key.rfind('/') + 1);
+            if (label.ends_with(".pid")) label.resize(label.size() - 4);
+        } else {
+            for (const auto& word : argv) key += word + '\0';
+            label = argv.front().substr(argv.front().rfind('/') + 1);
+        }
+        std::uint64_t hash = 1469598103934665603ull;  // FNV-1a
+        for (unsigned char c : key) hash = (hash ^ c) * 1099511628211ull;
+        for (char& c : label)
+            if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_') c = '_';
+        char suffix[24];
+        std::snprintf(suffix, sizeof suffix, "-%08llx", static_cast<unsigned long long>(hash & 0xffffffffu));
+        return "procctl-" + label.substr(0, 40) + suffix;
     }
 };
 
@@ -217,14 +260,15 @@ int main(int argc, char** argv) {
         const int pidfile = cli.pidfile.empty() ? -1 : lock_pidfile(cli.pidfile);
         const int signals = tool::signalfd_for({SIGTERM, SIGINT, SIGHUP, SIGCHLD});
         auto log = tool::make_logger("procctl", cli.log_file, cli.verbose, /*syslog=*/!cli.foreground && cli.log_file.empty());
-        if (ready >= 0) {
+        // "ok" only once the log, the pidfile and the output files are open.
+        const int code = tool::supervise(options, *log, signals, [&] {
+            if (ready < 0) return;
             const std::string report = "ok supervising " + options.argv.front() + " in the background as pid " +
                                        std::to_string(::getpid());
             (void)!::write(ready, report.data(), report.size());
             ::close(ready);
             ready = -1;
-        }
-        const int code = tool::supervise(options, *log, signals);
+        });
         if (pidfile >= 0) (void)!::ftruncate(pidfile, 0);  // not running any more; the lock goes with the process
         return code;
     } catch (const hbwatch::Error& e) {

@@ -11,12 +11,9 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <deque>
 #include <map>
 #include <memory>
 #include <set>
-
-#include <spdlog/sinks/rotating_file_sink.h>
 
 #include <hbwatch/clock.h>
 #include <hbwatch/duration.h>
@@ -26,13 +23,16 @@
 #include <hbwatch/stopper.h>
 #include <hbwatch/table.h>
 
+#include "tool/cgroup.h"
+#include "tool/output.h"
+#include "tool/restart_policy.h"
+
 extern char** environ;
 
 namespace hbwatch::tool {
 namespace {
 
-constexpr std::chrono::seconds kCrashWindow{1};  // an unsuccessful exit sooner than this is a crash
-
+constexpr std::chrono::seconds kKillWait{5};  // after SIGKILL (or cgroup.kill), before giving up
 
 std::string describe_status(int status) {
     if (WIFEXITED(status)) return "exited with code " + std::to_string(WEXITSTATUS(status));
@@ -41,62 +41,38 @@ std::string describe_status(int status) {
     return "stopped with status " + std::to_string(status);
 }
 
-// One of the child's output streams, read through a pipe into a rotating file, line by line.
-struct OutputReader {
-    int fd;
-    std::shared_ptr<spdlog::sinks::rotating_file_sink_st> sink;
-    std::string pending;
-
-    void write_line(std::string_view line) {
-        spdlog::details::log_msg msg(spdlog::string_view_t{}, spdlog::level::info,
-                                     spdlog::string_view_t(line.data(), line.size()));
-        sink->log(msg);
-    }
-    // False at EOF: every process holding the write end has closed it.
-    bool drain() {
-        char buffer[8192];
-        const ssize_t n = ::read(fd, buffer, sizeof buffer);
-        if (n < 0 && (errno == EAGAIN || errno == EINTR)) return true;
-        if (n <= 0) {
-            if (!pending.empty()) write_line(pending);
-            pending.clear();
-            sink->flush();
-            return false;
-        }
-        pending.append(buffer, static_cast<std::size_t>(n));
-        std::size_t start = 0, newline;
-        while ((newline = pending.find('\n', start)) != std::string::npos) {
-            write_line(std::string_view(pending).substr(start, newline - start));
-            start = newline + 1;
-        }
-        pending.erase(0, start);
-        if (pending.size() > 64 * 1024) {  // a line without end: cut it rather than grow forever
-            write_line(pending);
-            pending.clear();
-        }
-        sink->flush();  // an operator tails the file
-        return true;
-    }
-};
-
 // What the child reports through its CLOEXEC pipe when it cannot exec.
 struct StartFailure {
-    int stage;  // 0 exec, 1 chdir, 2 stdio
+    int stage;  // 0 exec, 1 chdir, 2 stdio, 3 cgroup
     int error;
 };
+
+// One of the program's output pipes, read into its file.
+struct Reader {
+    int fd;
+    OutputFile* file;
+};
+
+// The program's phase: one at a time, each with its own deadline (s6-supervise's state table).
+//   backoff  --start due-->  running  --exit-->  backoff (after INTERVAL or the crash backoff)
+//   any      --SIGTERM-->    stopping --tree empty--> stopped
+//   backoff  --too many starts--> gave_up
+enum class Phase { backoff, running, stopping, stopped, gave_up };
 
 class Supervisor {
 public:
     Supervisor(const SuperviseOptions& options, spdlog::logger& log, int signal_fd)
-        : options_(options), log_(log), signal_fd_(signal_fd), program_(options.argv.front()) {
-        for (const auto& [file, is_stdout] : {std::pair{options.stdout_file, true}, std::pair{options.stderr_file, false}}) {
-            if (file.empty()) continue;
-            auto& sink = sinks_[file];
-            if (!sink) {
-                sink = std::make_shared<spdlog::sinks::rotating_file_sink_st>(file, options.output_max_size,
-                                                                               options.output_files);
-                sink->set_pattern("%v");
-            }
+        : options_(options),
+          log_(log),
+          signal_fd_(signal_fd),
+          program_(options.argv.front()),
+          policy_(RestartRules{options.interval, options.max_backoff, options.max_restarts, options.window,
+                               std::chrono::seconds(1)}) {
+        // Opened now, so that a file that cannot be written is reported to the launcher.
+        for (const auto& file : {options.stdout_file, options.stderr_file}) {
+            if (file.empty() || outputs_.count(file)) continue;
+            outputs_[file] = std::make_unique<OutputFile>(file, options.output_max_size, options.output_files,
+                                                          [this](const std::string& problem) { log_.error("{}", problem); });
         }
         // argv and envp are built once here: the child between fork and exec only calls
         // async-signal-safe functions.
@@ -115,32 +91,43 @@ public:
 
     int run() {
         ::prctl(PR_SET_CHILD_SUBREAPER, 1);  // daemonizing grandchildren stay ours to stop and reap
-        std::uint64_t start_at = monotonic_now_ns();
+        take_cgroup();
+        std::uint64_t next_start = monotonic_now_ns();
         std::vector<pollfd> fds;
         for (;;) {
             const std::uint64_t now = monotonic_now_ns();
-            if (child_ == 0 && !stop_requested_ && now >= start_at) {
-                if (gave_up(now)) return kExitGaveUp;
-                start_at = start(now);
-            }
-            fds.clear();
-            fds.push_back(pollfd{signal_fd_, POLLIN, 0});
-            for (const auto& reader : readers_) fds.push_back(pollfd{reader.fd, POLLIN, 0});
-            int timeout = -1;
-            if (child_ == 0 && !stop_requested_)
-                timeout = poll_timeout_ms(start_at, now);
-            if (::poll(fds.data(), fds.size(), timeout) < 0 && errno != EINTR) {
-                log_.error("poll failed: {}", std::strerror(errno));
-                return 1;
-            }
-            drain_outputs(fds);
-            if (fds[0].revents & POLLIN) read_signals();
-            if (auto exited = reap()) start_at = after_exit(*exited);
-            if (stop_requested_) {
-                stop_everything("SIGTERM received");
+            if (stop_requested_ && phase_ != Phase::stopping) {
+                stop_tree("SIGTERM received");
+                phase_ = Phase::stopped;
+                drain_outputs_to_end();
                 log_.info("stopped; exiting");
                 return 0;
             }
+            if (phase_ == Phase::backoff && now >= next_start) {
+                if (!policy_.start(now)) {
+                    log_.error("giving up: {} was started {} times within {} (--max-restarts {} --window {}); exiting with code {}",
+                               program_, policy_.recent_starts(), format_duration(options_.window),
+                               *options_.max_restarts, format_duration(options_.window), kExitGaveUp);
+                    stop_tree("giving up");
+                    phase_ = Phase::gave_up;
+                    drain_outputs_to_end();
+                    return kExitGaveUp;
+                }
+                next_start = start(now);
+            }
+            fds.clear();
+            fds.push_back(pollfd{signal_fd_, POLLIN, 0});
+            if (child_pidfd_) fds.push_back(pollfd{child_pidfd_->fd(), POLLIN, 0});
+            add_reader_fds(fds);
+            const int timeout = phase_ == Phase::backoff ? poll_timeout_ms(next_start, monotonic_now_ns()) : -1;
+            if (::poll(fds.data(), fds.size(), timeout) < 0 && errno != EINTR) {
+                log_.error("poll failed: {}; retrying in 100ms", std::strerror(errno));
+                ::poll(nullptr, 0, 100);
+                continue;
+            }
+            drain_outputs(fds);
+            if (fds[0].revents & POLLIN) read_signals();
+            if (auto exited = reap(); exited && !stop_requested_) next_start = after_exit(*exited);
         }
     }
 
@@ -150,34 +137,52 @@ private:
         std::uint64_t runtime_ns;
     };
 
-    bool gave_up(std::uint64_t now) {
-        if (!options_.max_restarts) return false;
-        while (!starts_.empty() && starts_.front() + to_ns(options_.window) <= now) starts_.pop_front();
-        if (starts_.size() < *options_.max_restarts) return false;
-        log_.error("giving up: {} was started {} times within {} (--max-restarts {} --window {}); exiting with code {}",
-                   program_, starts_.size(), format_duration(options_.window), *options_.max_restarts,
-                   format_duration(options_.window), kExitGaveUp);
-        stop_everything("giving up");
+    void take_cgroup() {
+        if (options_.cgroup_name.empty()) return;
+        std::string why;
+        if (auto taken = Cgroup::take(options_.cgroup_name, &why)) cgroup_.emplace(std::move(*taken));
+        if (!cgroup_) {
+            log_.info("cgroup v2 not used ({}): stopping through the descendant walk, as a subreaper", why);
+            return;
+        }
+        log_.info("running {} in cgroup {}: SIGKILL through cgroup.kill after the grace", program_, cgroup_->path());
+        if (!cgroup_->populated()) return;
+        // Leftovers of an earlier procctl that was SIGKILLed: nothing of them may run beside us.
+        const auto left = cgroup_->pids();
+        log_.warn("{} process(es) left in {} by an earlier procctl (was it SIGKILLed?): killing them before starting {}",
+                  left.size(), cgroup_->path(), program_);
+        wait_cgroup_empty_after_kill();
+    }
+
+    // cgroup.kill, then waits on cgroup.events until nothing is left (at most kKillWait).
+    bool wait_cgroup_empty_after_kill() {
+        if (!cgroup_ || !cgroup_->kill()) return false;
+        const std::uint64_t deadline = monotonic_now_ns() + to_ns(kKillWait);
+        while (cgroup_->populated()) {
+            const std::uint64_t now = monotonic_now_ns();
+            if (now >= deadline) {
+                log_.error("processes are still in {} {} after cgroup.kill (uninterruptible sleep?)", cgroup_->path(),
+                           human_duration(kKillWait));
+                return false;
+            }
+            std::vector<pollfd> fds{{cgroup_->events_fd(), POLLPRI, 0}};
+            add_reader_fds(fds);
+            ::poll(fds.data(), fds.size(), poll_timeout_ms(deadline, now));
+            drain_outputs(fds);
+            reap();
+        }
+        reap();
         return true;
     }
 
-    std::chrono::milliseconds backoff() const {
-        // Doubling from INTERVAL (at least 1 s, so that INTERVAL 0 backs off too), capped.
-        const auto base = std::max<std::chrono::milliseconds>(options_.interval, std::chrono::seconds(1));
-        auto delay = base;
-        for (int i = 1; i < failures_ && delay < options_.max_backoff; ++i) delay *= 2;
-        return std::min(delay, std::max(options_.max_backoff, options_.interval));
-    }
-
-    // Starts the program; returns when the next start is due if it could not be started.
+    // Starts the program; returns when the next start is due (now when it runs).
     std::uint64_t start(std::uint64_t now) {
-        starts_.push_back(now);
         int out[2] = {-1, -1}, err[2] = {-1, -1}, report[2];
-        if (::pipe2(report, O_CLOEXEC) != 0) return now + to_ns(std::chrono::seconds(1));
+        if (::pipe2(report, O_CLOEXEC) != 0) return failed_start(now, "create a pipe", errno);
         auto open_output = [&](const std::string& file, int (&fds)[2]) {
             if (!file.empty() && ::pipe2(fds, O_CLOEXEC) == 0) {
                 ::fcntl(fds[0], F_SETFL, O_NONBLOCK);
-                readers_.push_back(OutputReader{fds[0], sinks_[file], {}});
+                readers_.push_back(Reader{fds[0], outputs_.at(file).get()});
             }
         };
         open_output(options_.stdout_file, out);
@@ -189,41 +194,58 @@ private:
         const pid_t parent = ::getpid();
         const pid_t pid = ::fork();
         if (pid == 0) exec_child(parent, out[1], err[1], report[1]);
+        const int fork_error = errno;
         for (int fd : {out[1], err[1], report[1]})
             if (fd >= 0) ::close(fd);
         StartFailure failure{};
-        ssize_t n;
-        do {
-            n = ::read(report[0], &failure, sizeof failure);  // EOF: exec succeeded
-        } while (n < 0 && errno == EINTR);
-        ::close(report[0]);
-        if (pid < 0 || n == sizeof failure) {
-            if (pid > 0) {
-                int status;
-                ::waitpid(pid, &status, 0);
-            }
-            ++failures_;
-            const int error = pid < 0 ? errno : failure.error;
-            const char* what = pid < 0 ? "fork" : failure.stage == 1 ? "chdir to its directory" : failure.stage == 2 ? "set up its stdio" : "exec";
-            const auto delay = backoff();
-            log_.error("cannot start {}: {} failed: {}{}; attempt {} in a row, next in {} (backoff, max {})", program_, what,
-                       std::strerror(error),
-                       error == ENOENT && program_.find('/') == std::string::npos ? " (not found on PATH)" : "",
-                       failures_, human_duration(delay), human_duration(options_.max_backoff));
-            return now + to_ns(delay);
+        ssize_t n = 0;
+        if (pid > 0) {
+            do {
+                n = ::read(report[0], &failure, sizeof failure);  // EOF: exec succeeded
+            } while (n < 0 && errno == EINTR);
         }
+        ::close(report[0]);
+        if (pid < 0) return failed_start(now, "fork", fork_error);
+        if (n == sizeof failure) {
+            int status;
+            ::waitpid(pid, &status, 0);
+            const char* stage = failure.stage == 1 ? "chdir to its directory"
+                                : failure.stage == 2 ? "set up its stdio"
+                                : failure.stage == 3 ? "join its cgroup"
+                                                     : "exec";
+            return failed_start(now, stage, failure.error);
+        }
+        // Our unreaped child: its pid cannot change hands, so the pidfd and identity are its.
         child_ = pid;
         child_started_ns_ = now;
-        // Our unreaped child: its pid cannot change hands, so this identity is its.
-        if (auto pinned = Pidfd::pin(pid)) child_identity_ = pinned->identity;
+        if (auto pinned = Pidfd::pin(pid)) {
+            child_identity_ = pinned->identity;
+            child_pidfd_.emplace(std::move(pinned->pidfd));
+        }
+        phase_ = Phase::running;
         log_.info("started {} as pid {}", program_, pid);
         return now;
     }
 
+    std::uint64_t failed_start(std::uint64_t now, const char* what, int error) {
+        const auto delay = policy_.after_start_failure();
+        log_.error("cannot start {}: {} failed: {}{}; attempt {} in a row, next in {} (backoff, max {})", program_, what,
+                   std::strerror(error), error == ENOENT && program_.find('/') == std::string::npos ? " (not found on PATH)" : "",
+                   policy_.failures_in_a_row(), human_duration(delay), human_duration(options_.max_backoff));
+        phase_ = Phase::backoff;
+        return now + to_ns(delay);
+    }
+
     [[noreturn]] void exec_child(pid_t parent, int out, int err, int report) {
-        // If procctl dies, even by SIGKILL, its child goes with it.
+        // If procctl dies, even by SIGKILL, its child goes with it (and the cgroup keeps the rest).
         ::prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (::getppid() != parent) ::_exit(127);
+        auto fail = [&](int stage) {
+            const StartFailure failure{stage, errno};
+            (void)!::write(report, &failure, sizeof failure);
+            ::_exit(127);
+        };
+        if (cgroup_ && ::write(cgroup_->procs_fd(), "0", 1) != 1) fail(3);
         ::setsid();  // its own session and process group, no controlling terminal
         struct sigaction dfl {};
         dfl.sa_handler = SIG_DFL;
@@ -232,11 +254,6 @@ private:
         sigset_t none;
         sigemptyset(&none);
         ::sigprocmask(SIG_SETMASK, &none, nullptr);
-        auto fail = [&](int stage) {
-            const StartFailure failure{stage, errno};
-            (void)!::write(report, &failure, sizeof failure);
-            ::_exit(127);
-        };
         const int null_in = ::open("/dev/null", O_RDONLY);
         const int null_out = ::open("/dev/null", O_WRONLY);
         if (null_in < 0 || null_out < 0 || ::dup2(null_in, 0) < 0) fail(2);
@@ -251,14 +268,48 @@ private:
         ::_exit(127);
     }
 
+    void add_reader_fds(std::vector<pollfd>& fds) const {
+        for (const auto& reader : readers_) fds.push_back(pollfd{reader.fd, POLLIN, 0});
+    }
+
+    // Moves what the pipes hold into the files; a pipe at EOF (every writer gone) is closed.
+    // Only the readers' entries of `fds` are looked at; the others are skipped.
     void drain_outputs(const std::vector<pollfd>& fds) {
-        for (std::size_t i = 1; i < fds.size(); ++i) {
+        char buffer[65536];
+        for (std::size_t i = 0; i < fds.size(); ++i) {
             if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
-            auto it = std::find_if(readers_.begin(), readers_.end(), [&](const OutputReader& r) { return r.fd == fds[i].fd; });
-            if (it != readers_.end() && !it->drain()) {
+            auto it = std::find_if(readers_.begin(), readers_.end(), [&](const Reader& r) { return r.fd == fds[i].fd; });
+            if (it == readers_.end()) continue;
+            bool at_end = false;
+            for (int round = 0; round < 16; ++round) {  // bounded: one busy pipe cannot starve the loop
+                const ssize_t n = ::read(it->fd, buffer, sizeof buffer);
+                if (n > 0) {
+                    it->file->write(std::string_view(buffer, static_cast<std::size_t>(n)));
+                    continue;
+                }
+                at_end = n == 0 || (errno != EAGAIN && errno != EINTR);
+                break;
+            }
+            if (at_end) {
                 ::close(it->fd);
                 readers_.erase(it);
             }
+        }
+    }
+
+    // After the last stop: every writer is gone, so the pipes reach EOF; read them to it.
+    void drain_outputs_to_end() {
+        const std::uint64_t deadline = monotonic_now_ns() + to_ns(std::chrono::seconds(2));
+        while (!readers_.empty() && monotonic_now_ns() < deadline) {
+            std::vector<pollfd> fds;
+            add_reader_fds(fds);
+            ::poll(fds.data(), fds.size(), poll_timeout_ms(deadline, monotonic_now_ns()));
+            drain_outputs(fds);
+        }
+        for (auto& [path, file] : outputs_) {
+            file->finish();
+            if (file->dropped_bytes() > 0)
+                log_.warn("{}: {} bytes of output were dropped in all", path, file->dropped_bytes());
         }
     }
 
@@ -286,6 +337,8 @@ private:
             if (pid == child_) {
                 main_exit = Exit{status, monotonic_now_ns() - child_started_ns_};
                 child_ = 0;
+                child_pidfd_.reset();
+                stopped_.push_back(child_identity_);
             } else {
                 log_.debug("reaped pid {}, a descendant of {}: it {}", pid, program_, describe_status(status));
             }
@@ -295,34 +348,41 @@ private:
 
     std::uint64_t after_exit(const Exit& exit) {
         const bool success = WIFEXITED(exit.status) && WEXITSTATUS(exit.status) == 0;
-        const bool crashed = !success && exit.runtime_ns < to_ns(kCrashWindow);
-        failures_ = crashed ? failures_ + 1 : 0;
-        const auto delay = crashed ? backoff() : options_.interval;
+        const auto runtime = ms_between(0, exit.runtime_ns);
+        const bool crashed = policy_.crashed(success, runtime);
+        const auto delay = policy_.after_exit(success, runtime);
         log_.log(success ? spdlog::level::info : spdlog::level::warn, "{} {} after {}; next start in {}{}", program_,
-                 describe_status(exit.status), human_duration(ms_between(0, exit.runtime_ns)), human_duration(delay),
-                 crashed ? " (crash " + std::to_string(failures_) + " in a row: backoff, max " +
+                 describe_status(exit.status), human_duration(runtime), human_duration(delay),
+                 crashed ? " (crash " + std::to_string(policy_.failures_in_a_row()) + " in a row: backoff, max " +
                                human_duration(options_.max_backoff) + ")"
                          : "");
-        stopped_.push_back(child_identity_);
-        if (!children_of(::getpid()).empty()) stop_everything("its main process exited; stopping what it left running");
-        else release_slots();
+        if (!children_of(::getpid()).empty() || (cgroup_ && cgroup_->populated()))
+            stop_tree("its main process exited; stopping what it left running");
+        else
+            release_slots();
+        phase_ = Phase::backoff;
         return monotonic_now_ns() + to_ns(delay);
     }
 
-    // SIGTERM to every descendant through verified pidfds, SIGKILL to what is left at the
-    // deadline, and every one of them reaped. Late-found descendants share the deadline.
-    void stop_everything(const std::string& why) {
+    // SIGTERM to every descendant through verified pidfds; at the grace deadline SIGKILL
+    // (cgroup.kill, which also reaches anything the walk missed); everything reaped. Output
+    // keeps flowing into the files throughout.
+    void stop_tree(const std::string& why) {
+        phase_ = Phase::stopping;
         std::size_t exited = 0, killed = 0;
         std::set<pid_t> given_up;
         Stopper stopper(options_.grace, [&](const StopEvent& event) {
             if (event.kind == StopEvent::Kind::exited) {
                 ++exited;
                 killed += event.killed;
+            } else if (event.kind == StopEvent::Kind::kill_sent) {
+                if (cgroup_ && !cgroup_killed_) cgroup_killed_ = cgroup_->kill();
             } else if (event.kind == StopEvent::Kind::kill_failed) {
                 given_up.insert(static_cast<pid_t>(event.id));
                 log_.error("pid {} could not be stopped: {}", event.id, event.detail);
             }
-        });
+        }, kKillWait);
+        cgroup_killed_ = false;
         const std::uint64_t deadline = monotonic_now_ns() + to_ns(options_.grace);
         bool announced = false;
         std::map<pid_t, Pidfd> known;  // every descendant pinned so far, for verifying its children
@@ -356,22 +416,29 @@ private:
                 }
             }
             if (auto exit = reap()) log_.info("{} {}", program_, describe_status(exit->status));
-            if (stopper.idle() && children_of(::getpid()).empty()) break;
+            const bool cgroup_empty = !cgroup_ || !cgroup_->populated();
+            if (stopper.idle() && children_of(::getpid()).empty() && cgroup_empty) break;
+            const std::uint64_t now = monotonic_now_ns();
+            if (now >= deadline + to_ns(kKillWait)) {
+                // What SIGKILL and cgroup.kill could not end is left to an operator.
+                log_.error("processes of {} are still there {} after SIGKILL; leaving them", program_,
+                           human_duration(kKillWait));
+                break;
+            }
+            if (now >= deadline && cgroup_ && !cgroup_killed_) cgroup_killed_ = cgroup_->kill();
             fds.clear();
             fds.push_back(pollfd{signal_fd_, POLLIN, 0});
+            if (cgroup_) fds.push_back(pollfd{cgroup_->events_fd(), POLLPRI, 0});
+            add_reader_fds(fds);
             stopper.add_pollfds(fds);
             // Rescan now and then: a process may fork while it is being stopped.
             int timeout = 100;
-            if (auto next = stopper.next_deadline_ns()) timeout = std::min(timeout, poll_timeout_ms(*next, monotonic_now_ns()));
+            if (auto next = stopper.next_deadline_ns()) timeout = std::min(timeout, poll_timeout_ms(*next, now));
+            if (!cgroup_killed_) timeout = std::min(timeout, poll_timeout_ms(deadline, now));
             ::poll(fds.data(), fds.size(), timeout);
             if (fds[0].revents & POLLIN) read_signals();
+            drain_outputs(fds);
             stopper.advance(monotonic_now_ns());
-            if (stopper.idle() && !given_up.empty()) {
-                // What SIGKILL could not end is left; everything else is reaped below.
-                bool others = false;
-                for (pid_t pid : children_of(::getpid())) others |= !given_up.count(pid);
-                if (!others) break;
-            }
         }
         while (auto exit = reap()) log_.info("{} {}", program_, describe_status(exit->status));
         if (announced)
@@ -412,24 +479,29 @@ private:
     spdlog::logger& log_;
     int signal_fd_;
     std::string program_;
-    std::map<std::string, std::shared_ptr<spdlog::sinks::rotating_file_sink_st>> sinks_;
-    std::vector<OutputReader> readers_;
+    RestartPolicy policy_;
+    std::optional<Cgroup> cgroup_;
+    bool cgroup_killed_ = false;
+    std::map<std::string, std::unique_ptr<OutputFile>> outputs_;  // by path: stdout and stderr may share one
+    std::vector<Reader> readers_;
     std::vector<char*> argv_;
     std::vector<std::string> env_storage_;
     std::vector<char*> envp_;
+    Phase phase_ = Phase::backoff;
     pid_t child_ = 0;
+    std::optional<Pidfd> child_pidfd_;
+    ProcessIdentity child_identity_;
     std::uint64_t child_started_ns_ = 0;
-    int failures_ = 0;
-    std::deque<std::uint64_t> starts_;
     bool stop_requested_ = false;
     std::vector<ProcessIdentity> stopped_;  // ended under procctl: their entries are freed
-    ProcessIdentity child_identity_;
 };
 
 }  // namespace
 
-int supervise(const SuperviseOptions& options, spdlog::logger& log, int signal_fd) {
-    return Supervisor(options, log, signal_fd).run();
+int supervise(const SuperviseOptions& options, spdlog::logger& log, int signal_fd, const std::function<void()>& ready) {
+    Supervisor supervisor(options, log, signal_fd);  // throws Error when an output file cannot be opened
+    if (ready) ready();
+    return supervisor.run();
 }
 
 }  // namespace hbwatch::tool

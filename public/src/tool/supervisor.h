@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -25,13 +26,17 @@ struct SuperviseOptions {
     std::chrono::milliseconds max_backoff{std::chrono::minutes(5)};   // cap on the crash-loop backoff
     std::optional<unsigned> max_restarts;     // give up after this many starts within `window`
     std::chrono::milliseconds window{std::chrono::minutes(1)};
+    std::string cgroup_name;                  // the program's cgroup (v2); empty: no cgroup
 };
 
 /// Exit codes of supervise(), as procctl documents them.
 inline constexpr int kExitGaveUp = 3;
 
 /// Runs the loop. `signal_fd` is a signalfd for SIGTERM, SIGINT, SIGHUP and SIGCHLD (blocked).
-/// Returns 0 after a requested stop, kExitGaveUp when --max-restarts was reached.
-int supervise(const SuperviseOptions& options, spdlog::logger& log, int signal_fd);
+/// Opens the output files first (throwing hbwatch::Error when one cannot be opened), then calls
+/// `ready`, then supervises. Returns 0 after a requested stop, kExitGaveUp when
+/// --max-restarts was reached. Never throws once `ready` has been called.
+int supervise(const SuperviseOptions& options, spdlog::logger& log, int signal_fd,
+              const std::function<void()>& ready = {});
 
 }  // namespace hbwatch::tool

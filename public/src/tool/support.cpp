@@ -1,12 +1,18 @@
 #include "tool/support.h"
 
+#include "tool/output.h"
+
 #include <sys/signalfd.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 
-#include <spdlog/sinks/rotating_file_sink.h>
+#include <syslog.h>
+
+#include <mutex>
+
+#include <spdlog/sinks/base_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/sinks/syslog_sink.h>
 
@@ -14,6 +20,28 @@
 #include <hbwatch/error.h>
 
 namespace hbwatch::tool {
+namespace {
+
+// spdlog's own file sinks throw on a full disk and create missing directories; this one does
+// neither: problems with the log file itself go to syslog, once each.
+class SafeFileSink final : public spdlog::sinks::base_sink<spdlog::details::null_mutex> {
+public:
+    explicit SafeFileSink(const std::string& path)
+        : file_(path, 10u << 20, 5, [](const std::string& problem) { ::syslog(LOG_ERR, "%s", problem.c_str()); }) {}
+
+protected:
+    void sink_it_(const spdlog::details::log_msg& msg) override {
+        spdlog::memory_buf_t formatted;
+        formatter_->format(msg, formatted);
+        file_.write(std::string_view(formatted.data(), formatted.size()));
+    }
+    void flush_() override {}
+
+private:
+    OutputFile file_;
+};
+
+}  // namespace
 
 std::shared_ptr<spdlog::logger> make_logger(const std::string& tool, const std::string& file, bool verbose,
                                             bool syslog) {
@@ -27,11 +55,7 @@ std::shared_ptr<spdlog::logger> make_logger(const std::string& tool, const std::
     if (file.empty()) {
         logger = spdlog::stderr_color_st(tool);
     } else {
-        try {
-            logger = spdlog::rotating_logger_st(tool, file, 10 * 1024 * 1024, 5);
-        } catch (const spdlog::spdlog_ex& e) {
-            throw Error(EACCES, "cannot open the log file " + file + ": " + e.what());
-        }
+        logger = std::make_shared<spdlog::logger>(tool, std::make_shared<SafeFileSink>(file));  // throws Error
     }
     logger->set_pattern("%Y-%m-%d %H:%M:%S.%e " + tool + "[%P] %^%l%$: %v");
     logger->set_level(verbose ? spdlog::level::debug : spdlog::level::info);

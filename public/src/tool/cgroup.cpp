@@ -1,0 +1,114 @@
+#include "tool/cgroup.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <sstream>
+#include <utility>
+
+#include <hbwatch/process.h>
+
+namespace hbwatch::tool {
+namespace {
+
+// The cgroup2 mount point, from /proc/self/mountinfo ("... MOUNTPOINT ... - cgroup2 ...").
+std::optional<std::string> cgroup2_mount() {
+    auto text = read_proc_file("/proc/self/mountinfo");
+    if (!text) return std::nullopt;
+    std::istringstream lines(*text);
+    std::string line;
+    while (std::getline(lines, line)) {
+        const auto dash = line.find(" - ");
+        if (dash == std::string::npos || line.compare(dash + 3, 8, "cgroup2 ") != 0) continue;
+        std::istringstream fields(line.substr(0, dash));
+        std::string id, parent, device, root, mount;
+        if (fields >> id >> parent >> device >> root >> mount) return mount;
+    }
+    return std::nullopt;
+}
+
+// procctl's own cgroup in the v2 hierarchy ("0::/path" in /proc/self/cgroup).
+std::string own_cgroup() {
+    auto text = read_proc_file("/proc/self/cgroup");
+    if (!text) return "/";
+    const auto at = text->find("0::");
+    if (at == std::string::npos) return "/";
+    return text->substr(at + 3, text->find('\n', at) - at - 3);
+}
+
+}  // namespace
+
+std::optional<Cgroup> Cgroup::take(const std::string& name, std::string* why) {
+    auto fail = [&](const std::string& reason) -> std::optional<Cgroup> {
+        if (why) *why = reason;
+        return std::nullopt;
+    };
+    const auto mount = cgroup2_mount();
+    if (!mount) return fail("no cgroup v2 hierarchy is mounted");
+    std::string parent = *mount + own_cgroup();
+    while (parent.size() > 1 && parent.back() == '/') parent.pop_back();
+    parent += "/hbwatch";  // every procctl's cgroup in one place, beside procctl's own
+    if (::mkdir(parent.c_str(), 0755) != 0 && errno != EEXIST)
+        return fail("cannot create " + parent + ": " + std::strerror(errno));
+    for (int n = 1; n <= 100; ++n) {
+        Cgroup group;
+        group.path_ = parent + "/" + name;
+        if (n > 1) group.path_.append(".").append(std::to_string(n));
+        if (::mkdir(group.path_.c_str(), 0755) != 0 && errno != EEXIST)
+            return fail("cannot create " + group.path_ + ": " + std::strerror(errno));
+        group.dir_fd_ = ::open(group.path_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+        if (group.dir_fd_ < 0) return fail("cannot open " + group.path_ + ": " + std::strerror(errno));
+        if (::flock(group.dir_fd_, LOCK_EX | LOCK_NB) != 0) continue;  // a running procctl's: try the next
+        group.procs_fd_ = ::openat(group.dir_fd_, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+        group.events_fd_ = ::openat(group.dir_fd_, "cgroup.events", O_RDONLY | O_CLOEXEC);
+        if (group.procs_fd_ < 0 || group.events_fd_ < 0)
+            return fail("cannot open the control files of " + group.path_ + ": " + std::strerror(errno));
+        return group;
+    }
+    return fail("100 procctls already hold cgroups named " + name);
+}
+
+Cgroup::Cgroup(Cgroup&& other) noexcept
+    : path_(std::move(other.path_)),
+      dir_fd_(std::exchange(other.dir_fd_, -1)),
+      procs_fd_(std::exchange(other.procs_fd_, -1)),
+      events_fd_(std::exchange(other.events_fd_, -1)) {}
+
+Cgroup::~Cgroup() {
+    if (dir_fd_ < 0) return;
+    if (!populated()) ::rmdir(path_.c_str());
+    for (int fd : {procs_fd_, events_fd_, dir_fd_})
+        if (fd >= 0) ::close(fd);
+}
+
+bool Cgroup::populated() const {
+    char text[256];
+    const ssize_t n = ::pread(events_fd_, text, sizeof text - 1, 0);
+    if (n <= 0) return false;
+    text[n] = '\0';
+    return std::strstr(text, "populated 1") != nullptr;
+}
+
+std::vector<pid_t> Cgroup::pids() const {
+    std::vector<pid_t> pids;
+    auto text = read_proc_file(path_ + "/cgroup.procs");
+    if (!text) return pids;
+    std::istringstream in(*text);
+    pid_t pid;
+    while (in >> pid) pids.push_back(pid);
+    return pids;
+}
+
+bool Cgroup::kill() const {
+    const int fd = ::openat(dir_fd_, "cgroup.kill", O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    const bool done = ::write(fd, "1", 1) == 1;
+    ::close(fd);
+    return done;
+}
+
+}  // namespace hbwatch::tool
