@@ -286,3 +286,100 @@ TEST_CASE("bad arguments are named, with exit code 2") {
     CHECK(WEXITSTATUS(env.wait()) == 2);
     CHECK(contains(env.output(), "procctl: --env NOEQUALS: write it as KEY=VALUE"));
 }
+
+TEST_CASE("an output file on a full device is reported once, and supervision goes on") {
+    Process p(procctl({"-f", "--stdout", "/dev/full", "100ms", "sh", "-c", "echo lost"}));
+    REQUIRE(p.wait_for_output_count("started sh as pid", 3));
+    ::kill(p.pid(), SIGTERM);
+    REQUIRE(p.wait_exit(10s));
+    CHECK(p.wait() == 0);
+    const std::string log = p.output();
+    CHECK(hbtest::count_of(log, "cannot write /dev/full: No space left on device; dropping output (supervision goes on) "
+                                "until it can be written") == 1);
+    CHECK(contains(log, "/dev/full: "));
+    CHECK(contains(log, " bytes of output were dropped in all"));
+}
+
+TEST_CASE("durations and sizes out of range are refused at parse time, naming the range") {
+    for (const auto& [args, message] : std::vector<std::pair<std::vector<std::string>, std::string>>{
+             {{"-f", "--grace", "534955578137577ms", "1", "true"}, "--grace 534955578137577ms is out of range: give 0ms to 1d"},
+             {{"-f", "534955578137577ms", "true"}, "INTERVAL 534955578137577ms is out of range: give 0ms to 1d"},
+             {{"-f", "--output-max-size", "0", "1", "true"}, "--output-max-size 0 is out of range: give 1K to 1T"},
+             {{"-f", "--max-backoff", "0", "1", "true"}, "--max-backoff 0 is out of range: give 1s to 1d"}}) {
+        CAPTURE(message);
+        Process p(procctl(args));
+        REQUIRE(p.wait_exit(10s));
+        CHECK(WEXITSTATUS(p.wait()) == 2);
+        CHECK(contains(p.output(), "procctl: " + message));
+    }
+}
+
+TEST_CASE("the launcher reports the daemon's own error when an output file cannot be opened") {
+    Scratch scratch;
+    const auto missing = scratch.file("no/such/dir/out");
+    Process launcher(procctl({"--stdout", missing, "--log", scratch.file("bg.log"), "1", "sleep", "100"}));
+    REQUIRE(launcher.wait_exit(10s));
+    CHECK(WEXITSTATUS(launcher.wait()) == 1);
+    CHECK(launcher.output() == "procctl: cannot open " + missing + ": its directory " + scratch.file("no/such/dir") +
+                                   " does not exist (procctl never creates directories)\n");
+    CHECK_FALSE(fs::exists(scratch.file("no")));
+}
+
+TEST_CASE("a program that prints 300 KiB when asked to stop exits on its own terms, and all of it is kept") {
+    Scratch scratch;
+    const auto out = scratch.file("svc.out");
+    Process p(procctl({"-f", "--stdout", out, "--grace", "20s", "10", "sh", "-c",
+                       "trap 'i=0; while [ $i -lt 3100 ]; do printf \"%0100d\\n\" $i; i=$((i+1)); done; exit 0' TERM; "
+                       "echo ready; while :; do read -t 1 x < /dev/zero 2>/dev/null; done"}));
+    REQUIRE(hbtest::eventually([&] { return contains(read_file(out), "ready\n"); }));
+    ::kill(p.pid(), SIGTERM);
+    REQUIRE(p.wait_exit(30s));
+    CHECK(p.wait() == 0);
+    const std::string log = p.output();
+    INFO(log);
+    CHECK(contains(log, "sh exited with code 0"));
+    CHECK(contains(log, "0 by SIGKILL"));
+    const std::string text = read_file(out);
+    CHECK(text.size() == 6 + 3100 * 101);
+    CHECK(text.ends_with(std::string(96, '0') + "3099\n"));
+}
+
+TEST_CASE("a 1 MiB line reaches the output file byte for byte") {
+    Scratch scratch;
+    const auto out = scratch.file("svc.out");
+    Process p(procctl({"-f", "--stdout", out, "10", "sh", "-c", "head -c 1048576 /dev/zero | tr '\\0' x; echo; echo end"}));
+    REQUIRE(hbtest::eventually([&] { return contains(read_file(out), "end\n"); }));
+    ::kill(p.pid(), SIGTERM);
+    REQUIRE(p.wait_exit(10s));
+    CHECK(read_file(out) == std::string(1 << 20, 'x') + "\nend\n");
+}
+
+TEST_CASE("after procctl is SIGKILLed mid-tree, the next procctl kills what was left before starting") {
+    if (::geteuid() != 0) {
+        MESSAGE("SKIPPED: needs root (cgroup v2 and setpriv --reuid)");
+        return;
+    }
+    Scratch scratch;
+    const auto out = scratch.file("tree.out");
+    // Three deep, with a grandchild that drops to nobody (losing PDEATHSIG) and one that daemonizes.
+    const std::vector<std::string> args{"-f", "--pidfile", scratch.file("tree.pid"), "--stdout", out, "10", "sh", "-c",
+                                        "sh -c 'setpriv --reuid 65534 --regid 65534 --clear-groups sh -c \"echo \\$\\$; "
+                                        "exec sleep 1000\" & setsid sh -c \"echo \\$\\$; exec sleep 1000\" & echo $$; wait' "
+                                        "& echo $$; wait"};
+    std::vector<pid_t> tree;
+    {
+        Process first(procctl(args));
+        REQUIRE(hbtest::eventually([&] { return pids_in(read_file(out)).size() == 4; }));
+        tree = pids_in(read_file(out));
+        ::kill(first.pid(), SIGKILL);
+        first.wait();
+    }
+    Watched watched(tree);
+    Process second(procctl(args));
+    REQUIRE(second.wait_for_output("started sh as pid"));
+    CHECK(contains(second.output_so_far(), "left in "));
+    CHECK(contains(second.output_so_far(), "by an earlier procctl (was it SIGKILLed?): killing them before starting sh"));
+    CHECK(watched.all_exited(10s));  // every survivor of the first procctl is gone
+    ::kill(second.pid(), SIGTERM);
+    REQUIRE(second.wait_exit(20s));
+}

@@ -54,9 +54,12 @@ int open_for_append(const std::string& path) {
     }
     const int fd = ::openat(dirfd, base_of(path).c_str(), O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0640);
     const int error = errno;
+    struct stat link {};
+    // ELOOP, or EACCES from fs.protected_symlinks in a sticky directory.
+    const bool is_link = fd < 0 && ::fstatat(dirfd, base_of(path).c_str(), &link, AT_SYMLINK_NOFOLLOW) == 0 &&
+                         S_ISLNK(link.st_mode);
     ::close(dirfd);
-    if (fd < 0)
-        throw refuse(error, error == ELOOP ? "it is a symbolic link, which procctl never follows" : std::strerror(error));
+    if (fd < 0) throw refuse(error, is_link ? "it is a symbolic link, which procctl never follows" : std::strerror(error));
     struct stat f {};
     if (::fstat(fd, &f) != 0 || (S_ISREG(f.st_mode) && f.st_uid != me)) {
         ::close(fd);
@@ -172,17 +175,23 @@ void OutputFile::fail(const std::string& what, int error, std::size_t bytes) noe
 void OutputFile::rotate() noexcept {
     // Oldest first: path.(keep-1) -> path.keep ... path -> path.1. A failed rename (a directory
     // planted in the way, a read-only disk) keeps writing past the cap rather than lose data.
+    auto cannot = [&](int error, const std::string& why) {
+        if (rotate_failing_ != error) report_("cannot rotate " + path_ + ": " + why + "; writing on past the cap");
+        rotate_failing_ = error;
+        size_ = 0;  // try again a cap later
+    };
     for (std::size_t index = keep_; index >= 1; --index) {
         const std::string from = index == 1 ? path_ : rotated_name(path_, index - 1);
         const std::string to = rotated_name(path_, index);
-        if (::rename(from.c_str(), to.c_str()) != 0 && errno != ENOENT) {
-            const int error = errno;
-            if (rotate_failing_ != error) report_("cannot rotate " + path_ + ": renaming " + from + " to " + to + ": " +
-                                                  std::strerror(error) + "; writing on past the cap");
-            rotate_failing_ = error;
-            size_ = 0;  // try again a cap later
-            return;
+        struct stat st {};
+        if (::lstat(from.c_str(), &st) != 0) {
+            if (errno == ENOENT) continue;
+            return cannot(errno, from + ": " + std::strerror(errno));
         }
+        // Only our own regular files move: never a directory or link someone planted.
+        if (!S_ISREG(st.st_mode)) return cannot(EEXIST, from + " is not a regular file (planted there?)");
+        if (::rename(from.c_str(), to.c_str()) != 0)
+            return cannot(errno, "renaming " + from + " to " + to + ": " + std::strerror(errno));
     }
     if (rotate_failing_ != 0) {
         report_("rotating " + path_ + " works again");

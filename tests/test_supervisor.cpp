@@ -1,0 +1,230 @@
+// procctl's engine in-process: the restart rules with chosen instants (no sleeping), and the
+// output files against real files, a full device, a full tmpfs and planted obstacles.
+#include <doctest/doctest.h>
+
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <hbwatch/error.h>
+
+#include "support.h"
+#include "tool/output.h"
+#include "tool/restart_policy.h"
+
+using namespace std::chrono_literals;
+using namespace std::string_literals;
+using hbwatch::tool::OutputFile;
+using hbwatch::tool::RestartPolicy;
+using hbwatch::tool::RestartRules;
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr std::uint64_t kSecond = 1'000'000'000;
+
+struct Scratch {
+    fs::path dir;
+    Scratch() {
+        char buffer[] = "/tmp/hbwatch-output-XXXXXX";
+        dir = ::mkdtemp(buffer);
+    }
+    ~Scratch() {
+        ::umount2(dir.c_str(), MNT_DETACH);
+        fs::remove_all(dir);
+    }
+    std::string file(const std::string& name) const { return (dir / name).string(); }
+};
+
+std::string read_file(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    std::stringstream text;
+    text << in.rdbuf();
+    return text.str();
+}
+
+struct Reports {
+    std::vector<std::string> lines;
+    OutputFile::Report sink() {
+        return [this](const std::string& line) { lines.push_back(line); };
+    }
+};
+
+}  // namespace
+
+TEST_CASE("a crash loop backs off from INTERVAL, doubling to the cap, and a long run resets it") {
+    RestartPolicy policy(RestartRules{2s, 10s, std::nullopt, 1min, 1s});
+    CHECK(policy.after_exit(false, 100ms) == 2s);
+    CHECK(policy.after_exit(false, 100ms) == 4s);
+    CHECK(policy.after_exit(false, 100ms) == 8s);
+    CHECK(policy.after_exit(false, 100ms) == 10s);
+    CHECK(policy.after_exit(false, 100ms) == 10s);
+    CHECK(policy.failures_in_a_row() == 5);
+    CHECK(policy.after_exit(false, 1s) == 2s);  // ran a second: not a crash, back to INTERVAL
+    CHECK(policy.failures_in_a_row() == 0);
+}
+
+TEST_CASE("INTERVAL 0 backs off from one second, and a quick exit 0 is never backed off") {
+    RestartPolicy policy(RestartRules{0ms, 5min, std::nullopt, 1min, 1s});
+    CHECK(policy.after_exit(true, 10ms) == 0ms);
+    CHECK(policy.after_exit(true, 10ms) == 0ms);
+    CHECK(policy.after_start_failure() == 1s);
+    CHECK(policy.after_start_failure() == 2s);
+    CHECK(policy.after_exit(true, 10ms) == 0ms);
+    CHECK(policy.after_start_failure() == 1s);
+}
+
+TEST_CASE("--max-restarts counts the starts within the sliding window") {
+    RestartPolicy policy(RestartRules{0ms, 5min, 3u, 10s, 1s});
+    CHECK(policy.start(0 * kSecond));
+    CHECK(policy.start(4 * kSecond));
+    CHECK(policy.start(8 * kSecond));
+    CHECK_FALSE(policy.start(9 * kSecond));  // three within the last 10 s
+    CHECK(policy.start(10 * kSecond));        // the one at 0 s has left the window
+    CHECK(policy.recent_starts() == 3);
+}
+
+TEST_CASE("the restart memory stays flat over 100,000 starts, with or without --max-restarts") {
+    RestartPolicy unlimited(RestartRules{0ms, 5min, std::nullopt, 1min, 1s});
+    RestartPolicy limited(RestartRules{0ms, 5min, 1000u, 1min, 1s});
+    bool all_allowed = true;
+    for (std::uint64_t i = 0; i < 100'000; ++i) {
+        all_allowed &= unlimited.start(i * kSecond);
+        (void)limited.start(i * 1'000'000);  // 1000 a second: the window keeps at most 1000
+    }
+    CHECK(all_allowed);
+    CHECK(unlimited.recent_starts() == 0);
+    CHECK(limited.recent_starts() <= 1000);
+    for (int i = 0; i < 1000; ++i) (void)unlimited.after_exit(false, 1ms);
+    CHECK(unlimited.after_exit(false, 1ms) == 5min);  // the doubling stops at the cap, no overflow
+}
+
+TEST_CASE("output passes byte for byte, and a 1 MiB line is never cut or given a newline") {
+    Scratch scratch;
+    Reports reports;
+    std::string expected;
+    {
+        OutputFile file(scratch.file("out"), 10u << 20, 3, reports.sink());
+        const std::string line(1 << 20, 'x');
+        for (std::size_t i = 0; i < line.size(); i += 4000) {  // as a pipe delivers it: in pieces
+            file.write(std::string_view(line).substr(i, 4000));
+        }
+        file.write("\n{\"a\":1}\nno newline at the end");
+        expected = line + "\n{\"a\":1}\nno newline at the end";
+    }
+    CHECK(read_file(scratch.file("out")) == expected);
+    CHECK(reports.lines.empty());
+}
+
+TEST_CASE("rotation happens between lines: no line that fits the cap is ever split") {
+    Scratch scratch;
+    Reports reports;
+    {
+        OutputFile file(scratch.file("svc.out"), 100, 5, reports.sink());
+        for (int i = 0; i < 20; ++i) file.write("line " + std::to_string(i) + " of the output, 31 bytes\n"s.substr(0, 31));
+    }
+    std::string all;
+    for (int index = 5; index >= 1; --index) {
+        const auto name = scratch.file("svc." + std::to_string(index) + ".out");
+        if (!fs::exists(name)) continue;
+        const auto text = read_file(name);
+        CHECK(text.size() <= 100);
+        CHECK(text.back() == '\n');  // every file ends with a whole line
+        all += text;
+    }
+    all += read_file(scratch.file("svc.out"));
+    CHECK(all.find("line 19 of the output") != std::string::npos);
+    CHECK_FALSE(fs::exists(scratch.file("svc.6.out")));
+}
+
+TEST_CASE("a full device drops output, says so once with the path and errno, and never throws") {
+    Reports reports;
+    OutputFile file("/dev/full", 4096, 3, reports.sink());
+    for (int i = 0; i < 100; ++i) file.write("a line that cannot be written\n");
+    file.finish();
+    REQUIRE(reports.lines.size() == 1);
+    CHECK(reports.lines[0] == "cannot write /dev/full: No space left on device; dropping output (supervision goes on) "
+                              "until it can be written");
+    CHECK(file.dropped_bytes() == 100 * 30);
+}
+
+TEST_CASE("a full tmpfs drops output, then writes again once space is freed, counting what was lost") {
+    if (::geteuid() != 0) {
+        MESSAGE("SKIPPED: needs root (to mount a tiny tmpfs)");
+        return;
+    }
+    Scratch scratch;
+    REQUIRE(::mount("tmpfs", scratch.dir.c_str(), "tmpfs", 0, "size=64k") == 0);
+    { std::ofstream(scratch.file("ballast")) << std::string(64 * 1024, 'b'); }
+    Reports reports;
+    OutputFile file(scratch.file("out"), 1u << 20, 2, reports.sink());
+    const std::string chunk(1000, 'y');
+    for (int i = 0; i < 10; ++i) file.write(chunk + "\n");
+    REQUIRE(reports.lines.size() == 1);
+    CHECK(reports.lines[0].starts_with("cannot write " + scratch.file("out") + ": No space left on device"));
+    fs::remove(scratch.file("ballast"));
+    file.write("after\n");
+    REQUIRE(reports.lines.size() == 2);
+    CHECK(reports.lines[1].starts_with("writing " + scratch.file("out") + " again; "));
+    CHECK(reports.lines[1].ends_with("of output were dropped meanwhile"));
+    CHECK(read_file(scratch.file("out")).ends_with("after\n"));
+}
+
+TEST_CASE("a directory planted where rotation renames to: reported, and writing goes on past the cap") {
+    Scratch scratch;
+    fs::create_directory(scratch.file("svc.1.out"));
+    fs::create_directory(scratch.file("svc.1.out") + "/occupied");
+    Reports reports;
+    {
+        OutputFile file(scratch.file("svc.out"), 64, 3, reports.sink());
+        for (int i = 0; i < 10; ++i) file.write("twenty bytes a line\n");
+    }
+    REQUIRE_FALSE(reports.lines.empty());
+    CHECK(reports.lines[0] == "cannot rotate " + scratch.file("svc.out") + ": " + scratch.file("svc.1.out") +
+                                  " is not a regular file (planted there?); writing on past the cap");
+    CHECK(reports.lines.size() == 1);  // once, not at every cap
+    CHECK(read_file(scratch.file("svc.out")).size() == 200);  // nothing lost
+}
+
+TEST_CASE("files are never opened through a symbolic link, in a missing directory, or in another user's directory") {
+    Scratch scratch;
+    { std::ofstream(scratch.file("victim")) << "precious"; }
+    fs::create_symlink(scratch.file("victim"), scratch.file("link"));
+    Reports reports;
+    CHECK(hbtest::error_of([&] { OutputFile file(scratch.file("link"), 0, 1, reports.sink()); }) ==
+          "cannot open " + scratch.file("link") + ": it is a symbolic link, which procctl never follows");
+    CHECK(read_file(scratch.file("victim")) == "precious");
+    CHECK(hbtest::error_of([&] { OutputFile file(scratch.file("none/out"), 0, 1, reports.sink()); }) ==
+          "cannot open " + scratch.file("none/out") + ": its directory " + scratch.file("none") +
+              " does not exist (procctl never creates directories)");
+    CHECK_FALSE(fs::exists(scratch.file("none")));
+    if (::geteuid() == 0) {
+        // A link planted by another user in a sticky directory, as in /tmp.
+        fs::permissions(scratch.dir, fs::perms::owner_all | fs::perms::group_exec | fs::perms::others_exec);
+        fs::create_directory(scratch.file("sticky"));
+        fs::permissions(scratch.file("sticky"), fs::perms::all | fs::perms::sticky_bit);
+        const auto planted = hbtest::as_nobody(65534, [&] {
+            return ::symlink(scratch.file("victim").c_str(), scratch.file("sticky/out").c_str()) == 0 ? std::string("planted")
+                                                                                                   : std::string("not planted");
+        });
+        REQUIRE(planted == "planted");
+        CHECK(hbtest::error_of([&] { OutputFile file(scratch.file("sticky/out"), 0, 1, reports.sink()); }) ==
+              "cannot open " + scratch.file("sticky/out") + ": it is a symbolic link, which procctl never follows");
+        CHECK(read_file(scratch.file("victim")) == "precious");
+        fs::create_directory(scratch.file("theirs"));
+        REQUIRE(::chown(scratch.file("theirs").c_str(), 65534, 65534) == 0);
+        CHECK(hbtest::error_of([&] { OutputFile file(scratch.file("theirs/out"), 0, 1, reports.sink()); }) ==
+              "cannot open " + scratch.file("theirs/out") + ": its directory " + scratch.file("theirs") +
+                  " can be changed by its owner, uid 65534, who could swap the file for a link to another; use a "
+                  "directory only you (or root) can write, or a sticky one such as /tmp");
+        { std::ofstream(scratch.file("foreign")) << "x"; }
+        REQUIRE(::chown(scratch.file("foreign").c_str(), 65534, 65534) == 0);
+        CHECK(hbtest::error_of([&] { OutputFile file(scratch.file("foreign"), 0, 1, reports.sink()); }) ==
+              "cannot open " + scratch.file("foreign") +
+                  ": it is owned by uid 65534, not by procctl's user (uid 0); remove it or use another file");
+    }
+}
