@@ -22,6 +22,82 @@ struct Run {
     long rss_kib = 0;
 };
 
+// The smallest possible supervisor, for comparison: fork, exec stamp, wait, at once again.
+Run bare_loop(std::size_t restarts) {
+    int out[2];
+    if (::pipe(out) != 0) return {};
+    const pid_t loop = ::fork();
+    if (loop == 0) {
+        ::close(out[0]);
+        ::dup2(out[1], 1);
+        const std::string stamp = kBin + "/stamp";
+        for (std::size_t i = 0; i < restarts; ++i) {
+            const pid_t child = ::fork();
+            if (child == 0) {
+                ::execl(stamp.c_str(), stamp.c_str(), nullptr);
+                ::_exit(127);
+            }
+            int status;
+            ::waitpid(child, &status, 0);
+        }
+        ::_exit(0);
+    }
+    ::close(out[1]);
+    std::string text;
+    char buffer[65536];
+    ssize_t n;
+    while ((n = ::read(out[0], buffer, sizeof buffer)) > 0) text.append(buffer, static_cast<std::size_t>(n));
+    ::close(out[0]);
+    int status;
+    ::waitpid(loop, &status, 0);
+    Run result;
+    std::vector<long long> starts, ends;
+    std::regex line("(start|exit) ([0-9]+)");
+    for (auto it = std::sregex_iterator(text.begin(), text.end(), line); it != std::sregex_iterator(); ++it)
+        ((*it)[1] == "start" ? starts : ends).push_back(std::stoll((*it)[2]));
+    for (std::size_t i = 0; i + 1 < starts.size() && i < ends.size(); ++i)
+        result.latencies_ms.push_back(static_cast<double>(starts[i + 1] - ends[i]) / 1e6);
+    return result;
+}
+
+long rss_kib(pid_t pid) {
+    std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+    for (std::string line; std::getline(status, line);)
+        if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
+    return 0;
+}
+
+// procctl supervising one program that sleeps: its RSS once the program runs.
+long sleeping_rss_kib() {
+    int out[2];
+    if (::pipe(out) != 0) return 0;
+    const pid_t procctl = ::fork();
+    if (procctl == 0) {
+        ::dup2(out[1], 2);  // procctl's log, to see "started"
+        const std::string program = kBin + "/procctl";
+        ::execl(program.c_str(), program.c_str(), "-f", "1", "sleep", "1000", nullptr);
+        ::_exit(127);
+    }
+    ::close(out[1]);
+    std::string text;
+    char buffer[4096];
+    ssize_t n;
+    while (text.find("started") == std::string::npos && (n = ::read(out[0], buffer, sizeof buffer)) > 0)
+        text.append(buffer, static_cast<std::size_t>(n));
+    const long rss = rss_kib(procctl);
+    ::kill(procctl, SIGTERM);
+    int status;
+    ::waitpid(procctl, &status, 0);
+    ::close(out[0]);
+    return rss;
+}
+
+double median(std::vector<double> samples) {
+    if (samples.empty()) return 0;
+    std::sort(samples.begin(), samples.end());
+    return samples[samples.size() / 2];
+}
+
 // Runs `procctl -f INTERVAL stamp` until `restarts` children have exited; reads its RSS then.
 Run run(const std::string& interval, std::size_t restarts) {
     int out[2];
@@ -74,9 +150,15 @@ void report(const char* what, std::vector<double> samples, double minus_ms = 0) 
 }  // namespace
 
 int main() {
+    const Run bare = bare_loop(1001);
     const Run fast = run("0", 1001);
+    report("bare fork/exec/wait loop: child exit to next start", bare.latencies_ms);
     report("procctl INTERVAL 0: child exit to next start", fast.latencies_ms);
+    std::printf("%-52s %.2fx\n", "procctl / bare loop, medians", median(fast.latencies_ms) / median(bare.latencies_ms));
     std::printf("%-52s %ld KiB\n", "procctl RSS after 1000 restarts", fast.rss_kib);
+    const Run many = run("0", 20001);
+    std::printf("%-52s %ld KiB\n", "procctl RSS after 20000 restarts", many.rss_kib);
+    std::printf("%-52s %ld KiB\n", "procctl RSS supervising one sleeping program", sleeping_rss_kib());
     const Run slow = run("1", 11);
     report("procctl INTERVAL 1: child exit to next start, less 1s", slow.latencies_ms, 1000.0);
     std::printf("%-52s %ld KiB (for comparison: no growth per restart)\n", "procctl RSS after 10 restarts", slow.rss_kib);

@@ -25,6 +25,8 @@ public:
     ~Cgroup();  // removes the directory when it is empty
 
     [[nodiscard]] const std::string& path() const noexcept { return path_; }
+    /// The directory, for clone3's CLONE_INTO_CGROUP.
+    [[nodiscard]] int dir_fd() const noexcept { return dir_fd_; }
     /// cgroup.procs, open for writing: a forked child writes "0" to it to enter the cgroup.
     [[nodiscard]] int procs_fd() const noexcept { return procs_fd_; }
     /// cgroup.events: poll it for POLLPRI to learn that `populated` changed.

@@ -4,7 +4,9 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <linux/sched.h>
 #include <sys/signalfd.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -87,6 +89,12 @@ public:
         for (auto& [name, entry] : env) env_storage_.push_back(entry);
         for (auto& entry : env_storage_) envp_.push_back(entry.data());
         envp_.push_back(nullptr);
+        // A caller may have ignored signals, which exec would pass on: reset them once here
+        // (procctl handles its own through the blocked signalfd set, and ignores only SIGPIPE).
+        struct sigaction dfl {};
+        dfl.sa_handler = SIG_DFL;
+        for (int sig = 1; sig < NSIG; ++sig)
+            if (sig != SIGKILL && sig != SIGSTOP && sig != SIGPIPE) ::sigaction(sig, &dfl, nullptr);
     }
 
     int run() {
@@ -192,7 +200,7 @@ private:
             open_output(options_.stderr_file, err);
         }
         const pid_t parent = ::getpid();
-        const pid_t pid = ::fork();
+        const pid_t pid = spawn();
         if (pid == 0) exec_child(parent, out[1], err[1], report[1]);
         const int fork_error = errno;
         for (int fd : {out[1], err[1], report[1]})
@@ -227,6 +235,23 @@ private:
         return now;
     }
 
+    // fork(), straight into the cgroup when there is one (clone3 with CLONE_INTO_CGROUP, Linux
+    // 5.7+): no migration afterwards, which costs milliseconds. procctl has one thread, and the
+    // child only execs, so bypassing glibc's fork handlers is safe.
+    pid_t spawn() {
+        if (cgroup_ && clone_into_cgroup_) {
+            clone_args args{};
+            args.flags = CLONE_INTO_CGROUP;
+            args.exit_signal = SIGCHLD;
+            args.cgroup = static_cast<std::uint64_t>(cgroup_->dir_fd());
+            const long pid = ::syscall(SYS_clone3, &args, sizeof args);
+            if (pid >= 0) return static_cast<pid_t>(pid);
+            if (errno != ENOSYS && errno != E2BIG && errno != EINVAL) return -1;
+            clone_into_cgroup_ = false;  // an older kernel: fork, and the child joins by itself
+        }
+        return ::fork();
+    }
+
     std::uint64_t failed_start(std::uint64_t now, const char* what, int error) {
         const auto delay = policy_.after_start_failure();
         log_.error("cannot start {}: {} failed: {}{}; attempt {} in a row, next in {} (backoff, max {})", program_, what,
@@ -245,12 +270,11 @@ private:
             (void)!::write(report, &failure, sizeof failure);
             ::_exit(127);
         };
-        if (cgroup_ && ::write(cgroup_->procs_fd(), "0", 1) != 1) fail(3);
+        if (cgroup_ && !clone_into_cgroup_ && ::write(cgroup_->procs_fd(), "0", 1) != 1) fail(3);
         ::setsid();  // its own session and process group, no controlling terminal
-        struct sigaction dfl {};
-        dfl.sa_handler = SIG_DFL;
-        for (int sig = 1; sig < NSIG; ++sig)
-            if (sig != SIGKILL && sig != SIGSTOP) ::sigaction(sig, &dfl, nullptr);
+        // Every other disposition was reset when the Supervisor was made (exec resets handlers,
+        // but not SIG_IGN): only procctl's own ignored SIGPIPE is left to undo.
+        ::signal(SIGPIPE, SIG_DFL);
         sigset_t none;
         sigemptyset(&none);
         ::sigprocmask(SIG_SETMASK, &none, nullptr);
@@ -481,6 +505,7 @@ private:
     std::string program_;
     RestartPolicy policy_;
     std::optional<Cgroup> cgroup_;
+    bool clone_into_cgroup_ = true;
     bool cgroup_killed_ = false;
     std::map<std::string, std::unique_ptr<OutputFile>> outputs_;  // by path: stdout and stderr may share one
     std::vector<Reader> readers_;
