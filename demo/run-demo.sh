@@ -71,9 +71,10 @@ await "$run/06-watch.out" "'quick': hung:"
 await "$run/06-watch.out" "'quick': exited"
 echo "    ('hung: ... 0ms late' means the SIGTERM left within the millisecond of the deadline)"
 
-say "Stopping everything with scripts/stop.sh: each procctl stops its service and exits."
+say "Stopping everything with scripts/stop.sh: each procctl stops its service, frees the entries its services left, and exits."
 "$here/scripts/stop.sh" "$run" 20 | sed 's/^/    /'
-"$bin/proctab" destroy --force | sed 's/^/    /'
+table
+"$bin/proctab" destroy | sed 's/^/    /'
 
 say "Nothing is left behind:"
 left=$(pgrep -f "$bin/(procctl|checkproc|demo_service)" || true)

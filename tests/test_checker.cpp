@@ -140,7 +140,7 @@ TEST_CASE("a dry run signals nothing and changes nothing") {
     CHECK(log.all().find("dry run: would send SIGTERM, then SIGKILL after 5.0s") != std::string::npos);
 }
 
-TEST_CASE("an entry another live checkproc is stopping is left to it; a dead one's claim is taken over") {
+TEST_CASE("an entry another live checkproc is stopping is left to it, and a dead one's claim is taken over") {
     hbtest::ScratchKey scratch;
     const auto options = scratch.options(8);
     Registrant service(options, "order-svc", 1s);

@@ -34,10 +34,18 @@ TEST_CASE("a reader never sees a torn slot while writers claim, beat and release
             }
         });
     }
+    // One registration lives throughout, beaten all along, so that the reader always has a
+    // live slot to copy, however the threads are scheduled on two cores.
+    writers.emplace_back([&] {
+        hbwatch::Heartbeat hb("writer-9", std::chrono::milliseconds(1009), options);
+        while (!stop.load()) hb.beat();
+    });
     hbwatch::Table reader = *hbwatch::Table::open_existing(options, hbwatch::Table::Access::read_only);
     long snapshots = 0, torn = 0;
-    const auto deadline = std::chrono::steady_clock::now() + 1500ms;
-    while (std::chrono::steady_clock::now() < deadline) {
+    // At least 1.5 s of racing and 1000 live snapshots; a generous bound only for a stuck run.
+    const auto start = std::chrono::steady_clock::now();
+    while (std::chrono::steady_clock::now() < start + 1500ms ||
+           (snapshots < 1000 && std::chrono::steady_clock::now() < start + 60s)) {
         reader.for_each([&](const hbwatch::SlotSnapshot& s) {
             if (s.phase != hbwatch::SlotPhase::live) return;
             ++snapshots;
@@ -49,7 +57,7 @@ TEST_CASE("a reader never sees a torn slot while writers claim, beat and release
     for (auto& w : writers) w.join();
     MESSAGE(snapshots << " live snapshots during " << registrations.load() << " registrations");
     CHECK(registrations.load() > 0);
-    CHECK(snapshots > 0);
+    CHECK(snapshots >= 1000);
     CHECK(torn == 0);
     int left = 0;
     reader.for_each([&](const hbwatch::SlotSnapshot&) { ++left; });

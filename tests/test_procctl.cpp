@@ -155,7 +155,7 @@ TEST_CASE("a missing program is logged with its reason and retried with a doubli
     CHECK(contains(log, "attempt 2 in a row, next in 2.0s"));
 }
 
-TEST_CASE("a crash loop backs off; a quick exit 0 does not") {
+TEST_CASE("a crash loop backs off, and a quick exit 0 does not") {
     SUBCASE("exit 1 at once") {
         Process p(procctl({"-f", "0", "sh", "-c", "echo crash; exit 1"}));
         std::this_thread::sleep_for(3500ms);
@@ -301,13 +301,14 @@ TEST_CASE("an output file on a full device is reported once, and supervision goe
 }
 
 TEST_CASE("durations and sizes out of range are refused at parse time, naming the range") {
-    for (const auto& [args, message] : std::vector<std::pair<std::vector<std::string>, std::string>>{
+    for (const auto& test : std::vector<std::pair<std::vector<std::string>, std::string>>{
              {{"-f", "--grace", "534955578137577ms", "1", "true"}, "--grace 534955578137577ms is out of range: give 0ms to 1d"},
              {{"-f", "534955578137577ms", "true"}, "INTERVAL 534955578137577ms is out of range: give 0ms to 1d"},
              {{"-f", "--output-max-size", "0", "1", "true"}, "--output-max-size 0 is out of range: give 1K to 1T"},
              {{"-f", "--max-backoff", "0", "1", "true"}, "--max-backoff 0 is out of range: give 1s to 1d"}}) {
+        const auto& message = test.second;
         CAPTURE(message);
-        Process p(procctl(args));
+        Process p(procctl(test.first));
         REQUIRE(p.wait_exit(10s));
         CHECK(WEXITSTATUS(p.wait()) == 2);
         CHECK(contains(p.output(), "procctl: " + message));

@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/times.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -397,3 +398,38 @@ TEST_CASE("procctl never follows a symbolic link at its pidfile, and writes its 
     REQUIRE(procctl.wait_exit(30s));
     fs::remove_all(dir);
 }
+
+TEST_CASE("a registrant's pid reused by an unrelated process: nothing is signalled, the slot is freed") {
+    REQUIRE_ROOT();
+    hbtest::ScratchKey scratch;
+    Process registrant_process({hbtest::bin("demo_service"), "reused", "--key", hbwatch::format_key(scratch.key()),
+                                "--timeout", "100ms", "--hang-after", "0ms"});
+    auto* registrant = &registrant_process;
+    REQUIRE(registrant->wait_for_output("registered in slot"));
+    const pid_t pid = registrant->pid();
+    ::kill(pid, SIGKILL);
+    registrant->wait();
+    // Start times tick at 100 Hz: make sure the new holder of the pid starts in a later tick.
+    for (const clock_t before = ::times(nullptr); ::times(nullptr) < before + 2;) std::this_thread::yield();
+
+    // Really reuse the pid: ask the kernel to hand it out next.
+    std::unique_ptr<Process> unrelated;
+    for (int attempt = 0; attempt < 200 && !unrelated; ++attempt) {
+        {
+            std::ofstream last_pid("/proc/sys/kernel/ns_last_pid");
+            REQUIRE_MESSAGE(last_pid, "writing /proc/sys/kernel/ns_last_pid needs root");
+            last_pid << pid - 1;
+        }
+        auto candidate = std::make_unique<Process>(std::vector<std::string>{"sleep", "60"});
+        if (candidate->pid() == pid) unrelated = std::move(candidate);
+    }
+    REQUIRE_MESSAGE(unrelated, "could not get pid " << pid << " reused");
+
+    const auto [code, log] = run_checkproc(scratch);
+    CHECK(code == 0);
+    CHECK(contains(log, "pid " + std::to_string(pid) + " 'reused': the pid now belongs to another process (its start "
+                        "time differs): slot freed, nothing signalled"));
+    CHECK(unrelated->running());
+    CHECK(live_entries(scratch) == 0);
+}
+

@@ -65,9 +65,10 @@ std::string group_name(gid_t gid) {
 std::string header_line(const hbwatch::TableInfo& info, std::size_t used) {
     char mode[8];
     std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(info.mode));
+    // Fits 80 columns whatever the owner's names: they are cut to 20 bytes together.
     return "table " + hbwatch::format_key(info.key) + ": " + std::to_string(used) + "/" + std::to_string(info.slot_count) +
-           " slots, mode " + mode + " " + user_name(info.owner_uid) + ":" + group_name(info.owner_gid) + ", " +
-           std::to_string(info.registrations) + " registrations, " + std::to_string(info.kills) + " kills";
+           " slots, mode " + mode + " " + fit(user_name(info.owner_uid) + ":" + group_name(info.owner_gid), 20) + ", " +
+           std::to_string(info.registrations) + " regs, " + std::to_string(info.kills) + " kills";
 }
 
 void print_table(const hbwatch::Table& table, std::ostream& out) {

@@ -51,12 +51,21 @@ new_hangs=$(grep 'started .* as pid' "$run/02-demo_service.log" | sed -n 2p | se
 [ "$new_hangs" != "$first_hangs" ] || fail "the restarted service has the old pid"
 wait_until "the new pid $new_hangs beats again" sh -c "'$bin/proctab' --prometheus | grep -q '^hbwatch_entry_beats_total{name=\"hangs\",pid=\"$new_hangs\"} [1-9]'"
 
-# 5. after stop, nothing of the stack is left: no process, no slot.
-procctls=$(cat "$run"/*.pid)
-services=$(grep -ho 'as pid [0-9]*' "$run"/*.log | awk '{print $3}')
+# 5. after stop, nothing of the stack is left: no process, no slot. A logged pid may have been
+# reused by anything since (a compiler, another test): only the processes of the stack that run
+# now are followed, by pid and start time.
+start_time() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $20}'; }
+alive=()
+for pid in $(cat "$run"/*.pid) $(grep -ho 'as pid [0-9]*' "$run"/*.log | awk '{print $3}'); do
+  case "$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null)" in
+    "$bin/"*) alive+=("$pid:$(start_time "$pid")") ;;
+  esac
+done
+[ ${#alive[@]} -ge 4 ] || fail "expected the 3 procctls and the services to be running before stop.sh: ${alive[*]}"
 "$scripts/stop.sh" "$run" 20 || fail "stop.sh reported processes that would not stop"
-for pid in $procctls $services; do
-  if [ -d "/proc/$pid" ] && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null; then
+for entry in "${alive[@]}"; do
+  pid=${entry%%:*}
+  if [ "$(start_time "$pid")" = "${entry#*:}" ] && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null; then
     fail "pid $pid is still running after stop.sh: $(tr '\0' ' ' < /proc/$pid/cmdline)"
   fi
 done
