@@ -24,6 +24,8 @@ extern "C" {
 #include <thread>
 #include <vector>
 
+#include <hbwatch/checker.h>
+#include <hbwatch/clock.h>
 #include <hbwatch/error.h>
 #include <hbwatch/table.h>
 
@@ -283,6 +285,21 @@ inline std::string as_nobody(gid_t gid, const std::function<std::string()>& body
     while ((n = ::read(out.read_end(), buffer, sizeof buffer)) > 0) text.append(buffer, static_cast<std::size_t>(n));
     if (!WIFEXITED(child.wait()) || WEXITSTATUS(child.status()) != 0) text += "\n[as_nobody: the child failed]";
     return text;
+}
+
+/// Entries in the table at `options` (0 when there is no table), and those past their timeout now.
+inline std::size_t live_entries(const hbwatch::TableOptions& options) {
+    auto table = hbwatch::Table::open_existing(options, hbwatch::Table::Access::read_only);
+    std::size_t n = 0;
+    if (table) table->for_each([&](const hbwatch::SlotSnapshot&) { ++n; });
+    return n;
+}
+inline std::size_t hung_entries(const hbwatch::TableOptions& options) {
+    auto table = hbwatch::Table::open_existing(options, hbwatch::Table::Access::read_only);
+    std::size_t hung = 0;
+    const auto now = hbwatch::monotonic_now_ns();
+    if (table) table->for_each([&](const hbwatch::SlotSnapshot& s) { hung += hbwatch::health_of(s, now) == hbwatch::Health::hung; });
+    return hung;
 }
 
 /// Where the build put the programs (set by CMake).

@@ -151,14 +151,7 @@ TEST_CASE("a shell script that calls proctab beat stays fresh, and checkproc sto
     CHECK(entry["pid"] == script.pid());
     CHECK(entry["beats"] == 9);  // one registration, then nine beats into the same entry
     CHECK(entry["state"] != "hung");
-    auto table = hbwatch::Table::open_existing(scratch.options(), hbwatch::Table::Access::read_only);
-    REQUIRE(hbtest::eventually([&] {
-        bool hung = false;
-        table->for_each([&](const hbwatch::SlotSnapshot& s) {
-            hung |= hbwatch::health_of(s, hbwatch::monotonic_now_ns()) == hbwatch::Health::hung;
-        });
-        return hung;
-    }));
+    REQUIRE(hbtest::eventually([&] { return hbtest::hung_entries(scratch.options()) > 0; }));
     const auto [checkproc, log] = run({hbtest::bin("checkproc"), "--key", key, "--grace", "2s"});
     CHECK(checkproc == 0);
     REQUIRE(script.wait_exit(5s));
@@ -172,23 +165,16 @@ TEST_CASE("a script that registered with proctab beat and then exec'd is never s
     Process script({"sh", "-c", hbtest::bin("proctab") + " --key " + key +
                                     " beat nightly --timeout 200ms >/dev/null || exit 9; echo exec; exec sleep 1000"});
     REQUIRE(script.wait_for_output("exec"));
-    auto table = hbwatch::Table::open_existing(scratch.options(), hbwatch::Table::Access::read_only);
     REQUIRE(hbtest::eventually([&] {  // hung, and the shell has become sleep
-        bool hung = false;
-        table->for_each([&](const hbwatch::SlotSnapshot& s) {
-            hung |= hbwatch::health_of(s, hbwatch::monotonic_now_ns()) == hbwatch::Health::hung;
-        });
         auto stat = hbwatch::read_proc_stat(script.pid());
-        return hung && stat && stat->comm == "sleep";
+        return hbtest::hung_entries(scratch.options()) > 0 && stat && stat->comm == "sleep";
     }));
     const auto [checkproc, log] = run({hbtest::bin("checkproc"), "--key", key, "--grace", "1s"});
     CHECK(checkproc == 0);
     CHECK(contains(log, "pid " + std::to_string(script.pid()) + " has exec'd since it was registered on its behalf: "
                         "slot freed, nothing signalled"));
     CHECK(script.running());
-    int live = 0;
-    table->for_each([&](const hbwatch::SlotSnapshot&) { ++live; });
-    CHECK(live == 0);
+    CHECK(hbtest::live_entries(scratch.options()) == 0);
 }
 
 TEST_CASE("proctab run: the script's own beats keep it alive, and when it hangs checkproc stops the wrapper and the command") {
@@ -204,23 +190,14 @@ TEST_CASE("proctab run: the script's own beats keep it alive, and when it hangs 
     REQUIRE(entry.is_object());
     CHECK(entry["pid"] == wrapper.pid());  // the wrapper is the registrant, not the shell
     CHECK(entry["beats"] == 5);
-    auto table = hbwatch::Table::open_existing(scratch.options(), hbwatch::Table::Access::read_only);
-    REQUIRE(hbtest::eventually([&] {
-        bool hung = false;
-        table->for_each([&](const hbwatch::SlotSnapshot& s) {
-            hung |= hbwatch::health_of(s, hbwatch::monotonic_now_ns()) == hbwatch::Health::hung;
-        });
-        return hung;
-    }));
+    REQUIRE(hbtest::eventually([&] { return hbtest::hung_entries(scratch.options()) > 0; }));
     const auto [checkproc, log] = run({hbtest::bin("checkproc"), "--key", key, "--grace", "5s"});
     CHECK(checkproc == 0);
     CHECK(contains(log, "'nightly': hung"));
     REQUIRE(wrapper.wait_exit(10s));
     CHECK(wrapper.wait() == (128 + SIGTERM) << 8);  // exits with its command's fate: SIGTERM
     CHECK(contains(wrapper.output(), "proctab run: SIGTERM from pid"));
-    int live = 0;
-    table->for_each([&](const hbwatch::SlotSnapshot&) { ++live; });
-    CHECK(live == 0);
+    CHECK(hbtest::live_entries(scratch.options()) == 0);
 }
 
 TEST_CASE("names match whole: a shared 15-byte prefix is not a match, and an empty name is refused") {

@@ -92,20 +92,8 @@ void become_nobody() {
         ::_exit(3);
 }
 
-std::size_t hung_entries(const hbtest::ScratchKey& scratch) {
-    auto table = Table::open_existing(scratch.options(), Table::Access::read_only);
-    std::size_t hung = 0;
-    const auto now = hbwatch::monotonic_now_ns();
-    if (table) table->for_each([&](const hbwatch::SlotSnapshot& s) { hung += hbwatch::health_of(s, now) == hbwatch::Health::hung; });
-    return hung;
-}
-
-std::size_t live_entries(const hbtest::ScratchKey& scratch) {
-    auto table = Table::open_existing(scratch.options(), Table::Access::read_only);
-    std::size_t n = 0;
-    if (table) table->for_each([&](const hbwatch::SlotSnapshot&) { ++n; });
-    return n;
-}
+std::size_t hung_entries(const hbtest::ScratchKey& scratch) { return hbtest::hung_entries(scratch.options()); }
+std::size_t live_entries(const hbtest::ScratchKey& scratch) { return hbtest::live_entries(scratch.options()); }
 
 // The strongest forger: knows the victim's exact identity and exec mark (root reads them here
 // and hands them over, as a patient attacker could learn them).

@@ -22,6 +22,18 @@ struct Run {
     long rss_kib = 0;
 };
 
+// From stamp's lines: each child's exit to the next child's start, in ms.
+std::vector<double> latencies_from(const std::string& text) {
+    std::vector<long long> starts, ends;
+    std::regex line("(start|exit) ([0-9]+)");
+    for (auto it = std::sregex_iterator(text.begin(), text.end(), line); it != std::sregex_iterator(); ++it)
+        ((*it)[1] == "start" ? starts : ends).push_back(std::stoll((*it)[2]));
+    std::vector<double> latencies;
+    for (std::size_t i = 0; i + 1 < starts.size() && i < ends.size(); ++i)
+        latencies.push_back(static_cast<double>(starts[i + 1] - ends[i]) / 1e6);
+    return latencies;
+}
+
 // The smallest possible supervisor, for comparison: fork, exec stamp, wait, at once again.
 Run bare_loop(std::size_t restarts) {
     int out[2];
@@ -51,12 +63,7 @@ Run bare_loop(std::size_t restarts) {
     int status;
     ::waitpid(loop, &status, 0);
     Run result;
-    std::vector<long long> starts, ends;
-    std::regex line("(start|exit) ([0-9]+)");
-    for (auto it = std::sregex_iterator(text.begin(), text.end(), line); it != std::sregex_iterator(); ++it)
-        ((*it)[1] == "start" ? starts : ends).push_back(std::stoll((*it)[2]));
-    for (std::size_t i = 0; i + 1 < starts.size() && i < ends.size(); ++i)
-        result.latencies_ms.push_back(static_cast<double>(starts[i + 1] - ends[i]) / 1e6);
+    result.latencies_ms = latencies_from(text);
     return result;
 }
 
@@ -130,12 +137,7 @@ Run run(const std::string& interval, std::size_t restarts) {
     ::waitpid(procctl, &wstatus, 0);
     ::close(out[0]);
 
-    std::vector<long long> starts, ends;
-    std::regex line("(start|exit) ([0-9]+)");
-    for (auto it = std::sregex_iterator(text.begin(), text.end(), line); it != std::sregex_iterator(); ++it)
-        ((*it)[1] == "start" ? starts : ends).push_back(std::stoll((*it)[2]));
-    for (std::size_t i = 0; i + 1 < starts.size() && i < ends.size(); ++i)
-        result.latencies_ms.push_back(static_cast<double>(starts[i + 1] - ends[i]) / 1e6);
+    result.latencies_ms = latencies_from(text);
     return result;
 }
 
