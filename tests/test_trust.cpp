@@ -372,6 +372,15 @@ TEST_CASE("procctl never follows a symbolic link at its pidfile, and writes its 
     std::getline(in, line);
     CHECK(line == "precious");
 
+    if (::geteuid() == 0) {  // a directory another user can change: the pidfile could be swapped
+        fs::create_directory(dir / "theirs");
+        REQUIRE(::chown((dir / "theirs").c_str(), 65534, 65534) == 0);
+        std::tie(code, text) = run({hbtest::bin("procctl"), "-f", "--pidfile", (dir / "theirs/svc.pid").string(), "1", "sleep", "1"});
+        CHECK(code == 1);
+        CHECK(contains(text, "its directory " + (dir / "theirs").string() + " can be changed by its owner, uid 65534"));
+        fs::remove_all(dir / "theirs");
+    }
+
     { std::ofstream(pidfile) << "99999999\n"; }  // stale, from a procctl long gone
     Process procctl({hbtest::bin("procctl"), "-f", "--pidfile", pidfile.string(), "1", "sleep", "100"});
     REQUIRE(procctl.wait_for_output("started"));

@@ -142,6 +142,7 @@ int lock_pidfile(const std::string& path) {
     auto fail = [&](int err, const std::string& what) -> hbwatch::Error {
         return hbwatch::Error(err, "cannot take the pidfile " + path + ": " + what + ": " + std::strerror(err));
     };
+    ::close(hbwatch::tool::open_safe_directory(path));  // throws for a directory others could change
     std::string temporary = path + ".XXXXXX";
     const int fd = ::mkostemp(temporary.data(), O_CLOEXEC);
     if (fd < 0) throw fail(errno, "cannot create a file beside it");
@@ -164,6 +165,12 @@ int lock_pidfile(const std::string& path) {
         if (existing < 0) {
             if (errno == ENOENT) continue;  // removed meanwhile
             throw give_up(fail(errno, errno == ELOOP ? "it is a symbolic link, which procctl never follows" : "cannot open it"));
+        }
+        struct stat owner {};
+        if (::fstat(existing, &owner) == 0 && owner.st_uid != ::geteuid()) {
+            ::close(existing);
+            throw give_up(hbwatch::Error(EPERM, "cannot take the pidfile " + path + ": it is owned by uid " +
+                                                    std::to_string(owner.st_uid) + ", not by procctl's user; remove it"));
         }
         if (::flock(existing, LOCK_EX | LOCK_NB) != 0) {
             char held[32] = {};

@@ -26,10 +26,8 @@ std::string directory_of(const std::string& path) {
     return slash == 0 ? "/" : path.substr(0, slash);
 }
 
-int open_for_append(const std::string& path) {
-    auto refuse = [&](int error, const std::string& why) {
-        return Error(error, "cannot open " + path + ": " + why);
-    };
+int open_safe_directory(const std::string& path) {
+    auto refuse = [&](int error, const std::string& why) { return Error(error, "cannot open " + path + ": " + why); };
     if (path.empty() || path.back() == '/') throw refuse(EINVAL, "give a file name");
     const std::string dir = directory_of(path);
     const int dirfd = ::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -42,9 +40,8 @@ int open_for_append(const std::string& path) {
         ::close(dirfd);
         throw refuse(error, std::strerror(error));
     }
-    const uid_t me = ::geteuid();
     const bool others_write = (d.st_mode & S_IWOTH) || ((d.st_mode & S_IWGRP) && d.st_gid != ::getegid() && d.st_gid != 0);
-    const bool foreign_owner = d.st_uid != me && d.st_uid != 0;
+    const bool foreign_owner = d.st_uid != ::geteuid() && d.st_uid != 0;
     if (!(d.st_mode & S_ISVTX) && (others_write || foreign_owner)) {
         ::close(dirfd);
         throw refuse(EPERM, "its directory " + dir + " can be changed by " +
@@ -52,6 +49,13 @@ int open_for_append(const std::string& path) {
                                 ", who could swap the file for a link to another; use a directory only you (or root) "
                                 "can write, or a sticky one such as /tmp");
     }
+    return dirfd;
+}
+
+int open_for_append(const std::string& path) {
+    auto refuse = [&](int error, const std::string& why) { return Error(error, "cannot open " + path + ": " + why); };
+    const uid_t me = ::geteuid();
+    const int dirfd = open_safe_directory(path);
     const int fd = ::openat(dirfd, base_of(path).c_str(), O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0640);
     const int error = errno;
     struct stat link {};

@@ -18,6 +18,11 @@ namespace hbwatch::tool {
 /// owned by another user. Throws hbwatch::Error naming the path, the reason and what to do.
 int open_for_append(const std::string& path);
 
+/// Opens the directory of `path` (O_PATH) after checking that no other user could swap what
+/// is in it: it exists, and it is not writable by another user unless it is sticky. Throws
+/// hbwatch::Error naming the path, the reason and what to do.
+int open_safe_directory(const std::string& path);
+
 /// The directory part of `path` ("." when it has none).
 std::string directory_of(const std::string& path);
 
