@@ -5,10 +5,13 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/times.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -430,3 +433,167 @@ TEST_CASE("a registrant's pid reused by an unrelated process: nothing is signall
     CHECK(live_entries(scratch) == 0);
 }
 
+
+TEST_CASE("a fork()ed child of a registered root service does not inherit its consent") {
+    REQUIRE_ROOT();
+    hbtest::ScratchKey scratch;
+    auto options = scratch.options(8);
+    options.group = kNogroup;
+    { Table table = Table::create(options); }
+    hbtest::Pipe events, worker_pid;
+    hbtest::Child service([&] {
+        hbwatch::Heartbeat hb("root-svc", 10s, options);
+        const pid_t worker = ::fork();
+        if (worker == 0) {  // a worker that never registered: it counts what it receives
+            static int out = events.write_end();
+            ::signal(SIGTERM, [](int) { (void)!::write(out, "T", 1); });
+            ::signal(SIGRTMIN, [](int) { (void)!::write(out, "M", 1); });
+            (void)!::write(worker_pid.write_end(), &worker, 0);
+            const pid_t self = ::getpid();
+            (void)!::write(worker_pid.write_end(), &self, sizeof self);
+            for (;;) ::pause();
+        }
+        for (;;) hb.beat(), ::pause();
+        return 0;
+    });
+    pid_t worker = 0;
+    REQUIRE(::read(worker_pid.read_end(), &worker, sizeof worker) == sizeof worker);
+    hbwatch::SlotSnapshot parent_entry;
+    Table::open_existing(options, Table::Access::read_only)->for_each([&](const hbwatch::SlotSnapshot& s) { parent_entry = s; });
+    REQUIRE(parent_entry.image != 0);
+    const auto victim = pin(worker);
+    const auto forged = hbtest::as_nobody(kNogroup, [&] {
+        auto table = Table::open_existing(options, Table::Access::read_write);
+        auto who = victim.identity;
+        who.pidfs_inode = 0;  // a forger need not know it
+        table->claim("worker", 100ms, hbwatch::Registrant{who, 0, parent_entry.image, 0});
+        return std::string("forged");
+    });
+    REQUIRE(forged == "forged");
+    REQUIRE(hbtest::eventually([&] { return hung_entries(scratch) == 1; }));
+    int code = 0;
+    std::string log;
+    std::tie(code, log) = run_checkproc(scratch);
+    INFO(log);
+    CHECK(code == 0);
+    CHECK(contains(log, "'worker': hung: "));
+    CHECK(contains(log, "does not hold the marker of the program image that registered"));
+    CHECK_FALSE(contains(log, "SIGTERM sent"));
+    REQUIRE(::kill(worker, SIGRTMIN) == 0);
+    char byte = 0;
+    REQUIRE(::read(events.read_end(), &byte, 1) == 1);
+    CHECK(byte == 'M');  // no 'T' came first
+    ::kill(worker, SIGKILL);
+}
+
+TEST_CASE("a root process that maps a memfd another user named like a marker is not taken for a registrant") {
+    REQUIRE_ROOT();
+    hbtest::ScratchKey scratch;
+    auto options = scratch.options(8);
+    options.group = kNogroup;
+    { Table table = Table::create(options); }
+    int channel[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, channel) == 0);
+    hbtest::Pipe events;
+    hbtest::Child server([&] {  // a root server that maps the memory its clients send (as X11's MIT-SHM fd passing)
+        static int out = events.write_end();
+        ::signal(SIGTERM, [](int) { (void)!::write(out, "T", 1); });
+        ::signal(SIGRTMIN, [](int) { (void)!::write(out, "M", 1); });
+        char byte;
+        char control[CMSG_SPACE(sizeof(int))] = {};
+        iovec io{&byte, 1};
+        msghdr message{};
+        message.msg_iov = &io;
+        message.msg_iovlen = 1;
+        message.msg_control = control;
+        message.msg_controllen = sizeof control;
+        if (::recvmsg(channel[1], &message, 0) != 1) return 5;
+        int fd;
+        std::memcpy(&fd, CMSG_DATA(CMSG_FIRSTHDR(&message)), sizeof fd);
+        if (::mmap(nullptr, 4096, PROT_NONE, MAP_SHARED, fd, 0) == MAP_FAILED) return 6;
+        (void)!::write(out, "R", 1);
+        for (;;) ::pause();
+        return 0;
+    });
+    const auto victim = pin(server.pid());
+    const auto forged = hbtest::as_nobody(kNogroup, [&] {
+        const int fd = ::memfd_create("hbwatch-image:4141414141414141", MFD_CLOEXEC);
+        char byte = 'x';
+        char control[CMSG_SPACE(sizeof(int))] = {};
+        iovec io{&byte, 1};
+        msghdr message{};
+        message.msg_iov = &io;
+        message.msg_iovlen = 1;
+        message.msg_control = control;
+        message.msg_controllen = sizeof control;
+        cmsghdr* header = CMSG_FIRSTHDR(&message);
+        header->cmsg_level = SOL_SOCKET;
+        header->cmsg_type = SCM_RIGHTS;
+        header->cmsg_len = CMSG_LEN(sizeof(int));
+        std::memcpy(CMSG_DATA(header), &fd, sizeof fd);
+        if (::sendmsg(channel[0], &message, 0) != 1) return std::string("not sent");
+        auto table = Table::open_existing(options, Table::Access::read_write);
+        table->claim("server", 100ms, hbwatch::Registrant{victim.identity, 0, 0x4141414141414141ull, 0});
+        return std::string("forged");
+    });
+    REQUIRE(forged == "forged");
+    char byte = 0;
+    REQUIRE(::read(events.read_end(), &byte, 1) == 1);
+    REQUIRE(byte == 'R');  // the server holds a mapping named like a marker
+    REQUIRE(hbtest::eventually([&] { return hung_entries(scratch) == 1; }));
+    int code = 0;
+    std::string log;
+    std::tie(code, log) = run_checkproc(scratch);
+    INFO(log);
+    CHECK(contains(log, "does not hold the marker of the program image that registered"));
+    CHECK_FALSE(contains(log, "SIGTERM sent"));
+    REQUIRE(::kill(server.pid(), SIGRTMIN) == 0);
+    REQUIRE(::read(events.read_end(), &byte, 1) == 1);
+    CHECK(byte == 'M');
+    ::close(channel[0]);
+    ::close(channel[1]);
+}
+
+TEST_CASE("the members of the creator's group count among the table's writers") {
+    REQUIRE_ROOT();
+    hbtest::ScratchKey scratch;
+    auto options = scratch.options(8);
+    options.group = 50;  // staff: no members; the creator's group (cgid) is nogroup
+    hbtest::Child creator([&] {
+        if (::setresgid(kNogroup, kNogroup, kNogroup) != 0) return 3;
+        Table table = Table::create(options);
+        return 0;
+    });
+    REQUIRE(creator.wait() == 0);
+    SignalCounter daemon;
+    const auto victim = pin(daemon.pid());
+    {
+        Table table = *Table::open_existing(options, Table::Access::read_write);
+        table.claim("root-script", 100ms, hbwatch::Registrant{victim.identity, 0, 0, victim.stat.start_stack});
+    }
+    REQUIRE(hbtest::eventually([&] { return hung_entries(scratch) == 1; }));
+    int code = 0;
+    std::string log;
+    std::tie(code, log) = run_checkproc(scratch);
+    INFO(log);
+    CHECK(contains(log, ", who can write the table, could not signal pid " + std::to_string(daemon.pid()) + " (uid 0) itself"));
+    CHECK_FALSE(daemon.got_term());
+}
+
+TEST_CASE("a registrant that execs a clean-up program on SIGTERM is not sent SIGKILL in it") {
+    hbtest::ScratchKey scratch;
+    Process service({hbtest::bin("reexec_service"), "exec-on-term"},
+                    [&] { ::setenv("HBWATCH_KEY", hbwatch::format_key(scratch.key()).c_str(), 1); });
+    REQUIRE(service.wait_for_output("ready slot"));
+    REQUIRE(hbtest::eventually([&] { return hung_entries(scratch) == 1; }));
+    int code = 0;
+    std::string log;
+    std::tie(code, log) = run_checkproc(scratch);
+    INFO(log);
+    CHECK(code == 0);
+    CHECK(contains(log, "'exec-on-term': hung: "));
+    CHECK(contains(log, "SIGTERM sent"));
+    CHECK(contains(log, "no longer the program that registered (it exec'd): SIGKILL not sent; its slot is freed"));
+    CHECK(service.running());  // sleep 30, the clean-up, runs on
+    CHECK(live_entries(scratch) == 0);
+}

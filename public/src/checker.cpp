@@ -28,6 +28,18 @@ std::string describe(const SlotSnapshot& s) {
            std::string(s.name()) + "'";
 }
 
+// Whether the process of `slot` is still the program that made the entry: for a
+// self-registration, it holds that marker; for a delegated one, it has not exec'd.
+bool still_registered(const SlotSnapshot& slot) {
+    const pid_t pid = slot.process.pid;
+    if (!slot.delegated()) {
+        const auto uids = read_uids(pid);
+        return uids && holds_image_marker(pid, slot.image, *uids);
+    }
+    const auto stat = read_proc_stat(pid);
+    return stat && slot.exec_mark != 0 && stat->start_stack == slot.exec_mark;
+}
+
 // A read-write open already refuses a squatter's table; a dry run opens read-only, and must
 // not act on one either.
 void require_trusted(const Table& table) {
@@ -192,11 +204,11 @@ void Checker::stop_hung(const SlotSnapshot& slot, const std::string& who, const 
         unsafe = "the pid now belongs to another process";
     } else if (!slot.delegated()) {
         // It registered itself: it must still hold the marker of the image that did.
-        if (!holds_image_marker(slot.process.pid, slot.image))
+        if (!still_registered(slot))
             unsafe = "pid " + std::to_string(slot.process.pid) +
                      " does not hold the marker of the program image that registered: it has exec'd since, or the "
                      "entry is forged";
-    } else if (slot.exec_mark == 0 || target->stat.start_stack != slot.exec_mark) {
+    } else if (!still_registered(slot)) {
         unsafe = "pid " + std::to_string(slot.process.pid) + " has exec'd since it was registered on its behalf" +
                  (slot.exec_mark == 0 ? " (or the entry carries no exec mark)" : "");
     } else {
@@ -221,9 +233,12 @@ void Checker::stop_hung(const SlotSnapshot& slot, const std::string& who, const 
         else report_once(LogLevel::warn, who + ": " + hung + "; not signalled: " + keep_unsignalled);
         return;
     }
-    // The token names this registration alone, so it serves as the stop's id.
+    // The token names this registration alone, so it serves as the stop's id. SIGKILL, a grace
+    // later, goes only to the same program: one that exec'd on SIGTERM is left to finish.
     std::string why;
-    if (!stopper_.start(slot.token, std::move(target->pidfd), &why)) {
+    auto same_program = [slot] { return still_registered(slot); };
+    if (!stopper_.start(slot.token, std::move(target->pidfd), monotonic_now_ns() + to_ns(options_.grace), &why,
+                        same_program)) {
         table_.drop_stop(slot.index, self_);
         log_(LogLevel::error, who + ": " + hung + "; " + why + "; slot kept");
         return;
@@ -251,6 +266,12 @@ void Checker::on_stop_event(const StopEvent& event) {
                                      (freed ? "; slot freed" : "; slot already freed (by the process itself or its supervisor)"));
             break;
         }
+        case StopEvent::Kind::kill_skipped:
+            log_(LogLevel::warn, pending.who + ": still running " + human_duration(options_.grace) +
+                                     " after SIGTERM, but no longer the program that registered (it exec'd): SIGKILL "
+                                     "not sent; its slot is freed");
+            table_.free_slot(pending.index, event.id);
+            break;
         case StopEvent::Kind::kill_failed:
             given_up_.insert(event.id);
             table_.count_kill();

@@ -15,13 +15,14 @@ bool Stopper::start(std::uint64_t id, Pidfd target, std::string* why) {
     return start(id, std::move(target), monotonic_now_ns() + to_ns(grace_), why);
 }
 
-bool Stopper::start(std::uint64_t id, Pidfd target, std::uint64_t kill_at_ns, std::string* why) {
+bool Stopper::start(std::uint64_t id, Pidfd target, std::uint64_t kill_at_ns, std::string* why,
+                    std::function<bool()> may_kill) {
     std::string error;
     if (!target.send(SIGTERM, &error)) {
         if (why) *why = "SIGTERM failed: " + error;
         return false;
     }
-    stops_.push_back(Stop{id, std::move(target), monotonic_now_ns(), kill_at_ns, false});
+    stops_.push_back(Stop{id, std::move(target), monotonic_now_ns(), kill_at_ns, false, std::move(may_kill)});
     return true;
 }
 
@@ -46,7 +47,14 @@ void Stopper::advance(std::uint64_t now_ns) {
             continue;
         }
         if (!it->killed) {
-            // The pidfd still names the registrant: no other process can receive this.
+            // The pidfd still names the process that was judged; the check says whether it still
+            // runs the same program (it may have exec'd on SIGTERM).
+            if (it->may_kill && !it->may_kill()) {
+                event.kind = StopEvent::Kind::kill_skipped;
+                observer_(event);
+                it = stops_.erase(it);
+                continue;
+            }
             std::string error;
             if (it->target.send(SIGKILL, &error)) {
                 it->killed = true;
@@ -96,7 +104,8 @@ StopTally stop_all(std::vector<Pidfd> targets, std::chrono::milliseconds grace) 
                 tally.killed += event.killed;
                 if (event.killed) tally.notes.push_back("pid " + pid + " needed SIGKILL");
                 break;
-            case StopEvent::Kind::kill_sent: break;
+            case StopEvent::Kind::kill_sent:
+            case StopEvent::Kind::kill_skipped: break;
             case StopEvent::Kind::kill_failed:
                 ++tally.failed;
                 tally.notes.push_back("pid " + pid + ": " + event.detail);

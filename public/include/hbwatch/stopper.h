@@ -20,6 +20,7 @@ struct StopEvent {
         exited,       // gone: after SIGTERM, or after SIGKILL when `killed`
         kill_sent,    // the grace ran out; SIGKILL sent
         kill_failed,  // still there `kill_wait` after SIGKILL (uninterruptible sleep?), or not signallable
+        kill_skipped, // the grace ran out, but the check given to start() said SIGKILL must not be sent
     };
     std::uint64_t id = 0;
     Kind kind = Kind::exited;
@@ -40,8 +41,10 @@ public:
     /// `why`, when SIGTERM could not be sent (then nothing is followed).
     bool start(std::uint64_t id, Pidfd target, std::string* why = nullptr);
     /// The same, with SIGKILL due at `kill_at_ns` (CLOCK_MONOTONIC) instead of after the grace:
-    /// for processes found late in a stop that has one deadline for all.
-    bool start(std::uint64_t id, Pidfd target, std::uint64_t kill_at_ns, std::string* why = nullptr);
+    /// for processes found late in a stop that has one deadline for all. `may_kill`, when
+    /// given, is asked right before SIGKILL (is it still the process that was judged?).
+    bool start(std::uint64_t id, Pidfd target, std::uint64_t kill_at_ns, std::string* why = nullptr,
+               std::function<bool()> may_kill = {});
     /// Whether a stop is in flight for process `pid`.
     [[nodiscard]] bool stopping(pid_t pid) const noexcept;
 
@@ -62,6 +65,7 @@ private:
         std::uint64_t term_sent_ns;
         std::uint64_t deadline_ns;
         bool killed;
+        std::function<bool()> may_kill;
     };
     std::chrono::milliseconds grace_;
     std::chrono::milliseconds kill_wait_;

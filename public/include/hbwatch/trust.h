@@ -40,14 +40,17 @@ struct TableWriters {
 /// every writer could. With `everyone`, the answer is the "nobody" uid (65534).
 [[nodiscard]] std::optional<uid_t> writer_who_could_not_signal(const TableWriters& writers, const ProcessUids& target);
 
-/// This process image's marker: a tiny memfd mapping named "hbwatch-image:<nonce>", created
-/// on first use. Only code running in the process can create it, a forked child inherits it,
-/// and exec drops it. Returns the nonce, or 0 when the kernel offers no memfd.
+/// This process's marker: a tiny memfd mapping named "hbwatch-image:<nonce>", created on first
+/// use in each process. Only code running in the process can create it, a fork()ed child does
+/// not inherit it (MADV_DONTFORK), and exec drops it. Returns the nonce, or 0 when the kernel
+/// offers no memfd.
 [[nodiscard]] std::uint64_t image_marker();
 
-/// Whether process `pid` holds the marker of image `nonce` (reads /proc/PID/maps). Confirm
-/// the answer with a pidfd of the process that is still running afterwards.
-[[nodiscard]] bool holds_image_marker(pid_t pid, std::uint64_t nonce);
+/// Whether process `pid` holds the marker `nonce`: a mapping of that name in /proc/PID/maps
+/// that is a memfd owned by one of the process's `uids` (through /proc/PID/map_files, which
+/// needs CAP_SYS_ADMIN; without it, the name alone). Confirm the answer with a pidfd of the
+/// process that is still running afterwards.
+[[nodiscard]] bool holds_image_marker(pid_t pid, std::uint64_t nonce, const ProcessUids& uids);
 
 /// A warning for `user` registering in the table at `key` when users other than root and
 /// `user` can write it (they could make checkproc stop the registrant); empty otherwise.
