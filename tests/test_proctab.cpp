@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -15,6 +16,7 @@
 #include <hbwatch/checker.h>
 #include <hbwatch/clock.h>
 
+#include "../public/src/internal/layout.h"
 #include "support.h"
 
 using namespace std::chrono_literals;
@@ -135,6 +137,44 @@ TEST_CASE("the Prometheus output passes promtool check metrics") {
     ::unlink(path);
     CHECK(promtool == 0);
     CHECK(report.empty());  // no lint findings either
+}
+
+TEST_CASE("a forged name cannot break or forge proctab's text, JSON or Prometheus output") {
+    hbtest::ScratchKey scratch;
+    auto service_process = service(scratch, "honest", {"--timeout", "10s"});
+    {
+        auto table = hbwatch::Table::open_existing(scratch.options(), hbwatch::Table::Access::read_write);
+        REQUIRE(table);
+        std::uint32_t slot = 0;
+        table->for_each([&](const hbwatch::SlotSnapshot& s) { slot = s.index; });
+        // Rewrite the name in place: a quote, a newline, an escape sequence, invalid UTF-8.
+        const std::string forged = std::string("a\"} 1\nhbwatch_entry_hung{name=\"db\x1b[2J\xff", 38) + std::string(10, '\0');
+        auto* words = table->slot_at(slot)->name;
+        for (int w = 0; w < 6; ++w) {
+            std::uint64_t word;
+            std::memcpy(&word, forged.data() + w * 8, 8);
+            words[w].store(word);
+        }
+    }
+    auto [code, text] = proctab(scratch, {"--json"});
+    CHECK(code == 0);
+    const auto entries = json::parse(text);  // valid JSON
+    REQUIRE(entries.size() == 1);
+    const std::string name = entries[0]["name"];
+    CHECK(name == "a\\x22\\x7d\\x201\\x0ahbwatch_entry_hung\\x7bname\\x3d\\x22db\\x1b\\x5b2J\\xff");
+    std::tie(code, text) = proctab(scratch, {"--prometheus"});
+    CHECK(code == 0);
+    CHECK(hbtest::count_of(text, "\nhbwatch_entry_hung{") == 1);  // the real family's one line, nothing injected
+    char path[] = "/tmp/hbwatch-metrics-XXXXXX";
+    const int fd = ::mkstemp(path);
+    REQUIRE(::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()));
+    ::close(fd);
+    const auto [promtool, report] = run({"sh", "-c", std::string(HBWATCH_PROMTOOL " check metrics < ") + path});
+    ::unlink(path);
+    CHECK(promtool == 0);
+    std::tie(code, text) = proctab(scratch, {});
+    CHECK(code == 0);
+    CHECK(text.find('\x1b') == std::string::npos);  // no escape sequence reaches a terminal
 }
 
 TEST_CASE("a shell script that calls proctab beat stays fresh, and checkproc stops it when it hangs") {

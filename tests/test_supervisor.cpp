@@ -215,16 +215,53 @@ TEST_CASE("files are never opened through a symbolic link, in a missing director
         CHECK(hbtest::error_of([&] { OutputFile file(scratch.file("sticky/out"), 0, 1, reports.sink()); }) ==
               "cannot open " + scratch.file("sticky/out") + ": it is a symbolic link, which procctl never follows");
         CHECK(read_file(scratch.file("victim")) == "precious");
+        // A directory link planted by another user, in a sticky directory: never followed.
+        fs::create_directory(scratch.file("rootdir"));
+        REQUIRE(hbtest::as_nobody(65534, [&] {
+                    return std::to_string(::symlink(scratch.file("rootdir").c_str(), scratch.file("sticky/svc").c_str()));
+                }) == "0");
+        CHECK(hbtest::error_of([&] { OutputFile file(scratch.file("sticky/svc/app.log"), 0, 1, reports.sink()); }) ==
+              "cannot open " + scratch.file("sticky/svc/app.log") + ": " + scratch.file("sticky/svc") +
+                  " is a symbolic link owned by uid 65534, which procctl does not follow");
+        CHECK(fs::is_empty(scratch.file("rootdir")));
+        // A sticky directory that another user owns: its owner may rename anything in it.
+        REQUIRE(hbtest::as_nobody(65534, [&] {
+                    return std::to_string(::mkdir(scratch.file("sticky/theirs").c_str(), 01777));
+                }) == "0");
+        CHECK(hbtest::error_of([&] { OutputFile file(scratch.file("sticky/theirs/out"), 0, 1, reports.sink()); }) ==
+              "cannot open " + scratch.file("sticky/theirs/out") + ": the directory " + scratch.file("sticky/theirs") +
+                  " belongs to uid 65534, who could swap what is in it; use a directory that only root or you own");
+        // A FIFO planted where the output goes: refused at once, never blocking on it.
+        REQUIRE(hbtest::as_nobody(65534, [&] {
+                    return std::to_string(::mkfifo(scratch.file("sticky/out.fifo").c_str(), 0666));
+                }) == "0");
+        CHECK(hbtest::error_of([&] { OutputFile file(scratch.file("sticky/out.fifo"), 0, 1, reports.sink()); }) ==
+              "cannot open " + scratch.file("sticky/out.fifo") + ": it is a FIFO or socket, where only files and devices "
+                                                                  "are written");
         fs::create_directory(scratch.file("theirs"));
         REQUIRE(::chown(scratch.file("theirs").c_str(), 65534, 65534) == 0);
         CHECK(hbtest::error_of([&] { OutputFile file(scratch.file("theirs/out"), 0, 1, reports.sink()); }) ==
-              "cannot open " + scratch.file("theirs/out") + ": its directory " + scratch.file("theirs") +
-                  " can be changed by its owner, uid 65534, who could swap the file for a link to another; use a "
-                  "directory only you (or root) can write, or a sticky one such as /tmp");
+              "cannot open " + scratch.file("theirs/out") + ": the directory " + scratch.file("theirs") +
+                  " belongs to uid 65534, who could swap what is in it; use a directory that only root or you own");
         { std::ofstream(scratch.file("foreign")) << "x"; }
         REQUIRE(::chown(scratch.file("foreign").c_str(), 65534, 65534) == 0);
         CHECK(hbtest::error_of([&] { OutputFile file(scratch.file("foreign"), 0, 1, reports.sink()); }) ==
               "cannot open " + scratch.file("foreign") +
                   ": it is owned by uid 65534, not by procctl's user (uid 0); remove it or use another file");
     }
+}
+
+TEST_CASE("a directory swapped for a link after the file was opened is not followed by rotation") {
+    Scratch scratch;
+    fs::create_directory(scratch.file("logs"));
+    fs::create_directory(scratch.file("elsewhere"));
+    Reports reports;
+    OutputFile file(scratch.file("logs/svc.out"), 64, 3, reports.sink());
+    file.write("the first line, before the swap\n");
+    fs::rename(scratch.file("logs"), scratch.file("logs.old"));
+    fs::create_directory_symlink(scratch.file("elsewhere"), scratch.file("logs"));
+    for (int i = 0; i < 10; ++i) file.write("twenty bytes a line\n");  // rotates several times
+    CHECK(fs::is_empty(scratch.file("elsewhere")));
+    CHECK(fs::exists(scratch.file("logs.old/svc.1.out")));
+    CHECK(reports.lines.empty());
 }

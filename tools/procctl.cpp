@@ -1,6 +1,7 @@
 // procctl: runs a program, waits for it to exit, sleeps INTERVAL, and runs it again.
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -114,7 +115,9 @@ struct Cli {
     std::string cgroup_name(const std::vector<std::string>& argv) const {
         std::string key = pidfile, label;
         if (!pidfile.empty()) {
-            char* absolute = ::realpath(hbwatch::tool::directory_of(pidfile).c_str(), nullptr);
+            const auto slash = pidfile.rfind('/');
+            const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : pidfile.substr(0, slash);
+            char* absolute = ::realpath(dir.c_str(), nullptr);
             if (absolute) {
                 key = std::string(absolute) + "/" + pidfile.substr(pidfile.rfind('/') + 1);
                 std::free(absolute);
@@ -142,51 +145,55 @@ int lock_pidfile(const std::string& path) {
     auto fail = [&](int err, const std::string& what) -> hbwatch::Error {
         return hbwatch::Error(err, "cannot take the pidfile " + path + ": " + what + ": " + std::strerror(err));
     };
-    ::close(hbwatch::tool::open_safe_directory(path));  // throws for a directory others could change
-    std::string temporary = path + ".XXXXXX";
-    const int fd = ::mkostemp(temporary.data(), O_CLOEXEC);
+    // Every name below is within the directory checked here: nothing swapped later is followed.
+    const auto dir = hbwatch::tool::open_safe_directory(path);
+    const char* name = dir.name.c_str();
+    std::uint64_t random = 0;
+    (void)!::getrandom(&random, sizeof random, 0);
+    std::string temporary = dir.name;
+    temporary.append(".").append(std::to_string(::getpid())).append(".").append(std::to_string(random % 1000000));
+    const int fd = ::openat(dir.fd, temporary.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
     if (fd < 0) throw fail(errno, "cannot create a file beside it");
     auto give_up = [&](const hbwatch::Error& error) -> hbwatch::Error {
-        ::unlink(temporary.c_str());
+        ::unlinkat(dir.fd, temporary.c_str(), 0);
         ::close(fd);
         return error;
     };
     const std::string text = std::to_string(::getpid()) + "\n";
-    if (::fchmod(fd, 0644) != 0 || ::write(fd, text.data(), text.size()) != static_cast<ssize_t>(text.size()) ||
-        ::flock(fd, LOCK_EX | LOCK_NB) != 0)
+    if (::write(fd, text.data(), text.size()) != static_cast<ssize_t>(text.size()) || ::flock(fd, LOCK_EX | LOCK_NB) != 0)
         throw give_up(fail(errno, "cannot write " + temporary));
     for (int attempt = 0; attempt < 100; ++attempt) {
-        if (::link(temporary.c_str(), path.c_str()) == 0) {
-            ::unlink(temporary.c_str());
+        if (::linkat(dir.fd, temporary.c_str(), dir.fd, name, 0) == 0) {
+            ::unlinkat(dir.fd, temporary.c_str(), 0);
             return fd;
         }
         if (errno != EEXIST) throw give_up(fail(errno, "cannot create it"));
-        const int existing = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        const int existing = ::openat(dir.fd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
         if (existing < 0) {
             if (errno == ENOENT) continue;  // removed meanwhile
             throw give_up(fail(errno, errno == ELOOP ? "it is a symbolic link, which procctl never follows" : "cannot open it"));
         }
-        struct stat owner {};
-        if (::fstat(existing, &owner) == 0 && owner.st_uid != ::geteuid()) {
+        struct stat held {};
+        if (::fstat(existing, &held) != 0 || !S_ISREG(held.st_mode) || held.st_uid != ::geteuid()) {
             ::close(existing);
-            throw give_up(hbwatch::Error(EPERM, "cannot take the pidfile " + path + ": it is owned by uid " +
-                                                    std::to_string(owner.st_uid) + ", not by procctl's user; remove it"));
+            throw give_up(hbwatch::Error(EPERM, "cannot take the pidfile " + path + ": it is not a regular file owned by "
+                                                    "procctl's user (uid " + std::to_string(::geteuid()) + "); remove it"));
         }
         if (::flock(existing, LOCK_EX | LOCK_NB) != 0) {
-            char held[32] = {};
-            (void)!::pread(existing, held, sizeof held - 1, 0);
+            char pid[32] = {};
+            (void)!::pread(existing, pid, sizeof pid - 1, 0);
             ::close(existing);
-            const long holder = std::strtol(held, nullptr, 10);
+            const long holder = std::strtol(pid, nullptr, 10);
             const std::string who = holder > 0 ? "procctl pid " + std::to_string(holder) : "another procctl";
             throw give_up(hbwatch::Error(EEXIST, path + " is locked by " + who +
                                                      ", which already supervises this program: stop it first (kill " +
                                                      (holder > 0 ? std::to_string(holder) : "its pid") + ")"));
         }
         // A stale pidfile, now locked by us: replace it, if the name still refers to it.
-        struct stat held {}, named {};
-        const bool same = ::fstat(existing, &held) == 0 && ::lstat(path.c_str(), &named) == 0 &&
-                          held.st_dev == named.st_dev && held.st_ino == named.st_ino;
-        const bool replaced = same && ::rename(temporary.c_str(), path.c_str()) == 0;
+        struct stat named {};
+        const bool same = ::fstatat(dir.fd, name, &named, AT_SYMLINK_NOFOLLOW) == 0 && held.st_dev == named.st_dev &&
+                          held.st_ino == named.st_ino;
+        const bool replaced = same && ::renameat(dir.fd, temporary.c_str(), dir.fd, name) == 0;
         ::close(existing);
         if (replaced) return fd;
     }

@@ -8,7 +8,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cmath>
+#include <cstring>
 #include <cstdio>
 #include <iostream>
 #include <sstream>
@@ -34,6 +36,49 @@ using json = nlohmann::json;
 constexpr int kExitNoTable = 2;
 
 // ---------------------------------------------------------------- formatting
+
+// A slot's name as anyone may have written it: the bytes a valid name may hold pass, anything
+// else (quotes, control bytes, invalid UTF-8) is shown as \xNN, so no output can be forged
+// or broken by it.
+std::string shown(std::string_view name) {
+    std::string out;
+    for (unsigned char c : name) {
+        if (std::isalnum(c) || std::strchr("._-:@+/", c) != nullptr) {
+            out += static_cast<char>(c);
+        } else {
+            char escaped[8];
+            std::snprintf(escaped, sizeof escaped, "\\x%02x", c);
+            out += escaped;
+        }
+    }
+    return out;
+}
+
+// Text a process chose (its command name, its executable's path), for a terminal: control
+// bytes are shown as \xNN, so none reaches the terminal as an escape sequence.
+std::string printable(std::string_view text) {
+    std::string out;
+    for (unsigned char c : text) {
+        if (c >= 0x20 && c != 0x7f && c != '\\') {
+            out += static_cast<char>(c);
+        } else {
+            char escaped[8];
+            std::snprintf(escaped, sizeof escaped, "\\x%02x", c);
+            out += escaped;
+        }
+    }
+    return out;
+}
+
+// The Prometheus text format's label value escapes: backslash, quote, newline.
+std::string label_value(const std::string& text) {
+    std::string out;
+    for (char c : text) {
+        if (c == '\\' || c == '"') out += '\\';
+        out += c;
+    }
+    return out;
+}
 
 bool colour() {
     static const bool on = ::isatty(1) && std::getenv("NO_COLOR") == nullptr;
@@ -81,7 +126,7 @@ void print_table(const hbwatch::Table& table, std::ostream& out) {
     for (const auto& e : entries) {
         const std::string state = hbwatch::to_string(e.state);
         std::snprintf(line, sizeof line, "%5u %7d %-14s %s%*s %7s %7s %7s %7s %7s %5s\n", e.slot.index, e.slot.process.pid,
-                      fit(e.slot.name(), 14).c_str(), paint(state, e.state).c_str(), static_cast<int>(5 - state.size()), "",
+                      fit(shown(e.slot.name()), 14).c_str(), paint(state, e.state).c_str(), static_cast<int>(5 - state.size()), "",
                       hbwatch::human_duration(e.slot.timeout).c_str(), hbwatch::human_duration(e.since_beat).c_str(),
                       e.slot.beats > 9'999'999 ? (std::to_string(e.slot.beats / 1'000'000) + "M").c_str()
                                                : std::to_string(e.slot.beats).c_str(),
@@ -97,7 +142,7 @@ json entries_json(const hbwatch::Table& table) {
     for (const auto& e : hbwatch::inspect(table, hbwatch::monotonic_now_ns())) {
         json o{{"slot", e.slot.index},
                {"pid", e.slot.process.pid},
-               {"name", std::string(e.slot.name())},
+               {"name", shown(e.slot.name())},
                {"state", hbwatch::to_string(e.state)},
                {"uid", e.slot.uid},
                {"start_time_ticks", e.slot.process.start_time},
@@ -121,8 +166,7 @@ std::string prometheus(const hbwatch::Table& table) {
     auto family = [&](const char* name, const char* type, const char* help, auto value_of) {
         out << "# HELP " << name << " " << help << "\n# TYPE " << name << " " << type << "\n";
         for (const auto& e : entries) {
-            // Names are [A-Za-z0-9._:@+/-]: nothing to escape in a label value.
-            out << name << "{name=\"" << e.slot.name() << "\",pid=\"" << e.slot.process.pid << "\"} " << value_of(e) << "\n";
+            out << name << "{name=\"" << label_value(shown(e.slot.name())) << "\",pid=\"" << e.slot.process.pid << "\"} " << value_of(e) << "\n";
         }
     };
     family("hbwatch_entry_timeout_seconds", "gauge", "Heartbeat timeout of the entry.",
@@ -156,10 +200,10 @@ void print_processes(const std::vector<hbwatch::HostProcess>& processes, bool wi
     std::printf("%7s %-5s %8s %8s %5s  %s%s\n", "PID", "STATE", "UPTIME", "RSS(MB)", "CPU%", with_parent ? "PARENT  " : "",
                 "EXECUTABLE");
     for (const auto& p : processes) {
-        const std::string parent = with_parent ? std::to_string(p.ppid) + " (" + p.parent_comm + ")  " : "";
+        const std::string parent = with_parent ? std::to_string(p.ppid) + " (" + printable(p.parent_comm) + ")  " : "";
         std::printf("%7d %-5c %8s %8.1f %5ld  %s%s\n", p.pid, p.state, hbwatch::human_duration(p.usage.uptime).c_str(),
                     static_cast<double>(p.usage.rss_bytes) / 1048576.0, std::lround(p.usage.cpu_percent), parent.c_str(),
-                    p.exe.empty() ? ("(" + p.comm + ")").c_str() : p.exe.c_str());
+                    printable(p.exe.empty() ? "(" + p.comm + ")" : p.exe).c_str());
     }
 }
 
@@ -185,7 +229,7 @@ hbwatch::Table existing_table(const hbwatch::TableOptions& options, hbwatch::Tab
 int list(const hbwatch::TableOptions& options, bool as_json, bool as_prometheus, std::optional<std::string> watch) {
     auto table = existing_table(options, hbwatch::Table::Access::read_only);
     if (as_json) {
-        std::cout << entries_json(table).dump(2) << "\n";
+        std::cout << entries_json(table).dump(2, ' ', false, json::error_handler_t::replace) << "\n";
     } else if (as_prometheus) {
         std::cout << prometheus(table);
     } else if (!watch) {
@@ -337,7 +381,7 @@ int remove(const hbwatch::TableOptions& options, const std::string& name, std::o
         if ((!name.empty() && s.name() != name) || (pid && s.process.pid != *pid) || (slot && s.index != *slot)) return;
         if (table.free_slot(s.index, s.token)) {
             ++removed;
-            std::printf("removed slot %u: pid %d '%s'\n", s.index, s.process.pid, std::string(s.name()).c_str());
+            std::printf("removed slot %u: pid %d '%s'\n", s.index, s.process.pid, shown(s.name()).c_str());
         }
     });
     if (removed == 0) {
@@ -372,7 +416,7 @@ int destroy(const hbwatch::TableOptions& options, bool force) {
     std::vector<std::string> alive;
     for (const auto& e : hbwatch::inspect(table, hbwatch::monotonic_now_ns()))
         if (e.state != hbwatch::EntryState::dead)
-            alive.push_back("pid " + std::to_string(e.slot.process.pid) + " '" + std::string(e.slot.name()) + "'");
+            alive.push_back("pid " + std::to_string(e.slot.process.pid) + " '" + shown(e.slot.name()) + "'");
     if (!alive.empty() && !force) {
         std::string list;
         for (const auto& a : alive) list += "\n  " + a;
@@ -392,7 +436,7 @@ int health(const std::string& name, const std::string& path, const std::string& 
         json issues = json::array();
         for (const auto& i : report.issues) issues.push_back({{"problem", i.problem}, {"recommendation", i.recommendation}});
         std::cout << json{{"name", name}, {"healthy", report.healthy()}, {"issues", issues},
-                          {"processes", processes_json(report.processes)}}.dump(2) << "\n";
+                          {"processes", processes_json(report.processes)}}.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
     } else if (report.healthy()) {
         std::printf("healthy: %zu instance of '%s' running, no zombie%s\n", report.processes.size(), name.c_str(),
                     max_rss.empty() ? "" : (", memory under " + max_rss).c_str());
@@ -516,7 +560,7 @@ int main(int argc, char** argv) {
         if (kill_cmd->parsed()) return kill_matching(name, path, grace);
         if (ps_cmd->parsed() || zombies_cmd->parsed()) {
             const auto found = ps_cmd->parsed() ? hbwatch::find_processes(name, path) : hbwatch::find_zombies();
-            if (as_json) std::cout << processes_json(found).dump(2) << "\n";
+            if (as_json) std::cout << processes_json(found).dump(2, ' ', false, json::error_handler_t::replace) << "\n";
             else print_processes(found, zombies_cmd->parsed());
             return found.empty() && ps_cmd->parsed() ? tool::kExitFailure : tool::kExitOk;
         }

@@ -6,85 +6,160 @@
 
 #include <cerrno>
 #include <cstring>
+#include <utility>
+#include <vector>
 
 #include <hbwatch/duration.h>
 #include <hbwatch/error.h>
 
 namespace hbwatch::tool {
-namespace {
+SafeDirectory::SafeDirectory(SafeDirectory&& other) noexcept : fd(std::exchange(other.fd, -1)), name(std::move(other.name)) {}
 
-std::string base_of(const std::string& path) {
-    const auto slash = path.rfind('/');
-    return slash == std::string::npos ? path : path.substr(slash + 1);
+SafeDirectory& SafeDirectory::operator=(SafeDirectory&& other) noexcept {
+    if (this != &other) {
+        if (fd >= 0) ::close(fd);
+        fd = std::exchange(other.fd, -1);
+        name = std::move(other.name);
+    }
+    return *this;
 }
 
-}  // namespace
-
-std::string directory_of(const std::string& path) {
-    const auto slash = path.rfind('/');
-    if (slash == std::string::npos) return ".";
-    return slash == 0 ? "/" : path.substr(0, slash);
+SafeDirectory::~SafeDirectory() {
+    if (fd >= 0) ::close(fd);
 }
 
-int open_safe_directory(const std::string& path) {
+SafeDirectory open_safe_directory(const std::string& path) {
     auto refuse = [&](int error, const std::string& why) { return Error(error, "cannot open " + path + ": " + why); };
     if (path.empty() || path.back() == '/') throw refuse(EINVAL, "give a file name");
-    const std::string dir = directory_of(path);
-    const int dirfd = ::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
-    if (dirfd < 0)
-        throw refuse(errno, errno == ENOENT ? "its directory " + dir + " does not exist (procctl never creates directories)"
-                                            : "its directory " + dir + ": " + std::strerror(errno));
-    struct stat d {};
-    if (::fstat(dirfd, &d) != 0) {
-        const int error = errno;
-        ::close(dirfd);
-        throw refuse(error, std::strerror(error));
+    std::string full = path;
+    if (full.front() != '/') {
+        char cwd[4096];
+        if (::getcwd(cwd, sizeof cwd) == nullptr) throw refuse(errno, "cannot read the current directory");
+        full = std::string(cwd) + "/" + path;
     }
-    const bool others_write = (d.st_mode & S_IWOTH) || ((d.st_mode & S_IWGRP) && d.st_gid != ::getegid() && d.st_gid != 0);
-    const bool foreign_owner = d.st_uid != ::geteuid() && d.st_uid != 0;
-    if (!(d.st_mode & S_ISVTX) && (others_write || foreign_owner)) {
-        ::close(dirfd);
-        throw refuse(EPERM, "its directory " + dir + " can be changed by " +
-                                (foreign_owner ? "its owner, uid " + std::to_string(d.st_uid) : std::string("other users")) +
-                                ", who could swap the file for a link to another; use a directory only you (or root) "
-                                "can write, or a sticky one such as /tmp");
+    const uid_t me = ::geteuid();
+    auto trusted_owner = [&](uid_t uid) { return uid == 0 || uid == me; };
+
+    // Components still to walk, in order; a symbolic link puts its target's in front.
+    std::vector<std::string> pending;
+    auto push_front = [&](const std::string& text) {
+        std::vector<std::string> parts;
+        std::size_t at = 0;
+        while (at <= text.size()) {
+            const auto slash = std::min(text.find('/', at), text.size());
+            if (slash > at) parts.push_back(text.substr(at, slash - at));
+            at = slash + 1;
+        }
+        pending.insert(pending.begin(), parts.begin(), parts.end());
+    };
+    push_front(full);
+    SafeDirectory result;
+    result.name = pending.back();
+    pending.pop_back();
+
+    std::string walked = "/";
+    int dir = ::open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (dir < 0) throw refuse(errno, "cannot open /");
+    auto check_directory = [&](int fd, const std::string& where) {
+        struct stat d {};
+        if (::fstat(fd, &d) != 0) throw refuse(errno, where + ": " + std::strerror(errno));
+        if (!trusted_owner(d.st_uid))
+            throw refuse(EPERM, "the directory " + where + " belongs to uid " + std::to_string(d.st_uid) +
+                                    ", who could swap what is in it; use a directory that only root or you own");
+        const bool others_write = (d.st_mode & S_IWOTH) || ((d.st_mode & S_IWGRP) && d.st_gid != 0 && d.st_gid != ::getegid());
+        if (others_write && !(d.st_mode & S_ISVTX))
+            throw refuse(EPERM, "the directory " + where + " can be written by other users, who could swap the file "
+                                                           "for a link to another; use a directory only you (or root) "
+                                                           "can write, or a sticky one such as /tmp");
+    };
+    try {
+        check_directory(dir, "/");
+        for (int links = 0; !pending.empty();) {
+            const std::string part = pending.front();
+            pending.erase(pending.begin());
+            if (part == ".") continue;
+            if (part == "..") throw refuse(EINVAL, "give a path without '..'");
+            const std::string where = walked + (walked.back() == '/' ? "" : "/") + part;
+            const int next = ::openat(dir, part.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
+            if (next < 0)
+                throw refuse(errno, errno == ENOENT ? "its directory " + where + " does not exist (procctl never creates directories)"
+                                                    : where + ": " + std::strerror(errno));
+            struct stat st {};
+            ::fstat(next, &st);
+            if (S_ISLNK(st.st_mode)) {
+                ::close(next);
+                if (!trusted_owner(st.st_uid))
+                    throw refuse(EPERM, where + " is a symbolic link owned by uid " + std::to_string(st.st_uid) +
+                                            ", which procctl does not follow");
+                if (++links > 40) throw refuse(ELOOP, "too many symbolic links");
+                char target[4096];
+                const ssize_t n = ::readlinkat(dir, part.c_str(), target, sizeof target - 1);
+                if (n <= 0) throw refuse(errno, "cannot read the link " + where);
+                const std::string text(target, static_cast<std::size_t>(n));
+                push_front(text);
+                if (text.front() == '/') {  // absolute: walk again from the root
+                    ::close(dir);
+                    dir = ::open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+                    walked = "/";
+                }
+                continue;
+            }
+            if (!S_ISDIR(st.st_mode)) {
+                ::close(next);
+                throw refuse(ENOTDIR, where + " is not a directory");
+            }
+            check_directory(next, where);
+            ::close(dir);
+            dir = next;
+            walked = where;
+        }
+    } catch (...) {
+        ::close(dir);
+        throw;
     }
-    return dirfd;
+    result.fd = dir;
+    return result;
 }
 
-int open_for_append(const std::string& path) {
+int open_for_append(const SafeDirectory& dir, const std::string& path) {
     auto refuse = [&](int error, const std::string& why) { return Error(error, "cannot open " + path + ": " + why); };
     const uid_t me = ::geteuid();
-    const int dirfd = open_safe_directory(path);
-    const int fd = ::openat(dirfd, base_of(path).c_str(), O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0640);
+    // O_NONBLOCK: a FIFO planted there must not block the open; it is refused just below.
+    const int fd = ::openat(dir.fd, dir.name.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0640);
     const int error = errno;
     struct stat link {};
     // ELOOP, or EACCES from fs.protected_symlinks in a sticky directory.
-    const bool is_link = fd < 0 && ::fstatat(dirfd, base_of(path).c_str(), &link, AT_SYMLINK_NOFOLLOW) == 0 &&
-                         S_ISLNK(link.st_mode);
-    ::close(dirfd);
-    if (fd < 0) throw refuse(error, is_link ? "it is a symbolic link, which procctl never follows" : std::strerror(error));
+    const bool is_link =
+        fd < 0 && ::fstatat(dir.fd, dir.name.c_str(), &link, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(link.st_mode);
+    if (fd < 0) {
+        if (error == ENXIO) throw refuse(error, "it is a FIFO or socket, where only files and devices are written");
+        throw refuse(error, is_link ? "it is a symbolic link, which procctl never follows" : std::strerror(error));
+    }
     struct stat f {};
-    if (::fstat(fd, &f) != 0 || (S_ISREG(f.st_mode) && f.st_uid != me)) {
+    if (::fstat(fd, &f) != 0 || !(S_ISREG(f.st_mode) || S_ISCHR(f.st_mode))) {
+        ::close(fd);
+        throw refuse(EPERM, "it is a FIFO or socket, where only files and devices are written");
+    }
+    if (S_ISREG(f.st_mode) && f.st_uid != me) {
         ::close(fd);
         throw refuse(EPERM, "it is owned by uid " + std::to_string(f.st_uid) + ", not by procctl's user (uid " +
                                 std::to_string(me) + "); remove it or use another file");
     }
+    ::fcntl(fd, F_SETFL, O_APPEND);  // blocking again: a device such as a terminal may need it
     return fd;
 }
 
-std::string rotated_name(const std::string& path, std::size_t index) {
-    const std::string base = base_of(path);
-    const auto dot = base.rfind('.');
+std::string rotated_name(const std::string& name, std::size_t index) {
+    const auto dot = name.rfind('.');
     std::string number = std::to_string(index);
     number.insert(number.begin(), '.');  // not "." + ...: g++ 12 warns falsely (-Wrestrict) on that
-    if (dot == std::string::npos || dot == 0) return path + number;
-    return path.substr(0, path.size() - base.size() + dot) + number + base.substr(dot);
+    if (dot == std::string::npos || dot == 0) return name + number;
+    return name.substr(0, dot) + number + name.substr(dot);
 }
 
 OutputFile::OutputFile(std::string path, std::uint64_t max_size, std::size_t keep, Report report)
-    : path_(std::move(path)), max_size_(max_size), keep_(keep), report_(std::move(report)) {
-    fd_ = open_for_append(path_);
+    : path_(std::move(path)), dir_(open_safe_directory(path_)), max_size_(max_size), keep_(keep), report_(std::move(report)) {
+    fd_ = open_for_append(dir_, path_);
     struct stat st {};
     if (::fstat(fd_, &st) == 0) {
         regular_ = S_ISREG(st.st_mode);
@@ -142,7 +217,7 @@ void OutputFile::write_lines(std::string_view data) noexcept {
 void OutputFile::raw_write(std::string_view data) noexcept {
     if (fd_ < 0) {
         try {
-            fd_ = open_for_append(path_);
+            fd_ = open_for_append(dir_, path_);
             size_ = 0;
         } catch (const Error& e) {
             fail("cannot reopen " + path_ + " (" + e.what() + ")", e.code(), data.size());
@@ -184,18 +259,20 @@ void OutputFile::rotate() noexcept {
         rotate_failing_ = error;
         size_ = 0;  // try again a cap later
     };
+    // Names within the directory checked at the start: an ancestor swapped since is not followed.
+    const std::string prefix = path_.substr(0, path_.size() - dir_.name.size());
     for (std::size_t index = keep_; index >= 1; --index) {
-        const std::string from = index == 1 ? path_ : rotated_name(path_, index - 1);
-        const std::string to = rotated_name(path_, index);
+        const std::string from = index == 1 ? dir_.name : rotated_name(dir_.name, index - 1);
+        const std::string to = rotated_name(dir_.name, index);
         struct stat st {};
-        if (::lstat(from.c_str(), &st) != 0) {
+        if (::fstatat(dir_.fd, from.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
             if (errno == ENOENT) continue;
-            return cannot(errno, from + ": " + std::strerror(errno));
+            return cannot(errno, prefix + from + ": " + std::strerror(errno));
         }
         // Only our own regular files move: never a directory or link someone planted.
-        if (!S_ISREG(st.st_mode)) return cannot(EEXIST, from + " is not a regular file (planted there?)");
-        if (::rename(from.c_str(), to.c_str()) != 0)
-            return cannot(errno, "renaming " + from + " to " + to + ": " + std::strerror(errno));
+        if (!S_ISREG(st.st_mode)) return cannot(EEXIST, prefix + from + " is not a regular file (planted there?)");
+        if (::renameat(dir_.fd, from.c_str(), dir_.fd, to.c_str()) != 0)
+            return cannot(errno, "renaming " + prefix + from + " to " + prefix + to + ": " + std::strerror(errno));
     }
     if (rotate_failing_ != 0) {
         report_("rotating " + path_ + " works again");
@@ -205,7 +282,7 @@ void OutputFile::rotate() noexcept {
     fd_ = -1;
     size_ = 0;
     try {
-        fd_ = open_for_append(path_);
+        fd_ = open_for_append(dir_, path_);
     } catch (const Error& e) {
         fail(std::string("cannot reopen after rotating: ") + e.what(), e.code(), 0);
     }

@@ -12,22 +12,29 @@
 
 namespace hbwatch::tool {
 
-/// Opens `path` for appending (created 0640 if missing), refusing what a root daemon must not
-/// write through: a symbolic link as the last component, a missing directory (never created),
-/// a directory that another user may write unless it is sticky, and an existing regular file
-/// owned by another user. Throws hbwatch::Error naming the path, the reason and what to do.
-int open_for_append(const std::string& path);
+/// The directory of a file, opened (O_PATH) after checking, component by component from /,
+/// that no other user could swap anything on the way: every directory and every symbolic
+/// link followed is owned by root or by procctl's user, and no directory is writable by
+/// another user unless it is sticky (where only an entry's owner may rename it). A missing
+/// directory is an error, never created. Later operations go through `fd` with the file's
+/// `name`, so a path swapped after the check is never followed. Throws hbwatch::Error naming
+/// the path, the reason and what to do.
+struct SafeDirectory {
+    int fd = -1;
+    std::string name;  // the last component of the path
+    SafeDirectory() = default;
+    SafeDirectory(SafeDirectory&& other) noexcept;
+    SafeDirectory& operator=(SafeDirectory&& other) noexcept;
+    ~SafeDirectory();
+};
+SafeDirectory open_safe_directory(const std::string& path);
 
-/// Opens the directory of `path` (O_PATH) after checking that no other user could swap what
-/// is in it: it exists, and it is not writable by another user unless it is sticky. Throws
-/// hbwatch::Error naming the path, the reason and what to do.
-int open_safe_directory(const std::string& path);
+/// Opens `name` in `dir` for appending (created 0640 if missing), refusing a symbolic link, a
+/// FIFO or socket, and a regular file owned by another user. Throws hbwatch::Error naming `path`.
+int open_for_append(const SafeDirectory& dir, const std::string& path);
 
-/// The directory part of `path` ("." when it has none).
-std::string directory_of(const std::string& path);
-
-/// The name of rotated file `index` of `path`: "svc.out" -> "svc.1.out", "svc" -> "svc.1".
-std::string rotated_name(const std::string& path, std::size_t index);
+/// The name of rotated file `index` of `name`: "svc.out" -> "svc.1.out", "svc" -> "svc.1".
+std::string rotated_name(const std::string& name, std::size_t index);
 
 /// An appending, rotating file fed with arbitrary chunks of a byte stream. Bytes pass through
 /// unchanged; rotation happens only between lines, unless a single line is larger than the
@@ -57,6 +64,7 @@ private:
     void fail(const std::string& what, int error, std::size_t bytes) noexcept;
 
     std::string path_;
+    SafeDirectory dir_;
     std::uint64_t max_size_;
     std::size_t keep_;
     Report report_;
