@@ -100,7 +100,7 @@ SafeDirectory open_safe_directory(const std::string& path) {
                 if (text.front() == '/') {  // absolute: walk again from the root
                     ::close(dir);
                     dir = ::open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
-                    walked = "/";
+                    walked.assign(1, '/');  // not = "/": g++ 12 warns falsely (-Wrestrict) on that
                 }
                 continue;
             }
