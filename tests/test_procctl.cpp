@@ -404,3 +404,21 @@ TEST_CASE("after procctl is SIGKILLed mid-tree, the next procctl kills what was 
     ::kill(second.pid(), SIGTERM);
     REQUIRE(second.wait_exit(20s));
 }
+
+TEST_CASE("two procctls of the same command each keep a cgroup of their own") {
+    if (::geteuid() != 0) {
+        MESSAGE("SKIPPED: needs root (cgroup v2)");
+        return;
+    }
+    Process first(procctl({"-f", "1", "true"}));
+    REQUIRE(first.wait_for_output("true exited with code 0"));  // its cgroup is empty now, and held
+    Process second(procctl({"-f", "1", "true"}));
+    REQUIRE(second.wait_for_output("started true"));
+    if (!contains(second.output_so_far(), "in cgroup ")) {
+        MESSAGE("SKIPPED: needs cgroup v2 (procctl fell back to the subreaper walk)");
+        return;
+    }
+    CHECK(contains(second.output_so_far(), ".2: SIGKILL through cgroup.kill"));  // the second name
+    REQUIRE(first.wait_for_output_count("started true", 2, 20s));  // the first still starts its program
+    CHECK_FALSE(contains(first.output_so_far(), "cannot start"));
+}

@@ -54,6 +54,7 @@ std::optional<Cgroup> Cgroup::take(const std::string& name, std::string* why) {
     parent += "/hbwatch";  // every procctl's cgroup in one place, beside procctl's own
     if (::mkdir(parent.c_str(), 0755) != 0 && errno != EEXIST)
         return fail("cannot create " + parent + ": " + std::strerror(errno));
+    int vanished = 0;
     for (int n = 1; n <= 100; ++n) {
         Cgroup group;
         group.path_ = parent + "/" + name;
@@ -63,6 +64,15 @@ std::optional<Cgroup> Cgroup::take(const std::string& name, std::string* why) {
         group.dir_fd_ = ::open(group.path_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
         if (group.dir_fd_ < 0) return fail("cannot open " + group.path_ + ": " + std::strerror(errno));
         if (::flock(group.dir_fd_, LOCK_EX | LOCK_NB) != 0) continue;  // a running procctl's: try the next
+        // The previous holder removes an empty cgroup before it lets go of the lock: the
+        // directory locked may be gone from its name. Then make it again.
+        struct stat held {}, named {};
+        if (::fstat(group.dir_fd_, &held) != 0 || ::stat(group.path_.c_str(), &named) != 0 || held.st_ino != named.st_ino) {
+            if (++vanished > 100) return fail(group.path_ + " keeps disappearing");
+            --n;
+            continue;
+        }
+        group.held_ = true;
         group.procs_fd_ = ::openat(group.dir_fd_, "cgroup.procs", O_WRONLY | O_CLOEXEC);
         group.events_fd_ = ::openat(group.dir_fd_, "cgroup.events", O_RDONLY | O_CLOEXEC);
         if (group.procs_fd_ < 0 || group.events_fd_ < 0)
@@ -74,13 +84,15 @@ std::optional<Cgroup> Cgroup::take(const std::string& name, std::string* why) {
 
 Cgroup::Cgroup(Cgroup&& other) noexcept
     : path_(std::move(other.path_)),
+      held_(std::exchange(other.held_, false)),
       dir_fd_(std::exchange(other.dir_fd_, -1)),
       procs_fd_(std::exchange(other.procs_fd_, -1)),
       events_fd_(std::exchange(other.events_fd_, -1)) {}
 
 Cgroup::~Cgroup() {
     if (dir_fd_ < 0) return;
-    if (!populated()) ::rmdir(path_.c_str());
+    // Only the holder removes it, and before letting go of the lock (closing dir_fd_).
+    if (held_ && !populated()) ::rmdir(path_.c_str());
     for (int fd : {procs_fd_, events_fd_, dir_fd_})
         if (fd >= 0) ::close(fd);
 }

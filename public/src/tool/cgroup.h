@@ -41,6 +41,7 @@ public:
 private:
     Cgroup() = default;
     std::string path_;
+    bool held_ = false;  // our flock is on it
     int dir_fd_ = -1, procs_fd_ = -1, events_fd_ = -1;
 };
 

@@ -213,7 +213,7 @@ private:
             } while (n < 0 && errno == EINTR);
         }
         ::close(report[0]);
-        if (pid < 0) return failed_start(now, "fork", fork_error);
+        if (pid < 0) return failed_start(now, cgroup_ && clone_into_cgroup_ ? "clone3 into its cgroup" : "fork", fork_error);
         if (n == sizeof failure) {
             int status;
             ::waitpid(pid, &status, 0);
@@ -255,7 +255,10 @@ private:
     std::uint64_t failed_start(std::uint64_t now, const char* what, int error) {
         const auto delay = policy_.after_start_failure();
         log_.error("cannot start {}: {} failed: {}{}; attempt {} in a row, next in {} (backoff, max {})", program_, what,
-                   std::strerror(error), error == ENOENT && program_.find('/') == std::string::npos ? " (not found on PATH)" : "",
+                   std::strerror(error),
+                   std::string_view(what) == "exec" && error == ENOENT && program_.find('/') == std::string::npos
+                       ? " (not found on PATH)"
+                       : "",
                    policy_.failures_in_a_row(), human_duration(delay), human_duration(options_.max_backoff));
         phase_ = Phase::backoff;
         return now + to_ns(delay);
