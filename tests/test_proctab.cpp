@@ -48,6 +48,17 @@ std::unique_ptr<Process> service(const hbtest::ScratchKey& scratch, const std::s
     return p;
 }
 
+// promtool check metrics on `metrics`: its exit code and what it printed.
+std::pair<int, std::string> promtool_check(const std::string& metrics) {
+    char path[] = "/tmp/hbwatch-metrics-XXXXXX";
+    const int fd = ::mkstemp(path);
+    REQUIRE(::write(fd, metrics.data(), metrics.size()) == static_cast<ssize_t>(metrics.size()));
+    ::close(fd);
+    auto result = run({"sh", "-c", std::string(HBWATCH_PROMTOOL " check metrics < ") + path});
+    ::unlink(path);
+    return result;
+}
+
 json entry_named(const json& entries, const std::string& name) {
     for (const auto& e : entries)
         if (e["name"] == name) return e;
@@ -129,12 +140,7 @@ TEST_CASE("the Prometheus output passes promtool check metrics") {
     CHECK(code == 0);
     CHECK(contains(metrics, "hbwatch_entry_timeout_seconds{name=\"order-svc\",pid=\"" + std::to_string(a->pid()) + "\"} 10\n"));
     CHECK(contains(metrics, "hbwatch_table_slots 4096\n"));
-    char path[] = "/tmp/hbwatch-metrics-XXXXXX";
-    const int fd = ::mkstemp(path);
-    REQUIRE(::write(fd, metrics.data(), metrics.size()) == static_cast<ssize_t>(metrics.size()));
-    ::close(fd);
-    const auto [promtool, report] = run({"sh", "-c", std::string(HBWATCH_PROMTOOL " check metrics < ") + path});
-    ::unlink(path);
+    const auto [promtool, report] = promtool_check(metrics);
     CHECK(promtool == 0);
     CHECK(report.empty());  // no lint findings either
 }
@@ -165,12 +171,7 @@ TEST_CASE("a forged name cannot break or forge proctab's text, JSON or Prometheu
     std::tie(code, text) = proctab(scratch, {"--prometheus"});
     CHECK(code == 0);
     CHECK(hbtest::count_of(text, "\nhbwatch_entry_hung{") == 1);  // the real family's one line, nothing injected
-    char path[] = "/tmp/hbwatch-metrics-XXXXXX";
-    const int fd = ::mkstemp(path);
-    REQUIRE(::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()));
-    ::close(fd);
-    const auto [promtool, report] = run({"sh", "-c", std::string(HBWATCH_PROMTOOL " check metrics < ") + path});
-    ::unlink(path);
+    const auto [promtool, report] = promtool_check(text);
     CHECK(promtool == 0);
     std::tie(code, text) = proctab(scratch, {});
     CHECK(code == 0);

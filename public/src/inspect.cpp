@@ -56,13 +56,14 @@ std::vector<pid_t> all_pids() {
     return pids;
 }
 
-HostProcess host_process(const ProcStat& stat) {
+// `exe` when the caller has read it already; else it is read here.
+HostProcess host_process(const ProcStat& stat, std::optional<std::string> exe = std::nullopt) {
     HostProcess p;
     p.pid = stat.pid;
     p.ppid = stat.ppid;
     p.state = stat.state;
     p.comm = stat.comm;
-    p.exe = read_link("/proc/" + std::to_string(stat.pid) + "/exe");
+    p.exe = exe ? std::move(*exe) : read_link("/proc/" + std::to_string(stat.pid) + "/exe");
     if (auto parent = read_proc_stat(stat.ppid)) p.parent_comm = parent->comm;
     p.usage = usage_of(stat);
     return p;
@@ -141,7 +142,7 @@ std::vector<HostProcess> find_processes(const std::string& name, const std::stri
         const std::string exe = read_link("/proc/" + std::to_string(pid) + "/exe");
         const bool named = base_name(exe) == name || base_name(argv0_of(pid)) == name;
         if (!named || (!path.empty() && exe != path)) continue;
-        HostProcess process = host_process(pinned->stat);
+        HostProcess process = host_process(pinned->stat, exe);
         if (!pinned->pidfd.still_running()) continue;  // the reads above may be a later holder's
         process.pidfd = std::make_shared<const Pidfd>(std::move(pinned->pidfd));
         found.push_back(std::move(process));
