@@ -11,8 +11,9 @@
 
 #include <CLI/CLI.hpp>
 
-#include <hbwatch/clock.h>
-#include <hbwatch/duration.h>
+#include "core/clock.h"
+#include "core/duration.h"
+#include "core/table.h"
 #include <hbwatch/heartbeat.h>
 
 namespace {

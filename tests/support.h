@@ -24,10 +24,10 @@ extern "C" {
 #include <thread>
 #include <vector>
 
-#include <hbwatch/checker.h>
-#include <hbwatch/clock.h>
+#include "engine/checker.h"
+#include "core/clock.h"
 #include <hbwatch/error.h>
-#include <hbwatch/table.h>
+#include "core/table.h"
 
 namespace hbtest {
 

@@ -4,8 +4,10 @@
 
 #include <unistd.h>
 
-#include <hbwatch/checker.h>
+#include "engine/checker.h"
 #include <hbwatch/heartbeat.h>
+
+#include "core/table.h"
 
 #include "support.h"
 

@@ -11,11 +11,13 @@
 #include <fstream>
 #include <regex>
 
-#include <hbwatch/checker.h>
-#include <hbwatch/clock.h>
+#include "engine/checker.h"
+#include "core/clock.h"
 #include <hbwatch/heartbeat.h>
 
-#include "../public/src/internal/layout.h"
+#include "core/table.h"
+
+#include "core/layout.h"
 #include "support.h"
 
 using namespace std::chrono_literals;

@@ -11,6 +11,8 @@
 
 #include <hbwatch/heartbeat.h>
 
+#include "core/table.h"
+
 #include "support.h"
 
 using namespace std::chrono_literals;

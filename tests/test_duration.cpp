@@ -1,6 +1,6 @@
 #include <doctest/doctest.h>
 
-#include <hbwatch/duration.h>
+#include "core/duration.h"
 #include <hbwatch/error.h>
 
 using namespace std::chrono_literals;

@@ -11,7 +11,7 @@
 #include <regex>
 #include <sstream>
 
-#include <hbwatch/process.h>
+#include "core/process.h"
 
 #include "support.h"
 

@@ -3,7 +3,7 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
-#include <hbwatch/process.h>
+#include "core/process.h"
 
 #include "support.h"
 

@@ -10,6 +10,8 @@
 
 #include <hbwatch/heartbeat.h>
 
+#include "core/table.h"
+
 #include "support.h"
 
 using namespace std::chrono_literals;

@@ -13,10 +13,10 @@
 
 #include <nlohmann/json.hpp>
 
-#include <hbwatch/checker.h>
-#include <hbwatch/clock.h>
+#include "engine/checker.h"
+#include "core/clock.h"
 
-#include "../public/src/internal/layout.h"
+#include "core/layout.h"
 #include "support.h"
 
 using namespace std::chrono_literals;

@@ -13,8 +13,8 @@
 #include <hbwatch/error.h>
 
 #include "support.h"
-#include "tool/output.h"
-#include "tool/restart_policy.h"
+#include "engine/output.h"
+#include "engine/restart_policy.h"
 
 using namespace std::chrono_literals;
 using namespace std::string_literals;

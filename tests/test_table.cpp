@@ -9,11 +9,11 @@
 #include <cstring>
 #include <vector>
 
-#include <hbwatch/clock.h>
+#include "core/clock.h"
 #include <hbwatch/error.h>
-#include <hbwatch/table.h>
+#include "core/table.h"
 
-#include "../public/src/internal/layout.h"
+#include "core/layout.h"
 #include "support.h"
 
 using namespace std::chrono_literals;
@@ -90,7 +90,7 @@ TEST_CASE("a new table is one System V segment with the header and 4096 free slo
     CHECK(info.key == scratch.key());
     CHECK(info.slot_count == 4096);
     CHECK(info.bytes == 128 + 4096 * 128);
-    CHECK(info.version == 2);
+    CHECK(info.version == 3);
     CHECK(info.mode == 0660);
     CHECK(info.owner_uid == ::geteuid());
     CHECK(info.owner_gid == ::getegid());
@@ -174,7 +174,7 @@ TEST_CASE("a foreign segment at the key is refused, named, and left byte for byt
         ::shmdt(header);
         const auto original = segment_bytes(scratch.key());
         CHECK(error_of([&] { (void)Table::open_or_create(scratch.options()); }) ==
-              "the hbwatch table at key " + key + " has layout version 1 but this build reads version 2: stop the "
+              "the hbwatch table at key " + key + " has layout version 1 but this build reads version 3: stop the "
               "services that use it, then remove and recreate it (ipcrm -M " + key + ")");
         CHECK(segment_bytes(scratch.key()) == original);
     }
@@ -224,7 +224,7 @@ TEST_CASE("a table whose creator died before publishing it is finished by the ne
     REQUIRE(creator.wait() == 0);
     Table table = Table::open_or_create(scratch.options());
     CHECK(table.slot_count() == 4);
-    CHECK(table.info().version == 2);
+    CHECK(table.info().version == 3);
     const auto claim = table.claim("late-bloomer", 1s, hbwatch::self_identity(), ::getuid());
     CHECK(table.read(claim.index)->name() == "late-bloomer");
 }

@@ -15,12 +15,14 @@
 #include <filesystem>
 #include <fstream>
 
-#include <hbwatch/checker.h>
-#include <hbwatch/clock.h>
+#include "engine/checker.h"
+#include "core/clock.h"
 #include <hbwatch/heartbeat.h>
-#include <hbwatch/pidfd.h>
 
-#include "../public/src/internal/layout.h"
+#include "core/table.h"
+#include "core/pidfd.h"
+
+#include "core/layout.h"
 #include "support.h"
 
 using namespace std::chrono_literals;

@@ -3,11 +3,11 @@
 
 #include <cstdio>
 
-#include <hbwatch/checker.h>
-#include <hbwatch/duration.h>
+#include "engine/checker.h"
+#include "core/duration.h"
 #include <hbwatch/error.h>
 
-#include "tool/support.h"
+#include "engine/support.h"
 
 int main(int argc, char** argv) {
     namespace tool = hbwatch::tool;

@@ -15,12 +15,12 @@
 #include <string>
 #include <vector>
 
-#include <hbwatch/duration.h>
+#include "core/duration.h"
 #include <hbwatch/error.h>
 
-#include "tool/output.h"
-#include "tool/supervisor.h"
-#include "tool/support.h"
+#include "engine/output.h"
+#include "engine/supervisor.h"
+#include "engine/support.h"
 
 namespace {
 

@@ -17,15 +17,17 @@
 
 #include <nlohmann/json.hpp>
 
-#include <hbwatch/clock.h>
-#include <hbwatch/duration.h>
+#include "core/clock.h"
+#include "core/duration.h"
 #include <hbwatch/error.h>
 #include <hbwatch/heartbeat.h>
-#include <hbwatch/inspect.h>
-#include <hbwatch/pidfd.h>
-#include <hbwatch/stopper.h>
 
-#include "tool/support.h"
+#include "core/table.h"
+#include "engine/inspect.h"
+#include "core/pidfd.h"
+#include "core/stopper.h"
+
+#include "engine/support.h"
 
 namespace {
 
@@ -374,9 +376,20 @@ int remove(const hbwatch::TableOptions& options, const std::string& name, std::o
     std::size_t removed = 0;
     table.for_each([&](const hbwatch::SlotSnapshot& s) {
         if ((!name.empty() && s.name() != name) || (pid && s.process.pid != *pid) || (slot && s.index != *slot)) return;
-        if (table.free_slot(s.index, s.token)) {
-            ++removed;
-            std::printf("removed slot %u: pid %d '%s'\n", s.index, s.process.pid, shown(s.name()).c_str());
+        switch (table.revoke(s.index, s.token)) {
+            case hbwatch::Table::Revoked::freed:
+                ++removed;
+                std::printf("removed slot %u: pid %d '%s'\n", s.index, s.process.pid, shown(s.name()).c_str());
+                break;
+            case hbwatch::Table::Revoked::revoked:
+                // Freeing it now could hand the slot to a new registration while the running
+                // process is between the check and the store of a beat.
+                ++removed;
+                std::printf("removed slot %u: pid %d '%s' is still running, so its slot stays held (state revoked) "
+                            "until it unregisters or exits; its next beat reports the registration lost\n",
+                            s.index, s.process.pid, shown(s.name()).c_str());
+                break;
+            case hbwatch::Table::Revoked::changed: break;
         }
     });
     if (removed == 0) {

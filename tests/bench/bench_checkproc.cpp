@@ -15,8 +15,10 @@
 #include <thread>
 #include <vector>
 
-#include <hbwatch/clock.h>
+#include "core/clock.h"
 #include <hbwatch/heartbeat.h>
+
+#include "core/table.h"
 
 using namespace std::chrono_literals;
 

@@ -8,7 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#include <hbwatch/duration.h>
+#include "core/duration.h"
 #include <hbwatch/heartbeat.h>
 
 namespace {

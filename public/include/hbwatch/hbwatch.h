@@ -11,6 +11,8 @@
 #ifndef HBWATCH_HBWATCH_H
 #define HBWATCH_HBWATCH_H
 
+#include <hbwatch/export.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -21,21 +23,21 @@ typedef struct hbw_handle hbw_handle;
  * 100 ms to 7 days. Returns 0 and sets *out, or: -EINVAL (bad argument), -ENOSPC (table full),
  * -EACCES (no permission on the table), -EPROTO (a foreign segment holds the key), -ENOMEM.
  * hbw_last_error() then gives the whole message, with the key and what to do. */
-int hbw_register(const char *name, unsigned timeout_ms, hbw_handle **out);
+HBWATCH_API int hbw_register(const char *name, unsigned timeout_ms, hbw_handle **out);
 
 /* The hot path: no syscall, no lock, no allocation. Returns 0, or -ESTALE when the slot no
  * longer holds this registration (register again), -ECHILD in a fork()ed child (the parent's
  * slot is left alone), -EINVAL for a NULL handle. Ignoring the result is fine. */
-int hbw_beat(hbw_handle *h);
+HBWATCH_API int hbw_beat(hbw_handle *h);
 
 /* Frees the slot and the handle. NULL is a no-op. In a fork()ed child only the handle is freed. */
-void hbw_unregister(hbw_handle *h);
+HBWATCH_API void hbw_unregister(hbw_handle *h);
 
 /* A short, static description of a code returned above (either sign). */
-const char *hbw_strerror(int code);
+HBWATCH_API const char *hbw_strerror(int code);
 
 /* The full message of this thread's last failed hbw_register, or "" when there is none. */
-const char *hbw_last_error(void);
+HBWATCH_API const char *hbw_last_error(void);
 
 #ifdef __cplusplus
 }

@@ -14,7 +14,8 @@
 #include <string_view>
 
 #include <hbwatch/error.h>
-#include <hbwatch/table.h>
+#include <hbwatch/export.h>
+#include <hbwatch/options.h>
 
 namespace hbwatch {
 
@@ -25,12 +26,14 @@ enum class BeatStatus {
     lost,      // the slot no longer holds this registration (checkproc or an operator freed it)
 };
 
-[[nodiscard]] const char* to_string(BeatStatus status) noexcept;
+[[nodiscard]] HBWATCH_API const char* to_string(BeatStatus status) noexcept;
 
 namespace detail {
 /// Bumped in every fork()ed child (pthread_atfork), so that beat() knows it runs in a copy
 /// without calling getpid(), which is a syscall.
-extern std::atomic<std::uint64_t> fork_generation;
+extern HBWATCH_API std::atomic<std::uint64_t> fork_generation;
+struct Segment;    // this process's mapping of the table, shared by its handles
+struct BeatProbe;  // the tests' access to the two halves of beat()
 }  // namespace detail
 
 /// One registration of the calling process in the table.
@@ -44,7 +47,7 @@ extern std::atomic<std::uint64_t> fork_generation;
 /// After fork() the child does not own the parent's registration: in the child, beat()
 /// returns BeatStatus::forked and stamps nothing, and the destructor leaves the parent's slot
 /// alone. A child that wants watching constructs a Heartbeat of its own.
-class Heartbeat {
+class HBWATCH_API Heartbeat {
 public:
     Heartbeat(std::string_view name, std::chrono::milliseconds timeout);
     Heartbeat(std::string_view name, std::chrono::milliseconds timeout, const TableOptions& options);
@@ -56,32 +59,46 @@ public:
     Heartbeat& operator=(const Heartbeat&) = delete;
 
     /// Stamps "alive now". Returns what happened; ignoring the result is fine in a loop.
-    /// Inline, so that the hot path is the clock read and three relaxed atomic accesses.
+    /// Inline, so that the hot path is the clock read and a few relaxed atomic accesses.
     BeatStatus beat() noexcept {
+        const BeatStatus status = owned();
+        if (status == BeatStatus::ok) stamp();
+        return status;
+    }
+
+    [[nodiscard]] std::uint32_t slot() const noexcept { return slot_; }
+    [[nodiscard]] key_t key() const noexcept { return key_; }
+
+private:
+    friend struct detail::BeatProbe;
+
+    // Whether this handle may stamp its slot. Between this check and the stores, the slot can
+    // only be revoked, never given to another registration: a slot changes hands only once
+    // its owner has released it (this handle's destructor) or has died (see core/slots.cpp).
+    BeatStatus owned() const noexcept {
         constexpr auto relaxed = std::memory_order_relaxed;
         if (state_ == nullptr) return BeatStatus::inactive;
         if (fork_generation_ != detail::fork_generation.load(relaxed)) return BeatStatus::forked;
-        if (state_->load(relaxed) != claim_.token) return BeatStatus::lost;
+        if (state_->load(relaxed) != token_) return BeatStatus::lost;
+        return BeatStatus::ok;
+    }
+    void stamp() noexcept {
+        constexpr auto relaxed = std::memory_order_relaxed;
         timespec now;
         clock_gettime(CLOCK_MONOTONIC_COARSE, &now);  // vDSO: no syscall
         last_beat_ns_->store(static_cast<std::uint64_t>(now.tv_sec) * 1'000'000'000u + static_cast<std::uint64_t>(now.tv_nsec),
                              relaxed);
-        beats_->store(beats_->load(relaxed) + 1, relaxed);
-        return BeatStatus::ok;
+        beats_->store(beats_->load(relaxed) + 1, relaxed);  // one writer: no read-modify-write needed
     }
 
-    [[nodiscard]] std::uint32_t slot() const noexcept { return claim_.index; }
-    [[nodiscard]] key_t key() const noexcept { return table_ ? table_->key() : 0; }
-
-private:
-    void release() noexcept;
-
-    std::unique_ptr<Table> table_;
+    std::shared_ptr<detail::Segment> segment_;
     // Into the claimed slot in shared memory; null when the handle is inactive.
     std::atomic<std::uint64_t>* state_ = nullptr;
     std::atomic<std::uint64_t>* last_beat_ns_ = nullptr;
     std::atomic<std::uint64_t>* beats_ = nullptr;
-    Claim claim_;
+    std::uint64_t token_ = 0;
+    std::uint32_t slot_ = 0;
+    key_t key_ = 0;
     std::uint64_t fork_generation_ = 0;
 };
 

@@ -10,6 +10,6 @@ int main() {
     hbw_handle* h = nullptr;
     if (hbw_register("consumer-c", 30000, &h) != 0 || hbw_beat(h) != 0) return 1;
     hbw_unregister(h);
-    std::printf("consumer registered in slot %u at key %s\n", hb.slot(), hbwatch::format_key(hb.key()).c_str());
+    std::printf("consumer registered in slot %u at key 0x%08x\n", hb.slot(), static_cast<unsigned>(hb.key()));
     return 0;
 }

@@ -1,4 +1,4 @@
-#include <hbwatch/checker.h>
+#include "engine/checker.h"
 
 #include <poll.h>
 #include <sys/shm.h>
@@ -10,11 +10,11 @@
 #include <utility>
 #include <vector>
 
-#include <hbwatch/clock.h>
-#include <hbwatch/duration.h>
+#include "core/clock.h"
+#include "core/duration.h"
 #include <hbwatch/error.h>
-#include <hbwatch/pidfd.h>
-#include <hbwatch/trust.h>
+#include "core/pidfd.h"
+#include "core/trust.h"
 
 namespace hbwatch {
 namespace {
@@ -130,7 +130,9 @@ void Checker::handle(const SlotSnapshot& slot, std::uint64_t now_ns, ScanSummary
         return;
     }
     switch (liveness(slot.process, stat)) {
-        case Liveness::alive: break;
+        case Liveness::alive:
+            if (slot.phase == SlotPhase::revoked) return;  // an operator ended it: not watched, freed once it exits
+            break;
         case Liveness::gone:
             free_unsignalled(slot, LogLevel::info, who + ": the process is gone", summary);
             return;

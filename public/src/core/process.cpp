@@ -1,4 +1,4 @@
-#include <hbwatch/process.h>
+#include "core/process.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -15,7 +15,7 @@
 #include <vector>
 
 #include <hbwatch/error.h>
-#include <hbwatch/pidfd.h>
+#include "core/pidfd.h"
 
 namespace hbwatch {
 namespace {

@@ -1,4 +1,4 @@
-#include "tool/output.h"
+#include "engine/output.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -9,7 +9,7 @@
 #include <utility>
 #include <vector>
 
-#include <hbwatch/duration.h>
+#include "core/duration.h"
 #include <hbwatch/error.h>
 
 namespace hbwatch::tool {

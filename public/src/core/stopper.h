@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include <hbwatch/pidfd.h>
+#include "core/pidfd.h"
 
 namespace hbwatch {
 

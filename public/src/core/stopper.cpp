@@ -1,11 +1,11 @@
-#include <hbwatch/stopper.h>
+#include "core/stopper.h"
 
 #include <signal.h>
 
 #include <algorithm>
 #include <cerrno>
 
-#include <hbwatch/clock.h>
+#include "core/clock.h"
 
 namespace hbwatch {
 Stopper::Stopper(std::chrono::milliseconds grace, Observer observer, std::chrono::milliseconds kill_wait)

@@ -1,4 +1,4 @@
-#include <hbwatch/trust.h>
+#include "core/trust.h"
 
 #include <grp.h>
 #include <pwd.h>

@@ -13,22 +13,16 @@
 #include <string>
 #include <string_view>
 
-#include <hbwatch/process.h>
+#include <hbwatch/options.h>
+
+#include "core/process.h"
 
 namespace hbwatch {
 
 namespace detail {
-struct Header;
+struct Segment;
 struct Slot;
 }  // namespace detail
-
-/// "HBWT". Not 0x5095: the classic course framework uses that key with another layout.
-inline constexpr key_t kDefaultKey = 0x48425754;
-inline constexpr std::uint32_t kDefaultSlots = 4096;
-inline constexpr std::uint32_t kMaxSlots = 1u << 20;
-inline constexpr std::size_t kMaxNameLength = 47;
-inline constexpr std::chrono::milliseconds kMinTimeout{100};
-inline constexpr std::chrono::milliseconds kMaxTimeout{std::chrono::hours(24 * 7)};
 
 /// Reads a key written in hex ("0x48425754") or decimal. Throws Error(EINVAL) for anything
 /// else, for 0 (IPC_PRIVATE) and for values outside key_t.
@@ -46,15 +40,8 @@ void validate_name(std::string_view name);
 /// Throws Error(EINVAL) unless kMinTimeout <= timeout <= kMaxTimeout.
 void validate_timeout(std::chrono::milliseconds timeout);
 
-/// Where the table is and, when this call creates it, its shape.
-struct TableOptions {
-    std::optional<key_t> key;             // unset: HBWATCH_KEY, else kDefaultKey
-    std::uint32_t slots = kDefaultSlots;  // used only when creating
-    mode_t mode = 0660;                   // used only when creating
-    std::optional<gid_t> group;           // used only when creating; unset: the caller's group
-};
-
-enum class SlotPhase : std::uint8_t { free = 0, claiming = 1, live = 2 };
+/// free -> claiming -> live -> free; live -> revoked -> free (see core/slots.cpp).
+enum class SlotPhase : std::uint8_t { free = 0, claiming = 1, live = 2, revoked = 3 };
 
 /// A consistent copy of one slot: never a torn mix of two registrations.
 struct SlotSnapshot {
@@ -143,7 +130,7 @@ struct StopClaim {
     pid_t holder = 0;  // with `held`: the live checkproc that is stopping it
 };
 
-/// A mapping of the table. Moveable, not copyable; unmaps on destruction.
+/// A mapping of the table. Copies share one mapping, unmapped when the last goes.
 class Table {
 public:
     enum class Access { read_only, read_write };
@@ -161,11 +148,7 @@ public:
     /// until they are unmapped, as with any System V segment.
     static bool destroy(key_t key);
 
-    Table(Table&&) noexcept;
-    Table& operator=(Table&&) noexcept;
-    Table(const Table&) = delete;
-    Table& operator=(const Table&) = delete;
-    ~Table();
+    explicit Table(std::shared_ptr<detail::Segment> segment) noexcept;
 
     [[nodiscard]] key_t key() const noexcept;
     [[nodiscard]] std::uint32_t slot_count() const noexcept;
@@ -192,9 +175,31 @@ public:
     Claim claim(std::string_view name, std::chrono::milliseconds timeout, const ProcessIdentity& who,
                 uid_t uid);
 
-    /// Frees slot `index` only if it still holds the registration `token` (a CAS).
+    /// Frees slot `index` only if it still holds the registration `token`, live or revoked
+    /// (a CAS). Only for a caller that knows the registrant can no longer beat: the registrant
+    /// itself, or anyone once it has died or exec'd. Otherwise revoke().
     bool free_slot(std::uint32_t index, std::uint64_t token) noexcept;
 
+    enum class Revoked { freed, revoked, changed };
+    /// Ends registration `token` on behalf of an operator. A registrant that is still running
+    /// may be between its check and its store in beat(), so its slot is only marked revoked:
+    /// its next beat() reports `lost`, and the slot is freed when it unregisters or dies.
+    /// A registrant that is gone has its slot freed at once. `changed`: the slot no longer
+    /// holds `token`.
+    Revoked revoke(std::uint32_t index, std::uint64_t token) noexcept;
+
+    /// A beat on another process's behalf, in two halves so that the tests can interleave
+    /// them with a release and a new claim: prepare reads what the slot holds, commit stores
+    /// the beat with a CAS against it, so a beat never lands in a later registration.
+    struct PendingBeat {
+        std::uint32_t index = 0;
+        std::uint64_t token = 0;
+        std::uint64_t last_beat_ns = 0;  // as read when prepared
+        std::uint64_t beats = 0;
+        std::uint64_t now_ns = 0;  // read before checking the token: older than any later claim
+    };
+    [[nodiscard]] std::optional<PendingBeat> prepare_beat(std::uint32_t index, std::uint64_t token) const noexcept;
+    bool commit_beat(const PendingBeat& pending) noexcept;
     /// Stamps a beat into slot `index` if it still holds `token`. Returns whether it did.
     /// (The hot path is Heartbeat::beat(); this is for tools beating on another's behalf.)
     bool beat(std::uint32_t index, std::uint64_t token) noexcept;
@@ -212,11 +217,8 @@ public:
     /// The slot's shared memory, for Heartbeat's hot path.
     [[nodiscard]] detail::Slot* slot_at(std::uint32_t index) const noexcept;
 
-    struct Mapping;  // opaque: the segment, its mapping and validated pointers into it
-
 private:
-    explicit Table(std::unique_ptr<Mapping> mapping) noexcept;
-    std::unique_ptr<Mapping> mapping_;
+    std::shared_ptr<detail::Segment> segment_;
 };
 
 }  // namespace hbwatch

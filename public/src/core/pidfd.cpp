@@ -1,4 +1,4 @@
-#include <hbwatch/pidfd.h>
+#include "core/pidfd.h"
 
 #include <fcntl.h>
 #include <poll.h>

@@ -11,7 +11,7 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
-#include <hbwatch/checker.h>
+#include "engine/checker.h"
 
 namespace hbwatch::tool {
 

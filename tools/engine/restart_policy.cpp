@@ -1,8 +1,8 @@
-#include "tool/restart_policy.h"
+#include "engine/restart_policy.h"
 
 #include <algorithm>
 
-#include <hbwatch/clock.h>
+#include "core/clock.h"
 
 namespace hbwatch::tool {
 

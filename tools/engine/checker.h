@@ -14,8 +14,8 @@
 #include <set>
 #include <string>
 
-#include <hbwatch/stopper.h>
-#include <hbwatch/table.h>
+#include "core/stopper.h"
+#include "core/table.h"
 
 namespace hbwatch {
 

@@ -1,4 +1,4 @@
-#include <hbwatch/clock.h>
+#include "core/clock.h"
 
 #include <time.h>
 

@@ -11,7 +11,7 @@
 #include <optional>
 #include <string>
 
-#include <hbwatch/process.h>
+#include "core/process.h"
 
 namespace hbwatch {
 

@@ -1,4 +1,4 @@
-#include <hbwatch/inspect.h>
+#include "engine/inspect.h"
 
 #include <dirent.h>
 #include <unistd.h>
@@ -7,8 +7,8 @@
 #include <cstdlib>
 #include <fstream>
 
-#include <hbwatch/checker.h>
-#include <hbwatch/duration.h>
+#include "engine/checker.h"
+#include "core/duration.h"
 #include <hbwatch/error.h>
 
 namespace hbwatch {
@@ -89,6 +89,7 @@ const char* to_string(EntryState state) noexcept {
         case EntryState::late: return "late";
         case EntryState::hung: return "hung";
         case EntryState::dead: return "dead";
+        case EntryState::revoked: return "revoked";
     }
     return "unknown";
 }
@@ -96,7 +97,7 @@ const char* to_string(EntryState state) noexcept {
 std::vector<Entry> inspect(const Table& table, std::uint64_t now_ns) {
     std::vector<Entry> entries;
     table.for_each([&](const SlotSnapshot& slot) {
-        if (slot.phase != SlotPhase::live) return;
+        if (slot.phase == SlotPhase::claiming) return;
         Entry e;
         e.slot = slot;
         e.since_beat = slot.since_beat(now_ns);
@@ -105,6 +106,9 @@ std::vector<Entry> inspect(const Table& table, std::uint64_t now_ns) {
         if (life != Liveness::alive) {
             e.state = EntryState::dead;
             e.dead_reason = to_string(life);
+        } else if (slot.phase == SlotPhase::revoked) {
+            e.usage = usage_of(*stat);
+            e.state = EntryState::revoked;
         } else {
             e.usage = usage_of(*stat);
             switch (health_of(slot, now_ns)) {

@@ -1,4 +1,4 @@
-#include <hbwatch/duration.h>
+#include "core/duration.h"
 
 #include <cerrno>
 #include <charconv>

@@ -14,8 +14,8 @@
 #include <string>
 #include <vector>
 
-#include <hbwatch/process.h>
-#include <hbwatch/table.h>
+#include "core/process.h"
+#include "core/table.h"
 
 namespace hbwatch {
 

@@ -1,4 +1,4 @@
-#include "tool/cgroup.h"
+#include "engine/cgroup.h"
 
 #include <fcntl.h>
 #include <sys/file.h>
@@ -10,7 +10,7 @@
 #include <sstream>
 #include <utility>
 
-#include <hbwatch/process.h>
+#include "core/process.h"
 
 namespace hbwatch::tool {
 namespace {

@@ -1,6 +1,6 @@
-#include "tool/support.h"
+#include "engine/support.h"
 
-#include "tool/output.h"
+#include "engine/output.h"
 
 #include <sys/signalfd.h>
 #include <unistd.h>
@@ -16,7 +16,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/sinks/syslog_sink.h>
 
-#include <hbwatch/duration.h>
+#include "core/duration.h"
 #include <hbwatch/error.h>
 
 namespace hbwatch::tool {

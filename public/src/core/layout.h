@@ -7,12 +7,12 @@
 #include <cstddef>
 #include <cstdint>
 
-#include <hbwatch/table.h>
+#include "core/table.h"
 
 namespace hbwatch::detail {
 
 inline constexpr std::uint64_t kMagic = 0x4842574154434831ull;  // "HBWATCH1"
-inline constexpr std::uint32_t kLayoutVersion = 2;  // 2: pidfs inode, image and exec mark
+inline constexpr std::uint32_t kLayoutVersion = 3;  // 2: pidfs inode, image, exec mark; 3: revoked, free hint
 inline constexpr std::size_t kNameWords = (kMaxNameLength + 1) / 8;
 
 struct Header {
@@ -27,7 +27,8 @@ struct Header {
     std::atomic<std::uint64_t> releases;
     std::atomic<std::uint64_t> reclaims;
     std::atomic<std::uint64_t> kills;
-    std::atomic<std::uint64_t> reserved[7];
+    std::atomic<std::uint64_t> free_hint;  // where claim() looks first; any value is safe
+    std::atomic<std::uint64_t> reserved[6];
 };
 
 // The state word: generation (30 bits) | pid (32 bits) | phase (2 bits).

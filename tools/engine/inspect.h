@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
-#include <hbwatch/pidfd.h>
-#include <hbwatch/process.h>
-#include <hbwatch/table.h>
+#include "core/pidfd.h"
+#include "core/process.h"
+#include "core/table.h"
 
 namespace hbwatch {
 
@@ -25,7 +25,9 @@ struct Usage {
 };
 [[nodiscard]] Usage usage_of(const ProcStat& stat);
 
-enum class EntryState { ok, late, hung, dead };
+/// revoked: an operator removed the entry while its process runs; the slot is freed when
+/// the process unregisters or exits.
+enum class EntryState { ok, late, hung, dead, revoked };
 [[nodiscard]] const char* to_string(EntryState state) noexcept;
 
 /// One live table entry as proctab shows it.

@@ -1,4 +1,4 @@
-#include "tool/supervisor.h"
+#include "engine/supervisor.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -17,17 +17,17 @@
 #include <memory>
 #include <set>
 
-#include <hbwatch/clock.h>
-#include <hbwatch/duration.h>
+#include "core/clock.h"
+#include "core/duration.h"
 #include <hbwatch/error.h>
-#include <hbwatch/pidfd.h>
-#include <hbwatch/process.h>
-#include <hbwatch/stopper.h>
-#include <hbwatch/table.h>
+#include "core/pidfd.h"
+#include "core/process.h"
+#include "core/stopper.h"
+#include "core/table.h"
 
-#include "tool/cgroup.h"
-#include "tool/output.h"
-#include "tool/restart_policy.h"
+#include "engine/cgroup.h"
+#include "engine/output.h"
+#include "engine/restart_policy.h"
 
 extern char** environ;
 
