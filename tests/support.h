@@ -173,6 +173,18 @@ struct Pipe {
     }
     int read_end() const { return fds[0]; }
     int write_end() const { return fds[1]; }
+    /// One byte to the reader (from a forked child, say).
+    void signal() const {
+        char byte = 1;
+        (void)!::write(fds[1], &byte, 1);
+    }
+    /// Waits for signal(); false on timeout.
+    bool wait(std::chrono::milliseconds timeout) const {
+        pollfd p{fds[0], POLLIN, 0};
+        if (::poll(&p, 1, static_cast<int>(timeout.count())) != 1) return false;
+        char byte = 0;
+        return ::read(fds[0], &byte, 1) == 1;
+    }
 };
 
 /// A program run by fork+exec, stdout and stderr captured into one pipe. Killed and reaped on

@@ -189,3 +189,28 @@ TEST_CASE("an entry with the scanner's own pid is garbage: reported, freed, neve
                                                 std::to_string(::getpid()) +
                                                 " is this checkproc, which never registers): slot freed, nothing signalled"});
 }
+
+TEST_CASE("a revoked entry is never signalled, and its slot is freed once its process has exited") {
+    hbtest::ScratchKey scratch;
+    const auto options = scratch.options(8);
+    Registrant service(options, "removed-svc", 1s);
+    Table table = Table::open_or_create(options);
+    const auto deadline = deadline_of(table, service.slot);
+    REQUIRE(table.revoke(service.slot, table.read(service.slot)->token) == Table::Revoked::revoked);
+    Log log;
+    Checker checker(table, {}, log.sink());
+
+    auto summary = checker.scan(deadline + 1);  // long past its deadline, but an operator removed it
+    checker.finish();
+    CHECK(summary.hung == 0);
+    CHECK(summary.stopping == 0);
+    CHECK_FALSE(service.child->wait_exit(0ms));
+    CHECK(table.read(service.slot)->phase == hbwatch::SlotPhase::revoked);
+
+    ::kill(service.child->pid(), SIGKILL);
+    service.child->wait();
+    summary = checker.scan(deadline + 1);
+    CHECK(summary.freed == 1);
+    CHECK_FALSE(table.read(service.slot));
+    CHECK(table.info().kills == 0);
+}

@@ -1,6 +1,10 @@
 #include <doctest/doctest.h>
 
+#include <sys/shm.h>
 #include <unistd.h>
+
+#include <optional>
+#include <string>
 
 #include <hbwatch/heartbeat.h>
 
@@ -14,6 +18,24 @@ using hbwatch::Heartbeat;
 using hbwatch::Table;
 using hbtest::ScratchKey;
 using hbtest::error_of;
+
+// The two halves of Heartbeat::beat(), the check and the stores, so that a test can put a
+// release and a new claim between them.
+struct hbwatch::detail::BeatProbe {
+    static BeatStatus check(const Heartbeat& hb) { return hb.owned(); }
+    static void store(Heartbeat& hb) { hb.stamp(); }
+};
+using hbwatch::detail::BeatProbe;
+
+namespace {
+// How many attachments the segment at `key` has, from the kernel.
+unsigned long attachments(key_t key) {
+    const int id = ::shmget(key, 0, 0);
+    shmid_ds ds{};
+    if (id < 0 || ::shmctl(id, IPC_STAT, &ds) != 0) return 0;
+    return ds.shm_nattch;
+}
+}  // namespace
 
 TEST_CASE("a heartbeat registers the process, beats, and frees its slot when destroyed") {
     ScratchKey scratch;
@@ -162,4 +184,120 @@ TEST_CASE("a fork()ed child never beats or frees its parent's slot") {
     CHECK(after->token == before.token);
     CHECK(after->beats == before.beats);
     CHECK(parent.beat() == BeatStatus::ok);
+}
+
+TEST_CASE("a stale beat never lands in another registration: check, revoke, a new claim, then the store") {
+    ScratchKey scratch;
+    auto options = scratch.options(1);  // one slot: a new registration could only take A's
+    Table table = Table::open_or_create(options);
+    std::optional<Heartbeat> a(std::in_place, "stale-a", 1s, options);
+    const auto token = table.read(a->slot())->token;
+
+    // 1. A's beat passes its check, and A is preempted before its stores ...
+    REQUIRE(BeatProbe::check(*a) == BeatStatus::ok);
+    // 2. ... an operator removes A's entry while A runs ...
+    CHECK(table.revoke(a->slot(), token) == Table::Revoked::revoked);
+    CHECK(table.read(a->slot())->phase == hbwatch::SlotPhase::revoked);
+    // 3. ... another registration needs a slot: A's is not handed over while A may still store ...
+    const auto self = hbwatch::self_identity();
+    CHECK(error_of([&] { (void)table.claim("successor", 1s, self, ::getuid()); }).find("is full") != std::string::npos);
+    // 4. ... A's stale stores land in A's own revoked slot, and A learns it was removed.
+    BeatProbe::store(*a);
+    CHECK(table.read(a->slot())->name() == "stale-a");
+    CHECK(table.read(a->slot())->phase == hbwatch::SlotPhase::revoked);
+    CHECK(a->beat() == BeatStatus::lost);
+    // 5. A unregisters: now the slot changes hands, and the new registration's record is its own.
+    a.reset();
+    const auto successor = table.claim("successor", 1s, self, ::getuid());
+    const auto fresh = *table.read(successor.index);
+    CHECK(fresh.name() == "successor");
+    CHECK(fresh.beats == 0);
+    CHECK(fresh.last_beat_ns == fresh.registered_ns);
+}
+
+TEST_CASE("a revoked registration's slot is freed when its process dies, and a revoke of a dead one frees at once") {
+    ScratchKey scratch;
+    auto options = scratch.options(1);
+    Table table = Table::open_or_create(options);
+    hbtest::Pipe ready;
+    hbtest::Child owner([&] {
+        Heartbeat hb("revoked-owner", 1s, options);
+        ready.signal();
+        ::pause();
+        return 0;
+    });
+    REQUIRE(ready.wait(10s));
+    const auto entry = table.read(0);
+    REQUIRE(entry);
+    CHECK(table.revoke(0, entry->token) == Table::Revoked::revoked);
+    CHECK(table.revoke(0, entry->token) == Table::Revoked::changed);  // the token was the live one
+    const auto revoked = *table.read(0);
+    CHECK(table.revoke(0, revoked.token) == Table::Revoked::revoked);  // still running: still held
+    ::kill(owner.pid(), SIGKILL);
+    REQUIRE(owner.wait_exit(10s));
+    CHECK(table.revoke(0, revoked.token) == Table::Revoked::freed);
+    CHECK(!table.read(0));
+}
+
+TEST_CASE("a beat on another's behalf never lands in a later registration of the slot") {
+    ScratchKey scratch;
+    auto options = scratch.options(1);
+    Table table = Table::open_or_create(options);
+    hbtest::Child first([] {
+        ::pause();
+        return 0;
+    });
+    const auto registered = table.claim("delegated", 1s, *hbwatch::identity_of(first.pid()), ::getuid());
+    // The beat reads the slot and checks the token ...
+    const auto pending = table.prepare_beat(registered.index, registered.token);
+    REQUIRE(pending);
+    // ... the process dies and its slot goes to a new registration ...
+    ::kill(first.pid(), SIGKILL);
+    REQUIRE(first.wait_exit(10s));
+    REQUIRE(table.free_slot(registered.index, registered.token));
+    const auto successor = table.claim("successor", 1s, hbwatch::self_identity(), ::getuid());
+    REQUIRE(successor.index == registered.index);
+    const auto before = *table.read(successor.index);
+    // ... and the old beat, committed now, changes nothing in it.
+    CHECK_FALSE(table.commit_beat(*pending));
+    const auto after = *table.read(successor.index);
+    CHECK(after.last_beat_ns == before.last_beat_ns);
+    CHECK(after.beats == before.beats);
+    CHECK(table.beat(successor.index, successor.token));  // a current beat does land
+    CHECK(table.read(successor.index)->beats == before.beats + 1);
+}
+
+TEST_CASE("a process maps the table once for all its handles, and maps anew when the table is replaced") {
+    ScratchKey scratch;
+    auto options = scratch.options(8);
+    Heartbeat first("first", 1s, options);
+    const auto mapped = attachments(scratch.key());
+    REQUIRE(mapped >= 1);
+    {
+        Heartbeat second("second", 1s, options);
+        Heartbeat third("third", 1s, options);
+        CHECK(attachments(scratch.key()) == mapped);
+        CHECK(second.slot() != third.slot());
+    }
+    CHECK(attachments(scratch.key()) == mapped);
+
+    // An operator replaces the table (proctab destroy --force, then init): the next
+    // registration goes into the new one, and the old handle keeps its old mapping.
+    REQUIRE(Table::destroy(scratch.key()));
+    Table replacement = Table::create(options);
+    Heartbeat after("after", 1s, options);
+    int found = 0;
+    replacement.for_each([&](const hbwatch::SlotSnapshot& s) { found += s.name() == "after"; });
+    CHECK(found == 1);
+    CHECK(first.beat() == BeatStatus::ok);
+
+    // A fork()ed child registers through the mapping it inherited, as itself.
+    hbtest::Child child([&] {
+        Heartbeat own("forked-child", 1s, options);
+        return own.beat() == BeatStatus::ok && Table::open_existing(options, Table::Access::read_only)
+                                                       ->read(own.slot())->process.pid == ::getpid()
+                   ? 0
+                   : 1;
+    });
+    CHECK(child.wait() == 0);
 }

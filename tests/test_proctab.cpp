@@ -340,9 +340,14 @@ TEST_CASE("managing the table: init, beat, remove, destroy, and the errors") {
     CHECK(code == 2);
     CHECK(contains(text, "cannot register pid 1"));
 
+    // The service still runs: a beat of its may be between check and store, so its slot is
+    // held (revoked) until it exits, never handed to another registration meanwhile.
     std::tie(code, text) = proctab(scratch, {"remove", "for-svc"});
     CHECK(code == 0);
     CHECK(contains(text, "removed slot"));
+    CHECK(contains(text, "pid " + std::to_string(svc->pid()) + " 'for-svc' is still running, so its slot stays held (state revoked)"));
+    std::tie(code, text) = proctab(scratch, {"--json"});
+    CHECK(entry_named(json::parse(text), "for-svc")["state"] == "revoked");
     std::tie(code, text) = proctab(scratch, {"remove", "--pid", "999999"});
     CHECK(code == 1);
 

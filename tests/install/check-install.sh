@@ -16,6 +16,22 @@ test -f "$prefix/lib/pkgconfig/hbwatch.pc"
 test -f "$prefix/lib/cmake/hbwatch/hbwatchConfig.cmake"
 ls "$prefix"/lib/libhbwatch.* >/dev/null
 
+echo "== only the service author's headers"
+installed=$(cd "$prefix/include/hbwatch" && ls | tr '\n' ' ')
+if [ "$installed" != "error.h export.h hbwatch.h heartbeat.h options.h " ]; then
+  echo "installed headers: $installed; expected error.h export.h hbwatch.h heartbeat.h options.h" >&2
+  exit 1
+fi
+
+echo "== only deliberate exports"
+# Every symbol libhbwatch exports, against the list a change to the API must update.
+exported=$(nm -DC --defined-only "$prefix"/lib/libhbwatch.so | cut -d' ' -f2- | sort -u)
+if ! diff -u "$here/exported-symbols.txt" - <<<"$exported"; then
+  echo "libhbwatch exports differ from tests/install/exported-symbols.txt (+ lines are new exports): mark the" \
+       "API with HBWATCH_API and public/src/exports.map, or hide what is not API" >&2
+  exit 1
+fi
+
 export HBWATCH_KEY=$(printf '0x48E%05x' $(( $$ & 0xFFFFF )))
 cleanup_key() { ipcrm -M "$HBWATCH_KEY" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup_key EXIT
