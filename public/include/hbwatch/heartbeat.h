@@ -23,7 +23,7 @@ enum class BeatStatus {
     ok,        // the beat is stamped
     inactive,  // the handle was moved from
     forked,    // called in a fork()ed child: the parent's slot is left alone
-    lost,      // the slot no longer holds this registration (checkproc or an operator freed it)
+    lost,      // the registration has ended: an operator removed it (proctab remove); register anew
 };
 
 [[nodiscard]] HBWATCH_API const char* to_string(BeatStatus status) noexcept;
@@ -42,7 +42,11 @@ struct BeatProbe;  // the tests' access to the two halves of beat()
 /// when it cannot: a bad name or timeout, a full table, no permission, a foreign segment at
 /// the key. The destructor frees the slot. beat() is the hot path: a few relaxed atomic
 /// loads and stores and a vDSO clock read, with no syscall, lock or allocation; it may be
-/// called from any thread (concurrent calls may undercount `beats`, never corrupt the slot).
+/// called from any thread (concurrent calls may undercount `beats`, never corrupt the slot),
+/// but not while another thread destroys or moves the handle.
+///
+/// A process maps the table once, on its first registration, and keeps that mapping for all
+/// its handles until it exits; a registration costs a few microseconds.
 ///
 /// After fork() the child does not own the parent's registration: in the child, beat()
 /// returns BeatStatus::forked and stamps nothing, and the destructor leaves the parent's slot
