@@ -331,4 +331,20 @@ TEST_CASE("forged slots are recognised as garbage") {
           "heartbeat name 'bad\\x01' has a bad character at byte 3: use 1 to 47 letters, digits or . _ - : @ + /");
     CHECK(forge(::getpid(), 0, "x", 2) == "heartbeat timeout 0ms is out of range: give 100ms to 7d");
     CHECK(forge(::getpid(), 1000, "x", 2).empty());
+    CHECK_FALSE(table.read(0)->garbage());
+
+    // The decision is the enum; the words above are derived from it.
+    using hbwatch::Garbage;
+    forge(1, 1000, "x", 2);
+    CHECK(table.read(0)->garbage() == Garbage::init);
+    forge(-42, 1000, "x", 2);
+    CHECK(table.read(0)->garbage() == Garbage::not_a_pid);
+    forge(::getpid(), 1000, "x", 0);
+    CHECK(table.read(0)->garbage() == Garbage::unterminated_name);
+    forge(::getpid(), 1000, "", 1);
+    CHECK(table.read(0)->garbage() == Garbage::bad_name);
+    forge(::getpid(), 100, "x", 2);
+    CHECK_FALSE(table.read(0)->garbage());
+    forge(::getpid(), 99, "x", 2);
+    CHECK(table.read(0)->garbage() == Garbage::bad_timeout);
 }

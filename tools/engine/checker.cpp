@@ -109,10 +109,11 @@ void Checker::handle(const SlotSnapshot& slot, std::uint64_t now_ns, ScanSummary
         return;
     }
 
-    std::string garbage = slot.garbage_reason();
-    if (garbage.empty() && slot.process.pid == self_.pid)
+    std::string garbage;
+    if (const auto found = slot.garbage()) garbage = slot.describe(*found);
+    else if (slot.process.pid == self_.pid)
         garbage = "pid " + std::to_string(self_.pid) + " is this checkproc, which never registers";
-    if (garbage.empty() && slot.last_beat_ns > now_ns + to_ns(std::chrono::seconds(1)))
+    else if (slot.last_beat_ns > now_ns + to_ns(std::chrono::seconds(1)))
         garbage = "its last beat is " + human_duration(ms_between(now_ns, slot.last_beat_ns)) +
                   " in the future";
     if (!garbage.empty()) {

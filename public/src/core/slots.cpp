@@ -94,21 +94,40 @@ std::string_view SlotSnapshot::name() const noexcept {
     return {name_bytes.data(), static_cast<std::size_t>(end - name_bytes.begin())};
 }
 
-std::string SlotSnapshot::garbage_reason() const {
-    const pid_t pid = process.pid;
-    if (pid <= 0) return "pid " + std::to_string(pid) + " is not a process";
-    if (pid == 1) return "pid 1 is init, never a registered service";
-    if (phase != SlotPhase::live) return {};
-    if (std::find(name_bytes.begin(), name_bytes.end(), '\0') == name_bytes.end())
-        return "name is not NUL-terminated";
-    try {
-        validate_name(name());
-        validate_timeout(timeout);
-    } catch (const Error& e) {
-        return e.what();
+std::optional<Garbage> SlotSnapshot::garbage() const noexcept {
+    if (process.pid <= 0) return Garbage::not_a_pid;
+    if (process.pid == 1) return Garbage::init;
+    if (phase == SlotPhase::claiming) return std::nullopt;
+    if (std::find(name_bytes.begin(), name_bytes.end(), '\0') == name_bytes.end()) return Garbage::unterminated_name;
+    const std::string_view text = name();
+    if (text.empty() || !std::all_of(text.begin(), text.end(), allowed_name_char)) return Garbage::bad_name;
+    if (timeout < kMinTimeout || timeout > kMaxTimeout) return Garbage::bad_timeout;
+    if (process.start_time == 0) return Garbage::no_start_time;
+    return std::nullopt;
+}
+
+std::string SlotSnapshot::describe(Garbage garbage) const {
+    switch (garbage) {
+        case Garbage::not_a_pid: return "pid " + std::to_string(process.pid) + " is not a process";
+        case Garbage::init: return "pid 1 is init, never a registered service";
+        case Garbage::unterminated_name: return "name is not NUL-terminated";
+        case Garbage::bad_name:
+        case Garbage::bad_timeout:
+            try {  // the registration rule's own words
+                if (garbage == Garbage::bad_name) validate_name(name());
+                else validate_timeout(timeout);
+            } catch (const Error& e) {
+                return e.what();
+            }
+            return "bad name or timeout";
+        case Garbage::no_start_time: return "start time 0 is not a process start time";
     }
-    if (process.start_time == 0) return "start time 0 is not a process start time";
-    return {};
+    return "unknown";
+}
+
+std::string SlotSnapshot::garbage_reason() const {
+    const auto found = garbage();
+    return found ? describe(*found) : std::string();
 }
 
 std::chrono::milliseconds SlotSnapshot::since_beat(std::uint64_t now_ns) const noexcept {

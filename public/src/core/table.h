@@ -43,6 +43,9 @@ void validate_timeout(std::chrono::milliseconds timeout);
 /// free -> claiming -> live -> free; live -> revoked -> free (see core/slots.cpp).
 enum class SlotPhase : std::uint8_t { free = 0, claiming = 1, live = 2, revoked = 3 };
 
+/// Why a slot's fields cannot be a registration that the library made (forged or corrupt).
+enum class Garbage { not_a_pid, init, unterminated_name, bad_name, bad_timeout, no_start_time };
+
 /// A consistent copy of one slot: never a torn mix of two registrations.
 struct SlotSnapshot {
     std::uint32_t index = 0;
@@ -63,8 +66,12 @@ struct SlotSnapshot {
 
     /// The name up to its NUL (or all 48 bytes when a forged slot has none).
     [[nodiscard]] std::string_view name() const noexcept;
-    /// Why the fields cannot be trusted ("pid 1 is not a service", ...), or empty when sound.
-    /// A claiming slot is only judged on its pid.
+    /// Why the fields cannot be a registration the library made, or nullopt when sound. A
+    /// claiming slot is only judged on its pid.
+    [[nodiscard]] std::optional<Garbage> garbage() const noexcept;
+    /// `garbage` in words, with the offending value.
+    [[nodiscard]] std::string describe(Garbage garbage) const;
+    /// describe(*garbage()), or empty when sound.
     [[nodiscard]] std::string garbage_reason() const;
     /// Milliseconds since the last beat at `now_ns`; 0 for a beat stamped in the future.
     [[nodiscard]] std::chrono::milliseconds since_beat(std::uint64_t now_ns) const noexcept;
