@@ -89,6 +89,8 @@ void Checker::free_unsignalled(const SlotSnapshot& slot, LogLevel level, const s
         log_(level, message + "; dry run: would free the slot, nothing signalled");
         return;
     }
+    // Each caller has found the registrant dead, exec'd or not a registrant at all (garbage,
+    // another process): none of these can be inside Heartbeat::beat() on this slot.
     const bool freed = table_.free_slot(slot.index, slot.token);
     summary.freed += freed;
     log_(level, message + (freed ? ": slot freed, nothing signalled" : ": slot changed meanwhile, left as it is"));
