@@ -89,7 +89,7 @@ TEST_CASE("a new table is one System V segment with the header and 4096 free slo
     const auto info = table.info();
     CHECK(info.key == scratch.key());
     CHECK(info.slot_count == 4096);
-    CHECK(info.bytes == 128 + 4096 * 128);
+    CHECK(info.bytes == 128 + 4096 * 8 + 4096 * 128);  // header, journal, slots
     CHECK(info.version == 3);
     CHECK(info.mode == 0660);
     CHECK(info.owner_uid == ::geteuid());
@@ -185,14 +185,14 @@ TEST_CASE("a foreign segment at the key is refused, named, and left byte for byt
         header->slot_count.store(5000);
         ::shmdt(header);
         CHECK(error_of([&] { (void)Table::open_or_create(scratch.options()); }) ==
-              "the shared-memory segment at key " + key + " (640 bytes) is not an hbwatch table: its header says 5000 "
-              "slots of 128 bytes after a 128-byte header, which does not match its size. It was left untouched. "
+              "the shared-memory segment at key " + key + " (33408 bytes) is not an hbwatch table: its header says 5000 "
+              "slots of 128 bytes after a 32896-byte header, which does not match its size. It was left untouched. "
               "Point hbwatch elsewhere with HBWATCH_KEY, or, if nothing uses the segment, remove it with: ipcrm -M " + key);
     }
     SUBCASE("all zeros, of a table's size, from a creator that is still running") {
-        const auto original = make_raw_segment(scratch.key(), 128 + 31 * 128, [](unsigned char*) {});
+        const auto original = make_raw_segment(scratch.key(), hbwatch::detail::kSlotsOffset + 31 * 128, [](unsigned char*) {});
         CHECK(error_of([&] { (void)Table::open_or_create(scratch.options()); }) ==
-              "the shared-memory segment at key " + key + " (4096 bytes) is not an hbwatch table: its magic is 0 and "
+              "the shared-memory segment at key " + key + " (36864 bytes) is not an hbwatch table: its magic is 0 and "
               "its creator, pid " + std::to_string(::getpid()) + ", is running but has not made it a table. It was "
               "left untouched. Point hbwatch elsewhere with HBWATCH_KEY, or, if nothing uses the segment, remove it "
               "with: ipcrm -M " + key);
@@ -200,7 +200,7 @@ TEST_CASE("a foreign segment at the key is refused, named, and left byte for byt
     }
     SUBCASE("zero magic but data in it, from a creator that is gone") {
         hbtest::Child creator([&] {
-            make_raw_segment(scratch.key(), 128 + 4 * 128, [](unsigned char* base) { base[300] = 7; });
+            make_raw_segment(scratch.key(), hbwatch::detail::kSlotsOffset + 4 * 128, [](unsigned char* base) { base[300] = 7; });
             return 0;
         });
         REQUIRE(creator.wait() == 0);
@@ -215,7 +215,7 @@ TEST_CASE("a table whose creator died before publishing it is finished by the ne
     ScratchKey scratch;
     // What a creator SIGKILLed between shmget and the magic leaves: zeros, sized for 4 slots.
     hbtest::Child creator([&] {
-        make_raw_segment(scratch.key(), 128 + 4 * 128, [](unsigned char* base) {
+        make_raw_segment(scratch.key(), hbwatch::detail::kSlotsOffset + 4 * 128, [](unsigned char* base) {
             auto* header = reinterpret_cast<hbwatch::detail::Header*>(base);
             header->slot_size.store(128);  // it got this far
         });
@@ -347,4 +347,41 @@ TEST_CASE("forged slots are recognised as garbage") {
     CHECK_FALSE(table.read(0)->garbage());
     forge(::getpid(), 99, "x", 2);
     CHECK(table.read(0)->garbage() == Garbage::bad_timeout);
+}
+
+TEST_CASE("the journal names each changed slot once, and says when a record is missing or was overwritten") {
+    ScratchKey scratch;
+    Table table = Table::create(scratch.options(8));
+    std::uint64_t next = table.journal_head();
+    std::vector<std::uint32_t> changed;
+    CHECK(table.read_journal(next, changed) == Table::JournalRead::caught_up);
+    CHECK(changed.empty());
+
+    const auto self = hbwatch::self_identity();
+    const auto a = table.claim("journal-a", 1s, self, ::getuid());
+    const auto b = table.claim("journal-b", 1s, self, ::getuid());
+    REQUIRE(table.free_slot(a.index, a.token));
+    CHECK(table.read_journal(next, changed) == Table::JournalRead::caught_up);
+    CHECK(changed == std::vector<std::uint32_t>{a.index, b.index, a.index});
+    CHECK(next == table.journal_head());
+
+    // A writer SIGKILLed between reserving a record and writing it: the reader waits there.
+    const int id = ::shmget(scratch.key(), 0, 0);
+    auto* header = static_cast<hbwatch::detail::Header*>(::shmat(id, nullptr, 0));
+    header->journal_head.fetch_add(1);
+    changed.clear();
+    const auto c = table.claim("journal-c", 1s, self, ::getuid());
+    CHECK(table.read_journal(next, changed) == Table::JournalRead::pending);
+    CHECK(changed.empty());
+    CHECK(next == table.journal_head() - 2);
+
+    // More records than the ring holds since the last read: the reader must read every slot.
+    for (std::uint64_t i = 0; i < hbwatch::detail::kJournalRecords; ++i) {
+        const auto d = table.claim("journal-d", 1s, self, ::getuid());
+        REQUIRE(table.free_slot(d.index, d.token));
+    }
+    CHECK(table.read_journal(next, changed) == Table::JournalRead::lost);
+    CHECK(next == table.journal_head());
+    ::shmdt(header);
+    (void)c;
 }

@@ -28,8 +28,24 @@ struct Header {
     std::atomic<std::uint64_t> reclaims;
     std::atomic<std::uint64_t> kills;
     std::atomic<std::uint64_t> free_hint;  // where claim() looks first; any value is safe
-    std::atomic<std::uint64_t> reserved[6];
+    std::atomic<std::uint64_t> journal_head;  // journal records reserved so far
+    std::atomic<std::uint64_t> reserved[5];
 };
+
+// The journal, right after the header: a ring of the last kJournalRecords slot changes (a
+// claim published, a release, a revoke), so that a watcher learns which slots changed without
+// reading them all. A record is (sequence + 1) << kJournalIndexBits | slot index: the
+// sequence tells a reader whether the record is the one it expects, one not yet written (the
+// writer is between reserving and writing it, or died there), or a later lap's.
+inline constexpr std::uint64_t kJournalRecords = 4096;
+inline constexpr unsigned kJournalIndexBits = 21;
+static_assert((std::uint64_t{1} << kJournalIndexBits) > kMaxSlots);
+struct Journal {
+    std::atomic<std::uint64_t> records[kJournalRecords];
+};
+
+/// Where the slots start: after the header and the journal.
+inline constexpr std::size_t kSlotsOffset = sizeof(Header) + sizeof(Journal);
 
 // The state word: generation (30 bits) | pid (32 bits) | phase (2 bits).
 // Claiming bumps the generation, so a token (the whole word) names one registration: a CAS
@@ -55,6 +71,7 @@ static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
 static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
 static_assert(sizeof(std::atomic<std::uint64_t>) == 8);
 static_assert(sizeof(Header) == 128);
+static_assert(kSlotsOffset % 64 == 0, "slots stay aligned to cache lines");
 static_assert(sizeof(Slot) == 128 && alignof(Slot) == 64);
 static_assert(offsetof(Slot, name) == 48 && kNameWords * 8 == kMaxNameLength + 1);
 static_assert(offsetof(Slot, stopper) == 96);

@@ -111,7 +111,7 @@ std::string untrusted_owner_reason(key_t key, const SegmentFacts& facts, uid_t u
 namespace {
 
 constexpr std::size_t table_bytes(std::uint32_t slots) {
-    return sizeof(Header) + std::size_t{slots} * sizeof(Slot);
+    return detail::kSlotsOffset + std::size_t{slots} * sizeof(Slot);
 }
 
 std::string user_label(uid_t uid) {
@@ -161,7 +161,7 @@ std::string hex(std::uint64_t value) {
 
 void write_header(Header& header, std::uint32_t slots) {
     header.version.store(detail::kLayoutVersion, std::memory_order_relaxed);
-    header.header_size.store(sizeof(Header), std::memory_order_relaxed);
+    header.header_size.store(detail::kSlotsOffset, std::memory_order_relaxed);
     header.slot_size.store(sizeof(Slot), std::memory_order_relaxed);
     header.slot_count.store(slots, std::memory_order_relaxed);
     std::uint64_t unset = 0;
@@ -177,19 +177,19 @@ void write_header(Header& header, std::uint32_t slots) {
 // for header fields that can only hold our own values. Finishing its initialization is safe:
 // the values are the same whoever writes them. Anything else is refused, untouched.
 bool is_unfinished_table(const void* base, std::size_t bytes) {
-    if (bytes < table_bytes(1) || (bytes - sizeof(Header)) % sizeof(Slot) != 0) return false;
-    const auto slots = (bytes - sizeof(Header)) / sizeof(Slot);
+    if (bytes < table_bytes(1) || (bytes - detail::kSlotsOffset) % sizeof(Slot) != 0) return false;
+    const auto slots = (bytes - detail::kSlotsOffset) / sizeof(Slot);
     if (slots > kMaxSlots) return false;
     const auto& header = *static_cast<const Header*>(base);
     auto zero_or = [](std::uint64_t value, std::uint64_t expected) { return value == 0 || value == expected; };
-    if (!zero_or(header.version.load(), detail::kLayoutVersion) || !zero_or(header.header_size.load(), sizeof(Header)) ||
+    if (!zero_or(header.version.load(), detail::kLayoutVersion) || !zero_or(header.header_size.load(), detail::kSlotsOffset) ||
         !zero_or(header.slot_size.load(), sizeof(Slot)) || !zero_or(header.slot_count.load(), slots))
         return false;
     if (header.registrations.load() != 0 || header.releases.load() != 0 || header.reclaims.load() != 0 ||
-        header.kills.load() != 0)
+        header.kills.load() != 0 || header.journal_head.load() != 0)
         return false;
-    const auto* slot_bytes = static_cast<const unsigned char*>(base) + sizeof(Header);
-    return std::all_of(slot_bytes, slot_bytes + slots * sizeof(Slot), [](unsigned char b) { return b == 0; });
+    const auto* rest = static_cast<const unsigned char*>(base) + sizeof(Header);  // the journal, then the slots
+    return std::all_of(rest, static_cast<const unsigned char*>(base) + bytes, [](unsigned char b) { return b == 0; });
 }
 
 // The pid that created segment `shmid`, if it still runs.
@@ -221,7 +221,7 @@ std::uint32_t validate_layout(key_t key, int shmid, void* base, std::size_t byte
             if (!writable)
                 throw Error(EAGAIN, "the hbwatch table at key " + format_key(key) +
                                         " was never finished by its creator; open it read-write to finish it");
-            write_header(header, static_cast<std::uint32_t>((bytes - sizeof(Header)) / sizeof(Slot)));
+            write_header(header, static_cast<std::uint32_t>((bytes - detail::kSlotsOffset) / sizeof(Slot)));
             magic = header.magic.load(std::memory_order_acquire);
         }
     }
@@ -235,7 +235,7 @@ std::uint32_t validate_layout(key_t key, int shmid, void* base, std::size_t byte
                                 ": stop the services that use it, then remove and recreate it (ipcrm -M " +
                                 format_key(key) + ")");
     const auto slots = header.slot_count.load();
-    if (header.header_size.load() != sizeof(Header) || header.slot_size.load() != sizeof(Slot) || slots == 0 ||
+    if (header.header_size.load() != detail::kSlotsOffset || header.slot_size.load() != sizeof(Slot) || slots == 0 ||
         slots > kMaxSlots || bytes != table_bytes(slots))
         throw_foreign(key, bytes,
                       "its header says " + std::to_string(slots) + " slots of " +
@@ -289,7 +289,8 @@ std::shared_ptr<Segment> Segment::open(key_t key, bool writable) {
     segment->writable = writable;
     segment->slot_count = validate_layout(key, shmid, segment->region.get_address(), segment->region.get_size(), writable);
     segment->header = static_cast<Header*>(segment->region.get_address());
-    segment->slots = reinterpret_cast<Slot*>(static_cast<char*>(segment->region.get_address()) + sizeof(Header));
+    segment->journal = reinterpret_cast<detail::Journal*>(static_cast<char*>(segment->region.get_address()) + sizeof(Header));
+    segment->slots = reinterpret_cast<Slot*>(static_cast<char*>(segment->region.get_address()) + detail::kSlotsOffset);
     return segment;
 }
 
@@ -333,7 +334,8 @@ std::shared_ptr<Segment> Segment::create(key_t key, const TableOptions& options)
     segment->owner = segment->creator = ::geteuid();
     segment->slot_count = options.slots;
     segment->header = static_cast<Header*>(segment->region.get_address());
-    segment->slots = reinterpret_cast<Slot*>(static_cast<char*>(segment->region.get_address()) + sizeof(Header));
+    segment->journal = reinterpret_cast<detail::Journal*>(static_cast<char*>(segment->region.get_address()) + sizeof(Header));
+    segment->slots = reinterpret_cast<Slot*>(static_cast<char*>(segment->region.get_address()) + detail::kSlotsOffset);
     write_header(*segment->header, options.slots);  // the segment is zero-filled: every slot is free
     return segment;
 }

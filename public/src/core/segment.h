@@ -22,6 +22,7 @@ struct Segment {
     bool writable = false;
     std::uint32_t slot_count = 0;
     Header* header = nullptr;
+    Journal* journal = nullptr;
     Slot* slots = nullptr;
     uid_t owner = 0, creator = 0;  // as checked when mapped (writable only)
     boost::interprocess::mapped_region region;

@@ -184,6 +184,14 @@ bool owner_is_dead(const SlotSnapshot& s) {
     return liveness(s.process) != Liveness::alive;
 }
 
+// Records that slot `index` changed, after the CAS that changed it: a watcher that reads the
+// record (acquire) sees the change.
+void journal_change(detail::Segment& segment, std::uint32_t index) noexcept {
+    const std::uint64_t sequence = segment.header->journal_head.fetch_add(1, std::memory_order_relaxed);
+    segment.journal->records[sequence % detail::kJournalRecords].store(
+        ((sequence + 1) << detail::kJournalIndexBits) | index, std::memory_order_release);
+}
+
 bool try_claim(Slot& slot, std::uint64_t& token, pid_t pid) {
     std::uint64_t expected = slot.state.load(std::memory_order_relaxed);
     if (phase_of(expected) != SlotPhase::free) return false;
@@ -270,6 +278,7 @@ Claim Table::claim(std::string_view name, std::chrono::milliseconds timeout, con
     if (!slot.state.compare_exchange_strong(expected, live, std::memory_order_release, relaxed))
         return claim(name, timeout, registrant);
     header.registrations.fetch_add(1, relaxed);
+    journal_change(*segment_, *index);
     return Claim{*index, live};
 }
 
@@ -286,6 +295,7 @@ bool Table::free_slot(std::uint32_t index, std::uint64_t token) noexcept {
     if (!done) return false;
     segment_->header->releases.fetch_add(1, std::memory_order_relaxed);
     segment_->header->free_hint.store(index, std::memory_order_relaxed);
+    journal_change(*segment_, index);
     return true;
 }
 
@@ -300,7 +310,34 @@ Table::Revoked Table::revoke(std::uint32_t index, std::uint64_t token) noexcept 
     if (!segment_->slots[index].state.compare_exchange_strong(expected, revoked, std::memory_order_release,
                                                               std::memory_order_relaxed))
         return Revoked::changed;
+    journal_change(*segment_, index);
     return Revoked::revoked;
+}
+
+Table::JournalRead Table::read_journal(std::uint64_t& next, std::vector<std::uint32_t>& changed) const {
+    const std::uint64_t head = segment_->header->journal_head.load(std::memory_order_acquire);
+    if (head - next > detail::kJournalRecords) {  // also a `next` from the future (a forged head)
+        next = head;
+        return JournalRead::lost;
+    }
+    constexpr std::uint64_t kIndexMask = (std::uint64_t{1} << detail::kJournalIndexBits) - 1;
+    for (; next != head; ++next) {
+        const std::uint64_t record =
+            segment_->journal->records[next % detail::kJournalRecords].load(std::memory_order_acquire);
+        const std::uint64_t sequence = record >> detail::kJournalIndexBits;
+        if (sequence < next + 1) return JournalRead::pending;
+        if (sequence > next + 1) {
+            next = head;
+            return JournalRead::lost;
+        }
+        const auto index = static_cast<std::uint32_t>(record & kIndexMask);
+        if (index < segment_->slot_count) changed.push_back(index);
+    }
+    return JournalRead::caught_up;
+}
+
+std::uint64_t Table::journal_head() const noexcept {
+    return segment_->header->journal_head.load(std::memory_order_acquire);
 }
 
 std::optional<Table::PendingBeat> Table::prepare_beat(std::uint32_t index, std::uint64_t token) const noexcept {

@@ -12,6 +12,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <hbwatch/options.h>
 
@@ -217,6 +218,20 @@ public:
     StopClaim take_stop(std::uint32_t index, std::uint64_t token, const ProcessIdentity& stopper) noexcept;
     /// Gives the right back (after a stop that did not happen).
     void drop_stop(std::uint32_t index, const ProcessIdentity& stopper) noexcept;
+
+    /// What read_journal() found.
+    enum class JournalRead {
+        caught_up,  // every record up to the head was read
+        pending,    // the record at `next` is not written yet: its writer is between reserving and
+                    // writing it (or died there); try again later
+        lost,       // records were overwritten before they were read: `next` is moved to the head,
+                    // and every slot must be read again
+    };
+    /// The slots changed (claimed, released, revoked) by the journal's records from `next` on,
+    /// appended to `changed`; `next` moves past the records read. See layout.h.
+    JournalRead read_journal(std::uint64_t& next, std::vector<std::uint32_t>& changed) const;
+    /// How many journal records have been reserved: a watcher's starting point.
+    [[nodiscard]] std::uint64_t journal_head() const noexcept;
 
     /// Counts a kill in the header (checkproc calls it after a SIGKILL or SIGTERM it sent).
     void count_kill() noexcept;
