@@ -1,6 +1,7 @@
 #include <doctest/doctest.h>
 
 #include <sys/shm.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <optional>
@@ -300,4 +301,38 @@ TEST_CASE("a process maps the table once for all its handles, and maps anew when
                    : 1;
     });
     CHECK(child.wait() == 0);
+}
+
+TEST_CASE("a child made without fork()'s handlers (_Fork) never beats or frees its parent's slot, and registers as itself") {
+    ScratchKey scratch;
+    auto options = scratch.options(4);
+    Heartbeat parent("parent", 1s, options);
+    auto table = Table::open_existing(options, Table::Access::read_only);
+    const auto before = *table->read(parent.slot());
+
+    hbtest::Pipe done;
+    const pid_t child = ::_Fork();  // runs no pthread_atfork handler
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        int failures = parent.beat() != BeatStatus::forked;
+        try {
+            Heartbeat own("raw-child", 1s, options);
+            const auto entry = Table::open_existing(options, Table::Access::read_only)->read(own.slot());
+            failures += !entry || entry->process.pid != ::getpid() || entry->process.pid == before.process.pid;
+            failures += own.beat() != BeatStatus::ok;
+        } catch (...) {
+            failures += 100;
+        }
+        { Heartbeat copy_of_parent = std::move(parent); }  // its destructor, in the child
+        ::_exit(failures);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+    const auto after = table->read(parent.slot());
+    REQUIRE(after);
+    CHECK(after->token == before.token);
+    CHECK(after->beats == before.beats);
+    CHECK(parent.beat() == BeatStatus::ok);
 }

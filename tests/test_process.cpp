@@ -1,7 +1,10 @@
 #include <doctest/doctest.h>
 
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
+
+#include <thread>
 
 #include "core/process.h"
 
@@ -81,4 +84,36 @@ TEST_CASE("no process answers for pid 0, a negative pid or an unused pid") {
     CHECK_FALSE(hbwatch::read_proc_stat(-5));
     CHECK_FALSE(hbwatch::read_proc_stat(1 << 23));  // above PID_MAX_LIMIT: never a process
     CHECK(hbwatch::liveness({0, 1}) == Liveness::gone);
+}
+
+TEST_CASE("a process whose main thread has exited while another thread runs is alive, not a zombie") {
+    hbtest::Pipe ready, finish;
+    hbtest::Child child([&] {
+        std::thread([&] {
+            ready.signal();
+            (void)finish.wait(std::chrono::seconds(30));
+            ::_exit(0);
+        }).detach();
+        // The main thread alone ends (exit, not exit_group), without unwinding the stack
+        // that the other thread still uses, as pthread_exit() would.
+        ::syscall(SYS_exit, 0);
+        return 0;
+    });
+    REQUIRE(ready.wait(std::chrono::seconds(10)));
+    const auto who = hbwatch::identity_of(child.pid());
+    REQUIRE(who);
+    // /proc/PID/stat says Z for the main thread; the process still runs.
+    auto stat = hbwatch::read_proc_stat(child.pid());
+    for (int i = 0; i < 1000 && stat && stat->state != 'Z'; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));  // the main thread's exit has no event to wait on
+        stat = hbwatch::read_proc_stat(child.pid());
+    }
+    REQUIRE(stat);
+    REQUIRE(stat->state == 'Z');
+    CHECK(hbwatch::liveness(*who) == hbwatch::Liveness::alive);
+    CHECK(hbwatch::is_running(child.pid()));
+    finish.signal();
+    REQUIRE(child.wait_exit(std::chrono::seconds(10)));
+    CHECK(hbwatch::liveness(*who) == hbwatch::Liveness::zombie);
+    CHECK_FALSE(hbwatch::is_running(child.pid()));
 }

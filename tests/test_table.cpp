@@ -138,6 +138,13 @@ TEST_CASE("the slot count and mode are chosen at creation, within bounds") {
             "cannot create a table of 1048577 slots"));
         CHECK(::shmget(scratch.key(), 0, 0) < 0);
     }
+    SUBCASE("a mode that would lock out the table's own creator") {
+        auto options = scratch.options(8);
+        options.mode = 0440;
+        CHECK(error_of([&] { (void)Table::create(options); }) ==
+              "bad table mode 0440: give permission bits that let the owner read and write, such as 0660 or 0600");
+        CHECK(::shmget(scratch.key(), 0, 0) < 0);
+    }
 }
 
 TEST_CASE("a foreign segment at the key is refused, named, and left byte for byte") {

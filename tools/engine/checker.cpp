@@ -29,15 +29,20 @@ std::string describe(const SlotSnapshot& s) {
 }
 
 // Whether the process of `slot` is still the program that made the entry: for a
-// self-registration, it holds that marker; for a delegated one, it has not exec'd.
-bool still_registered(const SlotSnapshot& slot) {
+// self-registration, it holds that marker; for a delegated one, it has not exec'd. nullopt
+// when that cannot be read (not our process to inspect): then it must be neither signalled
+// nor freed, since it may be a live registrant that is only paused.
+std::optional<bool> still_registered(const SlotSnapshot& slot) {
     const pid_t pid = slot.process.pid;
     if (!slot.delegated()) {
         const auto uids = read_uids(pid);
-        return uids && holds_image_marker(pid, slot.image, *uids);
+        if (!uids) return std::nullopt;
+        return image_marker_held(pid, slot.image, *uids);
     }
+    if (slot.exec_mark == 0) return false;  // nothing to compare: never acted on
     const auto stat = read_proc_stat(pid);
-    return stat && slot.exec_mark != 0 && stat->start_stack == slot.exec_mark;
+    if (!stat || stat->start_stack == 0) return std::nullopt;  // 0: the kernel hides it from us
+    return stat->start_stack == slot.exec_mark;
 }
 
 // A read-write open already refuses a squatter's table; a dry run opens read-only, and must
@@ -115,7 +120,7 @@ void Checker::handle(const SlotSnapshot& slot, std::uint64_t now_ns, ScanSummary
     if (const auto found = slot.garbage()) garbage = slot.describe(*found);
     else if (slot.process.pid == self_.pid)
         garbage = "pid " + std::to_string(self_.pid) + " is this checkproc, which never registers";
-    else if (slot.last_beat_ns > now_ns + to_ns(std::chrono::seconds(1)))
+    else if (slot.last_beat_ns > monotonic_now_ns() + to_ns(std::chrono::seconds(1)))  // not now_ns: a scan takes time
         garbage = "its last beat is " + human_duration(ms_between(now_ns, slot.last_beat_ns)) +
                   " in the future";
     if (!garbage.empty()) {
@@ -207,13 +212,16 @@ void Checker::stop_hung(const SlotSnapshot& slot, const std::string& who, const 
         else keep_unsignalled = "pid " + std::to_string(slot.process.pid) + " is " + to_string(refusal);
     } else if (!same_process(slot.process, target->identity)) {
         unsafe = "the pid now belongs to another process";
+    } else if (const auto registered = still_registered(slot); !registered) {
+        keep_unsignalled = "this checkproc may not read pid " + std::to_string(slot.process.pid) +
+                           "'s memory map to verify it is still the program that registered; run checkproc as root";
     } else if (!slot.delegated()) {
         // It registered itself: it must still hold the marker of the image that did.
-        if (!still_registered(slot))
+        if (!*registered)
             unsafe = "pid " + std::to_string(slot.process.pid) +
                      " does not hold the marker of the program image that registered: it has exec'd since, or the "
                      "entry is forged";
-    } else if (!still_registered(slot)) {
+    } else if (!*registered) {
         unsafe = "pid " + std::to_string(slot.process.pid) + " has exec'd since it was registered on its behalf" +
                  (slot.exec_mark == 0 ? " (or the entry carries no exec mark)" : "");
     } else {
@@ -241,7 +249,7 @@ void Checker::stop_hung(const SlotSnapshot& slot, const std::string& who, const 
     // The token names this registration alone, so it serves as the stop's id. SIGKILL, a grace
     // later, goes only to the same program: one that exec'd on SIGTERM is left to finish.
     std::string why;
-    auto same_program = [slot] { return still_registered(slot); };
+    auto same_program = [slot] { return still_registered(slot).value_or(false); };
     if (!stopper_.start(slot.token, std::move(target->pidfd), monotonic_now_ns() + to_ns(options_.grace), &why,
                         same_program)) {
         table_.drop_stop(slot.index, self_);

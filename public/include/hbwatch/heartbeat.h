@@ -29,9 +29,10 @@ enum class BeatStatus {
 [[nodiscard]] HBWATCH_API const char* to_string(BeatStatus status) noexcept;
 
 namespace detail {
-/// Bumped in every fork()ed child (pthread_atfork), so that beat() knows it runs in a copy
-/// without calling getpid(), which is a syscall.
-extern HBWATCH_API std::atomic<std::uint64_t> fork_generation;
+/// This process's fork epoch: a word in a page that the kernel zeroes in every fork()ed child
+/// (MADV_WIPEONFORK), however the child was made, so that beat() knows it runs in a copy
+/// without calling getpid(), which is a syscall. Set by the first registration.
+extern HBWATCH_API const std::atomic<std::uint64_t>* fork_epoch;
 struct Segment;    // this process's mapping of the table, shared by its handles
 struct BeatProbe;  // the tests' access to the two halves of beat()
 }  // namespace detail
@@ -82,7 +83,7 @@ private:
     BeatStatus owned() const noexcept {
         constexpr auto relaxed = std::memory_order_relaxed;
         if (state_ == nullptr) return BeatStatus::inactive;
-        if (fork_generation_ != detail::fork_generation.load(relaxed)) return BeatStatus::forked;
+        if (fork_epoch_ != detail::fork_epoch->load(relaxed)) return BeatStatus::forked;
         if (state_->load(relaxed) != token_) return BeatStatus::lost;
         return BeatStatus::ok;
     }
@@ -103,7 +104,7 @@ private:
     std::uint64_t token_ = 0;
     std::uint32_t slot_ = 0;
     key_t key_ = 0;
-    std::uint64_t fork_generation_ = 0;
+    std::uint64_t fork_epoch_ = 0;
 };
 
 }  // namespace hbwatch

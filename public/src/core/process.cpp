@@ -3,11 +3,13 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/syscall.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
 #include <charconv>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -145,18 +147,43 @@ ProcessIdentity self_identity() {
 
 Liveness liveness(const ProcessIdentity& who) { return liveness(who, read_proc_stat(who.pid)); }
 
-Liveness liveness(const ProcessIdentity& who, const std::optional<ProcStat>& stat) noexcept {
-    if (!stat) return Liveness::gone;
+namespace {
+// The threads of `pid` that have not exited, from /proc/PID/status; nullopt when unreadable.
+// An exited process still counts its main thread: 1.
+std::optional<long> thread_count(pid_t pid) {
+    const auto status = read_proc_file("/proc/" + std::to_string(pid) + "/status");
+    if (!status) return std::nullopt;
+    const auto at = status->find("\nThreads:");
+    if (at == std::string::npos) return std::nullopt;
+    return std::strtol(status->c_str() + at + 9, nullptr, 10);
+}
+}  // namespace
+
+Liveness liveness(const ProcessIdentity& who, const std::optional<ProcStat>& stat) {
+    if (!stat) {
+        // Not readable is not gone: hidepid hides other users' processes. Signal 0 sends
+        // nothing and tells whether any process holds the pid.
+        if (who.pid > 1 && ::kill(who.pid, 0) != 0 && errno == ESRCH) return Liveness::gone;
+        return who.pid > 1 ? Liveness::alive : Liveness::gone;
+    }
     if (stat->start_time != who.start_time) return Liveness::reused;
-    if (has_exited(*stat)) return Liveness::zombie;
+    if (has_exited(*stat)) {
+        const auto threads = thread_count(who.pid);
+        if (threads && *threads > 1) return Liveness::alive;  // the main thread exited, others run
+        return Liveness::zombie;
+    }
     return Liveness::alive;
 }
 
 bool has_exited(const ProcStat& stat) noexcept { return stat.state == 'Z' || stat.state == 'X'; }
 
 bool is_running(pid_t pid) {
+    if (pid <= 0) return false;
     auto stat = read_proc_stat(pid);
-    return stat && !has_exited(*stat);
+    if (!stat) return ::kill(pid, 0) == 0 || errno != ESRCH;  // hidden by hidepid is not gone
+    if (!has_exited(*stat)) return true;
+    const auto threads = thread_count(pid);
+    return threads && *threads > 1;
 }
 
 std::vector<pid_t> children_of(pid_t pid) {

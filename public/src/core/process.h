@@ -71,12 +71,16 @@ enum class Liveness {
     zombie,  // the process has exited and waits for its parent to reap it
 };
 
-/// Whether the process `who` still exists. Only `alive` means a signal could reach it.
+/// Whether the process `who` still exists. Only `alive` means a signal could reach it. Every
+/// other answer rests on proof, because a slot is freed on it: `gone` only when no process
+/// holds the pid (a /proc entry hidden by hidepid is not proof), `zombie` only when every
+/// thread has exited (a main thread that called pthread_exit shows Z while the others run).
 [[nodiscard]] Liveness liveness(const ProcessIdentity& who);
 /// The same, judged from a /proc/PID/stat the caller has already read (nullopt: none).
-[[nodiscard]] Liveness liveness(const ProcessIdentity& who, const std::optional<ProcStat>& stat) noexcept;
+[[nodiscard]] Liveness liveness(const ProcessIdentity& who, const std::optional<ProcStat>& stat);
 
-/// Whether the process has exited: a zombie awaiting its parent, or dead.
+/// Whether the process has exited: a zombie awaiting its parent, or dead. From stat alone,
+/// which cannot tell a zombie main thread whose other threads run: see liveness().
 [[nodiscard]] bool has_exited(const ProcStat& stat) noexcept;
 
 /// Whether some process holds `pid` and has not exited (whatever its start time).

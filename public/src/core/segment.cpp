@@ -298,8 +298,12 @@ std::shared_ptr<Segment> Segment::create(key_t key, const TableOptions& options)
     if (options.slots == 0 || options.slots > kMaxSlots)
         throw Error(EINVAL, "cannot create a table of " + std::to_string(options.slots) + " slots at key " +
                                 format_key(key) + ": give 1 to " + std::to_string(kMaxSlots) + " slots");
-    if ((options.mode & ~mode_t{0777}) != 0)
-        throw Error(EINVAL, "bad table mode 0" + std::to_string(options.mode) + ": give permission bits such as 0660");
+    if ((options.mode & ~mode_t{0777}) != 0 || (options.mode & 0600) != 0600) {
+        char mode[16];
+        std::snprintf(mode, sizeof mode, "0%o", static_cast<unsigned>(options.mode));
+        throw Error(EINVAL, std::string("bad table mode ") + mode +
+                                ": give permission bits that let the owner read and write, such as 0660 or 0600");
+    }
     const std::size_t bytes = table_bytes(options.slots);
     std::unique_ptr<bip::xsi_shared_memory> shm;
     try {
@@ -327,7 +331,13 @@ std::shared_ptr<Segment> Segment::create(key_t key, const TableOptions& options)
         }
     }
     auto segment = std::make_shared<Segment>();
-    segment->region = bip::mapped_region(*shm, bip::read_write);
+    try {
+        segment->region = bip::mapped_region(*shm, bip::read_write);
+    } catch (const bip::interprocess_exception& e) {
+        // Never leave an unfinished segment at the key for everyone else to trip over.
+        bip::xsi_shared_memory::remove(shm->get_shmid());
+        throw_system(key, "map", e.get_native_error());
+    }
     segment->key = key;
     segment->shmid = shm->get_shmid();
     segment->writable = true;

@@ -139,7 +139,11 @@ std::optional<SlotSnapshot> Table::read(std::uint32_t index) const {
     if (index >= segment_->slot_count) return std::nullopt;
     const Slot& slot = segment_->slots[index];
     constexpr auto relaxed = std::memory_order_relaxed;
-    for (;;) {
+    // Honest writers change a word a few times a second at most; one that flips it endlessly
+    // is hostile, and must not hold the reader: after that many tries the slot reads as a claim
+    // in progress, which is judged on its pid alone.
+    constexpr int kTries = 1000;
+    for (int attempt = 0;; ++attempt) {
         const std::uint64_t before = slot.state.load(std::memory_order_acquire);
         if (phase_of(before) == SlotPhase::free) return std::nullopt;
         SlotSnapshot s;
@@ -161,8 +165,9 @@ std::optional<SlotSnapshot> Table::read(std::uint32_t index) const {
             std::memcpy(s.name_bytes.data() + w * 8, &word, 8);
         }
         std::atomic_thread_fence(std::memory_order_acquire);
-        if (slot.state.load(relaxed) == before) {
-            if (s.phase == SlotPhase::claiming) {  // a claim in progress: only the pid is meaningful yet
+        const bool consistent = slot.state.load(relaxed) == before;
+        if (consistent || attempt == kTries) {
+            if (!consistent || s.phase == SlotPhase::claiming) {  // a claim in progress: only the pid is meaningful yet
                 const pid_t pid = s.process.pid;
                 s = SlotSnapshot{};
                 s.index = index, s.token = before, s.phase = SlotPhase::claiming, s.process.pid = pid;
@@ -225,61 +230,67 @@ Claim Table::claim(std::string_view name, std::chrono::milliseconds timeout, con
     Header& header = *segment_->header;
     constexpr auto relaxed = std::memory_order_relaxed;
 
-    // Start at the hint: the slot released last, or the one after the slot claimed last. Any
-    // value is safe (a process may die having written any), and a stale one costs probes.
-    const auto start = static_cast<std::uint32_t>(header.free_hint.load(relaxed) % count);
-    std::uint64_t token = 0;
-    std::optional<std::uint32_t> index;
-    for (std::uint32_t i = 0; i < count && !index; ++i) {
-        const std::uint32_t candidate = start + i < count ? start + i : start + i - count;
-        if (try_claim(segment_->slots[candidate], token, who.pid)) index = candidate;
-    }
-    if (!index) {
-        // Full: take back the slots of owners that died without releasing them.
+    // Each pass claims a slot; one voided by a reclaimer (this process was stopped mid-claim
+    // and taken for dead) starts over. Only a hostile writer could void pass after pass.
+    for (int attempt = 0; attempt < 16; ++attempt) {
+        // Start at the hint: the slot released last, or the one after the slot claimed last. Any
+        // value is safe (a process may die having written any), and a stale one costs probes.
+        const auto start = static_cast<std::uint32_t>(header.free_hint.load(relaxed) % count);
+        std::uint64_t token = 0;
+        std::optional<std::uint32_t> index;
         for (std::uint32_t i = 0; i < count && !index; ++i) {
-            auto s = read(i);
-            if (!s || !owner_is_dead(*s) || !free_slot(i, s->token)) continue;
-            header.reclaims.fetch_add(1, relaxed);
-            if (try_claim(segment_->slots[i], token, who.pid)) index = i;
+            const std::uint32_t candidate = start + i < count ? start + i : start + i - count;
+            if (try_claim(segment_->slots[candidate], token, who.pid)) index = candidate;
         }
-    }
-    if (!index)
-        throw Error(ENOSPC, "the hbwatch table at key " + format_key(key()) + " is full: all " + std::to_string(count) +
-                                " slots hold live processes, so '" + std::string(name) +
-                                "' cannot register. Remove entries that are not needed (proctab remove), or "
-                                "recreate the table with more slots (proctab init --slots " +
-                                std::to_string(std::min<std::uint64_t>(std::uint64_t{count} * 2, kMaxSlots)) +
-                                ") once the services are stopped");
-    header.free_hint.store(*index + 1 < count ? *index + 1 : 0, relaxed);
+        if (!index) {
+            // Full: take back the slots of owners that died without releasing them.
+            for (std::uint32_t i = 0; i < count && !index; ++i) {
+                auto s = read(i);
+                if (!s || !owner_is_dead(*s) || !free_slot(i, s->token)) continue;
+                header.reclaims.fetch_add(1, relaxed);
+                if (try_claim(segment_->slots[i], token, who.pid)) index = i;
+            }
+        }
+        if (!index)
+            throw Error(ENOSPC, "the hbwatch table at key " + format_key(key()) + " is full: all " + std::to_string(count) +
+                                    " slots hold live processes, so '" + std::string(name) +
+                                    "' cannot register. Remove entries that are not needed (proctab remove), or "
+                                    "recreate the table with more slots (proctab init --slots " +
+                                    std::to_string(std::min<std::uint64_t>(std::uint64_t{count} * 2, kMaxSlots)) +
+                                    ") once the services are stopped");
+        header.free_hint.store(*index + 1 < count ? *index + 1 : 0, relaxed);
 
-    Slot& slot = segment_->slots[*index];
-    const std::uint64_t now = coarse_monotonic_now_ns();
-    slot.start_time.store(who.start_time, relaxed);
-    slot.uid.store(uid, relaxed);
-    slot.timeout_ms.store(static_cast<std::uint32_t>(timeout.count()), relaxed);
-    slot.registered_ns.store(now, relaxed);
-    slot.last_beat_ns.store(now, relaxed);
-    slot.beats.store(0, relaxed);
-    slot.stopper.store(0, relaxed);
-    slot.pidfs_inode.store(who.pidfs_inode, relaxed);
-    slot.image.store(registrant.image, relaxed);
-    slot.exec_mark.store(registrant.exec_mark, relaxed);
-    char padded[detail::kNameWords * 8] = {};
-    std::memcpy(padded, name.data(), name.size());
-    for (std::size_t w = 0; w < detail::kNameWords; ++w) {
-        std::uint64_t word;
-        std::memcpy(&word, padded + w * 8, 8);
-        slot.name[w].store(word, relaxed);
+        Slot& slot = segment_->slots[*index];
+        const std::uint64_t now = coarse_monotonic_now_ns();
+        slot.start_time.store(who.start_time, relaxed);
+        slot.uid.store(uid, relaxed);
+        slot.timeout_ms.store(static_cast<std::uint32_t>(timeout.count()), relaxed);
+        slot.registered_ns.store(now, relaxed);
+        slot.last_beat_ns.store(now, relaxed);
+        slot.beats.store(0, relaxed);
+        slot.stopper.store(0, relaxed);
+        slot.pidfs_inode.store(who.pidfs_inode, relaxed);
+        slot.image.store(registrant.image, relaxed);
+        slot.exec_mark.store(registrant.exec_mark, relaxed);
+        char padded[detail::kNameWords * 8] = {};
+        std::memcpy(padded, name.data(), name.size());
+        for (std::size_t w = 0; w < detail::kNameWords; ++w) {
+            std::uint64_t word;
+            std::memcpy(&word, padded + w * 8, 8);
+            slot.name[w].store(word, relaxed);
+        }
+        // Publish with a CAS: if a reclaimer took the slot while this process was stopped
+        // mid-claim, the claim is void and the fields written above belong to nobody.
+        std::uint64_t expected = token;
+        const std::uint64_t live = make_state(generation_of(token), who.pid, SlotPhase::live);
+        if (!slot.state.compare_exchange_strong(expected, live, std::memory_order_release, relaxed)) continue;
+        header.registrations.fetch_add(1, relaxed);
+        journal_change(*segment_, *index);
+        return Claim{*index, live};
     }
-    // Publish with a CAS: if a reclaimer took the slot while this process was stopped
-    // mid-claim, the claim is void and the fields written above belong to nobody.
-    std::uint64_t expected = token;
-    const std::uint64_t live = make_state(generation_of(token), who.pid, SlotPhase::live);
-    if (!slot.state.compare_exchange_strong(expected, live, std::memory_order_release, relaxed))
-        return claim(name, timeout, registrant);
-    header.registrations.fetch_add(1, relaxed);
-    journal_change(*segment_, *index);
-    return Claim{*index, live};
+    throw Error(EAGAIN, "registering '" + std::string(name) + "' in the table at key " + format_key(key()) +
+                            " failed 16 times: another process keeps taking the slots it claims. Check who can write "
+                            "the table (proctab)");
 }
 
 bool Table::free_slot(std::uint32_t index, std::uint64_t token) noexcept {

@@ -119,10 +119,14 @@ std::uint64_t image_marker() {
 }
 
 bool holds_image_marker(pid_t pid, std::uint64_t nonce, const ProcessUids& uids) {
+    return image_marker_held(pid, nonce, uids).value_or(false);
+}
+
+std::optional<bool> image_marker_held(pid_t pid, std::uint64_t nonce, const ProcessUids& uids) {
     if (pid <= 0 || nonce == 0) return false;
     const std::string proc = "/proc/" + std::to_string(pid);
     auto maps = read_proc_file(proc + "/maps");
-    if (!maps) return false;
+    if (!maps) return std::nullopt;  // not ours to read (another user, not dumpable): unknown
     const std::string wanted = std::string("/memfd:") + kMarkerPrefix + hex16(nonce) + " (deleted)";
     std::istringstream lines(*maps);
     std::string line;

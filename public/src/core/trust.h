@@ -51,6 +51,9 @@ struct TableWriters {
 /// needs CAP_SYS_ADMIN; without it, the name alone). Confirm the answer with a pidfd of the
 /// process that is still running afterwards.
 [[nodiscard]] bool holds_image_marker(pid_t pid, std::uint64_t nonce, const ProcessUids& uids);
+/// The same, but nullopt when /proc/PID/maps cannot be read (another user's process, or one
+/// that is not dumpable): then nobody can tell, and nothing may be decided on it.
+[[nodiscard]] std::optional<bool> image_marker_held(pid_t pid, std::uint64_t nonce, const ProcessUids& uids);
 
 /// A warning for `user` registering in the table at `key` when users other than root and
 /// `user` can write it (they could make checkproc stop the registrant); empty otherwise.
