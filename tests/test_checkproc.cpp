@@ -197,8 +197,9 @@ TEST_CASE("after a service exits cleanly on SIGTERM, nothing else in checkproc's
 
 TEST_CASE("a zombie registrant is reported with its parent, and its slot is freed") {
     hbtest::ScratchKey scratch;
-    auto crasher = service(scratch, "crasher", {"--timeout", "10s", "--crash-after", "0ms"});
+    auto crasher = service(scratch, "crasher", {"--timeout", "100ms", "--crash-after", "0ms"});
     REQUIRE(crasher->wait_exit(10s));  // not reaped: a zombie, whose parent is this test
+    wait_until_hung(scratch, 1);  // before its deadline, a zombie gets only the cheap look: signal 0 finds it
     const auto [code, log] = run_checkproc(scratch);
     CHECK(code == 0);
     CHECK(contains(log, "pid " + std::to_string(crasher->pid()) + " 'crasher': the process is a zombie; pid " +

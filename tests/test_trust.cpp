@@ -426,6 +426,9 @@ TEST_CASE("a registrant's pid reused by an unrelated process: nothing is signall
         if (candidate->pid() == pid) unrelated = std::move(candidate);
     }
     REQUIRE_MESSAGE(unrelated, "could not get pid " << pid << " reused");
+    // Before its deadline the entry gets only the cheap look (some process holds the pid);
+    // its identity is checked when it is due.
+    REQUIRE(hbtest::eventually([&] { return hung_entries(scratch) == 1; }));
 
     const auto [code, log] = run_checkproc(scratch);
     CHECK(code == 0);

@@ -45,6 +45,7 @@ int main(int argc, char** argv) {
         hbwatch::CheckOptions options;
         options.grace = hbwatch::parse_duration(grace);
         options.dry_run = dry_run;
+        options.log_healthy = verbose;
         const auto table = tool::table_options(key);
         if (watch) {
             hbwatch::watch(table, options, tool::sink_for(logger), stop_fd);

@@ -1,6 +1,7 @@
 #include "engine/checker.h"
 
 #include <poll.h>
+#include <signal.h>
 #include <sys/shm.h>
 #include <unistd.h>
 
@@ -18,10 +19,6 @@
 
 namespace hbwatch {
 namespace {
-
-std::uint64_t deadline_ns(const SlotSnapshot& s) {
-    return s.last_beat_ns + to_ns(s.timeout);
-}
 
 std::string describe(const SlotSnapshot& s) {
     return "slot " + std::to_string(s.index) + " pid " + std::to_string(s.process.pid) + " '" +
@@ -58,11 +55,14 @@ void require_trusted(const Table& table) {
 
 }  // namespace
 
+std::uint64_t deadline_ns(const SlotSnapshot& slot) noexcept {
+    return slot.last_beat_ns + to_ns(slot.timeout) + beat_resolution_ns();
+}
+
 Health health_of(const SlotSnapshot& slot, std::uint64_t now_ns) noexcept {
     const std::uint64_t since = now_ns > slot.last_beat_ns ? now_ns - slot.last_beat_ns : 0;
-    const std::uint64_t timeout = to_ns(slot.timeout);
-    if (since > timeout) return Health::hung;
-    if (since > timeout / 2) return Health::late;
+    if (now_ns > deadline_ns(slot)) return Health::hung;  // exactly when checkproc acts
+    if (since > to_ns(slot.timeout) / 2) return Health::late;
     return Health::ok;
 }
 
@@ -84,7 +84,7 @@ Checker::Checker(Table& table, CheckOptions options, LogSink log)
 
 ScanSummary Checker::scan(std::uint64_t now_ns) {
     ScanSummary summary;
-    table_.for_each([&](const SlotSnapshot& slot) { handle(slot, now_ns, summary); });
+    table_.for_each([&](const SlotSnapshot& slot) { check(slot, now_ns, summary); });
     return summary;
 }
 
@@ -101,9 +101,22 @@ void Checker::free_unsignalled(const SlotSnapshot& slot, LogLevel level, const s
     log_(level, message + (freed ? ": slot freed, nothing signalled" : ": slot changed meanwhile, left as it is"));
 }
 
-void Checker::handle(const SlotSnapshot& slot, std::uint64_t now_ns, ScanSummary& summary) {
+void Checker::forget(std::uint64_t token) {
+    reported_.erase(token);
+    given_up_.erase(token);
+}
+
+void Checker::note_healthy(const SlotSnapshot& slot, std::uint64_t now_ns, ScanSummary& summary) {
+    ++summary.healthy;
+    const std::uint64_t due = deadline_ns(slot) + 1;
+    if (!summary.next_deadline_ns || due < *summary.next_deadline_ns) summary.next_deadline_ns = due;
+    if (options_.log_healthy)
+        log_(LogLevel::debug, describe(slot) + ": healthy, last beat " + human_duration(slot.since_beat(now_ns)) +
+                                  " ago, timeout " + human_duration(slot.timeout));
+}
+
+void Checker::check(const SlotSnapshot& slot, std::uint64_t now_ns, ScanSummary& summary, bool exited) {
     ++summary.entries;
-    const std::string who = describe(slot);
     if (pending_.count(slot.token) || given_up_.count(slot.token)) return;  // being, or given up being, stopped
 
     if (slot.phase == SlotPhase::claiming) {
@@ -129,6 +142,15 @@ void Checker::handle(const SlotSnapshot& slot, std::uint64_t now_ns, ScanSummary
         return;
     }
 
+    // Not due (or revoked, which is never due): a cheap look is enough. Signal 0 sends nothing;
+    // only "no such process" sends the entry on to the full check, which frees it.
+    if (!exited && (now_ns <= deadline_ns(slot) || slot.phase == SlotPhase::revoked) &&
+        (::kill(slot.process.pid, 0) == 0 || errno != ESRCH)) {
+        if (slot.phase == SlotPhase::live) note_healthy(slot, now_ns, summary);
+        return;
+    }
+
+    const std::string who = describe(slot);
     const auto stat = read_proc_stat(slot.process.pid);  // one read serves every case below
     if (stat && is_kernel_thread(*stat)) {
         free_unsignalled(slot, LogLevel::warn,
@@ -157,11 +179,7 @@ void Checker::handle(const SlotSnapshot& slot, std::uint64_t now_ns, ScanSummary
     }
 
     if (now_ns <= deadline_ns(slot)) {
-        ++summary.healthy;
-        if (!summary.next_deadline_ns || deadline_ns(slot) + 1 < *summary.next_deadline_ns)
-            summary.next_deadline_ns = deadline_ns(slot) + 1;
-        log_(LogLevel::debug, who + ": healthy, last beat " + human_duration(slot.since_beat(now_ns)) + " ago, timeout " +
-                                  human_duration(slot.timeout));
+        note_healthy(slot, now_ns, summary);
         return;
     }
     ++summary.hung;

@@ -21,7 +21,7 @@ namespace hbwatch {
 
 enum class Health { ok, late, hung };
 
-/// `ok` up to half the timeout since the last beat, `late` up to the timeout, `hung` past it.
+/// `ok` up to half the timeout since the last beat, `late` up to deadline_ns(), `hung` past it.
 [[nodiscard]] Health health_of(const SlotSnapshot& slot, std::uint64_t now_ns) noexcept;
 [[nodiscard]] const char* to_string(Health health) noexcept;
 
@@ -33,7 +33,12 @@ struct CheckOptions {
     std::chrono::milliseconds grace{std::chrono::seconds(5)};  // SIGTERM to SIGKILL
     std::chrono::milliseconds kill_wait{std::chrono::seconds(5)};  // SIGKILL to giving up
     bool dry_run = false;  // log what would be done; signal and change nothing
+    bool log_healthy = false;  // a debug line per healthy entry (costly: off unless -v)
 };
+
+/// When `slot` turns hung: its last beat plus its timeout plus the resolution of the clock
+/// that stamped the beat, so that no service is ever judged before its real deadline.
+[[nodiscard]] std::uint64_t deadline_ns(const SlotSnapshot& slot) noexcept;
 
 struct ScanSummary {
     std::size_t entries = 0;
@@ -52,6 +57,14 @@ public:
     /// starts stopping what is hung. Stops then progress through stopper().
     ScanSummary scan(std::uint64_t now_ns);
 
+    /// The decision for one entry. An entry that is not due gets a cheap look (is its pid there
+    /// at all?); its identity is verified in full when it is acted on: hung, gone, or
+    /// `exited` (its pidfd said so).
+    void check(const SlotSnapshot& slot, std::uint64_t now_ns, ScanSummary& summary, bool exited = false);
+
+    /// Drops what is remembered of registration `token` (its slot now holds another).
+    void forget(std::uint64_t token);
+
     /// Reports exits and escalates due stops (call after polling stopper()'s pidfds).
     void advance(std::uint64_t now_ns) { stopper_.advance(now_ns); }
     [[nodiscard]] const Stopper& stopper() const noexcept { return stopper_; }
@@ -64,7 +77,7 @@ private:
         std::uint32_t index;
         std::string who;
     };
-    void handle(const SlotSnapshot& slot, std::uint64_t now_ns, ScanSummary& summary);
+    void note_healthy(const SlotSnapshot& slot, std::uint64_t now_ns, ScanSummary& summary);
     void stop_hung(const SlotSnapshot& slot, const std::string& who, const std::string& hung, ScanSummary& summary);
     void free_unsignalled(const SlotSnapshot& slot, LogLevel level, const std::string& message, ScanSummary& summary);
     void on_stop_event(const StopEvent& event);

@@ -13,6 +13,11 @@ namespace hbwatch {
 /// syscall. Never ahead of monotonic_now_ns(), behind it by at most one tick (1-10 ms).
 [[nodiscard]] std::uint64_t coarse_monotonic_now_ns() noexcept;
 
+/// The resolution of the clock that stamps beats (CLOCK_MONOTONIC_COARSE: one tick, 4 ms at
+/// HZ=250). A beat stamped T happened at T or up to this much later, so a deadline computed
+/// from a stamp must be extended by it to never fire early.
+[[nodiscard]] std::uint64_t beat_resolution_ns() noexcept;
+
 /// Nanoseconds on CLOCK_REALTIME, for display only (never for a decision).
 [[nodiscard]] std::uint64_t realtime_now_ns() noexcept;
 
