@@ -6,10 +6,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <climits>
 #include <cstring>
 #include <ctime>
 #include <fstream>
 #include <regex>
+#include <sstream>
+#include <thread>
 
 #include "engine/checker.h"
 #include "core/clock.h"
@@ -316,4 +320,128 @@ TEST_CASE("checkproc exits 0 with no table, 1 when the table cannot be read, 2 o
         std::tie(code, log) = run_checkproc(scratch, {"--no-such-flag"});
         CHECK(code == 2);
     }
+}
+
+namespace {
+
+// What a last_beat service reported: its precise clock around its last beat, the coarse stamp
+// that beat left, and when SIGTERM reached it.
+struct LastBeat {
+    std::uint64_t before = 0, after = 0, stamp = 0, term = 0;
+};
+
+// Starts `count` last_beat services with timeout `timeout_ms`, each with its own rhythm so
+// that their last beats fall at every phase of the coarse clock's tick.
+std::vector<std::unique_ptr<Process>> last_beat_services(const hbtest::ScratchKey& scratch, int count, int timeout_ms) {
+    std::vector<std::unique_ptr<Process>> services;
+    for (int i = 0; i < count; ++i)
+        services.push_back(std::make_unique<Process>(std::vector<std::string>{
+            hbtest::bin("last_beat"), key_text(scratch), "never-early-" + std::to_string(i),
+            std::to_string(timeout_ms) + "ms", std::to_string(2 + i % 9), std::to_string(1 + (i * 7) % 11) + "ms"}));
+    return services;
+}
+
+LastBeat report_of(Process& service) {
+    LastBeat r;
+    std::istringstream(service.output()) >> r.before >> r.after >> r.stamp >> r.term;
+    return r;
+}
+
+}  // namespace
+
+TEST_CASE("no service is ever signalled before its real deadline, in watch and in one-shot mode") {
+    constexpr int kTimeoutMs = 200;
+    constexpr std::uint64_t kTimeoutNs = kTimeoutMs * 1'000'000ull;
+    for (const bool watch : {true, false}) {
+        CAPTURE(watch);
+        hbtest::ScratchKey scratch;
+        { Table table = Table::open_or_create(scratch.options(128)); }
+        std::unique_ptr<Process> watcher;
+        if (watch) {
+            watcher = std::make_unique<Process>(checkproc_args(scratch, {"--watch"}));
+            REQUIRE(watcher->wait_for_output("watching the table"));
+        }
+        auto services = last_beat_services(scratch, 50, kTimeoutMs);
+        // One-shot mode: back-to-back runs, as a tight `procctl 0 checkproc` would make them.
+        const auto give_up = std::chrono::steady_clock::now() + 60s;
+        auto all_done = [&] {
+            return std::all_of(services.begin(), services.end(), [](auto& s) { return !s->running(); });
+        };
+        while (!all_done() && std::chrono::steady_clock::now() < give_up) {
+            if (watch) services.front()->wait_exit(100ms);  // any exit, or a while: then look again
+            else (void)run_checkproc(scratch);
+        }
+        REQUIRE(all_done());
+        std::int64_t least_margin_ns = INT64_MAX;
+        for (auto& service : services) {
+            CHECK(WIFEXITED(service->wait()));
+            const LastBeat r = report_of(*service);
+            REQUIRE(r.term != 0);
+            // The beat happened inside beat(), between `before` and `after` by the service's own
+            // precise clock: SIGTERM came no sooner than the timeout after `before`. (`after`
+            // may be much later when the service was preempted inside beat().)
+            CHECK(r.term >= r.before + kTimeoutNs);
+            least_margin_ns = std::min(least_margin_ns, static_cast<std::int64_t>(r.term - (r.before + kTimeoutNs)));
+        }
+        MESSAGE(std::string(watch ? "watch" : "one-shot") << ": SIGTERM came at least " << least_margin_ns / 1000
+                                                          << " us after the real deadline");
+    }
+}
+
+TEST_CASE("--watch follows the key to a new table within a second, whatever the old table's registrants do") {
+    hbtest::ScratchKey scratch;
+    { Table table = Table::open_or_create(scratch.options(16)); }
+    Process watcher(checkproc_args(scratch, {"--watch", "--grace", "1s"}));
+    REQUIRE(watcher.wait_for_output("watching the table"));
+    // An old registrant that keeps beating, and registering anew, in the table being replaced.
+    auto old_service = std::make_unique<Process>(std::vector<std::string>{hbtest::bin("many_entries"), key_text(scratch), "4",
+                                                                          "old-", "1s", "10ms"});
+    REQUIRE(old_service->wait_for_output("ready"));
+
+    REQUIRE(Table::destroy(scratch.key()));
+    { Table table = Table::create(scratch.options(16)); }
+    const auto replaced = std::chrono::steady_clock::now();
+    REQUIRE(watcher.wait_for_output("was replaced: switching to the new one", 5s));
+    REQUIRE(watcher.wait_for_output("watching the table", 5s));
+    const auto switched = std::chrono::steady_clock::now();
+    CHECK(switched - replaced < 2s);  // within one second of the replacement, plus a margin for a loaded machine
+
+    // A hung service in the new table is stopped.
+    auto hung = service(scratch, "hung-in-new-table", {"--timeout", "200ms", "--hang-after", "0ms"});
+    REQUIRE(hung->wait_exit(10s));
+    CHECK(WTERMSIG(hung->wait()) == SIGTERM);
+    CHECK(watcher.running());
+}
+
+TEST_CASE("--watch keeps its memory flat over 100,000 registrations and releases") {
+    hbtest::ScratchKey scratch;
+    const auto options = scratch.options(256);
+    { Table table = Table::open_or_create(options); }
+    Process watcher(checkproc_args(scratch, {"--watch"}));
+    REQUIRE(watcher.wait_for_output("watching the table"));
+    auto rss_kib = [&] {
+        const auto status = hbwatch::read_proc_file("/proc/" + std::to_string(watcher.pid()) + "/status");
+        REQUIRE(status);
+        const auto at = status->find("VmRSS:");
+        REQUIRE(at != std::string::npos);
+        return std::stol(status->substr(at + 6));
+    };
+    // Up to 100 entries held at once. checkproc follows through the journal, or, when more
+    // changed than the journal holds between two of its looks, by reading every slot.
+    auto churn = [&](int cycles) {
+        std::vector<hbwatch::Heartbeat> held;
+        for (int i = 0; i < cycles; ++i) {
+            held.emplace_back("churn-" + std::to_string(i % 100), 1s, options);
+            if (held.size() == 100) held.clear();
+        }
+    };
+    churn(10'000);  // warm up: the structures reach their size
+    const long warm = rss_kib();
+    churn(100'000);
+    const long after = rss_kib();
+    MESSAGE("checkproc --watch RSS: " << warm << " KiB after 10,000 registrations, " << after << " KiB after 100,000 more");
+    CHECK(after - warm < 1024);
+    CHECK(watcher.running());
+    auto table = Table::open_existing(options, Table::Access::read_only);
+    CHECK(table->info().registrations == 110'000);
 }

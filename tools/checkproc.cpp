@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "engine/checker.h"
+#include "engine/watcher.h"
 #include "core/duration.h"
 #include <hbwatch/error.h>
 

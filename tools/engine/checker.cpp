@@ -42,8 +42,8 @@ std::optional<bool> still_registered(const SlotSnapshot& slot) {
     return stat->start_stack == slot.exec_mark;
 }
 
-// A read-write open already refuses a squatter's table; a dry run opens read-only, and must
-// not act on one either.
+}  // namespace
+
 void require_trusted(const Table& table) {
     const auto info = table.info();
     SegmentFacts facts;
@@ -53,7 +53,6 @@ void require_trusted(const Table& table) {
     if (auto reason = untrusted_owner_reason(table.key(), facts, ::geteuid()); !reason.empty()) throw Error(EPERM, reason);
 }
 
-}  // namespace
 
 std::uint64_t deadline_ns(const SlotSnapshot& slot) noexcept {
     return slot.last_beat_ns + to_ns(slot.timeout) + beat_resolution_ns();
@@ -328,72 +327,6 @@ ScanSummary check_once(const TableOptions& table_options, const CheckOptions& op
                             " healthy, " + std::to_string(summary.hung) + " hung, " + std::to_string(summary.stopping) +
                             " stopped, " + std::to_string(summary.freed) + " freed without a signal");
     return summary;
-}
-
-void watch(const TableOptions& table_options, const CheckOptions& options, const LogSink& log, int stop_fd) {
-    const key_t key = table_options.key.value_or(key_from_environment());
-    // A full scan reads /proc for every entry, so it runs only when something is due: an
-    // entry's deadline, a new registration (one atomic load, checked every 100 ms), a stop's
-    // escalation, or once a second to free the slots of processes that died.
-    constexpr std::uint64_t kFullScanNs = to_ns(std::chrono::seconds(1));
-    constexpr std::uint64_t kRegistrationCheckNs = to_ns(std::chrono::milliseconds(100));
-    const auto access = options.dry_run ? Table::Access::read_only : Table::Access::read_write;
-    std::optional<Table> table;
-    std::optional<Checker> checker;
-    bool said_missing = false, stopping = false;
-    std::uint64_t next_full_scan = 0, next_deadline = 0, seen_registrations = 0;
-    std::vector<pollfd> fds;
-    for (;;) {
-        const std::uint64_t now = monotonic_now_ns();
-        if (!stopping && now >= next_full_scan) {
-            // The table may appear, or be destroyed and made anew: follow the key.
-            if (table && checker->idle() && ::shmget(key, 0, 0) != table->info().shmid) {
-                log(LogLevel::info, "the table at key " + format_key(key) + " was removed; looking for a new one");
-                checker.reset();
-                table.reset();
-            }
-            if (!table && (table = Table::open_existing(table_options, access))) {
-                require_trusted(*table);
-                log(LogLevel::info, "watching the table at key " + format_key(key) + " (" +
-                                        std::to_string(table->slot_count()) + " slots)");
-                checker.emplace(*table, options, log);
-                said_missing = false;
-            }
-            if (!table && !said_missing) {
-                log(LogLevel::info, "no table at key " + format_key(key) + " yet: waiting for the first registration");
-                said_missing = true;
-            }
-        }
-        if (!stopping && checker &&
-            (now >= next_full_scan || now >= next_deadline || table->registration_count() != seen_registrations)) {
-            seen_registrations = table->registration_count();
-            const auto summary = checker->scan(now);
-            next_full_scan = now + kFullScanNs;
-            next_deadline = summary.next_deadline_ns.value_or(next_full_scan);
-        } else if (!checker && now >= next_full_scan) {
-            next_full_scan = now + kFullScanNs;
-        }
-
-        std::uint64_t wake = std::min(next_full_scan, checker ? next_deadline : next_full_scan);
-        if (checker) {
-            wake = std::min(wake, now + kRegistrationCheckNs);
-            if (auto escalation = checker->stopper().next_deadline_ns()) wake = std::min(wake, *escalation);
-        }
-        fds.clear();
-        fds.push_back(pollfd{stop_fd, POLLIN, 0});
-        if (checker) checker->stopper().add_pollfds(fds);
-        const std::uint64_t after = monotonic_now_ns();
-        const std::uint64_t wait_ns = wake > after ? wake - after : 0;
-        const timespec timeout{static_cast<time_t>(wait_ns / 1'000'000'000u), static_cast<long>(wait_ns % 1'000'000'000u)};
-        if (::ppoll(fds.data(), fds.size(), &timeout, nullptr) < 0 && errno != EINTR)
-            throw Error(errno, std::string("checkproc: poll failed: ") + std::strerror(errno));
-        if (!stopping && (fds[0].revents & POLLIN)) {
-            stopping = true;
-            log(LogLevel::info, "stop requested: finishing the stops in flight, then exiting");
-        }
-        if (checker) checker->advance(monotonic_now_ns());
-        if (stopping && (!checker || checker->idle())) return;
-    }
 }
 
 }  // namespace hbwatch

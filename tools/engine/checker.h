@@ -97,9 +97,8 @@ private:
 /// Throws hbwatch::Error when the table cannot be read.
 ScanSummary check_once(const TableOptions& table_options, const CheckOptions& options, const LogSink& log);
 
-/// The --watch mode: stays resident, waking at the earliest deadline in the table (and at
-/// least every second, to see new registrations), until `stop_fd` becomes readable; then
-/// finishes the stops in flight and returns. Waits for the table when there is none yet.
-void watch(const TableOptions& table_options, const CheckOptions& options, const LogSink& log, int stop_fd);
+/// Throws Error(EPERM) for a table owned or created by a user who is neither root nor us: a
+/// read-write open already refuses one, and a dry run (read-only) must not act on one either.
+void require_trusted(const Table& table);
 
 }  // namespace hbwatch
