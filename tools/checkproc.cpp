@@ -21,7 +21,7 @@ int main(int argc, char** argv) {
         "  checkproc                                  scan once, act, wait for the stops, exit\n"
         "  procctl 10 checkproc /var/log/hbwatch/checkproc.log\n"
         "                                             the classic setup: a scan every 10s\n"
-        "  checkproc --watch --grace 10s              stay resident, act within 100ms of a deadline\n"
+        "  checkproc --watch --grace 10s              stay resident: event-driven, acts about 1ms after a deadline\n"
         "  checkproc --dry-run -v                     show every decision, change nothing\n"
         "\n"
         "Durations: 500ms, 5s, 2m, or a number of seconds. The key comes from --key, else HBWATCH_KEY,\n"
