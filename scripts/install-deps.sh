@@ -15,6 +15,7 @@ packages=(
   libspdlog-dev libfmt-dev             # logging in the tools
   libcli11-dev                         # argument parsing in the tools
   nlohmann-json3-dev                   # JSON output
+  libyaml-cpp-dev                      # the stack supervisor's config (YAML, which also reads JSON)
 )
 if [ "$what" = all ]; then
   packages+=(

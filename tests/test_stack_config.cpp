@@ -1,0 +1,147 @@
+// The stack supervisor's config: every key read, and every error placed at its line and column
+// with what is allowed there.
+#include <doctest/doctest.h>
+
+#include <signal.h>
+
+#include <string>
+
+#include <hbwatch/error.h>
+
+#include "engine/stack_config.h"
+
+#include "support.h"
+
+using namespace std::chrono_literals;
+using hbwatch::parse_stack_config;
+using hbtest::error_of;
+
+namespace {
+std::vector<std::string> names(const hbwatch::StackConfig& config) {
+    std::vector<std::string> out;
+    for (const auto& p : config.programs) out.push_back(p.name);
+    return out;
+}
+}  // namespace
+
+TEST_CASE("a stack config is read whole, and its programs are put in start order") {
+    const auto config = parse_stack_config(R"(
+run_dir: /run/stack
+log_dir: /var/log/stack
+socket_group: ops
+programs:
+  main-app:
+    command: [/opt/app/main, --port, "9421"]
+    after: [ipc-server]
+    directory: /opt/app
+    environment: {APP_ENV: prod, THREADS: 4}
+    user: app
+    restart: on-failure
+    restart_delay: 5s
+    max_restarts: {count: 3, window: 1m}
+    stop_signal: INT
+    stop_grace: 20s
+    stdout: main_app.log
+    stderr: main_app.err.log
+    log_max_size: 1M
+    log_files: 3
+    instances: 3
+    max_rss: 1G
+  ipc-server:
+    command: [/opt/app/ipc-server, --port, "12345"]
+    ready: tcp:127.0.0.1:12345
+    ready_timeout: 30s
+  checkproc:
+    command: [checkproc, --watch]
+  updater:
+    command: [/opt/app/updater]
+    ready: exec:/opt/app/updater --check
+    autostart: false
+  worker:
+    command: [/opt/app/worker]
+    ready: beat
+    after: [main-app, ipc-server]
+)",
+                                           "stack.yaml");
+    CHECK(config.run_dir == "/run/stack");
+    CHECK(config.log_dir == "/var/log/stack");
+    CHECK(config.socket_group == "ops");
+    CHECK(names(config) == std::vector<std::string>{"ipc-server", "main-app", "checkproc", "updater", "worker"});
+    const auto& main = config.programs[1];
+    CHECK(main.command == std::vector<std::string>{"/opt/app/main", "--port", "9421"});
+    CHECK(main.after == std::vector<std::string>{"ipc-server"});
+    CHECK(main.directory == "/opt/app");
+    CHECK(main.environment.at("APP_ENV") == "prod");
+    CHECK(main.environment.at("THREADS") == "4");
+    CHECK(main.user == "app");
+    CHECK(main.restart == hbwatch::RestartMode::on_failure);
+    CHECK(main.restart_delay == 5s);
+    CHECK(main.max_restarts == 3);
+    CHECK(main.max_restarts_window == 1min);
+    CHECK(main.stop_signal == SIGINT);
+    CHECK(main.stop_grace == 20s);
+    CHECK(main.stdout_path == "main_app.log");
+    CHECK(main.stderr_path == "main_app.err.log");
+    CHECK(main.log_max_size == 1u << 20);
+    CHECK(main.log_files == 3);
+    CHECK(main.instances == 3);
+    CHECK(main.max_rss == 1ull << 30);
+    CHECK(main.autostart);
+    const auto& ipc = config.programs[0];
+    CHECK(ipc.ready.kind == hbwatch::ReadyCheck::Kind::tcp);
+    CHECK(ipc.ready.host == "127.0.0.1");
+    CHECK(ipc.ready.port == 12345);
+    CHECK(ipc.restart == hbwatch::RestartMode::always);  // the defaults
+    CHECK(ipc.stop_signal == SIGTERM);
+    CHECK(ipc.stop_grace == 10s);
+    CHECK(ipc.instances == 1);
+    const auto& updater = config.programs[3];
+    CHECK(updater.ready.kind == hbwatch::ReadyCheck::Kind::exec);
+    CHECK(updater.ready.command == std::vector<std::string>{"/opt/app/updater", "--check"});
+    CHECK_FALSE(updater.autostart);
+    CHECK(config.programs[4].ready.kind == hbwatch::ReadyCheck::Kind::beat);
+}
+
+TEST_CASE("a stack config may be written in JSON") {
+    const auto config = parse_stack_config(
+        R"({"run_dir": "/tmp/run", "programs": {"a": {"command": ["/bin/true"]}, "b": {"command": ["/bin/true"], "after": ["a"]}}})",
+        "stack.json");
+    CHECK(config.run_dir == "/tmp/run");
+    CHECK(names(config) == std::vector<std::string>{"a", "b"});
+}
+
+TEST_CASE("config errors name the file, line, column and key, and say what is allowed") {
+    CHECK(error_of([] {
+              (void)parse_stack_config("programs:\n  a:\n    command: [x]\n    after: [b]\n  b:\n    command: [y]\n    after: [c]\n"
+                                       "  c:\n    command: [z]\n    after: [a]\n",
+                                       "stack.yaml");
+          }) == "stack.yaml:4:12: after: the programs a -> b -> c -> a wait for each other in a cycle; remove one of these "
+                "'after' entries");
+    CHECK(error_of([] { (void)parse_stack_config("programs:\n  a:\n    command: [x]\n    restrat: always\n", "stack.yaml"); }) ==
+          "stack.yaml:4:5: program 'a': unknown key 'restrat': the keys allowed here are command, ready, ready_timeout, "
+          "after, directory, environment, user, restart, restart_delay, max_restarts, stop_signal, stop_grace, stdout, "
+          "stderr, log_max_size, log_files, instances, max_rss, autostart");
+    CHECK(error_of([] { (void)parse_stack_config("programs:\n  a:\n    command: [x]\n    stop_grace: soon\n", "stack.yaml"); }) ==
+          "stack.yaml:4:17: program 'a': stop_grace: bad duration 'soon': it does not start with a whole, non-negative "
+          "number; write it like 500ms, 5s, 2m, 1h, 7d or a number of seconds");
+    CHECK(error_of([] { (void)parse_stack_config("programs:\n  a:\n    command: [x\n", "stack.yaml"); })
+              .starts_with("stack.yaml:4:1: not valid YAML (or JSON): "));
+    CHECK(error_of([] { (void)parse_stack_config("programs:\n  a:\n    command: [x]\n    after: [nobody]\n", "s.yaml"); }) ==
+          "s.yaml:4:12: program 'a': after: there is no program 'nobody' (the programs are a)");
+    CHECK(error_of([] { (void)parse_stack_config("programs:\n  a:\n    ready: beat\n", "s.yaml"); }) ==
+          "s.yaml:3:5: program 'a': command is missing: give command: [program, args...]");
+    CHECK(error_of([] { (void)parse_stack_config("programs:\n  a:\n    command: [x]\n    ready: tcp:localhost\n", "s.yaml"); }) ==
+          "s.yaml:4:12: ready: 'tcp:localhost' is not tcp:HOST:PORT (for example tcp:127.0.0.1:8080)");
+    CHECK(error_of([] { (void)parse_stack_config("programs:\n  a:\n    command: [x]\n    stop_signal: STOP\n", "s.yaml"); }) ==
+          "s.yaml:4:18: program 'a': stop_signal: 'STOP' is not one of TERM, INT, HUP, QUIT, USR1, USR2, KILL");
+    CHECK(error_of([] { (void)parse_stack_config("programs:\n  a:\n    command: [x]\n    instances: 0\n", "s.yaml"); }) ==
+          "s.yaml:4:16: program 'a': instances: '0' is not a whole number from 1 to 64");
+    CHECK(error_of([] { (void)parse_stack_config("programs:\n  a@1:\n    command: [x]\n", "s.yaml"); }) ==
+          "s.yaml:2:3: program name 'a@1': '@' is kept for instances (NAME@1, NAME@2, ...)");
+    CHECK(error_of([] { (void)parse_stack_config("run_dir: /x\n", "s.yaml"); }) ==
+          "s.yaml:1:1: programs is missing: give at least one program with its command");
+    CHECK(error_of([] { (void)parse_stack_config("programs:\n  a:\n    command: [x]\nlogdir: /x\n", "s.yaml"); }) ==
+          "s.yaml:4:1: unknown key 'logdir': the keys allowed here are run_dir, log_dir, socket_group, programs");
+    CHECK(error_of([] { (void)hbwatch::load_stack_config("/nonexistent/stack.yaml"); }) ==
+          "/nonexistent/stack.yaml: cannot read the config file: No such file or directory");
+}

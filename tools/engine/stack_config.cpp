@@ -1,0 +1,306 @@
+#include "engine/stack_config.h"
+
+#include <signal.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <set>
+#include <sstream>
+
+#include <yaml-cpp/yaml.h>
+
+#include <hbwatch/error.h>
+
+#include "core/duration.h"
+#include "core/table.h"
+
+namespace hbwatch {
+namespace {
+
+constexpr std::pair<const char*, int> kSignals[] = {{"TERM", SIGTERM}, {"INT", SIGINT},   {"HUP", SIGHUP},  {"QUIT", SIGQUIT},
+                                                    {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"KILL", SIGKILL}};
+constexpr unsigned kMaxInstances = 64;
+
+std::string join(const std::vector<std::string>& words, const char* separator = ", ") {
+    std::string out;
+    for (const auto& word : words) out += (out.empty() ? "" : separator) + word;
+    return out;
+}
+
+// Reads nodes of one file, each error placed at its line and column.
+class Reader {
+public:
+    explicit Reader(std::string path) : path_(std::move(path)) {}
+
+    [[noreturn]] void fail(const YAML::Node& node, const std::string& what) const {
+        const YAML::Mark mark = node.Mark();
+        if (mark.is_null()) throw Error(EINVAL, path_ + ": " + what);
+        throw Error(EINVAL, path_ + ":" + std::to_string(mark.line + 1) + ":" + std::to_string(mark.column + 1) + ": " + what);
+    }
+
+    // Every key of `map` must be one of `allowed`.
+    void only_keys(const YAML::Node& map, const std::string& where, const std::vector<std::string>& allowed) const {
+        for (auto it = map.begin(); it != map.end(); ++it) {
+            const std::string key = it->first.IsScalar() ? it->first.Scalar() : "?";
+            if (std::find(allowed.begin(), allowed.end(), key) == allowed.end())
+                fail(it->first, where + "unknown key '" + key + "': the keys allowed here are " + join(allowed));
+        }
+    }
+
+    std::string text(const YAML::Node& node, const std::string& key) const {
+        if (!node.IsScalar()) fail(node, key + ": give a string");
+        return node.Scalar();
+    }
+    std::chrono::milliseconds duration(const YAML::Node& node, const std::string& key) const {
+        try {
+            return parse_duration(text(node, key));
+        } catch (const Error& e) {
+            fail(node, key + ": " + e.what());
+        }
+    }
+    std::uint64_t size(const YAML::Node& node, const std::string& key) const {
+        try {
+            return parse_size(text(node, key));
+        } catch (const Error& e) {
+            fail(node, key + ": " + e.what());
+        }
+    }
+    unsigned number(const YAML::Node& node, const std::string& key, unsigned low, unsigned high) const {
+        const std::string value = text(node, key);
+        unsigned long n = 0;
+        std::size_t used = 0;
+        try {
+            n = std::stoul(value, &used);
+        } catch (const std::exception&) {
+            used = 0;
+        }
+        if (used != value.size() || value.empty() || value[0] == '-' || n < low || n > high)
+            fail(node, key + ": '" + value + "' is not a whole number from " + std::to_string(low) + " to " + std::to_string(high));
+        return static_cast<unsigned>(n);
+    }
+    bool flag(const YAML::Node& node, const std::string& key) const {
+        const std::string value = text(node, key);
+        if (value == "true" || value == "yes") return true;
+        if (value == "false" || value == "no") return false;
+        fail(node, key + ": '" + value + "' is not true or false");
+    }
+    std::vector<std::string> words(const YAML::Node& node, const std::string& key, bool allow_empty = false) const {
+        if (!node.IsSequence()) fail(node, key + ": give a list, such as [program, --flag, value]");
+        std::vector<std::string> out;
+        for (const auto& item : node) out.push_back(text(item, key + " item"));
+        if (out.empty() && !allow_empty) fail(node, key + ": the list is empty");
+        return out;
+    }
+
+private:
+    std::string path_;
+};
+
+ReadyCheck read_ready(const Reader& reader, const YAML::Node& node) {
+    const std::string value = reader.text(node, "ready");
+    ReadyCheck ready;
+    if (value == "started") return ready;
+    if (value == "beat") {
+        ready.kind = ReadyCheck::Kind::beat;
+        return ready;
+    }
+    if (value.rfind("tcp:", 0) == 0) {
+        const auto colon = value.rfind(':');
+        ready.kind = ReadyCheck::Kind::tcp;
+        ready.host = value.substr(4, colon > 4 ? colon - 4 : 0);
+        const std::string port = value.substr(colon + 1);
+        unsigned long number = 0;
+        std::size_t used = 0;
+        try {
+            number = std::stoul(port, &used);
+        } catch (const std::exception&) {
+            used = 0;
+        }
+        if (ready.host.empty() || used != port.size() || number == 0 || number > 65535)
+            reader.fail(node, "ready: '" + value + "' is not tcp:HOST:PORT (for example tcp:127.0.0.1:8080)");
+        ready.port = static_cast<std::uint16_t>(number);
+        return ready;
+    }
+    if (value.rfind("exec:", 0) == 0) {
+        ready.kind = ReadyCheck::Kind::exec;
+        std::istringstream split(value.substr(5));
+        for (std::string word; split >> word;) ready.command.push_back(word);
+        if (ready.command.empty()) reader.fail(node, "ready: exec: give a command, such as exec:/opt/app/check --quick");
+        return ready;
+    }
+    reader.fail(node, "ready: '" + value + "' is not one of started, beat, tcp:HOST:PORT, exec:COMMAND");
+}
+
+const std::vector<std::string> kProgramKeys = {
+    "command",      "ready",       "ready_timeout", "after",     "directory", "environment", "user",
+    "restart",      "restart_delay", "max_restarts", "stop_signal", "stop_grace", "stdout",     "stderr",
+    "log_max_size", "log_files",   "instances",     "max_rss",   "autostart"};
+
+ProgramConfig read_program(const Reader& reader, const YAML::Node& key, const YAML::Node& node) {
+    ProgramConfig p;
+    p.name = reader.text(key, "program name");
+    try {
+        validate_name(p.name);
+    } catch (const Error& e) {
+        reader.fail(key, std::string("program name: ") + e.what());
+    }
+    if (p.name.find('@') != std::string::npos)
+        reader.fail(key, "program name '" + p.name + "': '@' is kept for instances (NAME@1, NAME@2, ...)");
+    const std::string where = "program '" + p.name + "': ";
+    if (!node.IsMap()) reader.fail(node, where + "give its keys, at least command: [program, args...]");
+    reader.only_keys(node, where, kProgramKeys);
+    if (!node["command"]) reader.fail(node, where + "command is missing: give command: [program, args...]");
+    p.command = reader.words(node["command"], where + "command");
+    if (auto n = node["ready"]) p.ready = read_ready(reader, n);
+    if (auto n = node["ready_timeout"]) p.ready_timeout = reader.duration(n, where + "ready_timeout");
+    if (auto n = node["after"]) p.after = reader.words(n, where + "after", true);
+    if (auto n = node["directory"]) p.directory = reader.text(n, where + "directory");
+    if (auto n = node["environment"]) {
+        if (!n.IsMap()) reader.fail(n, where + "environment: give a map, such as {APP_ENV: prod}");
+        for (auto it = n.begin(); it != n.end(); ++it) {
+            const std::string name = reader.text(it->first, where + "environment name");
+            if (name.empty() || name.find('=') != std::string::npos)
+                reader.fail(it->first, where + "environment: '" + name + "' is not a variable name");
+            p.environment[name] = reader.text(it->second, where + "environment." + name);
+        }
+    }
+    if (auto n = node["user"]) p.user = reader.text(n, where + "user");
+    if (auto n = node["restart"]) {
+        const std::string mode = reader.text(n, where + "restart");
+        if (mode == "always") p.restart = RestartMode::always;
+        else if (mode == "on-failure") p.restart = RestartMode::on_failure;
+        else if (mode == "never") p.restart = RestartMode::never;
+        else reader.fail(n, where + "restart: '" + mode + "' is not one of always, on-failure, never");
+    }
+    if (auto n = node["restart_delay"]) p.restart_delay = reader.duration(n, where + "restart_delay");
+    if (auto n = node["max_restarts"]) {
+        if (!n.IsMap()) reader.fail(n, where + "max_restarts: give {count: N, window: DURATION}");
+        reader.only_keys(n, where + "max_restarts: ", {"count", "window"});
+        if (!n["count"]) reader.fail(n, where + "max_restarts: count is missing");
+        p.max_restarts = reader.number(n["count"], where + "max_restarts.count", 1, 1'000'000);
+        if (auto w = n["window"]) p.max_restarts_window = reader.duration(w, where + "max_restarts.window");
+    }
+    if (auto n = node["stop_signal"]) {
+        const std::string name = reader.text(n, where + "stop_signal");
+        const auto signal = signal_by_name(name);
+        if (!signal) reader.fail(n, where + "stop_signal: '" + name + "' is not one of TERM, INT, HUP, QUIT, USR1, USR2, KILL");
+        p.stop_signal = *signal;
+    }
+    if (auto n = node["stop_grace"]) p.stop_grace = reader.duration(n, where + "stop_grace");
+    for (const char* stream : {"stdout", "stderr"}) {
+        if (auto n = node[stream]) {
+            const std::string file = reader.text(n, where + stream);
+            if (file.empty() || file.find("..") != std::string::npos)
+                reader.fail(n, where + stream + ": give a file name under log_dir, without '..'");
+            (std::string_view(stream) == "stdout" ? p.stdout_path : p.stderr_path) = file;
+        }
+    }
+    if (auto n = node["log_max_size"]) p.log_max_size = reader.size(n, where + "log_max_size");
+    if (auto n = node["log_files"]) p.log_files = reader.number(n, where + "log_files", 1, 100);
+    if (auto n = node["instances"]) p.instances = reader.number(n, where + "instances", 1, kMaxInstances);
+    if (auto n = node["max_rss"]) p.max_rss = reader.size(n, where + "max_rss");
+    if (auto n = node["autostart"]) p.autostart = reader.flag(n, where + "autostart");
+    return p;
+}
+
+// The programs in start order: each after those it names in `after`, otherwise in file order.
+// A cycle is an error that names it whole.
+std::vector<ProgramConfig> in_start_order(std::vector<ProgramConfig> programs, const Reader& reader,
+                                          const std::map<std::string, YAML::Node>& after_nodes) {
+    std::map<std::string, std::size_t> index;
+    for (std::size_t i = 0; i < programs.size(); ++i) index[programs[i].name] = i;
+    for (const auto& p : programs)
+        for (const auto& dependency : p.after) {
+            if (!index.count(dependency)) {
+                std::vector<std::string> names;
+                for (const auto& q : programs) names.push_back(q.name);
+                reader.fail(after_nodes.at(p.name), "program '" + p.name + "': after: there is no program '" + dependency +
+                                                        "' (the programs are " + join(names) + ")");
+            }
+            if (dependency == p.name) reader.fail(after_nodes.at(p.name), "program '" + p.name + "': after: names itself");
+        }
+    enum class Mark { unseen, visiting, done };
+    std::vector<Mark> marks(programs.size(), Mark::unseen);
+    std::vector<std::size_t> order, path;
+    std::function<void(std::size_t)> visit = [&](std::size_t i) {
+        if (marks[i] == Mark::done) return;
+        if (marks[i] == Mark::visiting) {
+            std::vector<std::string> cycle;
+            auto from = std::find(path.begin(), path.end(), i);
+            for (auto it = from; it != path.end(); ++it) cycle.push_back(programs[*it].name);
+            cycle.push_back(programs[i].name);
+            reader.fail(after_nodes.at(programs[i].name), "after: the programs " + join(cycle, " -> ") +
+                                                                " wait for each other in a cycle; remove one of these 'after' entries");
+        }
+        marks[i] = Mark::visiting;
+        path.push_back(i);
+        for (const auto& dependency : programs[i].after) visit(index.at(dependency));
+        path.pop_back();
+        marks[i] = Mark::done;
+        order.push_back(i);
+    };
+    for (std::size_t i = 0; i < programs.size(); ++i) visit(i);
+    std::vector<ProgramConfig> sorted;
+    for (std::size_t i : order) sorted.push_back(std::move(programs[i]));
+    return sorted;
+}
+
+}  // namespace
+
+std::optional<int> signal_by_name(std::string_view name) {
+    if (name.rfind("SIG", 0) == 0) name.remove_prefix(3);
+    for (const auto& [text, number] : kSignals)
+        if (name == text) return number;
+    return std::nullopt;
+}
+
+std::string signal_name(int signal) {
+    for (const auto& [text, number] : kSignals)
+        if (number == signal) return std::string("SIG") + text;
+    return "signal " + std::to_string(signal);
+}
+
+StackConfig parse_stack_config(const std::string& text, const std::string& path) {
+    YAML::Node root;
+    try {
+        root = YAML::Load(text);
+    } catch (const YAML::ParserException& e) {
+        throw Error(EINVAL, path + ":" + std::to_string(e.mark.line + 1) + ":" + std::to_string(e.mark.column + 1) +
+                                ": not valid YAML (or JSON): " + e.msg);
+    }
+    const Reader reader(path);
+    if (!root.IsMap()) reader.fail(root, "give a map with run_dir, log_dir and programs");
+    reader.only_keys(root, "", {"run_dir", "log_dir", "socket_group", "programs"});
+    StackConfig config;
+    config.path = path;
+    if (auto n = root["run_dir"]) config.run_dir = reader.text(n, "run_dir");
+    if (auto n = root["log_dir"]) config.log_dir = reader.text(n, "log_dir");
+    if (auto n = root["socket_group"]) config.socket_group = reader.text(n, "socket_group");
+    const YAML::Node programs = root["programs"];
+    if (!programs) reader.fail(root, "programs is missing: give at least one program with its command");
+    if (!programs.IsMap() || programs.size() == 0) reader.fail(programs, "programs: give a map of NAME: {command: [...]}");
+    std::vector<ProgramConfig> read;
+    std::map<std::string, YAML::Node> after_nodes;
+    std::set<std::string> seen;
+    for (auto it = programs.begin(); it != programs.end(); ++it) {
+        ProgramConfig p = read_program(reader, it->first, it->second);
+        if (!seen.insert(p.name).second) reader.fail(it->first, "program '" + p.name + "' is defined twice");
+        after_nodes[p.name] = it->second["after"] ? it->second["after"] : it->first;
+        read.push_back(std::move(p));
+    }
+    config.programs = in_start_order(std::move(read), reader, after_nodes);
+    return config;
+}
+
+StackConfig load_stack_config(const std::string& path) {
+    std::ifstream in(path);
+    if (!in) throw Error(ENOENT, path + ": cannot read the config file: " + std::strerror(errno));
+    std::stringstream text;
+    text << in.rdbuf();
+    return parse_stack_config(text.str(), path);
+}
+
+}  // namespace hbwatch

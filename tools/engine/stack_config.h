@@ -1,0 +1,75 @@
+#pragma once
+// The stack supervisor's configuration (procctl --config FILE): YAML, which also reads JSON.
+// Every error names the file, the line and column, the key, and what is allowed there.
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace hbwatch {
+
+/// When a program counts as ready, so that the programs `after` it may start.
+struct ReadyCheck {
+    enum class Kind {
+        started,  // as soon as it runs
+        beat,     // its own pid has registered in the heartbeat table
+        tcp,      // a TCP connection to host:port is accepted
+        exec,     // a command exits 0
+    };
+    Kind kind = Kind::started;
+    std::string host;  // tcp
+    std::uint16_t port = 0;
+    std::vector<std::string> command;  // exec, run as is (no shell)
+};
+
+enum class RestartMode { always, on_failure, never };
+
+struct ProgramConfig {
+    std::string name;
+    std::vector<std::string> command;
+    ReadyCheck ready;
+    std::chrono::milliseconds ready_timeout{std::chrono::seconds(30)};
+    std::vector<std::string> after;  // names of programs that must be ready first
+    std::string directory;           // empty: the supervisor's own
+    std::map<std::string, std::string> environment;
+    std::string user;  // empty: the supervisor's own (only root may name another)
+    RestartMode restart = RestartMode::always;
+    std::chrono::milliseconds restart_delay{std::chrono::seconds(1)};  // then doubling, as procctl does
+    unsigned max_restarts = 0;                                        // 0: no limit
+    std::chrono::milliseconds max_restarts_window{std::chrono::minutes(1)};
+    int stop_signal = 15;  // SIGTERM
+    std::chrono::milliseconds stop_grace{std::chrono::seconds(10)};
+    std::string stdout_path;  // relative to log_dir; empty: the supervisor's own stdout
+    std::string stderr_path;
+    std::uint64_t log_max_size = 10ull << 20;
+    unsigned log_files = 5;
+    unsigned instances = 1;     // N copies: NAME@1 .. NAME@N
+    std::uint64_t max_rss = 0;  // bytes; 0: no limit
+    bool autostart = true;
+};
+
+struct StackConfig {
+    std::string path;  // the file it was read from
+    std::string run_dir = "/run/hbwatch";
+    std::string log_dir = "/var/log/hbwatch";
+    std::string socket_group;            // empty: the supervisor's group
+    std::vector<ProgramConfig> programs;  // in start order: each after the programs it names in `after`
+};
+
+/// Reads and checks FILE. Throws hbwatch::Error(EINVAL) with "FILE:LINE:COLUMN: ..." naming
+/// the key and what is allowed; a cycle in `after` is named whole ("a -> b -> a").
+[[nodiscard]] StackConfig load_stack_config(const std::string& path);
+/// The same, from text (for tests and for messages about a file that is not on disk).
+[[nodiscard]] StackConfig parse_stack_config(const std::string& text, const std::string& path);
+
+/// "SIGTERM" for 15; the names accepted are TERM, INT, HUP, QUIT, USR1, USR2, KILL, with or
+/// without the SIG prefix.
+[[nodiscard]] std::optional<int> signal_by_name(std::string_view name);
+[[nodiscard]] std::string signal_name(int signal);
+
+}  // namespace hbwatch
