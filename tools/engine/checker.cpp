@@ -55,7 +55,7 @@ void require_trusted(const Table& table) {
 
 
 std::uint64_t deadline_ns(const SlotSnapshot& slot) noexcept {
-    return slot.last_beat_ns + to_ns(slot.timeout) + beat_resolution_ns();
+    return slot.last_beat_ns + to_ns(slot.timeout) + beat_lag_bound_ns();
 }
 
 Health health_of(const SlotSnapshot& slot, std::uint64_t now_ns) noexcept {

@@ -36,8 +36,9 @@ struct CheckOptions {
     bool log_healthy = false;  // a debug line per healthy entry (costly: off unless -v)
 };
 
-/// When `slot` turns hung: its last beat plus its timeout plus the resolution of the clock
-/// that stamped the beat, so that no service is ever judged before its real deadline.
+/// When `slot` turns hung: its last beat plus its timeout plus beat_lag_bound_ns() (how long
+/// after its coarse stamp the beat may really have happened), so that no service is ever
+/// judged before its real deadline.
 [[nodiscard]] std::uint64_t deadline_ns(const SlotSnapshot& slot) noexcept;
 
 struct ScanSummary {
@@ -64,6 +65,8 @@ public:
 
     /// Drops what is remembered of registration `token` (its slot now holds another).
     void forget(std::uint64_t token);
+    /// Whether a stop of registration `token` is in flight.
+    [[nodiscard]] bool stopping(std::uint64_t token) const { return pending_.count(token) != 0; }
 
     /// Reports exits and escalates due stops (call after polling stopper()'s pidfds).
     void advance(std::uint64_t now_ns) { stopper_.advance(now_ns); }

@@ -30,7 +30,11 @@ constexpr std::uint64_t kTableCheckNs = to_ns(std::chrono::seconds(1));         
 constexpr std::uint64_t kUnwrittenRecordNs = to_ns(std::chrono::seconds(1));    // then read every slot instead
 constexpr std::uint64_t kBatchNs = to_ns(std::chrono::milliseconds(50));  // entries re-read together (never acted on early)
 constexpr std::uint64_t kClaimLookNs = to_ns(std::chrono::seconds(1));   // a claim takes microseconds
-constexpr std::size_t kSpareFds = 64;  // for the table, logs, stops and the rest
+constexpr std::uint64_t kSweepNs = to_ns(std::chrono::minutes(1));  // the backstop reads every state word once in this
+constexpr std::uint64_t kSweepStepNs = to_ns(std::chrono::seconds(1));
+// Descriptors kept free of watched processes: for the table, logs, and the pidfds of stops
+// (a mass hang stops many at once; each stop also gives its watched pidfd back).
+constexpr std::size_t kSpareFds = 1024;
 
 // How many pidfds this process may hold: RLIMIT_NOFILE raised to what `wanted` needs, as far
 // as the hard limit (or, with CAP_SYS_RESOURCE, fs.nr_open) allows.
@@ -49,7 +53,8 @@ std::size_t raise_fd_limit(std::size_t wanted, const LogSink& log) {
         ::setrlimit(RLIMIT_NOFILE, &limit);
         ::getrlimit(RLIMIT_NOFILE, &limit);
     }
-    const std::size_t budget = limit.rlim_cur > kSpareFds ? static_cast<std::size_t>(limit.rlim_cur) - kSpareFds : 0;
+    const std::size_t spare = std::min<std::size_t>(kSpareFds, static_cast<std::size_t>(limit.rlim_cur) / 4);
+    const std::size_t budget = static_cast<std::size_t>(limit.rlim_cur) - spare;
     if (budget < wanted)
         log(LogLevel::warn, "RLIMIT_NOFILE allows " + std::to_string(limit.rlim_cur) + " open files, so exits are watched "
                             "through pidfds for at most " + std::to_string(budget) + " processes; the exits of others are "
@@ -99,18 +104,24 @@ public:
         return due_.top().at;
     }
 
-    // Reads every slot: at the start, and when the journal cannot say what changed.
+    // Reads every slot: at the start, and when the journal cannot say what changed (at most
+    // once a second, whatever a hostile writer does to the journal).
     void sync_all(std::uint64_t now) {
         journal_next_ = table_.journal_head();  // changes made during the sweep are replayed
         unwritten_since_.reset();
+        last_sync_ = now;
+        sync_due_ = false;
         for (std::uint32_t i = 0; i < table_.slot_count(); ++i) refresh(i, now);
     }
 
     // Re-reads the slots that the journal says changed since the last poll.
     void poll_journal(std::uint64_t now) {
+        if (sync_due_ && now - last_sync_ >= kTableCheckNs) sync_all(now);
         changed_.clear();
+        const std::uint64_t from = journal_next_;
         const auto result = table_.read_journal(journal_next_, changed_);
         for (std::uint32_t index : changed_) refresh(index, now);
+        if (journal_next_ != from) unwritten_since_.reset();
         switch (result) {
             case Table::JournalRead::caught_up: unwritten_since_.reset(); break;
             case Table::JournalRead::pending:
@@ -118,20 +129,46 @@ public:
                 if (!unwritten_since_) unwritten_since_ = now;
                 else if (now - *unwritten_since_ > kUnwrittenRecordNs) {
                     log_(LogLevel::info, "a journal record was never written (its writer died mid-write?): reading every slot");
-                    sync_all(now);
+                    sync_due_ = true;
+                    journal_next_ = table_.journal_head();
+                    unwritten_since_.reset();
                 }
                 break;
             case Table::JournalRead::lost:
                 log_(LogLevel::info, "more slot changes than the journal holds since the last look: reading every slot");
-                sync_all(now);
+                sync_due_ = true;
                 break;
         }
+        if (sync_due_ && now - last_sync_ >= kTableCheckNs) sync_all(now);
+    }
+
+    // The backstop: each call reads the state words of the next share of the slots, so that
+    // every slot is looked at once a minute. It finds what the journal cannot tell: a
+    // registration whose writer was frozen between publishing it and journaling it, or a
+    // claim abandoned mid-way. One load per slot; only a changed slot is read in full.
+    void sweep_step(std::uint64_t now) {
+        const std::uint32_t count = table_.slot_count();
+        const std::uint32_t share = std::max<std::uint32_t>(1, static_cast<std::uint32_t>(
+                                                                   std::uint64_t{count} * kSweepStepNs / kSweepNs));
+        for (std::uint32_t n = 0; n < share && n < count; ++n) {
+            const std::uint32_t index = sweep_next_;
+            sweep_next_ = sweep_next_ + 1 < count ? sweep_next_ + 1 : 0;
+            if (table_.token_of(index) != tracked_[index].token) refresh(index, now);
+        }
+    }
+
+    // A replaced table's watch keeps only its stops in flight: its processes, deadlines and
+    // descriptors go.
+    void retire() {
+        processes_.clear();
+        due_ = decltype(due_)();
+        tracked_.assign(tracked_.size(), Tracked{});
     }
 
     // Looks at the entries whose time has come; those due within the batch window are read
     // along, and pushed back if they beat meanwhile, so that wake-ups are shared.
     void run_due(std::uint64_t now) {
-        not_yet_.clear();
+        later_.clear();
         while (!due_.empty() && due_.top().at <= now + kBatchNs) {
             const Due due = due_.top();
             due_.pop();
@@ -143,15 +180,16 @@ public:
                 continue;
             }
             const std::uint64_t deadline = deadline_ns(*slot) + 1;
-            if (deadline > due.at) {  // it beat: its deadline moved on
-                schedule(due.index, due.token, deadline);
+            if (deadline > due.at && deadline > now) {  // it beat: its deadline moved on
+                t.at = deadline;
+                later_.push_back(Due{deadline, due.index, due.token});  // not popped again in this call
             } else if (due.at > now) {  // nothing moved, and not due yet: wait for the exact time
-                not_yet_.push_back(due);
+                later_.push_back(due);
             } else {
                 look(*slot, now);
             }
         }
-        for (const Due& due : not_yet_) due_.push(due);
+        for (const Due& due : later_) due_.push(due);
     }
 
     // Frees the entries of the processes whose pidfds say they exited.
@@ -198,6 +236,7 @@ private:
             if (slot->phase != SlotPhase::claiming) watch_process(index, *slot);
         }
         if (slot->phase == SlotPhase::claiming) {
+            checker_.check(*slot, now, scratch_);  // frees a claim whose claimer has died
             schedule(index, slot->token, now + kClaimLookNs);
             return;
         }
@@ -209,6 +248,7 @@ private:
     // arrives through the journal or its pidfd before that).
     void look(const SlotSnapshot& slot, std::uint64_t now) {
         checker_.check(slot, now, scratch_);
+        if (checker_.stopping(slot.token)) unwatch_process(slot.index);  // its stop holds a pidfd of its own
         const std::uint64_t deadline = deadline_ns(slot) + 1;
         const std::uint64_t again = now + std::max(to_ns(slot.timeout), kTableCheckNs);
         schedule(slot.index, slot.token, slot.phase == SlotPhase::live && deadline > now ? deadline : again);
@@ -240,6 +280,13 @@ private:
     void untrack(std::uint32_t index) {
         Tracked& t = tracked_[index];
         checker_.forget(t.token);
+        unwatch_process(index);
+        t = Tracked{};
+    }
+
+    // Drops slot `index` from its process's watch; the pidfd goes with the process's last slot.
+    void unwatch_process(std::uint32_t index) {
+        Tracked& t = tracked_[index];
         if (t.pid != 0) {
             if (auto it = processes_.find(t.pid); it != processes_.end()) {
                 auto& slots = it->second.slots;
@@ -250,7 +297,7 @@ private:
                 if (slots.empty()) processes_.erase(it);
             }
         }
-        t = Tracked{};
+        t.pid = 0;
     }
 
     void schedule(std::uint32_t index, std::uint64_t token, std::uint64_t at) {
@@ -277,8 +324,11 @@ private:
     std::size_t fd_budget_;
     std::uint64_t journal_next_ = 0;
     std::optional<std::uint64_t> unwritten_since_;
+    std::uint64_t last_sync_ = 0;
+    bool sync_due_ = false;
+    std::uint32_t sweep_next_ = 0;
     std::vector<std::uint32_t> changed_;
-    std::vector<Due> not_yet_;
+    std::vector<Due> later_;
     ScanSummary scratch_;  // the checker's tallies, unused here
 };
 
@@ -288,10 +338,9 @@ void watch(const TableOptions& table_options, const CheckOptions& options, const
     const key_t key = table_options.key.value_or(key_from_environment());
     const auto access = options.dry_run ? Table::Access::read_only : Table::Access::read_write;
     std::unique_ptr<TableWatch> current;
-    std::unique_ptr<TableWatch> draining;  // a replaced table's watch, until its stops finish
-    std::size_t fd_budget = 0;
+    std::vector<std::unique_ptr<TableWatch>> draining;  // replaced tables' watches, until their stops finish
     bool said_missing = false, stopping = false;
-    std::uint64_t next_table_check = 0, next_journal_poll = 0;
+    std::uint64_t next_table_check = 0, next_journal_poll = 0, next_sweep = 0;
     std::vector<pollfd> fds;
     for (;;) {
         std::uint64_t now = monotonic_now_ns();
@@ -302,13 +351,16 @@ void watch(const TableOptions& table_options, const CheckOptions& options, const
             if (current && shmid != current->shmid()) {
                 log(LogLevel::info, "the table at key " + format_key(key) + " was " + (shmid < 0 ? "removed" : "replaced") +
                                         (shmid < 0 ? ": waiting for a new one" : ": switching to the new one"));
-                if (!current->checker().idle()) draining = std::move(current);
+                if (!current->checker().idle()) {
+                    current->retire();
+                    draining.push_back(std::move(current));
+                }
                 current.reset();
             }
             if (!current && shmid >= 0) {
                 if (auto table = Table::open_existing(table_options, access)) {
                     require_trusted(*table);
-                    if (fd_budget == 0) fd_budget = raise_fd_limit(table->slot_count(), log);
+                    const std::size_t fd_budget = raise_fd_limit(table->slot_count(), log);
                     log(LogLevel::info, "watching the table at key " + format_key(key) + " (" +
                                             std::to_string(table->slot_count()) + " slots)");
                     current = std::make_unique<TableWatch>(std::move(*table), options, log, fd_budget);
@@ -326,21 +378,28 @@ void watch(const TableOptions& table_options, const CheckOptions& options, const
                 current->poll_journal(now);
                 next_journal_poll = now + kJournalPollNs;
             }
+            if (now >= next_sweep) {
+                current->sweep_step(now);
+                next_sweep = now + kSweepStepNs;
+            }
             current->run_due(now);
         }
 
         std::uint64_t wake = next_table_check;
         fds.clear();
         fds.push_back(pollfd{stop_fd, POLLIN, 0});
-        for (TableWatch* watch : {current.get(), draining.get()}) {
-            if (watch == nullptr) continue;
-            watch->checker().stopper().add_pollfds(fds);
-            if (auto escalation = watch->checker().stopper().next_deadline_ns()) wake = std::min(wake, *escalation);
-        }
+        auto each_watch = [&](const auto& fn) {
+            if (current) fn(*current);
+            for (auto& watch : draining) fn(*watch);
+        };
+        each_watch([&](TableWatch& watch) {
+            watch.checker().stopper().add_pollfds(fds);
+            if (auto escalation = watch.checker().stopper().next_deadline_ns()) wake = std::min(wake, *escalation);
+        });
         const std::size_t epoll_at = fds.size();
         if (current && !stopping) {
             fds.push_back(pollfd{current->epoll_fd(), POLLIN, 0});
-            wake = std::min(wake, next_journal_poll);
+            wake = std::min({wake, next_journal_poll, next_sweep});
             if (auto due = current->next_due()) wake = std::min(wake, *due);
         }
         now = monotonic_now_ns();
@@ -354,12 +413,9 @@ void watch(const TableOptions& table_options, const CheckOptions& options, const
         }
         now = monotonic_now_ns();
         if (current && epoll_at < fds.size() && (fds[epoll_at].revents & POLLIN)) current->on_exits(now);
-        if (current) current->checker().advance(now);
-        if (draining) {
-            draining->checker().advance(now);
-            if (draining->checker().idle()) draining.reset();
-        }
-        if (stopping && (!current || current->checker().idle()) && !draining) return;
+        each_watch([&](TableWatch& watch) { watch.checker().advance(now); });
+        std::erase_if(draining, [](const auto& watch) { return watch->checker().idle(); });
+        if (stopping && (!current || current->checker().idle()) && draining.empty()) return;
     }
 }
 

@@ -13,10 +13,12 @@ namespace hbwatch {
 /// syscall. Never ahead of monotonic_now_ns(), behind it by at most one tick (1-10 ms).
 [[nodiscard]] std::uint64_t coarse_monotonic_now_ns() noexcept;
 
-/// The resolution of the clock that stamps beats (CLOCK_MONOTONIC_COARSE: one tick, 4 ms at
-/// HZ=250). A beat stamped T happened at T or up to this much later, so a deadline computed
-/// from a stamp must be extended by it to never fire early.
-[[nodiscard]] std::uint64_t beat_resolution_ns() noexcept;
+/// How long after its stamp a beat may really have happened. Beats are stamped with
+/// CLOCK_MONOTONIC_COARSE, which moves once a tick (clock_getres: 4 ms at HZ=250), and a tick
+/// is sometimes delivered late (measured: the coarse clock trailing by 4.8 ms on this project's
+/// 2-core VM). Two ticks: a deadline computed from a stamp is extended by this, so that no
+/// service is judged before its real deadline.
+[[nodiscard]] std::uint64_t beat_lag_bound_ns() noexcept;
 
 /// Nanoseconds on CLOCK_REALTIME, for display only (never for a decision).
 [[nodiscard]] std::uint64_t realtime_now_ns() noexcept;

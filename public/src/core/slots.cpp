@@ -135,6 +135,12 @@ std::chrono::milliseconds SlotSnapshot::since_beat(std::uint64_t now_ns) const n
     return std::chrono::milliseconds((now_ns - last_beat_ns) / 1'000'000);
 }
 
+std::uint64_t Table::token_of(std::uint32_t index) const noexcept {
+    if (index >= segment_->slot_count) return 0;
+    const std::uint64_t state = segment_->slots[index].state.load(std::memory_order_acquire);
+    return phase_of(state) == SlotPhase::free ? 0 : state;
+}
+
 std::optional<SlotSnapshot> Table::read(std::uint32_t index) const {
     if (index >= segment_->slot_count) return std::nullopt;
     const Slot& slot = segment_->slots[index];

@@ -164,6 +164,9 @@ public:
     /// The header's registration counter alone: one atomic load, to notice new entries cheaply.
     [[nodiscard]] std::uint64_t registration_count() const noexcept;
 
+    /// Slot `index`'s state word (its registration's token), or 0 when it is free: one load.
+    [[nodiscard]] std::uint64_t token_of(std::uint32_t index) const noexcept;
+
     /// A consistent snapshot of slot `index`, or nullopt when it is free.
     [[nodiscard]] std::optional<SlotSnapshot> read(std::uint32_t index) const;
 
