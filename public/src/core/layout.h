@@ -96,6 +96,34 @@ constexpr std::uint64_t make_state(std::uint64_t generation, std::int32_t pid, S
            static_cast<std::uint64_t>(phase);
 }
 
+// The memory orderings the slot protocol relies on (slots.cpp), named once, each pairing
+// checked at compile time: weakening one fails the build. There is no weakly ordered CPU
+// here to test them on (x86-64 orders more than they ask), so this is where they are proven.
+namespace order {
+inline constexpr auto claim = std::memory_order_acquire;          // CAS free -> claiming
+inline constexpr auto after_claim = std::memory_order_release;    // the fence right after it
+inline constexpr auto publish = std::memory_order_release;        // CAS claiming -> live
+inline constexpr auto release = std::memory_order_release;        // CAS live|revoked -> free, live -> revoked
+inline constexpr auto read_word = std::memory_order_acquire;      // a reader's first load of the word
+inline constexpr auto read_fence = std::memory_order_acquire;     // between its copy and its second load
+inline constexpr auto journal_write = std::memory_order_release;  // a record, after the change it names
+inline constexpr auto journal_read = std::memory_order_acquire;   // a reader's load of a record
+
+constexpr bool acquires(std::memory_order o) {
+    return o == std::memory_order_acquire || o == std::memory_order_acq_rel || o == std::memory_order_seq_cst;
+}
+constexpr bool releases(std::memory_order o) {
+    return o == std::memory_order_release || o == std::memory_order_acq_rel || o == std::memory_order_seq_cst;
+}
+static_assert(acquires(claim), "a claimer sees the previous registration's release before it writes the fields");
+static_assert(releases(after_claim) && acquires(read_fence),
+              "seqlock: a reader that copied any field written after a claim sees the claim's word on its second load");
+static_assert(releases(publish) && acquires(read_word), "a reader that loads `live` sees every field of that registration");
+static_assert(releases(release) && acquires(claim), "the next claimer of a freed slot sees everything before the release");
+static_assert(releases(journal_write) && acquires(journal_read) && acquires(read_word),
+              "a watcher that reads a journal record sees the slot change it names");
+}  // namespace order
+
 static_assert(pid_of(make_state(5, -7, SlotPhase::live)) == -7);
 static_assert(generation_of(make_state((1ull << 30) - 1, 42, SlotPhase::claiming)) == (1ull << 30) - 1);
 

@@ -150,7 +150,7 @@ std::optional<SlotSnapshot> Table::read(std::uint32_t index) const {
     // in progress, which is judged on its pid alone.
     constexpr int kTries = 1000;
     for (int attempt = 0;; ++attempt) {
-        const std::uint64_t before = slot.state.load(std::memory_order_acquire);
+        const std::uint64_t before = slot.state.load(detail::order::read_word);
         if (phase_of(before) == SlotPhase::free) return std::nullopt;
         SlotSnapshot s;
         s.index = index;
@@ -170,7 +170,7 @@ std::optional<SlotSnapshot> Table::read(std::uint32_t index) const {
             const std::uint64_t word = slot.name[w].load(relaxed);
             std::memcpy(s.name_bytes.data() + w * 8, &word, 8);
         }
-        std::atomic_thread_fence(std::memory_order_acquire);
+        std::atomic_thread_fence(detail::order::read_fence);
         const bool consistent = slot.state.load(relaxed) == before;
         if (consistent || attempt == kTries) {
             if (!consistent || s.phase == SlotPhase::claiming) {  // a claim in progress: only the pid is meaningful yet
@@ -200,7 +200,7 @@ bool owner_is_dead(const SlotSnapshot& s) {
 void journal_change(detail::Segment& segment, std::uint32_t index) noexcept {
     const std::uint64_t sequence = segment.header->journal_head.fetch_add(1, std::memory_order_relaxed);
     segment.journal->records[sequence % detail::kJournalRecords].store(
-        ((sequence + 1) << detail::kJournalIndexBits) | index, std::memory_order_release);
+        ((sequence + 1) << detail::kJournalIndexBits) | index, detail::order::journal_write);
 }
 
 bool try_claim(Slot& slot, std::uint64_t& token, pid_t pid) {
@@ -208,10 +208,10 @@ bool try_claim(Slot& slot, std::uint64_t& token, pid_t pid) {
     if (phase_of(expected) != SlotPhase::free) return false;
     const std::uint64_t generation = (generation_of(expected) + 1) & ((1ull << 30) - 1);
     const std::uint64_t claiming = make_state(generation, pid, SlotPhase::claiming);
-    if (!slot.state.compare_exchange_strong(expected, claiming, std::memory_order_acquire, std::memory_order_relaxed))
+    if (!slot.state.compare_exchange_strong(expected, claiming, detail::order::claim, std::memory_order_relaxed))
         return false;
     // The seqlock writer's fence: the field stores below cannot be seen before the new word.
-    std::atomic_thread_fence(std::memory_order_release);
+    std::atomic_thread_fence(detail::order::after_claim);
     token = claiming;
     return true;
 }
@@ -289,7 +289,7 @@ Claim Table::claim(std::string_view name, std::chrono::milliseconds timeout, con
         // mid-claim, the claim is void and the fields written above belong to nobody.
         std::uint64_t expected = token;
         const std::uint64_t live = make_state(generation_of(token), who.pid, SlotPhase::live);
-        if (!slot.state.compare_exchange_strong(expected, live, std::memory_order_release, relaxed)) continue;
+        if (!slot.state.compare_exchange_strong(expected, live, detail::order::publish, relaxed)) continue;
         header.registrations.fetch_add(1, relaxed);
         journal_change(*segment_, *index);
         return Claim{*index, live};
@@ -304,10 +304,10 @@ bool Table::free_slot(std::uint32_t index, std::uint64_t token) noexcept {
     Slot& slot = segment_->slots[index];
     const std::uint64_t freed = make_state(generation_of(token), 0, SlotPhase::free);
     std::uint64_t expected = token;
-    bool done = slot.state.compare_exchange_strong(expected, freed, std::memory_order_release, std::memory_order_relaxed);
+    bool done = slot.state.compare_exchange_strong(expected, freed, detail::order::release, std::memory_order_relaxed);
     if (!done && phase_of(token) == SlotPhase::live) {  // revoked meanwhile: still this registration
         expected = make_state(generation_of(token), pid_of(token), SlotPhase::revoked);
-        done = slot.state.compare_exchange_strong(expected, freed, std::memory_order_release, std::memory_order_relaxed);
+        done = slot.state.compare_exchange_strong(expected, freed, detail::order::release, std::memory_order_relaxed);
     }
     if (!done) return false;
     segment_->header->releases.fetch_add(1, std::memory_order_relaxed);
@@ -324,7 +324,7 @@ Table::Revoked Table::revoke(std::uint32_t index, std::uint64_t token) noexcept 
     if (s->phase != SlotPhase::live) return Revoked::changed;  // a live claimer's claim in progress
     std::uint64_t expected = token;
     const std::uint64_t revoked = make_state(generation_of(token), pid_of(token), SlotPhase::revoked);
-    if (!segment_->slots[index].state.compare_exchange_strong(expected, revoked, std::memory_order_release,
+    if (!segment_->slots[index].state.compare_exchange_strong(expected, revoked, detail::order::release,
                                                               std::memory_order_relaxed))
         return Revoked::changed;
     journal_change(*segment_, index);
@@ -340,7 +340,7 @@ Table::JournalRead Table::read_journal(std::uint64_t& next, std::vector<std::uin
     constexpr std::uint64_t kIndexMask = (std::uint64_t{1} << detail::kJournalIndexBits) - 1;
     for (; next != head; ++next) {
         const std::uint64_t record =
-            segment_->journal->records[next % detail::kJournalRecords].load(std::memory_order_acquire);
+            segment_->journal->records[next % detail::kJournalRecords].load(detail::order::journal_read);
         const std::uint64_t sequence = record >> detail::kJournalIndexBits;
         if (sequence < next + 1) return JournalRead::pending;
         if (sequence > next + 1) {
