@@ -39,32 +39,16 @@ constexpr int kExitNoTable = 2;
 
 // ---------------------------------------------------------------- formatting
 
-// `text` with every byte that `keep` refuses shown as \xNN.
-template <class Keep>
-std::string escaped(std::string_view text, Keep keep) {
-    std::string out;
-    for (unsigned char c : text) {
-        if (keep(c)) {
-            out += static_cast<char>(c);
-        } else {
-            char hex[8];
-            std::snprintf(hex, sizeof hex, "\\x%02x", c);
-            out += hex;
-        }
-    }
-    return out;
-}
-
 // A slot's name as anyone may have written it: the bytes a valid name may hold pass, anything
 // else (quotes, control bytes, invalid UTF-8) is escaped, so no output can be forged or broken.
 std::string shown(std::string_view name) {
-    return escaped(name, [](unsigned char c) { return std::isalnum(c) || std::strchr("._-:@+/", c) != nullptr; });
+    return hbwatch::escaped(name, hbwatch::name_char);
 }
 
 // Text a process chose (its command name, its executable's path), for a terminal: control
 // bytes are escaped, so none reaches the terminal as an escape sequence.
 std::string printable(std::string_view text) {
-    return escaped(text, [](unsigned char c) { return c >= 0x20 && c != 0x7f && c != '\\'; });
+    return hbwatch::escaped(text, [](unsigned char c) { return c >= 0x20 && c != 0x7f && c != '\\'; });
 }
 
 // The Prometheus text format's label value escapes: backslash, quote, newline.

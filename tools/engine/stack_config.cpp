@@ -24,6 +24,12 @@ constexpr std::pair<const char*, int> kSignals[] = {{"TERM", SIGTERM}, {"INT", S
                                                     {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"KILL", SIGKILL}};
 constexpr unsigned kMaxInstances = 64;
 
+// A whole, non-negative number written in decimal and nothing else.
+std::optional<unsigned long> whole_number(const std::string& text) {
+    if (text.empty() || text.find_first_not_of("0123456789") != std::string::npos || text.size() > 9) return std::nullopt;
+    return std::stoul(text);
+}
+
 std::string join(const std::vector<std::string>& words, const char* separator = ", ") {
     std::string out;
     for (const auto& word : words) out += (out.empty() ? "" : separator) + word;
@@ -70,16 +76,10 @@ public:
     }
     unsigned number(const YAML::Node& node, const std::string& key, unsigned low, unsigned high) const {
         const std::string value = text(node, key);
-        unsigned long n = 0;
-        std::size_t used = 0;
-        try {
-            n = std::stoul(value, &used);
-        } catch (const std::exception&) {
-            used = 0;
-        }
-        if (used != value.size() || value.empty() || value[0] == '-' || n < low || n > high)
+        const auto n = whole_number(value);
+        if (!n || *n < low || *n > high)
             fail(node, key + ": '" + value + "' is not a whole number from " + std::to_string(low) + " to " + std::to_string(high));
-        return static_cast<unsigned>(n);
+        return static_cast<unsigned>(*n);
     }
     bool flag(const YAML::Node& node, const std::string& key) const {
         const std::string value = text(node, key);
@@ -111,17 +111,10 @@ ReadyCheck read_ready(const Reader& reader, const YAML::Node& node) {
         const auto colon = value.rfind(':');
         ready.kind = ReadyCheck::Kind::tcp;
         ready.host = value.substr(4, colon > 4 ? colon - 4 : 0);
-        const std::string port = value.substr(colon + 1);
-        unsigned long number = 0;
-        std::size_t used = 0;
-        try {
-            number = std::stoul(port, &used);
-        } catch (const std::exception&) {
-            used = 0;
-        }
-        if (ready.host.empty() || used != port.size() || number == 0 || number > 65535)
+        const auto port = whole_number(value.substr(colon + 1));
+        if (ready.host.empty() || !port || *port == 0 || *port > 65535)
             reader.fail(node, "ready: '" + value + "' is not tcp:HOST:PORT (for example tcp:127.0.0.1:8080)");
-        ready.port = static_cast<std::uint16_t>(number);
+        ready.port = static_cast<std::uint16_t>(*port);
         return ready;
     }
     if (value.rfind("exec:", 0) == 0) {

@@ -44,28 +44,30 @@ using detail::make_state;
 using detail::phase_of;
 using detail::pid_of;
 
-namespace {
-
-bool allowed_name_char(char c) {
+bool name_char(unsigned char c) noexcept {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
            std::strchr("._-:@+/", c) != nullptr;
 }
 
-// Shows untrusted bytes safely in a message: printable ASCII as is, the rest as \xNN.
-std::string printable(std::string_view bytes) {
+std::string escaped(std::string_view text, bool (*keep)(unsigned char)) {
     std::string out;
-    for (unsigned char c : bytes) {
-        if (c >= 0x20 && c < 0x7f && c != '\\') {
+    for (unsigned char c : text) {
+        if (keep(c)) {
             out += static_cast<char>(c);
         } else {
-            char buffer[8];
-            std::snprintf(buffer, sizeof buffer, "\\x%02x", c);
-            out += buffer;
+            char hex[8];
+            std::snprintf(hex, sizeof hex, "\\x%02x", c);
+            out += hex;
         }
     }
     return out;
 }
 
+namespace {
+// Untrusted bytes in a message: printable ASCII as is, the rest as \xNN.
+std::string printable(std::string_view bytes) {
+    return escaped(bytes, [](unsigned char c) { return c >= 0x20 && c < 0x7f && c != '\\'; });
+}
 }  // namespace
 
 void validate_name(std::string_view name) {
@@ -75,7 +77,7 @@ void validate_name(std::string_view name) {
         throw Error(EINVAL, "heartbeat name '" + printable(name.substr(0, 20)) + "...' is " +
                                 std::to_string(name.size()) + " bytes long: " + kRule);
     for (std::size_t i = 0; i < name.size(); ++i) {
-        if (!allowed_name_char(name[i]))
+        if (!name_char(static_cast<unsigned char>(name[i])))
             throw Error(EINVAL, "heartbeat name '" + printable(name) + "' has a bad character at byte " +
                                     std::to_string(i) + ": " + kRule);
     }
@@ -100,7 +102,8 @@ std::optional<Garbage> SlotSnapshot::garbage() const noexcept {
     if (phase == SlotPhase::claiming) return std::nullopt;
     if (std::find(name_bytes.begin(), name_bytes.end(), '\0') == name_bytes.end()) return Garbage::unterminated_name;
     const std::string_view text = name();
-    if (text.empty() || !std::all_of(text.begin(), text.end(), allowed_name_char)) return Garbage::bad_name;
+    if (text.empty() || !std::all_of(text.begin(), text.end(), [](char c) { return name_char(static_cast<unsigned char>(c)); }))
+        return Garbage::bad_name;
     if (timeout < kMinTimeout || timeout > kMaxTimeout) return Garbage::bad_timeout;
     if (process.start_time == 0) return Garbage::no_start_time;
     return std::nullopt;

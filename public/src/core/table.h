@@ -35,6 +35,12 @@ struct Slot;
 /// "0x48425754".
 [[nodiscard]] std::string format_key(key_t key);
 
+/// Whether a name may hold byte `c`: a letter, a digit, or one of . _ - : @ + /
+[[nodiscard]] bool name_char(unsigned char c) noexcept;
+
+/// `text` with every byte that `keep` refuses shown as \xNN: untrusted bytes made safe to print.
+[[nodiscard]] std::string escaped(std::string_view text, bool (*keep)(unsigned char));
+
 /// Throws Error(EINVAL) unless `name` is 1-47 bytes of letters, digits and . _ - : @ + /
 void validate_name(std::string_view name);
 
