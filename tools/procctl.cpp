@@ -19,6 +19,8 @@
 #include <hbwatch/error.h>
 
 #include "engine/output.h"
+#include "engine/stack.h"
+#include "engine/stack_config.h"
 #include "engine/supervisor.h"
 #include "engine/support.h"
 
@@ -227,11 +229,98 @@ int detach() {
     return ready[1];
 }
 
+// Whether the command line asks for the stack supervisor: --config (or -c) among procctl's
+// own options, before INTERVAL (after it, "-c" may be PROGRAM's, as in `sh -c`).
+bool wants_stack(int argc, char** argv) {
+    for (int i = 1; i < argc; ++i) {
+        const std::string_view arg = argv[i];
+        if (arg == "-c" || arg == "--config" || arg.starts_with("--config=")) return true;
+        if (arg.empty() || arg[0] != '-') return false;
+    }
+    return false;
+}
+
+// procctl --config FILE: every program of the stack in one process.
+int run_stack_mode(int argc, char** argv) {
+    std::string config_path, log_file;
+    bool foreground = false, verbose = false, check = false;
+    CLI::App app{"procctl --config FILE [-f] [--log FILE] [-v] [--check]\n\n"
+                 "Supervises every program of a stack, described in FILE (YAML, or JSON), in one process:\n"
+                 "starts them in the order their `after` lists give, each once those it waits for are ready,\n"
+                 "restarts each by its own policy, and on SIGTERM or SIGINT stops them in reverse order.",
+                 "procctl"};
+    app.add_option("-c,--config", config_path, "the stack's config file")->required();
+    app.add_flag("-f,--foreground", foreground, "stay attached (for systemd units and containers)");
+    app.add_option("--log", log_file, "log to FILE (rotated)");
+    app.add_flag("-v,--verbose", verbose, "log more");
+    app.add_flag("--check", check, "check FILE, print the start order, and exit");
+    app.footer(
+        "Examples:\n"
+        "  procctl --config /etc/hbwatch/stack.yaml              run the stack in the background\n"
+        "  procctl -f -c stack.yaml                              in the foreground, for systemd or a container\n"
+        "  procctl --check -c stack.yaml                         check the file: errors name line and column\n"
+        "\n"
+        "The config's keys are described in the README (\"The stack supervisor\"). The control socket,\n"
+        "and proctab's status, start, stop and restart by name, are not there yet.\n"
+        "\n"
+        "Exit status: 0 stopped by SIGTERM/SIGINT (or, when detaching, the stack started; or --check\n"
+        "found the file good); 1 procctl could not start (config error, run_dir held by another\n"
+        "procctl, a log not writable); 2 bad arguments.");
+    if (auto done = tool::parse(app, argc, argv)) return *done;
+    hbwatch::StackConfig config;
+    try {
+        config = hbwatch::load_stack_config(config_path);
+    } catch (const hbwatch::Error& e) {
+        std::fprintf(stderr, "procctl: %s\n", e.what());
+        return tool::kExitFailure;
+    }
+    if (check) {
+        std::string order;
+        for (const auto& p : config.programs) {
+            if (!order.empty()) order += ", ";
+            order += p.name;
+            if (p.instances > 1) order.append(" x").append(std::to_string(p.instances));
+        }
+        std::printf("%s: good; %zu programs, start order: %s\n", config_path.c_str(), config.programs.size(), order.c_str());
+        return tool::kExitOk;
+    }
+    int ready = -1;
+    try {
+        if (!foreground) ::close_range(3, ~0U, 0);
+        if (!foreground) ready = detach();
+        if (::mkdir(config.run_dir.c_str(), 0755) != 0 && errno != EEXIST)
+            throw hbwatch::Error(errno, "cannot create run_dir " + config.run_dir + ": " + std::strerror(errno));
+        const int pidfile = lock_pidfile(config.run_dir + "/procctl.pid");
+        const int signals = tool::signalfd_for({SIGTERM, SIGINT, SIGHUP, SIGCHLD});
+        auto log = tool::make_logger("procctl", log_file, verbose, /*syslog=*/!foreground && log_file.empty());
+        const int code = tool::run_stack(config, *log, signals, [&] {
+            if (ready < 0) return;
+            const std::string report = "ok running the stack of " + config_path + " in the background as pid " +
+                                       std::to_string(::getpid());
+            (void)!::write(ready, report.data(), report.size());
+            ::close(ready);
+            ready = -1;
+        });
+        (void)!::ftruncate(pidfile, 0);
+        return code;
+    } catch (const hbwatch::Error& e) {
+        if (ready >= 0) {
+            const std::string report = e.what();
+            (void)!::write(ready, report.data(), report.size());
+        } else {
+            std::fprintf(stderr, "procctl: %s\n", e.what());
+        }
+        return tool::kExitFailure;
+    }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+    if (wants_stack(argc, argv)) return run_stack_mode(argc, argv);
     Cli cli;
-    CLI::App app{"procctl [OPTIONS] INTERVAL PROGRAM [ARGS...]\n\n"
+    CLI::App app{"procctl [OPTIONS] INTERVAL PROGRAM [ARGS...]\n"
+                 "procctl --config FILE    (a stack of programs: see procctl --config FILE --help)\n\n"
                  "Runs PROGRAM, waits for it to exit, sleeps INTERVAL, and runs it again, forever. Detaches\n"
                  "into the background unless -f. SIGTERM or SIGINT stops PROGRAM and everything it started\n"
                  "(SIGTERM, then SIGKILL after --grace), then procctl exits.",

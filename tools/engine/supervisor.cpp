@@ -474,33 +474,7 @@ private:
         release_slots();
     }
 
-    // Frees the heartbeat entries of the processes procctl stopped or reaped, and only those:
-    // a service stopped without releasing its slot leaves no stale entry behind.
-    void release_slots() {
-        if (stopped_.empty()) return;
-        std::vector<ProcessIdentity> dead;
-        std::swap(dead, stopped_);
-        try {
-            TableOptions options;
-            options.key = key_from_environment();
-            for (const auto& entry : options_.env)
-                if (entry.starts_with("HBWATCH_KEY=")) options.key = parse_key(entry.substr(12));
-            auto table = Table::open_existing(options, Table::Access::read_write);
-            if (!table) return;
-            table->for_each([&](const SlotSnapshot& s) {
-                if (s.phase != SlotPhase::live) return;
-                for (const auto& who : dead) {
-                    if (!same_process(who, s.process) || liveness(s.process) == Liveness::alive) continue;
-                    if (table->free_slot(s.index, s.token))
-                        log_.info("freed slot {} of pid {} '{}' at key {}: it ended without releasing it", s.index,
-                                  s.process.pid, std::string(s.name()), format_key(table->key()));
-                    return;
-                }
-            });
-        } catch (const Error& e) {
-            log_.warn("could not free the heartbeat entries of stopped processes: {}", e.what());
-        }
-    }
+    void release_slots() { release_slots_of(stopped_, options_.env, log_); }
 
     const SuperviseOptions& options_;
     spdlog::logger& log_;
@@ -525,6 +499,32 @@ private:
 };
 
 }  // namespace
+
+void release_slots_of(std::vector<ProcessIdentity>& ended, const std::vector<std::string>& env, spdlog::logger& log) {
+    if (ended.empty()) return;
+    std::vector<ProcessIdentity> dead;
+    std::swap(dead, ended);
+    try {
+        TableOptions options;
+        options.key = key_from_environment();
+        for (const auto& entry : env)
+            if (entry.starts_with("HBWATCH_KEY=")) options.key = parse_key(entry.substr(12));
+        auto table = Table::open_existing(options, Table::Access::read_write);
+        if (!table) return;
+        table->for_each([&](const SlotSnapshot& s) {
+            if (s.phase == SlotPhase::claiming) return;
+            for (const auto& who : dead) {
+                if (!same_process(who, s.process) || liveness(s.process) == Liveness::alive) continue;
+                if (table->free_slot(s.index, s.token))
+                    log.info("freed slot {} of pid {} '{}' at key {}: it ended without releasing it", s.index,
+                             s.process.pid, std::string(s.name()), format_key(table->key()));
+                return;
+            }
+        });
+    } catch (const Error& e) {
+        log.warn("could not free the heartbeat entries of stopped processes: {}", e.what());
+    }
+}
 
 int supervise(const SuperviseOptions& options, spdlog::logger& log, int signal_fd, const std::function<void()>& ready) {
     Supervisor supervisor(options, log, signal_fd);  // throws Error when an output file cannot be opened

@@ -11,6 +11,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "core/process.h"
+
 namespace hbwatch::tool {
 
 struct SuperviseOptions {
@@ -28,6 +30,11 @@ struct SuperviseOptions {
     std::chrono::milliseconds window{std::chrono::minutes(1)};
     std::string cgroup_name;                  // the program's cgroup (v2); empty: no cgroup
 };
+
+/// Frees the heartbeat entries of the processes in `ended` (which it empties) once they are
+/// dead, and only those: a program stopped without releasing its slot leaves no stale entry.
+/// The table is the one at HBWATCH_KEY in `env` (KEY=VALUE entries), else procctl's own.
+void release_slots_of(std::vector<ProcessIdentity>& ended, const std::vector<std::string>& env, spdlog::logger& log);
 
 /// Exit codes of supervise(), as procctl documents them.
 inline constexpr int kExitGaveUp = 3;

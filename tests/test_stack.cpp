@@ -1,0 +1,156 @@
+// procctl --config: a stack of four programs on real processes, a real TCP port and a real
+// heartbeat table. Every wait is on an event (an output line, a pidfd) or a poll with a deadline.
+#include <doctest/doctest.h>
+
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <sstream>
+#include <string>
+
+#include "core/table.h"
+
+#include "support.h"
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using hbtest::Process;
+
+namespace {
+
+struct Scratch {
+    fs::path dir;
+    Scratch() {
+        char buffer[] = "/tmp/hbwatch-stack-XXXXXX";
+        dir = ::mkdtemp(buffer);
+        fs::create_directory(dir / "log");
+    }
+    ~Scratch() { fs::remove_all(dir); }
+};
+
+std::string read_file(const fs::path& path) {
+    std::ifstream in(path);
+    std::stringstream text;
+    text << in.rdbuf();
+    return text.str();
+}
+
+// A TCP port nobody listens on now (the kernel picks it).
+int free_port() {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t length = sizeof address;
+    ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address);
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+    ::close(fd);
+    return ntohs(address.sin_port);
+}
+
+long long number_after(const std::string& text, const std::string& word) {
+    std::smatch match;
+    if (!std::regex_search(text, match, std::regex(word + " ([0-9]+)"))) return -1;
+    return std::stoll(match[1]);
+}
+
+std::size_t position(const std::string& text, const std::string& needle) {
+    const auto at = text.find(needle);
+    REQUIRE_MESSAGE(at != std::string::npos, "missing from procctl's log: " << needle);
+    return at;
+}
+
+}  // namespace
+
+TEST_CASE("a stack starts in dependency order, each program once those it waits for are ready, and stops in reverse") {
+    hbtest::ScratchKey scratch;
+    Scratch dir;
+    const int port = free_port();
+    const std::string key = hbwatch::format_key(scratch.key());
+    const fs::path config = dir.dir / "stack.yaml";
+    std::ofstream(config) << "run_dir: " << (dir.dir / "run").string() << "\n"
+                          << "log_dir: " << (dir.dir / "log").string() << "\n"
+                          << "programs:\n"
+                          << "  pool:\n"
+                          << "    command: [sleep, \"60\"]\n"
+                          << "    instances: 3\n"
+                          << "    after: [worker]\n"
+                          << "  worker:\n"
+                          << "    command: [" << hbtest::bin("demo_service") << ", worker, --timeout, 10s]\n"
+                          << "    environment: {HBWATCH_KEY: \"" << key << "\"}\n"
+                          << "    ready: beat\n"
+                          << "    after: [api]\n"
+                          << "    stdout: worker.log\n"
+                          << "  api:\n"
+                          << "    command: [" << hbtest::bin("stamp") << ", \"60000\"]\n"
+                          << "    after: [db]\n"
+                          << "    stdout: api.log\n"
+                          << "  db:\n"
+                          << "    command: [" << hbtest::bin("tcp_listen") << ", \"" << port << "\", \"300\"]\n"
+                          << "    ready: tcp:127.0.0.1:" << port << "\n"
+                          << "    stdout: db.log\n";
+
+    Process check({hbtest::bin("procctl"), "--check", "-c", config.string()});
+    REQUIRE(check.wait_exit(10s));
+    CHECK(WEXITSTATUS(check.wait()) == 0);
+    CHECK(check.output() == config.string() + ": good; 4 programs, start order: db, api, worker, pool x3\n");
+
+    Process stack({hbtest::bin("procctl"), "-f", "-c", config.string()});
+    REQUIRE(stack.wait_for_output("pool@3 is ready", 30s));
+    const std::string log = stack.output_so_far();
+
+    // api started only once db's port accepted connections.
+    const long long listening = number_after(read_file(dir.dir / "log" / "db.log"), "listening");
+    const long long api_start = number_after(read_file(dir.dir / "log" / "api.log"), "start");
+    REQUIRE(listening > 0);
+    REQUIRE(api_start > 0);
+    CHECK(api_start >= listening);
+    CHECK(position(log, "db is ready (its port accepts)") < position(log, "started api"));
+    // The pool waited for the worker's first heartbeat.
+    CHECK(position(log, "worker is ready (its first heartbeat)") < position(log, "started pool@1"));
+    for (const char* instance : {"started pool@1", "started pool@2", "started pool@3"}) CHECK(position(log, instance) > 0);
+
+    // A second procctl on the same run_dir refuses, naming the first.
+    Process second({hbtest::bin("procctl"), "-f", "-c", config.string()});
+    REQUIRE(second.wait_exit(10s));
+    CHECK(WEXITSTATUS(second.wait()) == 1);
+    CHECK(second.output().find("is locked by procctl pid " + std::to_string(stack.pid())) != std::string::npos);
+
+    ::kill(stack.pid(), SIGTERM);
+    REQUIRE(stack.wait_exit(30s));
+    CHECK(WIFEXITED(stack.wait()));
+    CHECK(WEXITSTATUS(stack.wait()) == 0);
+    const std::string all = stack.output();
+    // Reverse order: the pool before the worker, the worker before api, api before db.
+    CHECK(position(all, "stopping pool@1") < position(all, "stopping worker"));
+    CHECK(position(all, "stopping worker") < position(all, "stopping api"));
+    CHECK(position(all, "stopping api") < position(all, "stopping db"));
+    CHECK(all.find("every program is stopped; exiting") != std::string::npos);
+    // Nothing left: no process of the stack, no heartbeat entry.
+    CHECK(hbtest::live_entries(scratch.options()) == 0);
+    std::smatch match;
+    std::string rest = all;
+    while (std::regex_search(rest, match, std::regex("started [a-z@0-9]+ as pid ([0-9]+)"))) {
+        const pid_t pid = std::stoi(match[1]);
+        CHECK_MESSAGE((::kill(pid, 0) != 0 && errno == ESRCH), "pid " << pid << " is still there");
+        rest = match.suffix();
+    }
+}
+
+TEST_CASE("a stack config error stops procctl before anything starts, naming the spot") {
+    Scratch dir;
+    const fs::path config = dir.dir / "stack.yaml";
+    std::ofstream(config) << "programs:\n  a:\n    command: [sleep, \"1\"]\n    after: [b]\n  b:\n    command: [sleep, \"1\"]\n"
+                          << "    after: [a]\n";
+    Process stack({hbtest::bin("procctl"), "-f", "-c", config.string()});
+    REQUIRE(stack.wait_exit(10s));
+    CHECK(WEXITSTATUS(stack.wait()) == 1);
+    CHECK(stack.output() == "procctl: " + config.string() +
+                                ":4:12: after: the programs a -> b -> a wait for each other in a cycle; remove one of these "
+                                "'after' entries\n");
+}

@@ -1,0 +1,663 @@
+#include "engine/stack.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <netdb.h>
+#include <poll.h>
+#include <pwd.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <map>
+#include <memory>
+
+#include <hbwatch/error.h>
+
+#include "core/clock.h"
+#include "core/duration.h"
+#include "core/pidfd.h"
+#include "core/table.h"
+#include "engine/cgroup.h"
+#include "engine/output.h"
+#include "engine/restart_policy.h"
+#include "engine/supervisor.h"
+
+extern char** environ;
+
+namespace hbwatch::tool {
+namespace {
+
+constexpr std::uint64_t kReadyPollNs = to_ns(std::chrono::milliseconds(100));
+constexpr std::uint64_t kExecRetryNs = to_ns(std::chrono::milliseconds(500));
+constexpr std::uint64_t kKillWaitNs = to_ns(std::chrono::seconds(5));
+
+// A program's life, one state at a time:
+//   waiting --its `after` ready--> starting --ready check--> ready --exit--> backoff --> starting
+//   starting|ready --stop--> stopping --exit, cgroup empty--> stopped
+//   an exit that its restart mode does not restart: exited; too many restarts: gave_up
+enum class State { waiting, starting, ready, backoff, stopping, stopped, exited, gave_up };
+
+std::string describe_status(int status) {
+    if (WIFEXITED(status)) return "exited with code " + std::to_string(WEXITSTATUS(status));
+    if (WIFSIGNALED(status)) return std::string("was killed by SIG") + sigabbrev_np(WTERMSIG(status));
+    return "stopped with status " + std::to_string(status);
+}
+
+// One running copy of a program: the program itself, or one of its instances (NAME@i).
+struct Unit {
+    const ProgramConfig* program = nullptr;
+    std::string name;
+    State state = State::waiting;
+    RestartPolicy policy{RestartRules{}};
+    // Built before any fork: the child between fork and exec only makes system calls.
+    std::vector<std::string> env_storage;
+    std::vector<char*> argv, envp;
+    std::optional<uid_t> uid;
+    gid_t gid = 0;
+    std::vector<gid_t> groups;
+    std::optional<Cgroup> cgroup;
+    OutputFile* out = nullptr;
+    OutputFile* err = nullptr;
+    pid_t pid = 0;
+    std::optional<Pidfd> pidfd;
+    ProcessIdentity identity;
+    std::uint64_t started_ns = 0;
+    std::uint64_t next_ns = 0;      // backoff: the next start; starting: the next ready probe
+    std::uint64_t deadline_ns = 0;  // starting: the ready timeout; stopping: SIGKILL
+    bool restart_after_stop = false;
+    bool kill_sent = false;
+    int probe_fd = -1;    // tcp readiness: a connect in progress
+    pid_t probe_pid = 0;  // exec readiness: the check command
+};
+
+// What the child reports through its CLOEXEC pipe when it cannot exec.
+struct StartFailure {
+    int stage;  // 0 exec, 1 chdir, 2 stdio, 3 cgroup, 4 user
+    int error;
+};
+
+struct Reader {
+    int fd;
+    OutputFile* file;
+};
+
+class Stack {
+public:
+    Stack(const StackConfig& config, spdlog::logger& log, int signal_fd) : config_(config), log_(log), signal_fd_(signal_fd) {
+        for (const auto& program : config.programs) {
+            const unsigned copies = program.instances;
+            for (unsigned i = 1; i <= copies; ++i) {
+                auto unit = std::make_unique<Unit>();
+                unit->program = &program;
+                unit->name = copies > 1 ? program.name + "@" + std::to_string(i) : program.name;
+                unit->policy = RestartPolicy(RestartRules{program.restart_delay, std::chrono::minutes(5),
+                                                          program.max_restarts ? std::optional(program.max_restarts) : std::nullopt,
+                                                          program.max_restarts_window, std::chrono::seconds(1)});
+                prepare(*unit, copies > 1 ? i : 0);
+                units_.push_back(std::move(unit));
+            }
+        }
+        // procctl handles its signals through the blocked signalfd set: every other
+        // disposition goes back to the default, which exec passes on (SIG_IGN would survive).
+        struct sigaction dfl {};
+        dfl.sa_handler = SIG_DFL;
+        for (int sig = 1; sig < NSIG; ++sig)
+            if (sig != SIGKILL && sig != SIGSTOP && sig != SIGPIPE) ::sigaction(sig, &dfl, nullptr);
+    }
+
+    int run() {
+        ::prctl(PR_SET_CHILD_SUBREAPER, 1);
+        for (auto& unit : units_) take_cgroup(*unit);
+        log_.info("running the stack of {} ({} programs): start order {}", config_.path, units_.size(), start_order());
+        std::vector<pollfd> fds;
+        for (;;) {
+            const std::uint64_t now = monotonic_now_ns();
+            if (stopping_all_ && stop_step(now)) {
+                drain_to_end();
+                log_.info("every program is stopped; exiting");
+                return 0;
+            }
+            if (!stopping_all_) step(now);
+            fds.clear();
+            fds.push_back(pollfd{signal_fd_, POLLIN, 0});
+            std::uint64_t wake = now + to_ns(std::chrono::seconds(1));
+            for (auto& unit : units_) {
+                if (unit->pidfd) fds.push_back(pollfd{unit->pidfd->fd(), POLLIN, 0});
+                if (unit->probe_fd >= 0) fds.push_back(pollfd{unit->probe_fd, POLLOUT, 0});
+                if (unit->cgroup && unit->state == State::stopping) fds.push_back(pollfd{unit->cgroup->events_fd(), POLLPRI, 0});
+                for (std::uint64_t at : {unit->next_ns, unit->deadline_ns})
+                    if (at > 0) wake = std::min(wake, std::max(at, now));
+            }
+            for (const auto& reader : readers_) fds.push_back(pollfd{reader.fd, POLLIN, 0});
+            if (::poll(fds.data(), fds.size(), poll_timeout_ms(wake, monotonic_now_ns())) < 0 && errno != EINTR) {
+                log_.error("poll failed: {}; retrying in 100ms", std::strerror(errno));
+                ::poll(nullptr, 0, 100);
+                continue;
+            }
+            if (fds[0].revents & POLLIN) read_signals();
+            drain(fds);
+            reap();
+            for (auto& unit : units_) {
+                auto probe = std::find_if(fds.begin(), fds.end(), [&](const pollfd& p) { return p.fd == unit->probe_fd; });
+                if (unit->probe_fd >= 0 && probe != fds.end() && probe->revents != 0) finish_tcp_probe(*unit);
+            }
+        }
+    }
+
+private:
+    std::string start_order() const {
+        std::string order;
+        for (const auto& unit : units_) {
+            if (!order.empty()) order += ", ";
+            order += unit->name;
+        }
+        return order;
+    }
+
+    void prepare(Unit& unit, unsigned instance) {
+        const ProgramConfig& p = *unit.program;
+        std::map<std::string, std::string> env;
+        for (char** e = environ; *e != nullptr; ++e) {
+            std::string entry(*e);
+            env[entry.substr(0, entry.find('='))] = entry;
+        }
+        for (const auto& [name, value] : p.environment) env[name] = name + "=" + value;
+        env["HBWATCH_PROGRAM"] = "HBWATCH_PROGRAM=" + unit.name;
+        if (instance > 0) env["HBWATCH_INSTANCE"] = "HBWATCH_INSTANCE=" + std::to_string(instance);
+        for (auto& [name, entry] : env) unit.env_storage.push_back(entry);
+        for (auto& entry : unit.env_storage) unit.envp.push_back(entry.data());
+        unit.envp.push_back(nullptr);
+        for (const auto& word : p.command) unit.argv.push_back(const_cast<char*>(word.c_str()));
+        unit.argv.push_back(nullptr);
+        if (!p.user.empty()) {
+            const passwd* pw = ::getpwnam(p.user.c_str());
+            if (pw == nullptr) throw Error(EINVAL, config_.path + ": program '" + p.name + "': user '" + p.user + "' does not exist");
+            if (::geteuid() != 0 && pw->pw_uid != ::geteuid())
+                throw Error(EPERM, config_.path + ": program '" + p.name + "': user '" + p.user +
+                                       "': only root may run a program as another user");
+            unit.uid = pw->pw_uid;
+            unit.gid = pw->pw_gid;
+            int count = 64;
+            unit.groups.resize(64);
+            if (::getgrouplist(p.user.c_str(), pw->pw_gid, unit.groups.data(), &count) < 0) count = 0;
+            unit.groups.resize(static_cast<std::size_t>(std::max(count, 0)));
+        }
+        auto open_output = [&](const std::string& relative) -> OutputFile* {
+            if (relative.empty()) return nullptr;
+            std::string path = relative.front() == '/' ? relative : config_.log_dir + "/" + relative;
+            if (instance > 0) {  // each instance its own file: main.log -> main@2.log
+                const auto dot = path.rfind('.');
+                const auto slash = path.rfind('/');
+                const auto at = dot == std::string::npos || (slash != std::string::npos && dot < slash) ? path.size() : dot;
+                std::string suffix(1, '@');  // built in steps: g++ 12 warns falsely (-Wrestrict) on "@" + ...
+                suffix += std::to_string(instance);
+                path.insert(at, suffix);
+            }
+            auto& file = outputs_[path];
+            if (!file)
+                file = std::make_unique<OutputFile>(path, p.log_max_size, p.log_files,
+                                                    [this](const std::string& problem) { log_.error("{}", problem); });
+            return file.get();
+        };
+        unit.out = open_output(p.stdout_path);
+        unit.err = open_output(p.stderr_path);
+    }
+
+    void take_cgroup(Unit& unit) {
+        std::string name = "stack-" + unit.name;
+        std::replace(name.begin(), name.end(), '@', '-');
+        std::replace(name.begin(), name.end(), '/', '-');
+        std::string why;
+        if (auto taken = Cgroup::take(name, &why)) unit.cgroup.emplace(std::move(*taken));
+        if (!unit.cgroup) {
+            if (!said_no_cgroup_) log_.info("cgroup v2 not used ({}): each program's main process is stopped alone", why);
+            said_no_cgroup_ = true;
+            return;
+        }
+        if (unit.cgroup->populated()) {
+            log_.warn("{} process(es) left in {} by an earlier procctl (was it SIGKILLed?): killing them before starting {}",
+                      unit.cgroup->pids().size(), unit.cgroup->path(), unit.name);
+            unit.cgroup->kill();
+        }
+    }
+
+    bool dependencies_ready(const Unit& unit) const {
+        for (const auto& dependency : unit.program->after)
+            for (const auto& other : units_)
+                if (other->program->name == dependency && other->state != State::ready) return false;
+        return true;
+    }
+
+    // Starts what may start, moves readiness checks and ready timeouts on.
+    void step(std::uint64_t now) {
+        for (auto& unit_ptr : units_) {
+            Unit& unit = *unit_ptr;
+            switch (unit.state) {
+                case State::waiting:
+                    if (unit.program->autostart && dependencies_ready(unit)) start(unit, now);
+                    break;
+                case State::backoff:
+                    if (now >= unit.next_ns) start(unit, now);
+                    break;
+                case State::starting:
+                    if (now >= unit.deadline_ns) {
+                        log_.error("{} was not ready within {}: stopping it, to start it again", unit.name,
+                                   human_duration(unit.program->ready_timeout));
+                        unit.restart_after_stop = true;
+                        stop(unit, now);
+                    } else if (now >= unit.next_ns) {
+                        probe(unit, now);
+                    }
+                    break;
+                case State::stopping:
+                    stopping_step(unit, now);
+                    break;
+                default: break;
+            }
+        }
+    }
+
+    void start(Unit& unit, std::uint64_t now) {
+        if (!unit.policy.start(now)) {
+            log_.error("giving up on {}: started {} times within {}", unit.name, unit.policy.recent_starts(),
+                       human_duration(unit.program->max_restarts_window));
+            unit.state = State::gave_up;
+            unit.next_ns = unit.deadline_ns = 0;
+            return;
+        }
+        int out[2] = {-1, -1}, err[2] = {-1, -1}, report[2];
+        if (::pipe2(report, O_CLOEXEC) != 0) return failed_start(unit, now, "create a pipe", errno);
+        auto open_pipe = [&](OutputFile* file, int (&fds)[2]) {
+            if (file != nullptr && ::pipe2(fds, O_CLOEXEC) == 0) {
+                ::fcntl(fds[0], F_SETFL, O_NONBLOCK);
+                readers_.push_back(Reader{fds[0], file});
+            }
+        };
+        open_pipe(unit.out, out);
+        if (unit.err == unit.out && out[1] >= 0) err[1] = ::fcntl(out[1], F_DUPFD_CLOEXEC, 0);
+        else open_pipe(unit.err, err);
+        const pid_t parent = ::getpid();
+        const pid_t pid = ::fork();
+        if (pid == 0) exec_child(unit, parent, out[1], err[1], report[1]);
+        const int fork_error = errno;
+        for (int fd : {out[1], err[1], report[1]})
+            if (fd >= 0) ::close(fd);
+        StartFailure failure{};
+        ssize_t n = 0;
+        if (pid > 0) {
+            do {
+                n = ::read(report[0], &failure, sizeof failure);  // EOF: exec succeeded
+            } while (n < 0 && errno == EINTR);
+        }
+        ::close(report[0]);
+        if (pid < 0) return failed_start(unit, now, "fork", fork_error);
+        if (n == sizeof failure) {
+            int status;
+            ::waitpid(pid, &status, 0);
+            static constexpr const char* kStages[] = {"exec", "chdir to its directory", "set up its stdio", "join its cgroup",
+                                                      "take its user"};
+            return failed_start(unit, now, kStages[std::clamp(failure.stage, 0, 4)], failure.error);
+        }
+        unit.pid = pid;
+        unit.started_ns = now;
+        if (auto pinned = Pidfd::pin(pid, nullptr, /*for_signal=*/false)) {
+            unit.identity = pinned->identity;
+            unit.pidfd.emplace(std::move(pinned->pidfd));
+        }
+        unit.kill_sent = false;
+        log_.info("started {} as pid {}", unit.name, pid);
+        if (unit.program->ready.kind == ReadyCheck::Kind::started) {
+            become_ready(unit, "started");
+        } else {
+            unit.state = State::starting;
+            unit.next_ns = now;
+            unit.deadline_ns = now + to_ns(unit.program->ready_timeout);
+        }
+    }
+
+    void failed_start(Unit& unit, std::uint64_t now, const char* what, int error) {
+        const auto delay = unit.policy.after_start_failure();
+        log_.error("cannot start {}: {} failed: {}; next attempt in {}", unit.name, what, std::strerror(error),
+                   human_duration(delay));
+        unit.state = State::backoff;
+        unit.next_ns = now + to_ns(delay);
+        unit.deadline_ns = 0;
+    }
+
+    [[noreturn]] void exec_child(const Unit& unit, pid_t parent, int out, int err, int report) {
+        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (::getppid() != parent) ::_exit(127);
+        auto fail = [&](int stage) {
+            const StartFailure failure{stage, errno};
+            (void)!::write(report, &failure, sizeof failure);
+            ::_exit(127);
+        };
+        if (unit.cgroup && ::write(unit.cgroup->procs_fd(), "0", 1) != 1) fail(3);
+        ::setsid();
+        ::signal(SIGPIPE, SIG_DFL);
+        sigset_t none;
+        sigemptyset(&none);
+        ::sigprocmask(SIG_SETMASK, &none, nullptr);
+        const int null_in = ::open("/dev/null", O_RDONLY);
+        if (null_in < 0 || ::dup2(null_in, 0) < 0) fail(2);
+        if (out >= 0 && ::dup2(out, 1) < 0) fail(2);
+        if (err >= 0 && ::dup2(err, 2) < 0) fail(2);
+        ::close_range(3, ~0U, CLOSE_RANGE_CLOEXEC);
+        if (!unit.program->directory.empty() && ::chdir(unit.program->directory.c_str()) != 0) fail(1);
+        if (unit.uid) {
+            if (::setgroups(unit.groups.size(), unit.groups.data()) != 0 || ::setgid(unit.gid) != 0 || ::setuid(*unit.uid) != 0)
+                fail(4);
+        }
+        ::execvpe(unit.argv[0], unit.argv.data(), unit.envp.data());
+        fail(0);
+        ::_exit(127);
+    }
+
+    void become_ready(Unit& unit, const char* how) {
+        unit.state = State::ready;
+        unit.next_ns = unit.deadline_ns = 0;
+        close_probe(unit);
+        log_.info("{} is ready ({}) {} after its start", unit.name, how,
+                  human_duration(ms_between(unit.started_ns, monotonic_now_ns())));
+    }
+
+    void close_probe(Unit& unit) {
+        if (unit.probe_fd >= 0) ::close(unit.probe_fd);
+        unit.probe_fd = -1;
+    }
+
+    // One look at the program's readiness; the next is due kReadyPollNs later.
+    void probe(Unit& unit, std::uint64_t now) {
+        unit.next_ns = now + kReadyPollNs;
+        const ReadyCheck& ready = unit.program->ready;
+        switch (ready.kind) {
+            case ReadyCheck::Kind::started: become_ready(unit, "started"); return;
+            case ReadyCheck::Kind::beat: {
+                if (beat_seen(unit)) become_ready(unit, "its first heartbeat");
+                return;
+            }
+            case ReadyCheck::Kind::tcp: {
+                if (unit.probe_fd >= 0) return;  // a connect in progress
+                addrinfo hints{};
+                hints.ai_socktype = SOCK_STREAM;
+                hints.ai_flags = AI_NUMERICSERV;
+                addrinfo* found = nullptr;
+                if (::getaddrinfo(ready.host.c_str(), std::to_string(ready.port).c_str(), &hints, &found) != 0 || !found) return;
+                const int fd = ::socket(found->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+                const int rc = fd >= 0 ? ::connect(fd, found->ai_addr, found->ai_addrlen) : -1;
+                const int error = errno;
+                ::freeaddrinfo(found);
+                if (rc == 0) {
+                    ::close(fd);
+                    become_ready(unit, "its port accepts");
+                } else if (fd >= 0 && error == EINPROGRESS) {
+                    unit.probe_fd = fd;
+                } else if (fd >= 0) {
+                    ::close(fd);
+                }
+                return;
+            }
+            case ReadyCheck::Kind::exec: {
+                if (unit.probe_pid != 0) return;  // the check is running
+                const pid_t pid = ::fork();
+                if (pid == 0) {
+                    sigset_t none;
+                    sigemptyset(&none);
+                    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+                    const int null = ::open("/dev/null", O_RDWR);
+                    for (int fd = 0; fd < 3; ++fd) ::dup2(null, fd);
+                    std::vector<char*> argv;
+                    for (const auto& word : ready.command) argv.push_back(const_cast<char*>(word.c_str()));
+                    argv.push_back(nullptr);
+                    ::execvpe(argv[0], argv.data(), unit.envp.data());
+                    ::_exit(127);
+                }
+                if (pid > 0) unit.probe_pid = pid;
+                return;
+            }
+        }
+    }
+
+    void finish_tcp_probe(Unit& unit) {
+        int error = 0;
+        socklen_t length = sizeof error;
+        const bool connected = ::getsockopt(unit.probe_fd, SOL_SOCKET, SO_ERROR, &error, &length) == 0 && error == 0;
+        close_probe(unit);
+        if (connected && unit.state == State::starting) become_ready(unit, "its port accepts");
+    }
+
+    // Whether the program's own process has registered in the heartbeat table.
+    bool beat_seen(const Unit& unit) const {
+        try {
+            TableOptions options;
+            options.key = key_from_environment();
+            const auto key = unit.program->environment.find("HBWATCH_KEY");
+            if (key != unit.program->environment.end()) options.key = parse_key(key->second);
+            auto table = Table::open_existing(options, Table::Access::read_only);
+            if (!table) return false;
+            bool seen = false;
+            table->for_each([&](const SlotSnapshot& s) {
+                seen = seen || (s.phase == SlotPhase::live && same_process(unit.identity, s.process));
+            });
+            return seen;
+        } catch (const Error& e) {
+            log_.warn("{}: cannot read the heartbeat table for its readiness: {}", unit.name, e.what());
+            return false;
+        }
+    }
+
+    // The stop signal now, SIGKILL (to the whole cgroup) after the grace.
+    void stop(Unit& unit, std::uint64_t now) {
+        close_probe(unit);
+        if (unit.pid == 0) {
+            unit.state = unit.restart_after_stop ? State::backoff : State::stopped;
+            return;
+        }
+        unit.state = State::stopping;
+        unit.deadline_ns = now + to_ns(unit.program->stop_grace);
+        unit.next_ns = 0;
+        std::string error;
+        if (unit.pidfd && !unit.pidfd->send(unit.program->stop_signal, &error))
+            log_.warn("{}: cannot send {} to pid {}: {}", unit.name, signal_name(unit.program->stop_signal), unit.pid, error);
+        log_.info("stopping {} (pid {}): {}, SIGKILL after {}", unit.name, unit.pid, signal_name(unit.program->stop_signal),
+                  human_duration(unit.program->stop_grace));
+    }
+
+    void stopping_step(Unit& unit, std::uint64_t now) {
+        if (unit.pid == 0 && (!unit.cgroup || !unit.cgroup->populated())) {
+            finish_stop(unit, now);
+            return;
+        }
+        if (now >= unit.deadline_ns && !unit.kill_sent) {
+            log_.warn("{} did not stop within {}: SIGKILL", unit.name, human_duration(unit.program->stop_grace));
+            if (!(unit.cgroup && unit.cgroup->kill()) && unit.pidfd) unit.pidfd->send(SIGKILL);
+            unit.kill_sent = true;
+            unit.deadline_ns = now + kKillWaitNs;
+        } else if (now >= unit.deadline_ns && unit.kill_sent) {
+            log_.error("{}: processes are still there {} after SIGKILL; leaving them", unit.name, human_duration(std::chrono::seconds(5)));
+            unit.pid = 0;
+            unit.pidfd.reset();
+            finish_stop(unit, now);
+        } else if (unit.pid == 0 && unit.cgroup && unit.cgroup->populated() && !unit.kill_sent) {
+            unit.cgroup->kill();  // the main process is gone: what it left goes with it
+            unit.kill_sent = true;
+            unit.deadline_ns = now + kKillWaitNs;
+        }
+    }
+
+    void finish_stop(Unit& unit, std::uint64_t now) {
+        unit.deadline_ns = 0;
+        if (unit.restart_after_stop && !stopping_all_) {
+            unit.restart_after_stop = false;
+            const auto delay = unit.policy.after_start_failure();
+            unit.state = State::backoff;
+            unit.next_ns = now + to_ns(delay);
+            log_.info("{} stopped; next start in {}", unit.name, human_duration(delay));
+            return;
+        }
+        unit.state = State::stopped;
+        unit.next_ns = 0;
+        log_.info("{} stopped", unit.name);
+    }
+
+    // Stops in reverse order: a program once nothing that waits for it still runs. True when
+    // everything is stopped.
+    bool stop_step(std::uint64_t now) {
+        bool all_done = true;
+        for (auto it = units_.rbegin(); it != units_.rend(); ++it) {
+            Unit& unit = **it;
+            switch (unit.state) {
+                case State::waiting:
+                case State::backoff:
+                    unit.state = State::stopped;
+                    unit.next_ns = unit.deadline_ns = 0;
+                    break;
+                case State::starting:
+                case State::ready:
+                    all_done = false;
+                    if (!dependents_running(unit)) stop(unit, now);
+                    break;
+                case State::stopping:
+                    all_done = false;
+                    stopping_step(unit, now);
+                    break;
+                default: break;
+            }
+        }
+        return all_done && std::none_of(units_.begin(), units_.end(), [](const auto& u) { return u->state == State::stopping; });
+    }
+
+    bool dependents_running(const Unit& unit) const {
+        for (const auto& other : units_) {
+            const auto& after = other->program->after;
+            if (std::find(after.begin(), after.end(), unit.program->name) == after.end()) continue;
+            if (other->state == State::starting || other->state == State::ready || other->state == State::stopping) return true;
+        }
+        return false;
+    }
+
+    void read_signals() {
+        signalfd_siginfo info;
+        while (::read(signal_fd_, &info, sizeof info) == sizeof info) {
+            const int sig = static_cast<int>(info.ssi_signo);
+            if ((sig == SIGTERM || sig == SIGINT) && !stopping_all_) {
+                log_.info("SIG{} received from pid {}: stopping every program, in reverse order", sigabbrev_np(sig),
+                          static_cast<int>(info.ssi_pid));
+                stopping_all_ = true;
+            }
+        }
+    }
+
+    void reap() {
+        int status;
+        pid_t pid;
+        while ((pid = ::waitpid(-1, &status, WNOHANG)) > 0) {
+            const std::uint64_t now = monotonic_now_ns();
+            for (auto& unit_ptr : units_) {
+                Unit& unit = *unit_ptr;
+                if (pid == unit.probe_pid) {
+                    unit.probe_pid = 0;
+                    if (unit.state == State::starting && WIFEXITED(status) && WEXITSTATUS(status) == 0)
+                        become_ready(unit, "its check command succeeded");
+                    else if (unit.state == State::starting)
+                        unit.next_ns = now + kExecRetryNs;
+                } else if (pid == unit.pid) {
+                    on_exit(unit, status, now);
+                }
+            }
+        }
+    }
+
+    void on_exit(Unit& unit, int status, std::uint64_t now) {
+        const auto runtime = ms_between(unit.started_ns, now);
+        unit.pid = 0;
+        unit.pidfd.reset();
+        ended_.push_back(unit.identity);
+        release_slots_of(ended_, unit.env_storage, log_);
+        if (unit.state == State::stopping) {
+            log_.info("{} {} after {}", unit.name, describe_status(status), human_duration(runtime));
+            stopping_step(unit, now);
+            return;
+        }
+        close_probe(unit);
+        if (unit.cgroup && unit.cgroup->populated()) unit.cgroup->kill();  // what it left running goes with it
+        const bool success = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+        const RestartMode mode = unit.program->restart;
+        if (mode == RestartMode::never || (mode == RestartMode::on_failure && success)) {
+            log_.log(success ? spdlog::level::info : spdlog::level::warn, "{} {} after {}; not restarted (restart: {})",
+                     unit.name, describe_status(status), human_duration(runtime),
+                     mode == RestartMode::never ? "never" : "on-failure");
+            unit.state = State::exited;
+            unit.next_ns = unit.deadline_ns = 0;
+            return;
+        }
+        const auto delay = unit.policy.after_exit(success, runtime);
+        log_.log(success ? spdlog::level::info : spdlog::level::warn, "{} {} after {}; next start in {}", unit.name,
+                 describe_status(status), human_duration(runtime), human_duration(delay));
+        unit.state = State::backoff;
+        unit.next_ns = now + to_ns(delay);
+        unit.deadline_ns = 0;
+    }
+
+    void drain(const std::vector<pollfd>& fds) {
+        char buffer[65536];
+        for (const auto& p : fds) {
+            if (!(p.revents & (POLLIN | POLLHUP | POLLERR))) continue;
+            auto it = std::find_if(readers_.begin(), readers_.end(), [&](const Reader& r) { return r.fd == p.fd; });
+            if (it == readers_.end()) continue;
+            bool at_end = false;
+            for (int round = 0; round < 16; ++round) {  // bounded: one busy pipe cannot starve the loop
+                const ssize_t n = ::read(it->fd, buffer, sizeof buffer);
+                if (n > 0) {
+                    it->file->write(std::string_view(buffer, static_cast<std::size_t>(n)));
+                    continue;
+                }
+                at_end = n == 0 || (errno != EAGAIN && errno != EINTR);
+                break;
+            }
+            if (at_end) {
+                ::close(it->fd);
+                readers_.erase(it);
+            }
+        }
+    }
+
+    void drain_to_end() {
+        const std::uint64_t deadline = monotonic_now_ns() + to_ns(std::chrono::seconds(2));
+        while (!readers_.empty() && monotonic_now_ns() < deadline) {
+            std::vector<pollfd> fds;
+            for (const auto& reader : readers_) fds.push_back(pollfd{reader.fd, POLLIN, 0});
+            ::poll(fds.data(), fds.size(), poll_timeout_ms(deadline, monotonic_now_ns()));
+            drain(fds);
+        }
+        for (auto& [path, file] : outputs_) file->finish();
+    }
+
+    const StackConfig& config_;
+    spdlog::logger& log_;
+    int signal_fd_;
+    std::map<std::string, std::unique_ptr<OutputFile>> outputs_;
+    std::vector<std::unique_ptr<Unit>> units_;  // in start order
+    std::vector<Reader> readers_;
+    std::vector<ProcessIdentity> ended_;
+    bool stopping_all_ = false;
+    bool said_no_cgroup_ = false;
+};
+
+}  // namespace
+
+int run_stack(const StackConfig& config, spdlog::logger& log, int signal_fd, const std::function<void()>& ready) {
+    Stack stack(config, log, signal_fd);  // throws Error when an output file cannot be opened
+    if (ready) ready();
+    return stack.run();
+}
+
+}  // namespace hbwatch::tool
