@@ -154,3 +154,20 @@ TEST_CASE("a stack config error stops procctl before anything starts, naming the
                                 ":4:12: after: the programs a -> b -> a wait for each other in a cycle; remove one of these "
                                 "'after' entries\n");
 }
+
+TEST_CASE("a program above its max_rss for three checks in a row is restarted") {
+    Scratch dir;
+    const fs::path config = dir.dir / "stack.yaml";
+    std::ofstream(config) << "run_dir: " << (dir.dir / "run").string() << "\n"
+                          << "programs:\n"
+                          << "  hog:\n"
+                          << "    command: [" << hbtest::bin("grow") << ", \"64\"]\n"
+                          << "    max_rss: 16M\n"
+                          << "    restart_delay: 100ms\n";
+    Process stack({hbtest::bin("procctl"), "-f", "-c", config.string()});
+    REQUIRE(stack.wait_for_output("above its max_rss of 16 MiB for 3 checks in a row: restarting it", 30s));
+    REQUIRE(stack.wait_for_output_count("started hog as pid", 2, 30s));
+    ::kill(stack.pid(), SIGTERM);
+    REQUIRE(stack.wait_exit(30s));
+    CHECK(WEXITSTATUS(stack.wait()) == 0);
+}

@@ -24,6 +24,7 @@
 #include "core/clock.h"
 #include "core/duration.h"
 #include "core/pidfd.h"
+#include "core/process.h"
 #include "core/table.h"
 #include "engine/cgroup.h"
 #include "engine/output.h"
@@ -74,7 +75,9 @@ struct Unit {
     std::uint64_t deadline_ns = 0;  // starting: the ready timeout; stopping: SIGKILL
     bool restart_after_stop = false;
     bool kill_sent = false;
-    int probe_fd = -1;    // tcp readiness: a connect in progress
+    std::uint64_t next_rss_check_ns = 0;
+    unsigned rss_over = 0;  // max_rss checks in a row above the limit
+    int probe_fd = -1;      // tcp readiness: a connect in progress
     pid_t probe_pid = 0;  // exec readiness: the check command
 };
 
@@ -133,7 +136,7 @@ public:
                 if (unit->pidfd) fds.push_back(pollfd{unit->pidfd->fd(), POLLIN, 0});
                 if (unit->probe_fd >= 0) fds.push_back(pollfd{unit->probe_fd, POLLOUT, 0});
                 if (unit->cgroup && unit->state == State::stopping) fds.push_back(pollfd{unit->cgroup->events_fd(), POLLPRI, 0});
-                for (std::uint64_t at : {unit->next_ns, unit->deadline_ns})
+                for (std::uint64_t at : {unit->next_ns, unit->deadline_ns, unit->next_rss_check_ns})
                     if (at > 0) wake = std::min(wake, std::max(at, now));
             }
             for (const auto& reader : readers_) fds.push_back(pollfd{reader.fd, POLLIN, 0});
@@ -260,9 +263,31 @@ private:
                 case State::stopping:
                     stopping_step(unit, now);
                     break;
+                case State::ready:
+                    if (unit.program->max_rss > 0 && now >= unit.next_rss_check_ns) check_rss(unit, now);
+                    break;
                 default: break;
             }
         }
+    }
+
+    // max_rss: the main process's resident memory, once a second; three checks in a row above
+    // the limit restart the program (one spike does not).
+    void check_rss(Unit& unit, std::uint64_t now) {
+        unit.next_rss_check_ns = now + to_ns(std::chrono::seconds(1));
+        const auto stat = read_proc_stat(unit.pid);
+        if (!stat) return;
+        const std::uint64_t rss = stat->rss_pages * static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+        if (rss <= unit.program->max_rss) {
+            unit.rss_over = 0;
+            return;
+        }
+        if (++unit.rss_over < 3) return;
+        log_.warn("{} (pid {}) uses {} MiB, above its max_rss of {} MiB for 3 checks in a row: restarting it", unit.name,
+                  unit.pid, rss >> 20, unit.program->max_rss >> 20);
+        unit.rss_over = 0;
+        unit.restart_after_stop = true;
+        stop(unit, now);
     }
 
     void start(Unit& unit, std::uint64_t now) {
@@ -364,6 +389,8 @@ private:
     void become_ready(Unit& unit, const char* how) {
         unit.state = State::ready;
         unit.next_ns = unit.deadline_ns = 0;
+        unit.rss_over = 0;
+        unit.next_rss_check_ns = unit.program->max_rss > 0 ? monotonic_now_ns() + to_ns(std::chrono::seconds(1)) : 0;
         close_probe(unit);
         log_.info("{} is ready ({}) {} after its start", unit.name, how,
                   human_duration(ms_between(unit.started_ns, monotonic_now_ns())));
@@ -457,6 +484,7 @@ private:
     // The stop signal now, SIGKILL (to the whole cgroup) after the grace.
     void stop(Unit& unit, std::uint64_t now) {
         close_probe(unit);
+        unit.next_rss_check_ns = 0;
         if (unit.pid == 0) {
             unit.state = unit.restart_after_stop ? State::backoff : State::stopped;
             return;
@@ -580,6 +608,7 @@ private:
         const auto runtime = ms_between(unit.started_ns, now);
         unit.pid = 0;
         unit.pidfd.reset();
+        unit.next_rss_check_ns = 0;
         ended_.push_back(unit.identity);
         release_slots_of(ended_, unit.env_storage, log_);
         if (unit.state == State::stopping) {
