@@ -33,11 +33,16 @@ std::atomic<std::uint64_t>* epoch_word() {
     static std::atomic<std::uint64_t>* word = [] {
         const long page = ::sysconf(_SC_PAGESIZE);
         void* at = ::mmap(nullptr, static_cast<std::size_t>(page), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (at != MAP_FAILED && ::madvise(at, static_cast<std::size_t>(page), MADV_WIPEONFORK) == 0)
-            return new (at) std::atomic<std::uint64_t>{0};
-        if (at != MAP_FAILED) ::munmap(at, static_cast<std::size_t>(page));
-        ::pthread_atfork(nullptr, nullptr, [] { epoch_without_wipe.store(0, std::memory_order_relaxed); });
-        return &epoch_without_wipe;
+        std::atomic<std::uint64_t>* chosen = nullptr;
+        if (at != MAP_FAILED && ::madvise(at, static_cast<std::size_t>(page), MADV_WIPEONFORK) == 0) {
+            chosen = new (at) std::atomic<std::uint64_t>{0};
+        } else {
+            if (at != MAP_FAILED) ::munmap(at, static_cast<std::size_t>(page));
+            ::pthread_atfork(nullptr, nullptr, [] { epoch_without_wipe.store(0, std::memory_order_relaxed); });
+            chosen = &epoch_without_wipe;
+        }
+        detail::fork_epoch = chosen;  // once, inside the thread-safe initialization of this static
+        return chosen;
     }();
     return word;
 }
@@ -46,7 +51,6 @@ std::atomic<std::uint64_t>* epoch_word() {
 // reads 0), so that it differs from the epoch of every handle inherited from the parent.
 std::uint64_t current_epoch() {
     std::atomic<std::uint64_t>* word = epoch_word();
-    detail::fork_epoch = word;
     std::uint64_t epoch = word->load(std::memory_order_relaxed);
     if (epoch != 0) return epoch;
     std::uint64_t fresh = 0;
