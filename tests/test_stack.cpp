@@ -171,3 +171,40 @@ TEST_CASE("a program above its max_rss for three checks in a row is restarted") 
     REQUIRE(stack.wait_exit(30s));
     CHECK(WEXITSTATUS(stack.wait()) == 0);
 }
+
+TEST_CASE("a stack procctl SIGKILLed and started again takes over: what the first left running is killed") {
+    if (::geteuid() != 0) {
+        MESSAGE("SKIPPED: needs root (cgroups)");
+        return;
+    }
+    Scratch dir;
+    const fs::path config = dir.dir / "stack.yaml";
+    const fs::path left_pid = dir.dir / "left.pid";
+    // The program leaves a process of its own behind: a second sleep, in the background.
+    std::ofstream(config) << "run_dir: " << (dir.dir / "run").string() << "\n"
+                          << "programs:\n"
+                          << "  leaver:\n"
+                          << "    command: [sh, -c, \"sleep 600 & echo $! > " << left_pid.string() << "; exec sleep 600\"]\n";
+    auto first = std::make_unique<Process>(std::vector<std::string>{hbtest::bin("procctl"), "-f", "-c", config.string()});
+    REQUIRE(first->wait_for_output("leaver is ready", 30s));
+    if (first->output_so_far().find("cgroup v2 not used") != std::string::npos) {
+        MESSAGE("SKIPPED: needs cgroup v2");
+        return;
+    }
+    REQUIRE(hbtest::eventually([&] { return !read_file(left_pid).empty(); }));
+    const pid_t left = std::stoi(read_file(left_pid));
+    ::kill(first->pid(), SIGKILL);
+    REQUIRE(first->wait_exit(10s));
+    first->wait();
+    CHECK(::kill(left, 0) == 0);  // still running: nobody stopped it
+
+    Process second({hbtest::bin("procctl"), "-f", "-c", config.string()});
+    REQUIRE(second.wait_for_output("leaver is ready", 30s));
+    CHECK(second.output_so_far().find("left in") != std::string::npos);
+    CHECK(second.output_so_far().find("by an earlier procctl (was it SIGKILLed?): killing them before starting leaver") !=
+          std::string::npos);
+    CHECK(hbtest::eventually([&] { return ::kill(left, 0) != 0 && errno == ESRCH; }));
+    ::kill(second.pid(), SIGTERM);
+    REQUIRE(second.wait_exit(30s));
+    CHECK(WEXITSTATUS(second.wait()) == 0);
+}
