@@ -23,6 +23,7 @@ if [ "$what" = all ]; then
     doctest-dev                        # unit tests
     libbenchmark-dev                   # benchmarks
     faketime                           # wall-clock step tests
+    curl                               # a real client of the stack's control socket
   )
 fi
 

@@ -5,7 +5,10 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
+
+#include <nlohmann/json.hpp>
 
 #include <filesystem>
 #include <fstream>
@@ -57,6 +60,37 @@ long long number_after(const std::string& text, const std::string& word) {
     std::smatch match;
     if (!std::regex_search(text, match, std::regex(word + " ([0-9]+)"))) return -1;
     return std::stoll(match[1]);
+}
+
+// Runs a program to its end; its exit code and output.
+std::pair<int, std::string> run(std::vector<std::string> argv) {
+    Process p(std::move(argv));
+    REQUIRE(p.wait_exit(30s));
+    const int status = p.wait();
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), p.output()};
+}
+
+// The stack's programs, through curl on the control socket.
+nlohmann::json programs(const fs::path& socket) {
+    const auto [code, text] = run({"curl", "-sS", "--max-time", "10", "--unix-socket", socket.string(), "http://stack/v1/programs"});
+    REQUIRE_MESSAGE(code == 0, text);
+    return nlohmann::json::parse(text);
+}
+
+nlohmann::json program(const fs::path& socket, const std::string& name) {
+    for (const auto& p : programs(socket))
+        if (p["name"] == name) return p;
+    return nullptr;
+}
+
+// A raw client of the control socket, to misbehave with.
+int connect_to(const fs::path& socket) {
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un address{};
+    address.sun_family = AF_UNIX;
+    std::snprintf(address.sun_path, sizeof address.sun_path, "%s", socket.c_str());
+    REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0);
+    return fd;
 }
 
 std::size_t position(const std::string& text, const std::string& needle) {
@@ -115,11 +149,70 @@ TEST_CASE("a stack starts in dependency order, each program once those it waits 
     CHECK(position(log, "worker is ready (its first heartbeat)") < position(log, "started pool@1"));
     for (const char* instance : {"started pool@1", "started pool@2", "started pool@3"}) CHECK(position(log, instance) > 0);
 
+    // The control socket, with curl: every program and instance, each ready.
+    const fs::path socket = dir.dir / "run" / "control.sock";
+    const auto all_programs = programs(socket);
+    REQUIRE(all_programs.size() == 6);
+    for (const auto& p : all_programs) CHECK_MESSAGE(p["state"] == "ready", p.dump());
+    const int worker_pid = program(socket, "worker")["pid"].get<int>();
+    const int db_pid = program(socket, "db")["pid"].get<int>();
+
+    // A restart by name: a new pid for api, the others untouched.
+    const int api_pid = program(socket, "api")["pid"].get<int>();
+    auto [code, text] = run({hbtest::bin("proctab"), "restart", "api", "--run-dir", (dir.dir / "run").string()});
+    CHECK(code == 0);
+    CHECK(text == "api: stopping\n");
+    REQUIRE(hbtest::eventually([&] {
+        const auto api = program(socket, "api");
+        return api["state"] == "ready" && api["pid"].get<int>() != api_pid;
+    }));
+    CHECK(program(socket, "api")["restarts"] == 1);
+    CHECK(program(socket, "worker")["pid"] == worker_pid);
+    CHECK(program(socket, "db")["pid"] == db_pid);
+
+    // Stop one, and start it again; proctab status says so, with its exit code.
+    std::tie(code, text) = run({hbtest::bin("proctab"), "stop", "worker", "--run-dir", (dir.dir / "run").string()});
+    CHECK(code == 0);
+    REQUIRE(hbtest::eventually([&] { return program(socket, "worker")["state"] == "stopped"; }));
+    std::tie(code, text) = run({hbtest::bin("proctab"), "status", "worker", "--run-dir", (dir.dir / "run").string()});
+    CHECK(code == 3);
+    CHECK(text.find("worker               stopped") != std::string::npos);
+    CHECK(program(socket, "pool@2")["state"] == "ready");  // a stop is for the program named, not those after it
+    std::tie(code, text) = run({hbtest::bin("proctab"), "start", "worker", "--run-dir", (dir.dir / "run").string()});
+    CHECK(code == 0);
+    REQUIRE(hbtest::eventually([&] { return program(socket, "worker")["state"] == "ready"; }));
+    std::tie(code, text) = run({hbtest::bin("proctab"), "status", "--json", "--run-dir", (dir.dir / "run").string()});
+    CHECK(code == 0);
+    CHECK(nlohmann::json::parse(text).size() == 6);
+    std::tie(code, text) = run({hbtest::bin("proctab"), "restart", "nobody", "--run-dir", (dir.dir / "run").string()});
+    CHECK(code == 2);
+    CHECK(text == "proctab: no program named 'nobody' in " + config.string() + "\n");
+
+    // Hostile clients: garbage gets a 400; a half request and a client that never reads stall
+    // nothing, and supervision goes on answering.
+    const int garbage = connect_to(socket);
+    const std::string junk = "GARBAGE \x01\x02 nonsense\r\n\r\n";
+    REQUIRE(::write(garbage, junk.data(), junk.size()) == static_cast<ssize_t>(junk.size()));
+    char reply[512] = {};
+    REQUIRE(::read(garbage, reply, sizeof reply - 1) > 0);
+    CHECK(std::string(reply).starts_with("HTTP/1.1 400"));
+    ::close(garbage);
+    const int half = connect_to(socket);
+    const std::string partial = "GET /v1/prog";
+    REQUIRE(::write(half, partial.data(), partial.size()) == static_cast<ssize_t>(partial.size()));
+    const int deaf = connect_to(socket);
+    const std::string request = "GET /v1/programs HTTP/1.1\r\nHost: x\r\n\r\n";
+    REQUIRE(::write(deaf, request.data(), request.size()) == static_cast<ssize_t>(request.size()));
+    const auto started = std::chrono::steady_clock::now();
+    CHECK(programs(socket).size() == 6);
+    CHECK(std::chrono::steady_clock::now() - started < 5s);
+    ::close(half);
+    ::close(deaf);
+
     // A second procctl on the same run_dir refuses, naming the first.
-    Process second({hbtest::bin("procctl"), "-f", "-c", config.string()});
-    REQUIRE(second.wait_exit(10s));
-    CHECK(WEXITSTATUS(second.wait()) == 1);
-    CHECK(second.output().find("is locked by procctl pid " + std::to_string(stack.pid())) != std::string::npos);
+    std::tie(code, text) = run({hbtest::bin("procctl"), "-f", "-c", config.string()});
+    CHECK(code == 1);
+    CHECK(text.find("is locked by procctl pid " + std::to_string(stack.pid())) != std::string::npos);
 
     ::kill(stack.pid(), SIGTERM);
     REQUIRE(stack.wait_exit(30s));
@@ -127,10 +220,12 @@ TEST_CASE("a stack starts in dependency order, each program once those it waits 
     CHECK(WEXITSTATUS(stack.wait()) == 0);
     const std::string all = stack.output();
     // Reverse order: the pool before the worker, the worker before api, api before db.
-    CHECK(position(all, "stopping pool@1") < position(all, "stopping worker"));
-    CHECK(position(all, "stopping worker") < position(all, "stopping api"));
-    CHECK(position(all, "stopping api") < position(all, "stopping db"));
+    const std::string shutdown = all.substr(position(all, "stopping every program, in reverse order"));
+    CHECK(position(shutdown, "stopping pool@1") < position(shutdown, "stopping worker"));
+    CHECK(position(shutdown, "stopping worker") < position(shutdown, "stopping api"));
+    CHECK(position(shutdown, "stopping api") < position(shutdown, "stopping db"));
     CHECK(all.find("every program is stopped; exiting") != std::string::npos);
+    CHECK_FALSE(fs::exists(socket));
     // Nothing left: no process of the stack, no heartbeat entry.
     CHECK(hbtest::live_entries(scratch.options()) == 0);
     std::smatch match;

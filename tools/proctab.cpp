@@ -27,6 +27,7 @@
 #include "core/pidfd.h"
 #include "core/stopper.h"
 
+#include "engine/control.h"
 #include "engine/support.h"
 
 namespace {
@@ -474,8 +475,58 @@ int kill_matching(const std::string& name, const std::string& path, const std::s
 
 }  // namespace
 
+// ---------------------------------------------------------------- the stack (procctl --config)
+
+constexpr int kExitNotRunning = 3;  // proctab status: a program is not ready (as supervisorctl's non-zero)
+
+json stack_call(const std::string& run_dir, const std::string& method, const std::string& target) {
+    const auto reply = tool::control_request(run_dir + "/control.sock", method, target);
+    json body = json::parse(reply.body, nullptr, false);
+    if (reply.status != 200) {
+        const std::string why = body.is_object() && body.contains("error") ? body["error"].get<std::string>() : reply.body;
+        throw Error(reply.status == 404 ? ENOENT : EIO, why);
+    }
+    if (!body.is_array()) throw Error(EIO, "the control socket answered something that is not a list: " + reply.body);
+    return body;
+}
+
+// proctab status [NAME...]: each program's state, pid, uptime, restarts and last exit.
+int stack_status(const std::string& run_dir, const std::vector<std::string>& names, bool as_json) {
+    json programs = json::array();
+    if (names.empty()) programs = stack_call(run_dir, "GET", "/v1/programs");
+    for (const auto& name : names)
+        for (auto& p : stack_call(run_dir, "GET", "/v1/programs/" + name)) programs.push_back(p);
+    bool all_ready = true;
+    for (const auto& p : programs) all_ready = all_ready && p["state"] == "ready";
+    if (as_json) {
+        std::cout << programs.dump(2) << "\n";
+    } else {
+        std::printf("%-20s %-9s %8s %10s %8s  %s\n", "PROGRAM", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT");
+        for (const auto& p : programs) {
+            const std::string uptime = p["uptime_seconds"].is_null()
+                                           ? "-"
+                                           : hbwatch::human_duration(std::chrono::milliseconds(
+                                                 static_cast<long>(p["uptime_seconds"].get<double>() * 1000)));
+            std::printf("%-20s %-9s %8s %10s %8d  %s\n", shown(p["name"].get<std::string>()).c_str(),
+                        p["state"].get<std::string>().c_str(),
+                        p["pid"].is_null() ? "-" : std::to_string(p["pid"].get<int>()).c_str(), uptime.c_str(),
+                        p["restarts"].get<int>(), p["last_exit"].is_null() ? "-" : p["last_exit"].get<std::string>().c_str());
+        }
+    }
+    return all_ready ? tool::kExitOk : kExitNotRunning;
+}
+
+// proctab start|stop|restart NAME...: asks procctl, prints each program's state after it.
+int stack_action(const std::string& run_dir, const std::string& action, const std::vector<std::string>& names) {
+    for (const auto& name : names)
+        for (const auto& p : stack_call(run_dir, "POST", "/v1/programs/" + name + "/" + action))
+            std::printf("%s: %s\n", shown(p["name"].get<std::string>()).c_str(), p["state"].get<std::string>().c_str());
+    return tool::kExitOk;
+}
+
 int main(int argc, char** argv) {
-    CLI::App app{"proctab: see and manage the hbwatch table, and the host's processes.", "proctab"};
+    CLI::App app{"proctab: see and manage the hbwatch table, the host's processes, and a stack run by procctl --config.",
+                 "proctab"};
     app.footer(
         "Examples:\n"
         "  proctab                                    the table: state, last beat, memory, CPU\n"
@@ -485,9 +536,12 @@ int main(int argc, char** argv) {
         "  proctab run nightly-backup --timeout 10m -- ./backup.sh   (backup.sh calls: proctab beat nightly-backup)\n"
         "  proctab health order-svc --max-rss 1G      exit 0 when healthy, 1 when not\n"
         "  proctab kill order-svc --grace 10s         SIGTERM, then SIGKILL, through pidfds\n"
+        "  proctab status --run-dir /run/hbwatch      the stack's programs (procctl --config)\n"
+        "  proctab restart main-app                   restart one program of the stack by name\n"
         "\n"
-        "Exit status: 0 done (or healthy); 1 failed, unhealthy or nothing matched; 2 bad arguments\n"
-        "or no table at the key.");
+        "Exit status: 0 done (or healthy, or every program ready); 1 failed, unhealthy or nothing\n"
+        "matched; 2 bad arguments, no table at the key, or no such program or stack; 3 (status) a\n"
+        "program is not ready.");
     app.require_subcommand(0, 1);
     std::string key;
     bool as_json = false, as_prometheus = false;
@@ -540,6 +594,17 @@ int main(int argc, char** argv) {
     health_cmd->add_option("--max-rss", max_rss, "memory limit, such as 512M or 1G");
     kill_cmd->add_option("--grace", grace, "SIGTERM to SIGKILL (default 10s)")->check(tool::duration_validator());
     auto* zombies_cmd = app.add_subcommand("zombies", "every zombie on the host, with its parent");
+    std::string run_dir = "/run/hbwatch";
+    std::vector<std::string> programs;
+    auto* status_cmd = app.add_subcommand("status", "the stack's programs: state, pid, uptime, restarts, last exit");
+    status_cmd->add_option("NAME", programs, "programs (or instances, NAME@I); default: all");
+    status_cmd->add_flag("--json", as_json, "one JSON array");
+    auto* start_cmd = app.add_subcommand("start", "start programs of the stack by name");
+    auto* stop_cmd = app.add_subcommand("stop", "stop programs of the stack by name (they stay stopped)");
+    auto* restart_cmd = app.add_subcommand("restart", "restart programs of the stack by name");
+    for (auto* cmd : {start_cmd, stop_cmd, restart_cmd}) cmd->add_option("NAME", programs, "programs, or instances (NAME@I)")->required();
+    for (auto* cmd : {status_cmd, start_cmd, stop_cmd, restart_cmd})
+        cmd->add_option("--run-dir", run_dir, "the stack's run_dir, where its control.sock is (default /run/hbwatch)");
     if (auto done = tool::parse(app, argc, argv)) return *done;
     try {
         const auto options = tool::table_options(key);
@@ -550,6 +615,9 @@ int main(int argc, char** argv) {
         if (destroy_cmd->parsed()) return destroy(options, force);
         if (health_cmd->parsed()) return health(name, path, max_rss, as_json);
         if (kill_cmd->parsed()) return kill_matching(name, path, grace);
+        if (status_cmd->parsed()) return stack_status(run_dir, programs, as_json);
+        for (auto* cmd : {start_cmd, stop_cmd, restart_cmd})
+            if (cmd->parsed()) return stack_action(run_dir, cmd->get_name(), programs);
         if (ps_cmd->parsed() || zombies_cmd->parsed()) {
             const auto found = ps_cmd->parsed() ? hbwatch::find_processes(name, path) : hbwatch::find_zombies();
             if (as_json) std::cout << processes_json(found).dump(2, ' ', false, json::error_handler_t::replace) << "\n";

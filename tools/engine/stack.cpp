@@ -19,6 +19,8 @@
 #include <map>
 #include <memory>
 
+#include <nlohmann/json.hpp>
+
 #include <hbwatch/error.h>
 
 #include "core/clock.h"
@@ -27,6 +29,7 @@
 #include "core/process.h"
 #include "core/table.h"
 #include "engine/cgroup.h"
+#include "engine/control.h"
 #include "engine/output.h"
 #include "engine/restart_policy.h"
 #include "engine/supervisor.h"
@@ -45,6 +48,20 @@ constexpr std::uint64_t kKillWaitNs = to_ns(std::chrono::seconds(5));
 //   starting|ready --stop--> stopping --exit, cgroup empty--> stopped
 //   an exit that its restart mode does not restart: exited; too many restarts: gave_up
 enum class State { waiting, starting, ready, backoff, stopping, stopped, exited, gave_up };
+
+const char* to_string(State state) {
+    switch (state) {
+        case State::waiting: return "waiting";
+        case State::starting: return "starting";
+        case State::ready: return "ready";
+        case State::backoff: return "backoff";
+        case State::stopping: return "stopping";
+        case State::stopped: return "stopped";
+        case State::exited: return "exited";
+        case State::gave_up: return "gave-up";
+    }
+    return "unknown";
+}
 
 std::string describe_status(int status) {
     if (WIFEXITED(status)) return "exited with code " + std::to_string(WEXITSTATUS(status));
@@ -73,8 +90,12 @@ struct Unit {
     std::uint64_t started_ns = 0;
     std::uint64_t next_ns = 0;      // backoff: the next start; starting: the next ready probe
     std::uint64_t deadline_ns = 0;  // starting: the ready timeout; stopping: SIGKILL
-    bool restart_after_stop = false;
+    bool wanted = true;              // to be running: autostart, then an operator's start and stop
+    bool restart_after_stop = false;  // stopped to be started again (ready timeout, max_rss, restart)
+    bool restart_at_once = false;     // ... without a backoff (an operator's restart)
     bool kill_sent = false;
+    unsigned starts = 0;
+    std::string last_exit;
     std::uint64_t next_rss_check_ns = 0;
     unsigned rss_over = 0;  // max_rss checks in a row above the limit
     int probe_fd = -1;      // tcp readiness: a connect in progress
@@ -104,6 +125,7 @@ public:
                 unit->policy = RestartPolicy(RestartRules{program.restart_delay, std::chrono::minutes(5),
                                                           program.max_restarts ? std::optional(program.max_restarts) : std::nullopt,
                                                           program.max_restarts_window, std::chrono::seconds(1)});
+                unit->wanted = program.autostart;
                 prepare(*unit, copies > 1 ? i : 0);
                 units_.push_back(std::move(unit));
             }
@@ -119,7 +141,9 @@ public:
     int run() {
         ::prctl(PR_SET_CHILD_SUBREAPER, 1);
         for (auto& unit : units_) take_cgroup(*unit);
-        log_.info("running the stack of {} ({} programs): start order {}", config_.path, units_.size(), start_order());
+        ControlServer control(config_.run_dir + "/control.sock", socket_group());
+        log_.info("running the stack of {} ({} programs): start order {}; control socket {}/control.sock", config_.path,
+                  units_.size(), start_order(), config_.run_dir);
         std::vector<pollfd> fds;
         for (;;) {
             const std::uint64_t now = monotonic_now_ns();
@@ -131,6 +155,7 @@ public:
             if (!stopping_all_) step(now);
             fds.clear();
             fds.push_back(pollfd{signal_fd_, POLLIN, 0});
+            fds.push_back(pollfd{control.wake_fd(), POLLIN, 0});
             std::uint64_t wake = now + to_ns(std::chrono::seconds(1));
             for (auto& unit : units_) {
                 if (unit->pidfd) fds.push_back(pollfd{unit->pidfd->fd(), POLLIN, 0});
@@ -146,6 +171,8 @@ public:
                 continue;
             }
             if (fds[0].revents & POLLIN) read_signals();
+            if (fds[1].revents & POLLIN)
+                control.serve([this](const ControlRequest& request) { return handle(request, monotonic_now_ns()); });
             drain(fds);
             reap();
             for (auto& unit : units_) {
@@ -163,6 +190,85 @@ private:
             order += unit->name;
         }
         return order;
+    }
+
+    std::optional<gid_t> socket_group() const {
+        if (config_.socket_group.empty()) return std::nullopt;
+        const group* gr = ::getgrnam(config_.socket_group.c_str());
+        if (gr == nullptr)
+            throw Error(EINVAL, config_.path + ": socket_group '" + config_.socket_group + "' is not a group on this host");
+        return gr->gr_gid;
+    }
+
+    nlohmann::json describe(const Unit& unit, std::uint64_t now) const {
+        nlohmann::json o{{"name", unit.name},
+                         {"program", unit.program->name},
+                         {"state", to_string(unit.state)},
+                         {"restarts", unit.starts > 0 ? unit.starts - 1 : 0}};
+        o["pid"] = unit.pid > 0 ? nlohmann::json(unit.pid) : nlohmann::json(nullptr);
+        o["uptime_seconds"] = unit.pid > 0 ? nlohmann::json(static_cast<double>(ms_between(unit.started_ns, now).count()) / 1000.0)
+                                            : nlohmann::json(nullptr);
+        o["last_exit"] = unit.last_exit.empty() ? nlohmann::json(nullptr) : nlohmann::json(unit.last_exit);
+        return o;
+    }
+
+    // The control API: GET /v1/programs[/NAME], POST /v1/programs/NAME/start|stop|restart.
+    // NAME is a program (all its instances) or one instance (NAME@I).
+    ControlReply handle(const ControlRequest& request, std::uint64_t now) {
+        auto error = [](int status, const std::string& message) {
+            return ControlReply{status, nlohmann::json{{"error", message}}.dump()};
+        };
+        std::vector<std::string> parts;
+        std::string target = request.target.substr(0, request.target.find('?'));
+        for (std::size_t at = 0; at <= target.size();) {
+            const auto slash = target.find('/', at);
+            const auto end = slash == std::string::npos ? target.size() : slash;
+            if (end > at) parts.push_back(target.substr(at, end - at));
+            at = end + 1;
+        }
+        if (parts.size() < 2 || parts[0] != "v1" || parts[1] != "programs" || parts.size() > 4)
+            return error(404, "no such path: " + request.target + " (the API is /v1/programs[/NAME[/start|stop|restart]])");
+        std::vector<Unit*> chosen;
+        for (auto& unit : units_)
+            if (parts.size() == 2 || unit->name == parts[2] || unit->program->name == parts[2]) chosen.push_back(unit.get());
+        if (chosen.empty()) return error(404, "no program named '" + parts[2] + "' in " + config_.path);
+        if (parts.size() <= 3) {
+            if (request.method != "GET") return error(405, request.method + " " + request.target + ": use GET");
+            nlohmann::json list = nlohmann::json::array();
+            for (Unit* unit : chosen) list.push_back(describe(*unit, now));
+            return ControlReply{200, list.dump()};
+        }
+        if (request.method != "POST") return error(405, request.method + " " + request.target + ": use POST");
+        const std::string& action = parts[3];
+        if (action != "start" && action != "stop" && action != "restart")
+            return error(404, "no action '" + action + "': use start, stop or restart");
+        if (stopping_all_) return error(409, "the stack is stopping");
+        for (Unit* unit : chosen) act(*unit, action, now);
+        nlohmann::json list = nlohmann::json::array();
+        for (Unit* unit : chosen) list.push_back(describe(*unit, now));
+        return ControlReply{200, list.dump()};
+    }
+
+    void act(Unit& unit, const std::string& action, std::uint64_t now) {
+        const bool running = unit.state == State::starting || unit.state == State::ready;
+        if (action == "stop") {
+            log_.info("{}: stop requested through the control socket", unit.name);
+            unit.wanted = false;
+            unit.restart_after_stop = unit.restart_at_once = false;
+            if (running) stop(unit, now);
+            else if (unit.state != State::stopping) unit.state = State::stopped, unit.next_ns = unit.deadline_ns = 0;
+            return;
+        }
+        log_.info("{}: {} requested through the control socket", unit.name, action);
+        unit.wanted = true;
+        if (action == "restart" && running) {
+            unit.restart_after_stop = unit.restart_at_once = true;
+            stop(unit, now);
+        } else if (unit.state != State::stopping && !running) {
+            if (unit.state == State::gave_up) unit.policy = RestartPolicy(unit.policy.rules());
+            unit.state = State::waiting;  // starts as soon as what it waits for is ready
+            unit.next_ns = unit.deadline_ns = 0;
+        }
     }
 
     void prepare(Unit& unit, unsigned instance) {
@@ -245,7 +351,7 @@ private:
             Unit& unit = *unit_ptr;
             switch (unit.state) {
                 case State::waiting:
-                    if (unit.program->autostart && dependencies_ready(unit)) start(unit, now);
+                    if (unit.wanted && dependencies_ready(unit)) start(unit, now);
                     break;
                 case State::backoff:
                     if (now >= unit.next_ns) start(unit, now);
@@ -333,6 +439,7 @@ private:
         }
         unit.pid = pid;
         unit.started_ns = now;
+        ++unit.starts;
         if (auto pinned = Pidfd::pin(pid, nullptr, /*for_signal=*/false)) {
             unit.identity = pinned->identity;
             unit.pidfd.emplace(std::move(pinned->pidfd));
@@ -523,6 +630,13 @@ private:
 
     void finish_stop(Unit& unit, std::uint64_t now) {
         unit.deadline_ns = 0;
+        if (unit.restart_after_stop && unit.restart_at_once && !stopping_all_) {
+            unit.restart_after_stop = unit.restart_at_once = false;
+            unit.state = State::waiting;  // started again as soon as what it waits for is ready
+            unit.next_ns = 0;
+            log_.info("{} stopped; starting it again", unit.name);
+            return;
+        }
         if (unit.restart_after_stop && !stopping_all_) {
             unit.restart_after_stop = false;
             const auto delay = unit.policy.after_start_failure();
@@ -609,6 +723,7 @@ private:
         unit.pid = 0;
         unit.pidfd.reset();
         unit.next_rss_check_ns = 0;
+        unit.last_exit = describe_status(status) + " after " + human_duration(runtime);
         ended_.push_back(unit.identity);
         release_slots_of(ended_, unit.env_storage, log_);
         if (unit.state == State::stopping) {

@@ -1,0 +1,228 @@
+#include "engine/control.h"
+
+#include <fcntl.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <utility>  // before Asio: Boost 1.74's awaitable.hpp uses std::exchange without including it
+
+#include <boost/asio.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+
+#include <hbwatch/error.h>
+
+namespace hbwatch::tool {
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using local = asio::local::stream_protocol;
+
+constexpr auto kReadDeadline = std::chrono::seconds(5);   // a client that sends too slowly is dropped
+constexpr auto kWriteDeadline = std::chrono::seconds(5);  // and one that does not read its reply
+constexpr std::size_t kMaxConnections = 64;
+constexpr std::uint32_t kHeaderLimit = 8 * 1024;
+constexpr std::uint64_t kBodyLimit = 64 * 1024;
+
+struct Pending {
+    ControlRequest request;
+    std::function<void(ControlReply)> answer;  // posts the reply back to the server's thread
+};
+
+}  // namespace
+
+struct ControlServer::State {
+    asio::io_context io;
+    local::acceptor acceptor{io};
+    std::string path;
+    int wake = -1;
+    std::mutex mutex;
+    std::deque<Pending> pending;
+    std::atomic<std::size_t> connections{0};
+    std::thread thread;
+};
+
+namespace {
+
+std::string error_json(const std::string& message) {
+    std::string out = "{\"error\": \"";
+    for (char c : message) {
+        if (c == '"' || c == '\\') out += '\\';
+        if (static_cast<unsigned char>(c) >= 0x20) out += c;
+    }
+    return out + "\"}";
+}
+
+// One connection: one request, one reply, then closed. Every wait has a deadline.
+class Session : public std::enable_shared_from_this<Session> {
+public:
+    Session(local::socket socket, ControlServer::State* state)
+        : socket_(std::move(socket)), timer_(socket_.get_executor()), state_(state) {}
+    ~Session() { --state_->connections; }
+
+    void start() {
+        parser_.header_limit(kHeaderLimit);
+        parser_.body_limit(kBodyLimit);
+        arm(kReadDeadline);
+        http::async_read(socket_, buffer_, parser_,
+                         [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_read(ec); });
+    }
+
+    void reply(const ControlReply& reply) {
+        response_.result(static_cast<unsigned>(reply.status));
+        response_.set(http::field::content_type, "application/json");
+        response_.keep_alive(false);
+        response_.body() = reply.body + "\n";
+        response_.prepare_payload();
+        arm(kWriteDeadline);
+        http::async_write(socket_, response_, [self = shared_from_this()](beast::error_code, std::size_t) {
+            beast::error_code ignored;
+            self->timer_.cancel();
+            self->socket_.shutdown(local::socket::shutdown_both, ignored);
+            self->socket_.close(ignored);
+        });
+    }
+
+private:
+    void arm(std::chrono::seconds deadline) {
+        timer_.expires_after(deadline);
+        timer_.async_wait([weak = weak_from_this()](beast::error_code ec) {
+            if (ec) return;  // cancelled: the read or write finished
+            if (auto self = weak.lock()) {
+                beast::error_code ignored;
+                self->socket_.close(ignored);
+            }
+        });
+    }
+
+    void on_read(beast::error_code ec) {
+        if (ec == http::error::end_of_stream || ec == asio::error::operation_aborted || ec == asio::error::bad_descriptor)
+            return;  // gone, or dropped at its deadline
+        timer_.cancel();
+        if (ec) {
+            reply(ControlReply{400, error_json("bad request: " + ec.message())});
+            return;
+        }
+        const auto& request = parser_.get();
+        Pending pending{ControlRequest{std::string(request.method_string()), std::string(request.target())},
+                        [self = shared_from_this()](ControlReply answer) {
+                            asio::post(self->socket_.get_executor(),
+                                       [self, answer = std::move(answer)] { self->reply(answer); });
+                        }};
+        {
+            std::lock_guard lock(state_->mutex);
+            state_->pending.push_back(std::move(pending));
+        }
+        const std::uint64_t one = 1;
+        (void)!::write(state_->wake, &one, sizeof one);
+    }
+
+    local::socket socket_;
+    asio::steady_timer timer_;
+    beast::flat_buffer buffer_;
+    http::request_parser<http::empty_body> parser_;
+    http::response<http::string_body> response_;
+    ControlServer::State* state_;  // outlives every session: they run on its thread, joined first
+};
+
+void accept_next(ControlServer::State* state) {
+    state->acceptor.async_accept([state](beast::error_code ec, local::socket socket) {
+        if (ec == asio::error::operation_aborted) return;
+        if (!ec) {
+            if (state->connections.load() >= kMaxConnections) {
+                beast::error_code ignored;
+                socket.close(ignored);  // too many at once: the newest is turned away
+            } else {
+                ++state->connections;
+                std::make_shared<Session>(std::move(socket), state)->start();
+            }
+        }
+        accept_next(state);
+    });
+}
+
+}  // namespace
+
+ControlServer::ControlServer(const std::string& socket_path, std::optional<gid_t> group) : state_(std::make_shared<State>()) {
+    State& s = *state_;
+    s.path = socket_path;
+    struct stat existing {};
+    if (::lstat(socket_path.c_str(), &existing) == 0) {
+        // procctl holds run_dir's lock, so a socket here is a dead procctl's: replace it.
+        if (!S_ISSOCK(existing.st_mode))
+            throw Error(EEXIST, socket_path + " exists and is not a socket: remove it, or choose another run_dir");
+        ::unlink(socket_path.c_str());
+    }
+    s.wake = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (s.wake < 0) throw Error(errno, std::string("eventfd failed: ") + std::strerror(errno));
+    beast::error_code ec;
+    s.acceptor.open(local(), ec);
+    if (!ec) s.acceptor.bind(local::endpoint(socket_path), ec);
+    if (!ec) s.acceptor.listen(16, ec);
+    if (ec) throw Error(EINVAL, "cannot listen on the control socket " + socket_path + ": " + ec.message());
+    ::fcntl(s.acceptor.native_handle(), F_SETFD, FD_CLOEXEC);
+    if (::chmod(socket_path.c_str(), 0660) != 0 || (group && ::chown(socket_path.c_str(), static_cast<uid_t>(-1), *group) != 0))
+        throw Error(errno, "cannot set the mode or group of " + socket_path + ": " + std::strerror(errno));
+    accept_next(&s);
+    s.thread = std::thread([state = state_.get()] { state->io.run(); });
+}
+
+ControlServer::~ControlServer() {
+    State& s = *state_;
+    s.io.stop();
+    if (s.thread.joinable()) s.thread.join();
+    {
+        std::lock_guard lock(s.mutex);
+        s.pending.clear();
+    }
+    beast::error_code ignored;
+    s.acceptor.close(ignored);
+    ::unlink(s.path.c_str());
+    ::close(s.wake);
+}
+
+int ControlServer::wake_fd() const noexcept { return state_->wake; }
+
+void ControlServer::serve(const std::function<ControlReply(const ControlRequest&)>& handler) {
+    std::uint64_t count;
+    (void)!::read(state_->wake, &count, sizeof count);
+    std::deque<Pending> batch;
+    {
+        std::lock_guard lock(state_->mutex);
+        batch.swap(state_->pending);
+    }
+    for (auto& pending : batch) pending.answer(handler(pending.request));
+}
+
+ControlReply control_request(const std::string& socket_path, const std::string& method, const std::string& target) {
+    asio::io_context io;
+    local::socket socket(io);
+    beast::error_code ec;
+    socket.connect(local::endpoint(socket_path), ec);
+    if (ec)
+        throw Error(ENOENT, "cannot reach the stack's control socket " + socket_path + ": " + ec.message() +
+                                ". Is procctl --config running with this run_dir? (--run-dir DIR)");
+    const timeval patience{30, 0};  // a procctl that does not answer is reported, not waited on forever
+    ::setsockopt(socket.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &patience, sizeof patience);
+    http::request<http::empty_body> request{http::string_to_verb(method), target, 11};
+    request.set(http::field::host, "localhost");
+    http::write(socket, request, ec);
+    http::response<http::string_body> response;
+    beast::flat_buffer buffer;
+    if (!ec) http::read(socket, buffer, response, ec);
+    if (ec) throw Error(EIO, "the control socket " + socket_path + " did not answer: " + ec.message());
+    return ControlReply{static_cast<int>(response.result_int()), response.body()};
+}
+
+}  // namespace hbwatch::tool
