@@ -72,9 +72,9 @@ std::pair<int, std::string> run(std::vector<std::string> argv) {
 
 // The stack's programs, through curl on the control socket.
 nlohmann::json programs(const fs::path& socket) {
-    const auto [code, text] = run({"curl", "-sS", "--max-time", "10", "--unix-socket", socket.string(), "http://stack/v1/programs"});
-    REQUIRE_MESSAGE(code == 0, text);
-    return nlohmann::json::parse(text);
+    const auto result = run({"curl", "-sS", "--max-time", "10", "--unix-socket", socket.string(), "http://stack/v1/programs"});
+    REQUIRE_MESSAGE(result.first == 0, result.second);
+    return nlohmann::json::parse(result.second);
 }
 
 nlohmann::json program(const fs::path& socket, const std::string& name) {
@@ -159,7 +159,9 @@ TEST_CASE("a stack starts in dependency order, each program once those it waits 
 
     // A restart by name: a new pid for api, the others untouched.
     const int api_pid = program(socket, "api")["pid"].get<int>();
-    auto [code, text] = run({hbtest::bin("proctab"), "restart", "api", "--run-dir", (dir.dir / "run").string()});
+    int code = 0;
+    std::string text;
+    std::tie(code, text) = run({hbtest::bin("proctab"), "restart", "api", "--run-dir", (dir.dir / "run").string()});
     CHECK(code == 0);
     CHECK(text == "api: stopping\n");
     REQUIRE(hbtest::eventually([&] {
