@@ -199,6 +199,16 @@ TEST_CASE("a stack starts in dependency order, each program once those it waits 
     REQUIRE(::read(garbage, reply, sizeof reply - 1) > 0);
     CHECK(std::string(reply).starts_with("HTTP/1.1 400"));
     ::close(garbage);
+    // A target that is not UTF-8 is answered, and not echoed raw (JSON must stay valid).
+    const int invalid = connect_to(socket);
+    const std::string bad_target = "GET /v1/programs/\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n";
+    REQUIRE(::write(invalid, bad_target.data(), bad_target.size()) == static_cast<ssize_t>(bad_target.size()));
+    std::string answer;
+    for (ssize_t n; (n = ::read(invalid, reply, sizeof reply)) > 0;) answer.append(reply, static_cast<std::size_t>(n));
+    ::close(invalid);
+    CHECK(answer.starts_with("HTTP/1.1 404"));
+    CHECK(answer.find(R"(no program named '\\xff\\xfe')") != std::string::npos);  // JSON text of \xff\xfe
+    CHECK(stack.running());
     const int half = connect_to(socket);
     const std::string partial = "GET /v1/prog";
     REQUIRE(::write(half, partial.data(), partial.size()) == static_cast<ssize_t>(partial.size()));

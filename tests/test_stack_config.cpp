@@ -28,7 +28,7 @@ TEST_CASE("a stack config is read whole, and its programs are put in start order
     const auto config = parse_stack_config(R"(
 run_dir: /run/stack
 log_dir: /var/log/stack
-socket_group: ops
+socket_group: nogroup
 programs:
   main-app:
     command: [/opt/app/main, --port, "9421"]
@@ -65,7 +65,7 @@ programs:
                                            "stack.yaml");
     CHECK(config.run_dir == "/run/stack");
     CHECK(config.log_dir == "/var/log/stack");
-    CHECK(config.socket_group == "ops");
+    CHECK(config.socket_group == "nogroup");
     CHECK(names(config) == std::vector<std::string>{"ipc-server", "main-app", "checkproc", "updater", "worker"});
     const auto& main = config.programs[1];
     CHECK(main.command == std::vector<std::string>{"/opt/app/main", "--port", "9421"});
@@ -142,6 +142,11 @@ TEST_CASE("config errors name the file, line, column and key, and say what is al
           "s.yaml:1:1: programs is missing: give at least one program with its command");
     CHECK(error_of([] { (void)parse_stack_config("programs:\n  a:\n    command: [x]\nlogdir: /x\n", "s.yaml"); }) ==
           "s.yaml:4:1: unknown key 'logdir': the keys allowed here are run_dir, log_dir, socket_group, programs");
+    const std::string long_dir = "/" + std::string(100, 'r');
+    CHECK(error_of([&] { (void)parse_stack_config("run_dir: " + long_dir + "\nprograms:\n  a:\n    command: [x]\n", "s.yaml"); }) ==
+          "s.yaml:1:10: run_dir: '" + long_dir + "' is empty or too long: run_dir/control.sock must be under 108 bytes");
+    CHECK(error_of([] { (void)parse_stack_config("socket_group: no-such-group-here\nprograms:\n  a:\n    command: [x]\n", "s.yaml"); }) ==
+          "s.yaml:1:15: socket_group: 'no-such-group-here' is not a group on this host");
     CHECK(error_of([] { (void)hbwatch::load_stack_config("/nonexistent/stack.yaml"); }) ==
           "/nonexistent/stack.yaml: cannot read the config file: No such file or directory");
 }

@@ -479,6 +479,13 @@ int kill_matching(const std::string& name, const std::string& path, const std::s
 
 constexpr int kExitNotRunning = 3;  // proctab status: a program is not ready (as supervisorctl's non-zero)
 
+// A program or instance name, as a path segment: only the bytes a name may hold.
+void check_program_name(const std::string& name) {
+    if (name.empty() || !std::all_of(name.begin(), name.end(), [](char c) { return hbwatch::name_char(static_cast<unsigned char>(c)); }) ||
+        name.find('/') != std::string::npos)
+        throw Error(EINVAL, "'" + shown(name) + "' is not a program name: use letters, digits and . _ - : @ +");
+}
+
 json stack_call(const std::string& run_dir, const std::string& method, const std::string& target) {
     const auto reply = tool::control_request(run_dir + "/control.sock", method, target);
     json body = json::parse(reply.body, nullptr, false);
@@ -494,6 +501,7 @@ json stack_call(const std::string& run_dir, const std::string& method, const std
 int stack_status(const std::string& run_dir, const std::vector<std::string>& names, bool as_json) {
     json programs = json::array();
     if (names.empty()) programs = stack_call(run_dir, "GET", "/v1/programs");
+    for (const auto& name : names) check_program_name(name);
     for (const auto& name : names)
         for (auto& p : stack_call(run_dir, "GET", "/v1/programs/" + name)) programs.push_back(p);
     bool all_ready = true;
@@ -518,6 +526,7 @@ int stack_status(const std::string& run_dir, const std::vector<std::string>& nam
 
 // proctab start|stop|restart NAME...: asks procctl, prints each program's state after it.
 int stack_action(const std::string& run_dir, const std::string& action, const std::vector<std::string>& names) {
+    for (const auto& name : names) check_program_name(name);
     for (const auto& name : names)
         for (const auto& p : stack_call(run_dir, "POST", "/v1/programs/" + name + "/" + action))
             std::printf("%s: %s\n", shown(p["name"].get<std::string>()).c_str(), p["state"].get<std::string>().c_str());

@@ -4,6 +4,7 @@
 #include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -43,13 +44,14 @@ struct Pending {
 }  // namespace
 
 struct ControlServer::State {
+    std::atomic<std::size_t> connections{0};  // first: sessions destroyed with `io` still count down
     asio::io_context io;
     local::acceptor acceptor{io};
+    asio::steady_timer retry{io};  // after a failed accept (EMFILE): wait, do not spin
     std::string path;
     int wake = -1;
     std::mutex mutex;
     std::deque<Pending> pending;
-    std::atomic<std::size_t> connections{0};
     std::thread thread;
 };
 
@@ -139,14 +141,19 @@ private:
 void accept_next(ControlServer::State* state) {
     state->acceptor.async_accept([state](beast::error_code ec, local::socket socket) {
         if (ec == asio::error::operation_aborted) return;
-        if (!ec) {
-            if (state->connections.load() >= kMaxConnections) {
-                beast::error_code ignored;
-                socket.close(ignored);  // too many at once: the newest is turned away
-            } else {
-                ++state->connections;
-                std::make_shared<Session>(std::move(socket), state)->start();
-            }
+        if (ec) {
+            state->retry.expires_after(std::chrono::milliseconds(100));
+            state->retry.async_wait([state](beast::error_code wait) {
+                if (!wait) accept_next(state);
+            });
+            return;
+        }
+        if (state->connections.load() >= kMaxConnections) {
+            beast::error_code ignored;
+            socket.close(ignored);  // too many at once: the newest is turned away
+        } else {
+            ++state->connections;
+            std::make_shared<Session>(std::move(socket), state)->start();
         }
         accept_next(state);
     });
@@ -166,9 +173,13 @@ ControlServer::ControlServer(const std::string& socket_path, std::optional<gid_t
     }
     s.wake = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (s.wake < 0) throw Error(errno, std::string("eventfd failed: ") + std::strerror(errno));
+    if (socket_path.size() >= sizeof(sockaddr_un{}.sun_path))
+        throw Error(ENAMETOOLONG, "the control socket path " + socket_path + " is too long for a unix socket: use a shorter run_dir");
     beast::error_code ec;
     s.acceptor.open(local(), ec);
+    const mode_t umask_before = ::umask(0117);  // born 0660: never wider, not even until the chmod below
     if (!ec) s.acceptor.bind(local::endpoint(socket_path), ec);
+    ::umask(umask_before);
     if (!ec) s.acceptor.listen(16, ec);
     if (ec) throw Error(EINVAL, "cannot listen on the control socket " + socket_path + ": " + ec.message());
     ::fcntl(s.acceptor.native_handle(), F_SETFD, FD_CLOEXEC);
@@ -202,10 +213,20 @@ void ControlServer::serve(const std::function<ControlReply(const ControlRequest&
         std::lock_guard lock(state_->mutex);
         batch.swap(state_->pending);
     }
-    for (auto& pending : batch) pending.answer(handler(pending.request));
+    for (auto& pending : batch) {
+        ControlReply reply;
+        try {
+            reply = handler(pending.request);
+        } catch (const std::exception& e) {  // a bad request must never take supervision down
+            reply = ControlReply{500, error_json(std::string("internal error: ") + e.what())};
+        }
+        pending.answer(std::move(reply));
+    }
 }
 
 ControlReply control_request(const std::string& socket_path, const std::string& method, const std::string& target) {
+    if (socket_path.size() >= sizeof(sockaddr_un{}.sun_path))
+        throw Error(ENAMETOOLONG, "the control socket path " + socket_path + " is too long for a unix socket");
     asio::io_context io;
     local::socket socket(io);
     beast::error_code ec;

@@ -99,7 +99,9 @@ struct Unit {
     std::uint64_t next_rss_check_ns = 0;
     unsigned rss_over = 0;  // max_rss checks in a row above the limit
     int probe_fd = -1;      // tcp readiness: a connect in progress
-    pid_t probe_pid = 0;  // exec readiness: the check command
+    pid_t probe_pid = 0;    // exec readiness: the check command, an unreaped child of ours
+    unsigned probe_start = 0;  // the start it checks: a late answer about an earlier start is ignored
+    std::vector<char*> probe_argv;
 };
 
 // What the child reports through its CLOEXEC pipe when it cannot exec.
@@ -138,10 +140,11 @@ public:
             if (sig != SIGKILL && sig != SIGSTOP && sig != SIGPIPE) ::sigaction(sig, &dfl, nullptr);
     }
 
-    int run() {
+    std::optional<gid_t> control_group() const { return socket_group(); }
+
+    int run(ControlServer& control) {
         ::prctl(PR_SET_CHILD_SUBREAPER, 1);
         for (auto& unit : units_) take_cgroup(*unit);
-        ControlServer control(config_.run_dir + "/control.sock", socket_group());
         log_.info("running the stack of {} ({} programs): start order {}; control socket {}/control.sock", config_.path,
                   units_.size(), start_order(), config_.run_dir);
         std::vector<pollfd> fds;
@@ -216,8 +219,10 @@ private:
     // NAME is a program (all its instances) or one instance (NAME@I).
     ControlReply handle(const ControlRequest& request, std::uint64_t now) {
         auto error = [](int status, const std::string& message) {
-            return ControlReply{status, nlohmann::json{{"error", message}}.dump()};
+            return ControlReply{status, nlohmann::json{{"error", message}}.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)};
         };
+        // Never echoed raw: a target is whatever bytes a client sent.
+        const std::string shown = escaped(request.target, [](unsigned char c) { return c > 0x20 && c < 0x7f && c != '\\'; });
         std::vector<std::string> parts;
         std::string target = request.target.substr(0, request.target.find('?'));
         for (std::size_t at = 0; at <= target.size();) {
@@ -227,26 +232,26 @@ private:
             at = end + 1;
         }
         if (parts.size() < 2 || parts[0] != "v1" || parts[1] != "programs" || parts.size() > 4)
-            return error(404, "no such path: " + request.target + " (the API is /v1/programs[/NAME[/start|stop|restart]])");
+            return error(404, "no such path: " + shown + " (the API is /v1/programs[/NAME[/start|stop|restart]])");
         std::vector<Unit*> chosen;
         for (auto& unit : units_)
             if (parts.size() == 2 || unit->name == parts[2] || unit->program->name == parts[2]) chosen.push_back(unit.get());
-        if (chosen.empty()) return error(404, "no program named '" + parts[2] + "' in " + config_.path);
+        if (chosen.empty()) return error(404, "no program named '" + escaped(parts[2], name_char) + "' in " + config_.path);
         if (parts.size() <= 3) {
-            if (request.method != "GET") return error(405, request.method + " " + request.target + ": use GET");
+            if (request.method != "GET") return error(405, request.method + " " + shown + ": use GET");
             nlohmann::json list = nlohmann::json::array();
             for (Unit* unit : chosen) list.push_back(describe(*unit, now));
-            return ControlReply{200, list.dump()};
+            return ControlReply{200, list.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)};
         }
-        if (request.method != "POST") return error(405, request.method + " " + request.target + ": use POST");
+        if (request.method != "POST") return error(405, request.method + " " + shown + ": use POST");
         const std::string& action = parts[3];
         if (action != "start" && action != "stop" && action != "restart")
-            return error(404, "no action '" + action + "': use start, stop or restart");
+            return error(404, "no action '" + escaped(action, name_char) + "': use start, stop or restart");
         if (stopping_all_) return error(409, "the stack is stopping");
         for (Unit* unit : chosen) act(*unit, action, now);
         nlohmann::json list = nlohmann::json::array();
         for (Unit* unit : chosen) list.push_back(describe(*unit, now));
-        return ControlReply{200, list.dump()};
+        return ControlReply{200, list.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)};
     }
 
     void act(Unit& unit, const std::string& action, std::uint64_t now) {
@@ -261,7 +266,9 @@ private:
         }
         log_.info("{}: {} requested through the control socket", unit.name, action);
         unit.wanted = true;
-        if (action == "restart" && running) {
+        if (unit.state == State::stopping) {  // started again once its stop has finished
+            unit.restart_after_stop = unit.restart_at_once = true;
+        } else if (action == "restart" && running) {
             unit.restart_after_stop = unit.restart_at_once = true;
             stop(unit, now);
         } else if (unit.state != State::stopping && !running) {
@@ -286,6 +293,8 @@ private:
         unit.envp.push_back(nullptr);
         for (const auto& word : p.command) unit.argv.push_back(const_cast<char*>(word.c_str()));
         unit.argv.push_back(nullptr);
+        for (const auto& word : p.ready.command) unit.probe_argv.push_back(const_cast<char*>(word.c_str()));
+        unit.probe_argv.push_back(nullptr);
         if (!p.user.empty()) {
             const passwd* pw = ::getpwnam(p.user.c_str());
             if (pw == nullptr) throw Error(EINVAL, config_.path + ": program '" + p.name + "': user '" + p.user + "' does not exist");
@@ -464,30 +473,37 @@ private:
         unit.deadline_ns = 0;
     }
 
-    [[noreturn]] void exec_child(const Unit& unit, pid_t parent, int out, int err, int report) {
-        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (::getppid() != parent) ::_exit(127);
-        auto fail = [&](int stage) {
-            const StartFailure failure{stage, errno};
-            (void)!::write(report, &failure, sizeof failure);
-            ::_exit(127);
-        };
-        if (unit.cgroup && ::write(unit.cgroup->procs_fd(), "0", 1) != 1) fail(3);
+    // In a forked child: the program's cgroup, session, clean signals, directory and user, then
+    // the parent-death signal (set after setuid, which would clear it). The stage that failed,
+    // or -1. Only system calls: nothing is allocated between fork and exec.
+    static int become_program(const Unit& unit, pid_t parent) {
+        if (unit.cgroup && ::write(unit.cgroup->procs_fd(), "0", 1) != 1) return 3;
         ::setsid();
         ::signal(SIGPIPE, SIG_DFL);
         sigset_t none;
         sigemptyset(&none);
         ::sigprocmask(SIG_SETMASK, &none, nullptr);
+        if (!unit.program->directory.empty() && ::chdir(unit.program->directory.c_str()) != 0) return 1;
+        if (unit.uid &&
+            (::setgroups(unit.groups.size(), unit.groups.data()) != 0 || ::setgid(unit.gid) != 0 || ::setuid(*unit.uid) != 0))
+            return 4;
+        ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // if procctl dies, even by SIGKILL, its programs go with it
+        if (::getppid() != parent) ::_exit(127);
+        return -1;
+    }
+
+    [[noreturn]] void exec_child(const Unit& unit, pid_t parent, int out, int err, int report) {
+        auto fail = [&](int stage) {
+            const StartFailure failure{stage, errno};
+            (void)!::write(report, &failure, sizeof failure);
+            ::_exit(127);
+        };
         const int null_in = ::open("/dev/null", O_RDONLY);
         if (null_in < 0 || ::dup2(null_in, 0) < 0) fail(2);
         if (out >= 0 && ::dup2(out, 1) < 0) fail(2);
         if (err >= 0 && ::dup2(err, 2) < 0) fail(2);
         ::close_range(3, ~0U, CLOSE_RANGE_CLOEXEC);
-        if (!unit.program->directory.empty() && ::chdir(unit.program->directory.c_str()) != 0) fail(1);
-        if (unit.uid) {
-            if (::setgroups(unit.groups.size(), unit.groups.data()) != 0 || ::setgid(unit.gid) != 0 || ::setuid(*unit.uid) != 0)
-                fail(4);
-        }
+        if (const int stage = become_program(unit, parent); stage >= 0) fail(stage);
         ::execvpe(unit.argv[0], unit.argv.data(), unit.envp.data());
         fail(0);
         ::_exit(127);
@@ -503,9 +519,12 @@ private:
                   human_duration(ms_between(unit.started_ns, monotonic_now_ns())));
     }
 
+    // Ends the readiness check in flight: its socket, or its command (our unreaped child, so
+    // its pid cannot have changed hands; reaped by reap()).
     void close_probe(Unit& unit) {
         if (unit.probe_fd >= 0) ::close(unit.probe_fd);
         unit.probe_fd = -1;
+        if (unit.probe_pid > 0) ::kill(unit.probe_pid, SIGKILL);
     }
 
     // One look at the program's readiness; the next is due kReadyPollNs later.
@@ -541,20 +560,21 @@ private:
             }
             case ReadyCheck::Kind::exec: {
                 if (unit.probe_pid != 0) return;  // the check is running
+                // The check runs as the program does: its user, directory and cgroup.
+                const pid_t parent = ::getpid();
                 const pid_t pid = ::fork();
                 if (pid == 0) {
-                    sigset_t none;
-                    sigemptyset(&none);
-                    ::sigprocmask(SIG_SETMASK, &none, nullptr);
                     const int null = ::open("/dev/null", O_RDWR);
                     for (int fd = 0; fd < 3; ++fd) ::dup2(null, fd);
-                    std::vector<char*> argv;
-                    for (const auto& word : ready.command) argv.push_back(const_cast<char*>(word.c_str()));
-                    argv.push_back(nullptr);
-                    ::execvpe(argv[0], argv.data(), unit.envp.data());
+                    ::close_range(3, ~0U, CLOSE_RANGE_CLOEXEC);
+                    if (become_program(unit, parent) >= 0) ::_exit(127);
+                    ::execvpe(unit.probe_argv[0], unit.probe_argv.data(), unit.envp.data());
                     ::_exit(127);
                 }
-                if (pid > 0) unit.probe_pid = pid;
+                if (pid > 0) {
+                    unit.probe_pid = pid;
+                    unit.probe_start = unit.starts;
+                }
                 return;
             }
         }
@@ -599,11 +619,21 @@ private:
         unit.state = State::stopping;
         unit.deadline_ns = now + to_ns(unit.program->stop_grace);
         unit.next_ns = 0;
-        std::string error;
-        if (unit.pidfd && !unit.pidfd->send(unit.program->stop_signal, &error))
-            log_.warn("{}: cannot send {} to pid {}: {}", unit.name, signal_name(unit.program->stop_signal), unit.pid, error);
+        send(unit, unit.program->stop_signal);
         log_.info("stopping {} (pid {}): {}, SIGKILL after {}", unit.name, unit.pid, signal_name(unit.program->stop_signal),
                   human_duration(unit.program->stop_grace));
+    }
+
+    // Through its pidfd; without one (pidfd_open failed), by pid, which is safe for our own
+    // unreaped child: its pid cannot change hands before we reap it.
+    void send(const Unit& unit, int sig) {
+        std::string error;
+        if (unit.pidfd) {
+            if (!unit.pidfd->send(sig, &error))
+                log_.warn("{}: cannot send {} to pid {}: {}", unit.name, signal_name(sig), unit.pid, error);
+        } else if (unit.pid > 1 && ::kill(unit.pid, sig) != 0 && errno != ESRCH) {
+            log_.warn("{}: cannot send {} to pid {}: {}", unit.name, signal_name(sig), unit.pid, std::strerror(errno));
+        }
     }
 
     void stopping_step(Unit& unit, std::uint64_t now) {
@@ -613,7 +643,7 @@ private:
         }
         if (now >= unit.deadline_ns && !unit.kill_sent) {
             log_.warn("{} did not stop within {}: SIGKILL", unit.name, human_duration(unit.program->stop_grace));
-            if (!(unit.cgroup && unit.cgroup->kill()) && unit.pidfd) unit.pidfd->send(SIGKILL);
+            if (!(unit.cgroup && unit.cgroup->kill())) send(unit, SIGKILL);
             unit.kill_sent = true;
             unit.deadline_ns = now + kKillWaitNs;
         } else if (now >= unit.deadline_ns && unit.kill_sent) {
@@ -707,6 +737,7 @@ private:
                 Unit& unit = *unit_ptr;
                 if (pid == unit.probe_pid) {
                     unit.probe_pid = 0;
+                    if (unit.probe_start != unit.starts) continue;  // about an earlier start
                     if (unit.state == State::starting && WIFEXITED(status) && WEXITSTATUS(status) == 0)
                         become_ready(unit, "its check command succeeded");
                     else if (unit.state == State::starting)
@@ -800,8 +831,9 @@ private:
 
 int run_stack(const StackConfig& config, spdlog::logger& log, int signal_fd, const std::function<void()>& ready) {
     Stack stack(config, log, signal_fd);  // throws Error when an output file cannot be opened
+    ControlServer control(config.run_dir + "/control.sock", stack.control_group());  // and when it cannot listen
     if (ready) ready();
-    return stack.run();
+    return stack.run(control);
 }
 
 }  // namespace hbwatch::tool

@@ -1,5 +1,6 @@
 #include "engine/stack_config.h"
 
+#include <grp.h>
 #include <signal.h>
 
 #include <algorithm>
@@ -269,9 +270,18 @@ StackConfig parse_stack_config(const std::string& text, const std::string& path)
     reader.only_keys(root, "", {"run_dir", "log_dir", "socket_group", "programs"});
     StackConfig config;
     config.path = path;
-    if (auto n = root["run_dir"]) config.run_dir = reader.text(n, "run_dir");
+    if (auto n = root["run_dir"]) {
+        config.run_dir = reader.text(n, "run_dir");
+        // The control socket's path must fit a unix socket address (108 bytes with its NUL).
+        if (config.run_dir.empty() || config.run_dir.size() + std::strlen("/control.sock") >= 108)
+            reader.fail(n, "run_dir: '" + config.run_dir + "' is empty or too long: run_dir/control.sock must be under 108 bytes");
+    }
     if (auto n = root["log_dir"]) config.log_dir = reader.text(n, "log_dir");
-    if (auto n = root["socket_group"]) config.socket_group = reader.text(n, "socket_group");
+    if (auto n = root["socket_group"]) {
+        config.socket_group = reader.text(n, "socket_group");
+        if (::getgrnam(config.socket_group.c_str()) == nullptr)
+            reader.fail(n, "socket_group: '" + config.socket_group + "' is not a group on this host");
+    }
     const YAML::Node programs = root["programs"];
     if (!programs) reader.fail(root, "programs is missing: give at least one program with its command");
     if (!programs.IsMap() || programs.size() == 0) reader.fail(programs, "programs: give a map of NAME: {command: [...]}");
