@@ -4,11 +4,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <utility>
 #include <vector>
 
+#include "core/clock.h"
 #include "core/duration.h"
 #include <hbwatch/error.h>
 
@@ -285,6 +287,52 @@ void OutputFile::rotate() noexcept {
         fd_ = open_for_append(dir_, path_);
     } catch (const Error& e) {
         fail(std::string("cannot reopen after rotating: ") + e.what(), e.code(), 0);
+    }
+}
+
+OutputPipes::~OutputPipes() {
+    for (const auto& reader : readers_) ::close(reader.fd);
+}
+
+void OutputPipes::add(int fd, OutputFile* file) {
+    ::fcntl(fd, F_SETFL, O_NONBLOCK);
+    readers_.push_back(Reader{fd, file});
+}
+
+void OutputPipes::add_pollfds(std::vector<pollfd>& fds) const {
+    for (const auto& reader : readers_) fds.push_back(pollfd{reader.fd, POLLIN, 0});
+}
+
+void OutputPipes::drain(const std::vector<pollfd>& fds) {
+    char buffer[65536];
+    for (const auto& p : fds) {
+        if (!(p.revents & (POLLIN | POLLHUP | POLLERR))) continue;
+        auto it = std::find_if(readers_.begin(), readers_.end(), [&](const Reader& r) { return r.fd == p.fd; });
+        if (it == readers_.end()) continue;
+        bool at_end = false;
+        for (int round = 0; round < 16; ++round) {
+            const ssize_t n = ::read(it->fd, buffer, sizeof buffer);
+            if (n > 0) {
+                it->file->write(std::string_view(buffer, static_cast<std::size_t>(n)));
+                continue;
+            }
+            at_end = n == 0 || (errno != EAGAIN && errno != EINTR);
+            break;
+        }
+        if (at_end) {
+            ::close(it->fd);
+            readers_.erase(it);
+        }
+    }
+}
+
+void OutputPipes::drain_to_end(std::chrono::milliseconds limit) {
+    const std::uint64_t deadline = monotonic_now_ns() + to_ns(limit);
+    while (!readers_.empty() && monotonic_now_ns() < deadline) {
+        std::vector<pollfd> fds;
+        add_pollfds(fds);
+        ::poll(fds.data(), fds.size(), poll_timeout_ms(deadline, monotonic_now_ns()));
+        drain(fds);
     }
 }
 

@@ -3,7 +3,11 @@
 // ever failing the caller: a write error is reported once, counted, and the bytes dropped, so
 // a full disk can neither stop supervision nor block the program on its pipe.
 
+#include <poll.h>
 #include <sys/types.h>
+
+#include <chrono>
+#include <vector>
 
 #include <cstdint>
 #include <functional>
@@ -76,6 +80,34 @@ private:
     int rotate_failing_ = 0;    // the same for rotation
     std::uint64_t dropped_ = 0;
     std::uint64_t dropped_at_failure_ = 0;
+};
+
+/// The read ends of programs' output pipes, each feeding its OutputFile, polled in the
+/// caller's loop.
+class OutputPipes {
+public:
+    OutputPipes() = default;
+    OutputPipes(const OutputPipes&) = delete;
+    OutputPipes& operator=(const OutputPipes&) = delete;
+    ~OutputPipes();  // closes the pipes still open
+
+    /// Follows `fd` (made non-blocking; closed here once it reaches EOF) into `file`.
+    void add(int fd, OutputFile* file);
+    /// Appends a pollfd per pipe.
+    void add_pollfds(std::vector<pollfd>& fds) const;
+    /// Moves what the pipes hold into their files (a bounded amount per pipe, so that one busy
+    /// pipe cannot starve the loop); a pipe at EOF (every writer gone) is closed. Only this
+    /// object's entries of `fds` are looked at.
+    void drain(const std::vector<pollfd>& fds);
+    /// After the programs are gone, reads the pipes to their ends, for at most `limit`.
+    void drain_to_end(std::chrono::milliseconds limit);
+
+private:
+    struct Reader {
+        int fd;
+        OutputFile* file;
+    };
+    std::vector<Reader> readers_;
 };
 
 }  // namespace hbwatch::tool

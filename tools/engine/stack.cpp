@@ -110,11 +110,6 @@ struct StartFailure {
     int error;
 };
 
-struct Reader {
-    int fd;
-    OutputFile* file;
-};
-
 class Stack {
 public:
     Stack(const StackConfig& config, spdlog::logger& log, int signal_fd) : config_(config), log_(log), signal_fd_(signal_fd) {
@@ -167,7 +162,7 @@ public:
                 for (std::uint64_t at : {unit->next_ns, unit->deadline_ns, unit->next_rss_check_ns})
                     if (at > 0) wake = std::min(wake, std::max(at, now));
             }
-            for (const auto& reader : readers_) fds.push_back(pollfd{reader.fd, POLLIN, 0});
+            pipes_.add_pollfds(fds);
             if (::poll(fds.data(), fds.size(), poll_timeout_ms(wake, monotonic_now_ns())) < 0 && errno != EINTR) {
                 log_.error("poll failed: {}; retrying in 100ms", std::strerror(errno));
                 ::poll(nullptr, 0, 100);
@@ -176,7 +171,7 @@ public:
             if (fds[0].revents & POLLIN) read_signals();
             if (fds[1].revents & POLLIN)
                 control.serve([this](const ControlRequest& request) { return handle(request, monotonic_now_ns()); });
-            drain(fds);
+            pipes_.drain(fds);
             reap();
             for (auto& unit : units_) {
                 auto probe = std::find_if(fds.begin(), fds.end(), [&](const pollfd& p) { return p.fd == unit->probe_fd; });
@@ -416,10 +411,7 @@ private:
         int out[2] = {-1, -1}, err[2] = {-1, -1}, report[2];
         if (::pipe2(report, O_CLOEXEC) != 0) return failed_start(unit, now, "create a pipe", errno);
         auto open_pipe = [&](OutputFile* file, int (&fds)[2]) {
-            if (file != nullptr && ::pipe2(fds, O_CLOEXEC) == 0) {
-                ::fcntl(fds[0], F_SETFL, O_NONBLOCK);
-                readers_.push_back(Reader{fds[0], file});
-            }
+            if (file != nullptr && ::pipe2(fds, O_CLOEXEC) == 0) pipes_.add(fds[0], file);
         };
         open_pipe(unit.out, out);
         if (unit.err == unit.out && out[1] >= 0) err[1] = ::fcntl(out[1], F_DUPFD_CLOEXEC, 0);
@@ -782,37 +774,8 @@ private:
         unit.deadline_ns = 0;
     }
 
-    void drain(const std::vector<pollfd>& fds) {
-        char buffer[65536];
-        for (const auto& p : fds) {
-            if (!(p.revents & (POLLIN | POLLHUP | POLLERR))) continue;
-            auto it = std::find_if(readers_.begin(), readers_.end(), [&](const Reader& r) { return r.fd == p.fd; });
-            if (it == readers_.end()) continue;
-            bool at_end = false;
-            for (int round = 0; round < 16; ++round) {  // bounded: one busy pipe cannot starve the loop
-                const ssize_t n = ::read(it->fd, buffer, sizeof buffer);
-                if (n > 0) {
-                    it->file->write(std::string_view(buffer, static_cast<std::size_t>(n)));
-                    continue;
-                }
-                at_end = n == 0 || (errno != EAGAIN && errno != EINTR);
-                break;
-            }
-            if (at_end) {
-                ::close(it->fd);
-                readers_.erase(it);
-            }
-        }
-    }
-
     void drain_to_end() {
-        const std::uint64_t deadline = monotonic_now_ns() + to_ns(std::chrono::seconds(2));
-        while (!readers_.empty() && monotonic_now_ns() < deadline) {
-            std::vector<pollfd> fds;
-            for (const auto& reader : readers_) fds.push_back(pollfd{reader.fd, POLLIN, 0});
-            ::poll(fds.data(), fds.size(), poll_timeout_ms(deadline, monotonic_now_ns()));
-            drain(fds);
-        }
+        pipes_.drain_to_end(std::chrono::seconds(2));
         for (auto& [path, file] : outputs_) file->finish();
     }
 
@@ -821,7 +784,7 @@ private:
     int signal_fd_;
     std::map<std::string, std::unique_ptr<OutputFile>> outputs_;
     std::vector<std::unique_ptr<Unit>> units_;  // in start order
-    std::vector<Reader> readers_;
+    OutputPipes pipes_;
     std::vector<ProcessIdentity> ended_;
     bool stopping_all_ = false;
     bool said_no_cgroup_ = false;

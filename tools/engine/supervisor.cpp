@@ -49,12 +49,6 @@ struct StartFailure {
     int error;
 };
 
-// One of the program's output pipes, read into its file.
-struct Reader {
-    int fd;
-    OutputFile* file;
-};
-
 // The program's phase: one at a time, each with its own deadline (s6-supervise's state table).
 //   backoff  --start due-->  running  --exit-->  backoff (after INTERVAL or the crash backoff)
 //   any      --SIGTERM-->    stopping --tree empty--> stopped
@@ -188,10 +182,7 @@ private:
         int out[2] = {-1, -1}, err[2] = {-1, -1}, report[2];
         if (::pipe2(report, O_CLOEXEC) != 0) return failed_start(now, "create a pipe", errno);
         auto open_output = [&](const std::string& file, int (&fds)[2]) {
-            if (!file.empty() && ::pipe2(fds, O_CLOEXEC) == 0) {
-                ::fcntl(fds[0], F_SETFL, O_NONBLOCK);
-                readers_.push_back(Reader{fds[0], outputs_.at(file).get()});
-            }
+            if (!file.empty() && ::pipe2(fds, O_CLOEXEC) == 0) pipes_.add(fds[0], outputs_.at(file).get());
         };
         open_output(options_.stdout_file, out);
         if (options_.stderr_file == options_.stdout_file && out[1] >= 0) {
@@ -295,44 +286,12 @@ private:
         ::_exit(127);
     }
 
-    void add_reader_fds(std::vector<pollfd>& fds) const {
-        for (const auto& reader : readers_) fds.push_back(pollfd{reader.fd, POLLIN, 0});
-    }
-
-    // Moves what the pipes hold into the files; a pipe at EOF (every writer gone) is closed.
-    // Only the readers' entries of `fds` are looked at; the others are skipped.
-    void drain_outputs(const std::vector<pollfd>& fds) {
-        char buffer[65536];
-        for (std::size_t i = 0; i < fds.size(); ++i) {
-            if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
-            auto it = std::find_if(readers_.begin(), readers_.end(), [&](const Reader& r) { return r.fd == fds[i].fd; });
-            if (it == readers_.end()) continue;
-            bool at_end = false;
-            for (int round = 0; round < 16; ++round) {  // bounded: one busy pipe cannot starve the loop
-                const ssize_t n = ::read(it->fd, buffer, sizeof buffer);
-                if (n > 0) {
-                    it->file->write(std::string_view(buffer, static_cast<std::size_t>(n)));
-                    continue;
-                }
-                at_end = n == 0 || (errno != EAGAIN && errno != EINTR);
-                break;
-            }
-            if (at_end) {
-                ::close(it->fd);
-                readers_.erase(it);
-            }
-        }
-    }
+    void add_reader_fds(std::vector<pollfd>& fds) const { pipes_.add_pollfds(fds); }
+    void drain_outputs(const std::vector<pollfd>& fds) { pipes_.drain(fds); }
 
     // After the last stop: every writer is gone, so the pipes reach EOF; read them to it.
     void drain_outputs_to_end() {
-        const std::uint64_t deadline = monotonic_now_ns() + to_ns(std::chrono::seconds(2));
-        while (!readers_.empty() && monotonic_now_ns() < deadline) {
-            std::vector<pollfd> fds;
-            add_reader_fds(fds);
-            ::poll(fds.data(), fds.size(), poll_timeout_ms(deadline, monotonic_now_ns()));
-            drain_outputs(fds);
-        }
+        pipes_.drain_to_end(std::chrono::seconds(2));
         for (auto& [path, file] : outputs_) {
             file->finish();
             if (file->dropped_bytes() > 0)
@@ -485,7 +444,7 @@ private:
     bool clone_into_cgroup_ = true;
     bool cgroup_killed_ = false;
     std::map<std::string, std::unique_ptr<OutputFile>> outputs_;  // by path: stdout and stderr may share one
-    std::vector<Reader> readers_;
+    OutputPipes pipes_;
     std::vector<char*> argv_;
     std::vector<std::string> env_storage_;
     std::vector<char*> envp_;
