@@ -104,12 +104,6 @@ struct Unit {
     std::vector<char*> probe_argv;
 };
 
-// What the child reports through its CLOEXEC pipe when it cannot exec.
-struct StartFailure {
-    int stage;  // 0 exec, 1 chdir, 2 stdio, 3 cgroup, 4 user
-    int error;
-};
-
 class Stack {
 public:
     Stack(const StackConfig& config, spdlog::logger& log, int signal_fd) : config_(config), log_(log), signal_fd_(signal_fd) {
@@ -422,22 +416,9 @@ private:
         const int fork_error = errno;
         for (int fd : {out[1], err[1], report[1]})
             if (fd >= 0) ::close(fd);
-        StartFailure failure{};
-        ssize_t n = 0;
-        if (pid > 0) {
-            do {
-                n = ::read(report[0], &failure, sizeof failure);  // EOF: exec succeeded
-            } while (n < 0 && errno == EINTR);
-        }
-        ::close(report[0]);
+        const auto failure = await_exec(pid, report[0]);
         if (pid < 0) return failed_start(unit, now, "fork", fork_error);
-        if (n == sizeof failure) {
-            int status;
-            ::waitpid(pid, &status, 0);
-            static constexpr const char* kStages[] = {"exec", "chdir to its directory", "set up its stdio", "join its cgroup",
-                                                      "take its user"};
-            return failed_start(unit, now, kStages[std::clamp(failure.stage, 0, 4)], failure.error);
-        }
+        if (failure) return failed_start(unit, now, start_stage(failure->stage), failure->error);
         unit.pid = pid;
         unit.started_ns = now;
         ++unit.starts;

@@ -43,12 +43,6 @@ std::string describe_status(int status) {
     return "stopped with status " + std::to_string(status);
 }
 
-// What the child reports through its CLOEXEC pipe when it cannot exec.
-struct StartFailure {
-    int stage;  // 0 exec, 1 chdir, 2 stdio, 3 cgroup
-    int error;
-};
-
 // The program's phase: one at a time, each with its own deadline (s6-supervise's state table).
 //   backoff  --start due-->  running  --exit-->  backoff (after INTERVAL or the crash backoff)
 //   any      --SIGTERM-->    stopping --tree empty--> stopped
@@ -196,24 +190,9 @@ private:
         const int fork_error = errno;
         for (int fd : {out[1], err[1], report[1]})
             if (fd >= 0) ::close(fd);
-        StartFailure failure{};
-        ssize_t n = 0;
-        if (pid > 0) {
-            do {
-                n = ::read(report[0], &failure, sizeof failure);  // EOF: exec succeeded
-            } while (n < 0 && errno == EINTR);
-        }
-        ::close(report[0]);
+        const auto failure = await_exec(pid, report[0]);
         if (pid < 0) return failed_start(now, cgroup_ && clone_into_cgroup_ ? "clone3 into its cgroup" : "fork", fork_error);
-        if (n == sizeof failure) {
-            int status;
-            ::waitpid(pid, &status, 0);
-            const char* stage = failure.stage == 1 ? "chdir to its directory"
-                                : failure.stage == 2 ? "set up its stdio"
-                                : failure.stage == 3 ? "join its cgroup"
-                                                     : "exec";
-            return failed_start(now, stage, failure.error);
-        }
+        if (failure) return failed_start(now, start_stage(failure->stage), failure->error);
         // Our unreaped child: its pid cannot change hands, so the pidfd and identity are its.
         child_ = pid;
         child_started_ns_ = now;
@@ -458,6 +437,31 @@ private:
 };
 
 }  // namespace
+
+const char* start_stage(int stage) noexcept {
+    switch (stage) {
+        case 1: return "chdir to its directory";
+        case 2: return "set up its stdio";
+        case 3: return "join its cgroup";
+        case 4: return "take its user";
+        default: return "exec";
+    }
+}
+
+std::optional<StartFailure> await_exec(pid_t pid, int report_fd) {
+    StartFailure failure{};
+    ssize_t n = 0;
+    if (pid > 0) {
+        do {
+            n = ::read(report_fd, &failure, sizeof failure);  // EOF: exec succeeded
+        } while (n < 0 && errno == EINTR);
+    }
+    ::close(report_fd);
+    if (pid <= 0 || n != sizeof failure) return std::nullopt;
+    int status;
+    ::waitpid(pid, &status, 0);
+    return failure;
+}
 
 void release_slots_of(std::vector<ProcessIdentity>& ended, const std::vector<std::string>& env, spdlog::logger& log) {
     if (ended.empty()) return;
