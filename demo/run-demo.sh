@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole hbwatch loop on real processes, narrated, in about a minute, on a table key of its
-# own (never the production table). Run by `make demo`.
+# own (never the production table): one procctl --config runs the stack from a config file;
+# checkproc --watch stops what hangs; the stack brings it back; an operator restarts a program
+# by name, reloads an edited config and tails a program's output. Run by `make demo`.
 set -euo pipefail
 bin=$(cd "${1:-build/bin}" && pwd)
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -10,7 +12,9 @@ run=$(mktemp -d /tmp/hbwatch-demo-XXXXXX)
 t0=$SECONDS
 say() { printf '\n\033[1m[%3ds] %s\033[0m\n' $((SECONDS - t0)) "$*"; }
 [ -t 1 ] || say() { printf '\n[%3ds] %s\n' $((SECONDS - t0)) "$*"; }
-table() { "$bin/proctab" | sed 's/^/    /'; }
+indent() { sed 's/^/    /'; }
+table() { "$bin/proctab" | indent; }
+status() { "$bin/proctab" status --run-dir "$run" | indent || true; }
 cleanup() {
   "$here/scripts/stop.sh" "$run" 20 >/dev/null 2>&1 || true
   "$bin/proctab" destroy --force >/dev/null 2>&1 || true
@@ -24,62 +28,105 @@ await() {
     [ $SECONDS -lt $deadline ] || { echo "    (not seen within 30s: $pattern)"; return 1; }
     sleep 0.1
   done
-  grep -- "$pattern" "$file" | tail -n 1 | sed 's/^/    /'
+  grep -- "$pattern" "$file" | tail -n 1 | indent
 }
+pid_of() { "$bin/proctab" status "$1" --json --run-dir "$run" | sed -n 's/.*"pid": \([0-9]*\).*/\1/p'; }
 ipcrm -M "$HBWATCH_KEY" 2>/dev/null || true
 
-say "hbwatch demo, on table key $HBWATCH_KEY. The stack: procctl runs checkproc every 2 s, and four services, each restarted by its own procctl."
-cat > "$run/stack" <<'EOF'
-2 $HBWATCH_BIN/checkproc --grace 2s
-1 $HBWATCH_BIN/demo_service healthy  --timeout 2s
-1 $HBWATCH_BIN/demo_service hangs    --timeout 2s --hang-after 4s
-1 $HBWATCH_BIN/demo_service stubborn --timeout 2s --hang-after 6s --ignore-term
-1 $HBWATCH_BIN/demo_service crashes  --timeout 2s --crash-after 8s
-EOF
-sed 's/^/    /' "$run/stack"
-"$here/scripts/start.sh" "$run/stack" "$run" | sed 's/^/    /'
-sleep 2
-say "Every service registered in the shared table and beats every 200 ms:"
-table
+say "hbwatch demo, on table key $HBWATCH_KEY. The stack is one config file, run by one procctl:"
+cat > "$run/stack.yaml" <<STACK
+run_dir: $run
+log_dir: $run
+programs:
+  checkproc:
+    command: [$bin/checkproc, --watch, --grace, 2s]
+    stdout: checkproc.log
+    stderr: checkproc.log
+  healthy:
+    command: [$bin/demo_service, healthy, --timeout, 2s]
+    ready: beat
+    after: [checkproc]
+    stdout: healthy.log
+  hangs:
+    command: [$bin/demo_service, hangs, --timeout, 2s, --hang-after, 4s]
+    ready: beat
+    after: [healthy]
+    restart_delay: 1s
+  stubborn:
+    command: [$bin/demo_service, stubborn, --timeout, 2s, --hang-after, 6s, --ignore-term]
+    after: [healthy]
+    restart_delay: 1s
+  crashes:
+    command: [$bin/demo_service, crashes, --timeout, 2s, --crash-after, 8s]
+    after: [healthy]
+    restart_delay: 1s
+    stdout: crashes.log
+    stderr: crashes.log
+STACK
+sed -n '/^programs:/,$p' "$run/stack.yaml" | indent
+"$here/scripts/start.sh" "$run/stack.yaml" --log "$run/procctl.log" | indent
+await "$run/procctl.log" "crashes is ready" >/dev/null
+await "$run/procctl.log" "hangs is ready (its first heartbeat)"
+say "Every program started in the order of its 'after' list; 'proctab status' joins each with its heartbeat entry:"
+status
 
-say "'hangs' stops beating after 4 s. Its timeout is 2 s, so it is hung at 6 s; the next checkproc run sends it SIGTERM:"
-await "$run/01-checkproc.out" "'hangs': hung:"
-await "$run/01-checkproc.out" "'hangs': exited"
-table
+say "'hangs' stops beating after 4 s. Its timeout is 2 s: checkproc --watch wakes at its deadline and sends SIGTERM:"
+await "$run/checkproc.log" "'hangs': hung:"
+await "$run/checkproc.log" "'hangs': exited"
 
 say "'stubborn' stops beating after 6 s and ignores SIGTERM; after the 2 s grace checkproc sends SIGKILL:"
-await "$run/01-checkproc.out" "'stubborn': hung:"
-await "$run/01-checkproc.out" "'stubborn': did not exit within"
-await "$run/01-checkproc.out" "'stubborn': exited"
+await "$run/checkproc.log" "'stubborn': hung:"
+await "$run/checkproc.log" "'stubborn': did not exit within"
+await "$run/checkproc.log" "'stubborn': exited"
 
-say "'crashes' aborts at 8 s. procctl logs the exit and starts it again; so it did for 'hangs' and 'stubborn':"
-await "$run/05-demo_service.log" "was killed by SIGABRT"
-await "$run/03-demo_service.log" "started .* as pid .*" >/dev/null
-grep -h "started .* as pid" "$run"/0[2-5]-demo_service.log | sed 's/^/    /'
-sleep 1.5
-say "The restarted services run under new pids ('hangs' and 'stubborn' will hang again: they do so on every run):"
+say "'crashes' aborts at 8 s. The stack restarts each program by its own policy:"
+await "$run/procctl.log" "crashes was killed by SIGABRT"
+await "$run/procctl.log" "started crashes as pid" >/dev/null
+grep -h "started \(hangs\|stubborn\|crashes\) as pid" "$run/procctl.log" | indent
+await "$run/procctl.log" "hangs is ready" >/dev/null
+status
+
+say "A restart by name, at runtime: 'proctab restart healthy' (a new pid; the others keep theirs):"
+before=$(pid_of healthy)
+"$bin/proctab" restart healthy --run-dir "$run" | indent
+deadline=$((SECONDS + 30))
+until after=$(pid_of healthy) && [ -n "$after" ] && [ "$after" != "$before" ]; do
+  [ $SECONDS -lt $deadline ] || { echo "    (healthy did not come back within 30s)"; exit 1; }
+  sleep 0.1
+done
+echo "    healthy: pid $before -> $after"
+
+say "A reload: the config is edited (healthy's timeout 2s -> 3s, and a new program, reporter); only what changed restarts:"
+sed -i 's/healthy, --timeout, 2s\]/healthy, --timeout, 3s]/' "$run/stack.yaml"
+cat >> "$run/stack.yaml" <<STACK
+  reporter:
+    command: [$bin/demo_service, reporter, --timeout, 5s, --every, 1s]
+    stdout: reporter.log
+STACK
+crashes_before=$(pid_of crashes)
+"$bin/proctab" reload --run-dir "$run" | indent
+await "$run/procctl.log" "reporter is ready" >/dev/null
+await "$run/procctl.log" "healthy is ready" >/dev/null
+status
+echo "    crashes kept its pid across the reload: $crashes_before -> $(pid_of crashes)"
+
+say "A program's output, through the control socket: 'proctab tail healthy -n 3':"
+"$bin/proctab" tail healthy -n 3 --run-dir "$run" | indent
+say "The heartbeat table itself ('proctab'):"
 table
 
-say "Now checkproc --watch instead of a scan every 2 s: it wakes at the earliest deadline and acts within milliseconds."
-kill -TERM "$(cat "$run/01-checkproc.pid")"
-while ! flock -n "$run/01-checkproc.pid" true; do sleep 0.1; done
-"$bin/procctl" --pidfile "$run/06-watch.pid" --log "$run/06-watch.log" --stdout "$run/06-watch.out" \
-  --stderr "$run/06-watch.out" 1 "$bin/checkproc" --watch --grace 2s | sed 's/^/    /'
-"$bin/procctl" --pidfile "$run/07-quick.pid" --log "$run/07-quick.log" --stdout "$run/07-quick.out" \
-  --stderr "$run/07-quick.out" 1 "$bin/demo_service" quick --timeout 1s --hang-after 1s | sed 's/^/    /'
-await "$run/06-watch.out" "'quick': hung:"
-await "$run/06-watch.out" "'quick': exited"
-echo "    ('hung: ... 0ms late' means the SIGTERM left within the millisecond of the deadline)"
-
-say "Stopping everything with scripts/stop.sh: each procctl stops its service, frees the entries its services left, and exits."
-"$here/scripts/stop.sh" "$run" 20 | sed 's/^/    /'
+say "Stopping the stack with scripts/stop.sh: procctl stops every program in reverse order and frees their entries."
+"$here/scripts/stop.sh" "$run" 20 | indent
+grep -h "stopping every program\|every program is stopped" "$run/procctl.log" | indent
 table
-"$bin/proctab" destroy | sed 's/^/    /'
+"$bin/proctab" destroy | indent
 
 say "Nothing is left behind:"
 left=$(pgrep -f "$bin/(procctl|checkproc|demo_service)" || true)
 echo "    processes of the demo: ${left:-none}"
 if ipcs -m | grep -qi "$HBWATCH_KEY"; then echo "    shared memory at $HBWATCH_KEY: still there!"; exit 1; fi
 echo "    shared memory at $HBWATCH_KEY: none"
+if [ -e "$run/control.sock" ]; then echo "    the control socket is still there!"; exit 1; fi
+echo "    control socket: none"
 [ -z "$left" ] || exit 1
 say "Done. The logs were in $run (now removed). Read README.md for the details."

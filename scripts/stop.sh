@@ -1,41 +1,32 @@
 #!/usr/bin/env bash
-# Stops a stack started by start.sh: SIGTERM to every procctl whose pidfile in RUNDIR is
-# locked (a stale pidfile is never signalled), so each stops its program and everything it
-# started, and frees the heartbeat entries of those processes (and of no other); waits for them.
+# Stops a stack: SIGTERM to the procctl --config that holds RUN_DIR/procctl.pid (a pidfile
+# nobody holds locked is stale and never signalled), which stops every program in reverse
+# order, each with its stop_grace; waits for it to exit. A thin wrapper: procctl does the work.
 #
-#   scripts/stop.sh              # RUNDIR defaults to ./run
-#   scripts/stop.sh /run/hbwatch 30
+#   scripts/stop.sh /run/hbwatch          # the config's run_dir (default /run/hbwatch)
+#   scripts/stop.sh /run/hbwatch 60       # wait up to 60 s (default 30: above every stop_grace)
 #
-# Exit status: 0 all stopped; 1 something would not stop (listed); 2 bad usage.
+# Exit status: 0 stopped (or nothing was running); 1 still running after the wait; 2 bad usage.
 set -uo pipefail
-[ $# -le 2 ] || { echo "usage: $0 [RUNDIR] [WAIT_SECONDS]" >&2; exit 2; }
-run=${1:-./run}
-wait_for=${2:-30}  # at least procctl's --grace (10 s by default) plus a margin
-
-pids=() names=()
-for pidfile in "$run"/*.pid; do
-  [ -e "$pidfile" ] || continue
-  # procctl holds the lock while it runs: an unlocked pidfile is stale, whatever pid it names.
-  if flock -n "$pidfile" true 2>/dev/null; then continue; fi
-  pid=$(cat "$pidfile")
-  [ -n "$pid" ] || continue
-  # procctl writes its pid before its pidfile becomes visible locked: the pid is the holder's.
-  if kill -TERM "$pid" 2>/dev/null; then
-    pids+=("$pid"); names+=("$(basename "$pidfile" .pid)")
-    echo "stop.sh: SIGTERM to procctl pid $pid ($(basename "$pidfile" .pid))"
-  fi
-done
-
-deadline=$((SECONDS + wait_for))
-left=()
-for i in "${!pids[@]}"; do
-  while kill -0 "${pids[$i]}" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
-  if kill -0 "${pids[$i]}" 2>/dev/null; then left+=("${names[$i]} (procctl pid ${pids[$i]})"); fi
-done
-echo "stop.sh: stopped ${#pids[@]} procctl(s) in $run"
-
-if [ ${#left[@]} -gt 0 ]; then
-  printf 'stop.sh: still running after %ss: %s\n' "$wait_for" "${left[*]}" >&2
-  exit 1
+[ $# -le 2 ] || { echo "usage: $0 [RUN_DIR] [WAIT_SECONDS]" >&2; exit 2; }
+run=${1:-/run/hbwatch}
+wait_for=${2:-30}
+pidfile=$run/procctl.pid
+# procctl holds the lock while it runs: an unlocked pidfile is stale, whatever pid it names.
+if [ ! -e "$pidfile" ] || flock -n "$pidfile" true 2>/dev/null; then
+  echo "stop.sh: no procctl --config runs with run_dir $run"
+  exit 0
 fi
-exit 0
+pid=$(cat "$pidfile")
+kill -TERM "$pid" 2>/dev/null || { echo "stop.sh: cannot signal procctl pid $pid" >&2; exit 1; }
+echo "stop.sh: SIGTERM to procctl pid $pid (run_dir $run): it stops every program, in reverse order"
+deadline=$((SECONDS + wait_for))
+# The lock is released when procctl exits.
+until flock -n "$pidfile" true 2>/dev/null; do
+  if [ $SECONDS -ge $deadline ]; then
+    echo "stop.sh: procctl pid $pid still runs after ${wait_for}s: see its log, or: proctab status --run-dir $run" >&2
+    exit 1
+  fi
+  sleep 0.1
+done
+echo "stop.sh: stopped"

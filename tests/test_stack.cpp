@@ -315,3 +315,228 @@ TEST_CASE("a stack procctl SIGKILLed and started again takes over: what the firs
     REQUIRE(second.wait_exit(30s));
     CHECK(WEXITSTATUS(second.wait()) == 0);
 }
+
+namespace {
+
+// The stack's run_dir for proctab.
+std::vector<std::string> proctab(const Scratch& dir, std::vector<std::string> args) {
+    args.insert(args.begin(), hbtest::bin("proctab"));
+    args.push_back("--run-dir");
+    args.push_back((dir.dir / "run").string());
+    return args;
+}
+
+int pid_of(const fs::path& socket, const std::string& name) {
+    const auto p = program(socket, name);
+    return p.is_null() || p["pid"].is_null() ? 0 : p["pid"].get<int>();
+}
+
+bool gone(int pid) { return ::kill(pid, 0) != 0 && errno == ESRCH; }
+
+}  // namespace
+
+TEST_CASE("a reload starts what was added, stops what was removed, restarts what changed, and touches nothing else") {
+    Scratch dir;
+    const fs::path config = dir.dir / "stack.yaml";
+    const std::string head = "run_dir: " + (dir.dir / "run").string() + "\nprograms:\n";
+    auto write = [&](const std::string& programs) { std::ofstream(config) << head << programs; };
+    write("  a:\n    command: [sleep, \"600\"]\n"
+          "  b:\n    command: [sleep, \"601\"]\n    after: [a]\n"
+          "  c:\n    command: [sleep, \"602\"]\n");
+    Process stack({hbtest::bin("procctl"), "-f", "-c", config.string()});
+    REQUIRE(stack.wait_for_output("c is ready", 30s));
+    const fs::path socket = dir.dir / "run" / "control.sock";
+    REQUIRE(hbtest::eventually([&] { return programs(socket).size() == 3; }));
+    const int a = pid_of(socket, "a"), b = pid_of(socket, "b"), c = pid_of(socket, "c");
+
+    // b's command changes, c goes, d comes.
+    const std::string v2 = "  a:\n    command: [sleep, \"600\"]\n"
+                           "  b:\n    command: [sleep, \"603\"]\n    after: [a]\n"
+                           "  d:\n    command: [sleep, \"604\"]\n";
+    write(v2);
+    auto [code, text] = run(proctab(dir, {"reload"}));
+    CHECK(code == 0);
+    CHECK(text == "added:     d\nremoved:   c\nchanged:   b  (restarted)\nunchanged: a\n");
+    REQUIRE(hbtest::eventually([&] {
+        const auto list = programs(socket);
+        std::vector<std::string> names;
+        for (const auto& p : list) names.push_back(p["name"].get<std::string>());
+        return names == std::vector<std::string>{"a", "b", "d"} && pid_of(socket, "b") != b && pid_of(socket, "b") != 0 &&
+               program(socket, "d")["state"] == "ready";
+    }));
+    CHECK(pid_of(socket, "a") == a);  // untouched
+    CHECK(hbtest::eventually([&] { return gone(b) && gone(c); }));
+    const int b2 = pid_of(socket, "b"), d = pid_of(socket, "d");
+
+    // A config that does not load is refused, naming the spot; the running config is kept.
+    write(v2 + "    bogus: 1\n");
+    std::tie(code, text) = run(proctab(dir, {"reload"}));
+    CHECK(code == 1);
+    CHECK_MESSAGE(text.starts_with("proctab: " + config.string() + ":10:5: program 'd': unknown key 'bogus'"), text);
+    CHECK_MESSAGE(text.ends_with("(the running config is kept)\n"), text);
+    CHECK(stack.wait_for_output("reload refused, the running config is kept", 10s));
+    // So is a change a running procctl cannot make.
+    std::ofstream(config) << "run_dir: " << (dir.dir / "elsewhere").string() << "\nprograms:\n" << v2;
+    std::tie(code, text) = run(proctab(dir, {"reload"}));
+    CHECK(code == 1);
+    CHECK_MESSAGE(text.find("run_dir changed from '" + (dir.dir / "run").string() + "' to '" +
+                            (dir.dir / "elsewhere").string() + "': a reload cannot apply that; restart procctl") !=
+                      std::string::npos,
+                  text);
+    CHECK(pid_of(socket, "a") == a);
+    CHECK(pid_of(socket, "b") == b2);
+    CHECK(pid_of(socket, "d") == d);
+
+    // SIGHUP reloads too: a's command changes; b, which waits for a, keeps running.
+    write("  a:\n    command: [sleep, \"605\"]\n"
+          "  b:\n    command: [sleep, \"603\"]\n    after: [a]\n"
+          "  d:\n    command: [sleep, \"604\"]\n");
+    ::kill(stack.pid(), SIGHUP);
+    REQUIRE(stack.wait_for_output("added none; removed none; changed (restarted) a; unchanged b, d", 10s));
+    REQUIRE(hbtest::eventually([&] { return pid_of(socket, "a") != a && program(socket, "a")["state"] == "ready"; }));
+    const int a2 = pid_of(socket, "a");
+    CHECK(pid_of(socket, "b") == b2);
+    CHECK(pid_of(socket, "d") == d);
+
+    // stop all: in reverse order, b (which waits for a) before a.
+    std::tie(code, text) = run(proctab(dir, {"stop", "all"}));
+    CHECK(code == 0);
+    REQUIRE(hbtest::eventually([&] {
+        const auto list = programs(socket);
+        return std::all_of(list.begin(), list.end(), [](const auto& p) { return p["state"] == "stopped"; });
+    }));
+    REQUIRE(stack.wait_for_output("stopping a (pid " + std::to_string(a2) + ")", 10s));
+    const std::string log = stack.output_so_far();
+    const std::string stopping = log.substr(position(log, "a: stop requested"));
+    CHECK(position(stopping, "stopping b") < position(stopping, "stopping a"));
+    std::tie(code, text) = run(proctab(dir, {"status"}));
+    CHECK(code == 3);  // stopped programs: not all ready
+    std::tie(code, text) = run(proctab(dir, {"start", "all"}));
+    CHECK(code == 0);
+    REQUIRE(hbtest::eventually([&] {
+        const auto list = programs(socket);
+        return std::all_of(list.begin(), list.end(), [](const auto& p) { return p["state"] == "ready"; });
+    }));
+    ::kill(stack.pid(), SIGTERM);
+    REQUIRE(stack.wait_exit(30s));
+    CHECK(WEXITSTATUS(stack.wait()) == 0);
+}
+
+TEST_CASE("proctab tail shows a program's last lines and follows what it writes across rotations, and a signal reaches it") {
+    Scratch dir;
+    const fs::path config = dir.dir / "stack.yaml";
+    std::ofstream(config) << "run_dir: " << (dir.dir / "run").string() << "\n"
+                          << "log_dir: " << (dir.dir / "log").string() << "\n"
+                          << "programs:\n"
+                          << "  talker:\n"
+                          << "    command: [sh, -c, \"trap 'echo got USR1' USR1; i=0; while :; do i=$((i+1)); echo line $i; "
+                             "sleep 0.01; done\"]\n"
+                          << "    stdout: talker.log\n"
+                          << "    log_max_size: 4K\n"
+                          << "    log_files: 2\n"
+                          << "  quiet:\n"
+                          << "    command: [sleep, \"600\"]\n";
+    Process stack({hbtest::bin("procctl"), "-f", "-c", config.string()});
+    REQUIRE(stack.wait_for_output("quiet is ready", 30s));
+    const fs::path socket = dir.dir / "run" / "control.sock";
+
+    // The last three lines: consecutive, the newest last.
+    REQUIRE(hbtest::eventually([&] { return fs::exists(dir.dir / "log" / "talker.log") && fs::file_size(dir.dir / "log" / "talker.log") > 100; }));
+    auto [code, text] = run(proctab(dir, {"tail", "talker", "-n", "3"}));
+    CHECK(code == 0);
+    std::smatch match;
+    REQUIRE_MESSAGE(std::regex_match(text, match, std::regex("line ([0-9]+)\nline ([0-9]+)\nline ([0-9]+)\n")), text);
+    CHECK(std::stoi(match[2]) == std::stoi(match[1]) + 1);
+    CHECK(std::stoi(match[3]) == std::stoi(match[2]) + 1);
+    // The same through curl.
+    const auto curl = run({"curl", "-sS", "--max-time", "10", "--unix-socket", socket.string(),
+                           "http://stack/v1/programs/talker/output?tail=2"});
+    REQUIRE(curl.first == 0);
+    const auto reply = nlohmann::json::parse(curl.second);
+    CHECK(reply[0]["name"] == "talker");
+    CHECK(reply[0]["lines"].size() == 2);
+    CHECK(reply[0]["path"] == (dir.dir / "log" / "talker.log").string());
+
+    // Followed: every line once, in order, across at least one rotation (4 KiB is about 450 lines).
+    Process follower(proctab(dir, {"tail", "talker", "-f", "-n", "1"}));
+    REQUIRE(follower.wait_for_output_count("\n", 1000, 120s));
+    // A signal by name reaches the program, and its answer shows in the followed output.
+    std::tie(code, text) = run(proctab(dir, {"signal", "talker", "USR1"}));
+    CHECK(code == 0);
+    CHECK(text == "talker: SIGUSR1 sent to pid " + std::to_string(pid_of(socket, "talker")) + "\n");
+    REQUIRE(follower.wait_for_output("got USR1", 30s));
+    ::kill(follower.pid(), SIGTERM);
+    REQUIRE(follower.wait_exit(10s));
+    follower.wait();
+    CHECK(fs::exists(dir.dir / "log" / "talker.1.log"));
+    std::istringstream lines(follower.output());
+    int previous = -1, count = 0;
+    for (std::string line; std::getline(lines, line);) {
+        if (line == "got USR1") continue;
+        REQUIRE_MESSAGE(line.starts_with("line "), line);
+        const int n = std::stoi(line.substr(5));
+        if (previous >= 0) REQUIRE_MESSAGE(n == previous + 1, "line " << n << " after line " << previous);
+        previous = n;
+        ++count;
+    }
+    CHECK(count >= 1000);
+
+    // A program without an output file, and a signal name that is not one.
+    std::tie(code, text) = run(proctab(dir, {"tail", "quiet"}));
+    CHECK(code == 2);
+    CHECK(text == "proctab: quiet has no stdout file (no 'stdout:' in the config): its output goes to procctl's own\n");
+    std::tie(code, text) = run(proctab(dir, {"signal", "quiet", "BOGUS"}));
+    CHECK(code == 2);
+    CHECK(text == "proctab: 'BOGUS' is not one of TERM, INT, HUP, QUIT, USR1, USR2, KILL\n");
+    ::kill(stack.pid(), SIGTERM);
+    REQUIRE(stack.wait_exit(30s));
+    CHECK(WEXITSTATUS(stack.wait()) == 0);
+}
+
+TEST_CASE("a hung program is stopped by checkproc and brought back by the stack, and one that cannot start says why") {
+    hbtest::ScratchKey scratch;
+    Scratch dir;
+    const std::string key = hbwatch::format_key(scratch.key());
+    const fs::path config = dir.dir / "stack.yaml";
+    std::ofstream(config) << "run_dir: " << (dir.dir / "run").string() << "\n"
+                          << "programs:\n"
+                          << "  checkproc:\n"
+                          << "    command: [" << hbtest::bin("checkproc") << ", --watch, --grace, 1s]\n"
+                          << "    environment: {HBWATCH_KEY: \"" << key << "\"}\n"
+                          << "  hangs:\n"
+                          << "    command: [" << hbtest::bin("demo_service") << ", hangs, --timeout, 1s, --hang-after, 1s]\n"
+                          << "    environment: {HBWATCH_KEY: \"" << key << "\"}\n"
+                          << "    ready: beat\n"
+                          << "    restart_delay: 100ms\n"
+                          << "    after: [checkproc]\n"
+                          << "  broken:\n"
+                          << "    command: [" << (dir.dir / "no-such-program").string() << "]\n"
+                          << "    restart_delay: 1m\n";
+    Process stack({hbtest::bin("procctl"), "-f", "-c", config.string()});
+    REQUIRE(stack.wait_for_output("hangs is ready (its first heartbeat)", 30s));
+    const fs::path socket = dir.dir / "run" / "control.sock";
+    // While it beats, its status carries its heartbeat entry.
+    const auto first = program(socket, "hangs");
+    const int first_pid = first["pid"].get<int>();
+    REQUIRE(first["heartbeats"].size() == 1);
+    CHECK(first["heartbeats"][0]["name"] == "hangs");
+    CHECK(first["heartbeats"][0]["timeout_seconds"] == 1.0);
+
+    REQUIRE(stack.wait_for_output("'hangs': hung:", 30s));
+    REQUIRE(stack.wait_for_output_count("hangs is ready (its first heartbeat)", 2, 30s));
+    CHECK(gone(first_pid));
+    CHECK(pid_of(socket, "hangs") != first_pid);
+    CHECK(program(socket, "hangs")["restarts"] == 1);
+
+    const auto broken = program(socket, "broken");
+    CHECK(broken["state"] == "backoff");
+    CHECK(broken["last_exit"] == "could not start: exec failed: No such file or directory");
+    auto [code, text] = run(proctab(dir, {"status", "broken"}));
+    CHECK(code == 3);
+    CHECK(text.find("could not start: exec failed: No such file or directory") != std::string::npos);
+
+    ::kill(stack.pid(), SIGTERM);
+    REQUIRE(stack.wait_exit(30s));
+    CHECK(WEXITSTATUS(stack.wait()) == 0);
+    CHECK(hbtest::live_entries(scratch.options()) == 0);
+}

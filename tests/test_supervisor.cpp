@@ -265,3 +265,51 @@ TEST_CASE("a directory swapped for a link after the file was opened is not follo
     CHECK(fs::exists(scratch.file("logs.old/svc.1.out")));
     CHECK(reports.lines.empty());
 }
+
+TEST_CASE("an output file's tail and what follows a cursor: across one rotation whole, past two with a gap said") {
+    Scratch scratch;
+    Reports reports;
+    OutputFile file(scratch.file("svc.out"), 100, 3, reports.sink());
+    auto line = [](int i) { return "line " + std::to_string(i); };  // 7 or 8 bytes with its newline
+    CHECK(file.tail(10, 1 << 20).lines.empty());
+    for (int i = 1; i <= 5; ++i) file.write(line(i) + "\n");
+    file.write("partial, no newline yet");  // held until its newline: never shown
+    auto tail = file.tail(3, 1 << 20);
+    CHECK(tail.lines == std::vector<std::string>{line(3), line(4), line(5)});
+    CHECK(file.tail(0, 1 << 20).lines.empty());
+    CHECK(file.tail(2, 16).lines == std::vector<std::string>{line(4), line(5)});  // a byte budget cuts at a line's start
+    file.write("\n");
+
+    // Lines 6..20 push the file past 100 bytes once: the follower gets every line, in order.
+    auto cursor = tail.next;
+    for (int i = 6; i <= 20; ++i) file.write(line(i) + "\n");
+    REQUIRE(fs::exists(scratch.file("svc.1.out")));
+    auto next = file.follow(cursor, 1 << 20);
+    CHECK_FALSE(next.skipped);
+    std::vector<std::string> expected{"partial, no newline yet"};
+    for (int i = 6; i <= 20; ++i) expected.push_back(line(i));
+    CHECK(next.lines == expected);
+    CHECK(file.follow(next.next, 1 << 20).lines.empty());  // nothing new
+
+    // A budget: what does not fit comes with the next call.
+    cursor = next.next;
+    for (int i = 21; i <= 24; ++i) file.write(line(i) + "\n");
+    next = file.follow(cursor, 20);
+    CHECK(next.lines == std::vector<std::string>{line(21), line(22)});
+    next = file.follow(next.next, 1 << 20);
+    CHECK(next.lines == std::vector<std::string>{line(23), line(24)});
+
+    // Rotated twice since the cursor: what is still on disk, and `skipped` says lines were lost.
+    cursor = next.next;
+    for (int i = 25; i <= 60; ++i) file.write(line(i) + "\n");
+    next = file.follow(cursor, 1 << 20);
+    CHECK(next.skipped);
+    REQUIRE_FALSE(next.lines.empty());
+    CHECK(next.lines.back() == line(60));
+
+    // The tail reaches into the rotated file when the current one holds fewer lines.
+    auto last = file.tail(20, 1 << 20);
+    REQUIRE(last.lines.size() == 20);
+    CHECK(last.lines.front() == line(41));
+    CHECK(last.lines.back() == line(60));
+}

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <optional>
 #include <string>
 #include <vector>
@@ -260,8 +261,10 @@ int run_stack_mode(int argc, char** argv) {
         "  procctl -f -c stack.yaml                              in the foreground, for systemd or a container\n"
         "  procctl --check -c stack.yaml                         check the file: errors name line and column\n"
         "\n"
-        "The config's keys are described in the README (\"The stack supervisor\"). The control socket,\n"
-        "and proctab's status, start, stop and restart by name, are not there yet.\n"
+        "  kill -HUP $(cat /run/hbwatch/procctl.pid)              reload FILE (as proctab reload does)\n"
+        "\n"
+        "The config's keys are described in the README (\"The stack supervisor\"). Operators manage the\n"
+        "running stack with proctab: status, start, stop, restart, signal, reload and tail.\n"
         "\n"
         "Exit status: 0 stopped by SIGTERM/SIGINT (or, when detaching, the stack started; or --check\n"
         "found the file good); 1 procctl could not start (config error, run_dir held by another\n"
@@ -269,7 +272,8 @@ int run_stack_mode(int argc, char** argv) {
     if (auto done = tool::parse(app, argc, argv)) return *done;
     hbwatch::StackConfig config;
     try {
-        config = hbwatch::load_stack_config(config_path);
+        // Absolute: a reload reads it again, from wherever procctl then is.
+        config = hbwatch::load_stack_config(std::filesystem::absolute(config_path).lexically_normal().string());
     } catch (const hbwatch::Error& e) {
         std::fprintf(stderr, "procctl: %s\n", e.what());
         return tool::kExitFailure;
@@ -293,7 +297,7 @@ int run_stack_mode(int argc, char** argv) {
         const int pidfile = lock_pidfile(config.run_dir + "/procctl.pid");
         const int signals = tool::signalfd_for({SIGTERM, SIGINT, SIGHUP, SIGCHLD});
         auto log = tool::make_logger("procctl", log_file, verbose, /*syslog=*/!foreground && log_file.empty());
-        const int code = tool::run_stack(config, *log, signals, [&] {
+        const int code = tool::run_stack(std::move(config), *log, signals, [&] {
             if (ready < 0) return;
             const std::string report = "ok running the stack of " + config_path + " in the background as pid " +
                                        std::to_string(::getpid());

@@ -28,6 +28,7 @@
 #include "core/stopper.h"
 
 #include "engine/control.h"
+#include "engine/stack_config.h"
 #include "engine/support.h"
 
 namespace {
@@ -486,6 +487,8 @@ void check_program_name(const std::string& name) {
         throw Error(EINVAL, "'" + shown(name) + "' is not a program name: use letters, digits and . _ - : @ +");
 }
 
+// One request to the stack's control socket: the JSON it answered (an array, or an object for
+// /v1/reload). Throws Error with procctl's message when it refused.
 json stack_call(const std::string& run_dir, const std::string& method, const std::string& target) {
     const auto reply = tool::control_request(run_dir + "/control.sock", method, target);
     json body = json::parse(reply.body, nullptr, false);
@@ -493,8 +496,36 @@ json stack_call(const std::string& run_dir, const std::string& method, const std
         const std::string why = body.is_object() && body.contains("error") ? body["error"].get<std::string>() : reply.body;
         throw Error(reply.status == 404 ? ENOENT : EIO, why);
     }
-    if (!body.is_array()) throw Error(EIO, "the control socket answered something that is not a list: " + reply.body);
+    const bool object = target == "/v1/reload";
+    if (object ? !body.is_object() : !body.is_array())
+        throw Error(EIO, std::string("the control socket answered something that is not ") + (object ? "an object: " : "a list: ") +
+                             reply.body);
     return body;
+}
+
+// "ok 0.2s ago", "hung 31s ago", "-": a program's heartbeat entry, as the status line shows it.
+std::string heartbeat_column(const json& program) {
+    if (!program["heartbeats"].is_array() || program["heartbeats"].empty()) return "-";
+    const auto& first = program["heartbeats"][0];
+    std::string text = first["state"].get<std::string>() + " " +
+                       hbwatch::human_duration(std::chrono::milliseconds(
+                           static_cast<long>(first["since_beat_seconds"].get<double>() * 1000))) +
+                       " ago";
+    if (program["heartbeats"].size() > 1) text.append(" +").append(std::to_string(program["heartbeats"].size() - 1));
+    return text;
+}
+
+// Why a waiting program waits, or its last exit.
+std::string note_column(const json& program) {
+    if (program["waiting_for"].is_array() && !program["waiting_for"].empty()) {
+        std::string text = "waits for";
+        for (const auto& dependency : program["waiting_for"])
+            text.append(" ").append(shown(dependency["name"].get<std::string>())).append(" (").append(dependency["state"].get<std::string>()).append(")");
+        return text;
+    }
+    std::string text = program["last_exit"].is_null() ? "-" : program["last_exit"].get<std::string>();
+    if (program.value("retiring", false)) text = "(removed or replaced by a reload) " + text;
+    return text;
 }
 
 // proctab status [NAME...]: each program's state, pid, uptime, restarts and last exit.
@@ -509,16 +540,17 @@ int stack_status(const std::string& run_dir, const std::vector<std::string>& nam
     if (as_json) {
         std::cout << programs.dump(2) << "\n";
     } else {
-        std::printf("%-20s %-9s %8s %10s %8s  %s\n", "PROGRAM", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT");
+        std::printf("%-20s %-9s %8s %10s %8s  %-16s %s\n", "PROGRAM", "STATE", "PID", "UPTIME", "RESTARTS", "HEARTBEAT",
+                    "LAST EXIT");
         for (const auto& p : programs) {
             const std::string uptime = p["uptime_seconds"].is_null()
                                            ? "-"
                                            : hbwatch::human_duration(std::chrono::milliseconds(
                                                  static_cast<long>(p["uptime_seconds"].get<double>() * 1000)));
-            std::printf("%-20s %-9s %8s %10s %8d  %s\n", shown(p["name"].get<std::string>()).c_str(),
+            std::printf("%-20s %-9s %8s %10s %8d  %-16s %s\n", shown(p["name"].get<std::string>()).c_str(),
                         p["state"].get<std::string>().c_str(),
                         p["pid"].is_null() ? "-" : std::to_string(p["pid"].get<int>()).c_str(), uptime.c_str(),
-                        p["restarts"].get<int>(), p["last_exit"].is_null() ? "-" : p["last_exit"].get<std::string>().c_str());
+                        p["restarts"].get<int>(), heartbeat_column(p).c_str(), note_column(p).c_str());
         }
     }
     return all_ready ? tool::kExitOk : kExitNotRunning;
@@ -530,6 +562,64 @@ int stack_action(const std::string& run_dir, const std::string& action, const st
     for (const auto& name : names)
         for (const auto& p : stack_call(run_dir, "POST", "/v1/programs/" + name + "/" + action))
             std::printf("%s: %s\n", shown(p["name"].get<std::string>()).c_str(), p["state"].get<std::string>().c_str());
+    return tool::kExitOk;
+}
+
+// proctab signal NAME SIGNAL: the signal to each running process of NAME.
+int stack_signal(const std::string& run_dir, const std::string& name, const std::string& signal) {
+    check_program_name(name);
+    const auto number = hbwatch::signal_by_name(signal);
+    if (!number) throw Error(EINVAL, "'" + shown(signal) + "' is not one of TERM, INT, HUP, QUIT, USR1, USR2, KILL");
+    const std::string sig = hbwatch::signal_name(*number);
+    for (const auto& p : stack_call(run_dir, "POST", "/v1/programs/" + name + "/signal?signal=" + sig.substr(3)))
+        if (!p["pid"].is_null()) std::printf("%s: %s sent to pid %d\n", shown(p["name"].get<std::string>()).c_str(), sig.c_str(), p["pid"].get<int>());
+    return tool::kExitOk;
+}
+
+// proctab reload: procctl reads its config again; what it added, removed, changed, kept.
+int stack_reload(const std::string& run_dir) {
+    const json report = stack_call(run_dir, "POST", "/v1/reload");
+    for (const char* what : {"added", "removed", "changed", "unchanged"}) {
+        std::string names;
+        for (const auto& name : report[what]) names.append(names.empty() ? "" : ", ").append(shown(name.get<std::string>()));
+        std::printf("%-10s %s%s\n", (std::string(what) + ":").c_str(), names.empty() ? "-" : names.c_str(),
+                    std::string(what) == "changed" && !names.empty() ? "  (restarted)" : "");
+    }
+    return tool::kExitOk;
+}
+
+// proctab tail NAME [-n N] [-f] [--stderr]: the last lines of a program's output file; with
+// -f, then what it writes, until interrupted or procctl stops.
+int stack_tail(const std::string& run_dir, const std::string& name, unsigned lines, bool follow, bool stderr_stream) {
+    check_program_name(name);
+    const std::string stream = stderr_stream ? "stderr" : "stdout";
+    json units = stack_call(run_dir, "GET", "/v1/programs/" + name + "/output?stream=" + stream + "&tail=" + std::to_string(lines));
+    const bool several = units.size() > 1;
+    auto print = [&](const json& unit) {
+        const std::string prefix = several ? shown(unit["name"].get<std::string>()) + " | " : "";
+        if (unit["skipped"].get<bool>())
+            std::fprintf(stderr, "proctab: %s: lines were rotated away before they could be shown\n",
+                         shown(unit["name"].get<std::string>()).c_str());
+        for (const auto& line : unit["lines"]) std::printf("%s%s\n", prefix.c_str(), line.get<std::string>().c_str());
+        std::fflush(stdout);
+    };
+    for (const auto& unit : units) print(unit);
+    while (follow) {
+        ::poll(nullptr, 0, 250);
+        try {
+            for (auto& unit : units) {
+                const json next = stack_call(run_dir, "GET", "/v1/programs/" + unit["name"].get<std::string>() +
+                                                                 "/output?stream=" + stream + "&from=" + unit["cursor"].get<std::string>());
+                for (const auto& update : next) {
+                    print(update);
+                    unit["cursor"] = update["cursor"];
+                }
+            }
+        } catch (const Error& e) {
+            std::fprintf(stderr, "proctab: stopped following: %s\n", e.what());
+            return tool::kExitFailure;
+        }
+    }
     return tool::kExitOk;
 }
 
@@ -547,9 +637,11 @@ int main(int argc, char** argv) {
         "  proctab kill order-svc --grace 10s         SIGTERM, then SIGKILL, through pidfds\n"
         "  proctab status --run-dir /run/hbwatch      the stack's programs (procctl --config)\n"
         "  proctab restart main-app                   restart one program of the stack by name\n"
+        "  proctab reload                             apply the edited config: only what changed restarts\n"
+        "  proctab tail main-app -f                   its output file, then what it writes\n"
         "\n"
         "Exit status: 0 done (or healthy, or every program ready); 1 failed, unhealthy or nothing\n"
-        "matched; 2 bad arguments, no table at the key, or no such program or stack; 3 (status) a\n"
+        "matched (or a reload refused: the running config is kept); 2 bad arguments, no table at the key, or no such program or stack; 3 (status) a\n"
         "program is not ready.");
     app.require_subcommand(0, 1);
     std::string key;
@@ -611,8 +703,22 @@ int main(int argc, char** argv) {
     auto* start_cmd = app.add_subcommand("start", "start programs of the stack by name");
     auto* stop_cmd = app.add_subcommand("stop", "stop programs of the stack by name (they stay stopped)");
     auto* restart_cmd = app.add_subcommand("restart", "restart programs of the stack by name");
-    for (auto* cmd : {start_cmd, stop_cmd, restart_cmd}) cmd->add_option("NAME", programs, "programs, or instances (NAME@I)")->required();
-    for (auto* cmd : {status_cmd, start_cmd, stop_cmd, restart_cmd})
+    for (auto* cmd : {start_cmd, stop_cmd, restart_cmd})
+        cmd->add_option("NAME", programs, "programs, instances (NAME@I), or all (stopped in reverse order)")->required();
+    auto* signal_cmd = app.add_subcommand("signal", "send a signal to a program's running process(es)");
+    std::string signal;
+    signal_cmd->add_option("NAME", name, "a program, an instance (NAME@I), or all")->required();
+    signal_cmd->add_option("SIGNAL", signal, "TERM, INT, HUP, QUIT, USR1, USR2 or KILL")->required();
+    auto* reload_cmd = app.add_subcommand("reload", "procctl reads its config again: added programs start, removed "
+                                                    "ones stop, changed ones restart, the others are untouched");
+    auto* tail_cmd = app.add_subcommand("tail", "the last lines of a program's output file (its stdout: key)");
+    unsigned tail_lines = 10;
+    bool follow = false, stderr_stream = false;
+    tail_cmd->add_option("NAME", name, "a program or an instance (NAME@I)")->required();
+    tail_cmd->add_option("-n,--lines", tail_lines, "how many (default 10)")->check(CLI::Range(0u, 10000u));
+    tail_cmd->add_flag("-f,--follow", follow, "then print what it writes, until interrupted");
+    tail_cmd->add_flag("--stderr", stderr_stream, "its stderr: file instead");
+    for (auto* cmd : {status_cmd, start_cmd, stop_cmd, restart_cmd, signal_cmd, reload_cmd, tail_cmd})
         cmd->add_option("--run-dir", run_dir, "the stack's run_dir, where its control.sock is (default /run/hbwatch)");
     if (auto done = tool::parse(app, argc, argv)) return *done;
     try {
@@ -627,6 +733,9 @@ int main(int argc, char** argv) {
         if (status_cmd->parsed()) return stack_status(run_dir, programs, as_json);
         for (auto* cmd : {start_cmd, stop_cmd, restart_cmd})
             if (cmd->parsed()) return stack_action(run_dir, cmd->get_name(), programs);
+        if (signal_cmd->parsed()) return stack_signal(run_dir, name, signal);
+        if (reload_cmd->parsed()) return stack_reload(run_dir);
+        if (tail_cmd->parsed()) return stack_tail(run_dir, name, tail_lines, follow, stderr_stream);
         if (ps_cmd->parsed() || zombies_cmd->parsed()) {
             const auto found = ps_cmd->parsed() ? hbwatch::find_processes(name, path) : hbwatch::find_zombies();
             if (as_json) std::cout << processes_json(found).dump(2, ' ', false, json::error_handler_t::replace) << "\n";

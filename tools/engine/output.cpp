@@ -159,6 +159,128 @@ std::string rotated_name(const std::string& name, std::size_t index) {
     return name.substr(0, dot) + number + name.substr(dot);
 }
 
+namespace {
+
+// An open file to read, closed on scope exit; fd -1 when it could not be opened.
+struct ReadFile {
+    int fd = -1;
+    std::uint64_t inode = 0, size = 0;
+    explicit ReadFile(int opened) : fd(opened) {
+        struct stat st {};
+        if (fd >= 0 && ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+            inode = st.st_ino;
+            size = static_cast<std::uint64_t>(st.st_size);
+        } else if (fd >= 0) {
+            ::close(fd);
+            fd = -1;
+        }
+    }
+    ~ReadFile() {
+        if (fd >= 0) ::close(fd);
+    }
+    ReadFile(const ReadFile&) = delete;
+    ReadFile& operator=(const ReadFile&) = delete;
+
+    // Bytes [from, to), fewer when the file is shorter.
+    [[nodiscard]] std::string read(std::uint64_t from, std::uint64_t to) const {
+        std::string data(to > from ? to - from : 0, '\0');
+        std::size_t got = 0;
+        while (got < data.size()) {
+            const ssize_t n = ::pread(fd, data.data() + got, data.size() - got, static_cast<off_t>(from + got));
+            if (n <= 0) break;
+            got += static_cast<std::size_t>(n);
+        }
+        data.resize(got);
+        return data;
+    }
+};
+
+// The complete lines of `data`, without their newlines; the bytes they take.
+std::size_t append_lines(std::string_view data, std::vector<std::string>& lines) {
+    std::size_t used = 0;
+    for (std::size_t end; (end = data.find('\n', used)) != std::string_view::npos; used = end + 1)
+        lines.emplace_back(data.substr(used, end - used));
+    return used;
+}
+
+// The complete lines in bytes [from, to) of `file`, starting at a line's start: when `from`
+// is inside a line (a window cut by a byte budget), that line is dropped.
+std::vector<std::string> lines_before(const ReadFile& file, std::uint64_t from, std::uint64_t to, std::uint64_t* end) {
+    std::string data = file.read(from, to);
+    std::string_view view(data);
+    std::uint64_t start = from;
+    if (from > 0 && file.read(from - 1, from) != "\n") {
+        const auto newline = view.find('\n');
+        view = newline == std::string_view::npos ? std::string_view() : view.substr(newline + 1);
+        start = newline == std::string_view::npos ? to : from + newline + 1;
+    }
+    std::vector<std::string> lines;
+    *end = start + append_lines(view, lines);
+    return lines;
+}
+
+}  // namespace
+
+int OutputFile::open_for_reading(std::size_t index) const noexcept {
+    const std::string name = index == 0 ? dir_.name : rotated_name(dir_.name, index);
+    return ::openat(dir_.fd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+}
+
+OutputFile::Lines OutputFile::tail(std::size_t count, std::size_t max_bytes) const {
+    Lines out;
+    for (std::size_t index = 0; index <= keep_ && out.lines.size() < count && max_bytes > 0; ++index) {
+        const ReadFile file(open_for_reading(index));
+        if (file.fd < 0) break;
+        const std::uint64_t from = file.size > max_bytes ? file.size - max_bytes : 0;
+        std::uint64_t end = 0;
+        auto lines = lines_before(file, from, file.size, &end);
+        if (index == 0) out.next = Cursor{file.inode, end};
+        lines.insert(lines.end(), std::make_move_iterator(out.lines.begin()), std::make_move_iterator(out.lines.end()));
+        out.lines = std::move(lines);
+        max_bytes -= static_cast<std::size_t>(file.size - from);
+        if (from > 0) break;  // the budget ended inside this file
+    }
+    if (out.lines.size() > count) out.lines.erase(out.lines.begin(), out.lines.end() - static_cast<std::ptrdiff_t>(count));
+    return out;
+}
+
+OutputFile::Lines OutputFile::follow(Cursor from, std::size_t max_bytes) const {
+    Lines out;
+    const ReadFile current(open_for_reading(0));
+    if (current.fd < 0) {
+        out.next = from;
+        return out;
+    }
+    // Reads whole lines of `file` from `offset` within the budget left; the cursor after them.
+    const std::size_t budget = max_bytes;
+    auto take = [&](const ReadFile& file, std::uint64_t offset) {
+        const std::uint64_t to = std::min<std::uint64_t>(file.size, offset + max_bytes);
+        const std::string data = file.read(offset, to);
+        std::size_t used = append_lines(data, out.lines);
+        if (used == 0 && data.size() == budget && budget > 0) {  // a line longer than the whole budget: in pieces
+            out.lines.push_back(data);
+            used = data.size();
+        }
+        max_bytes -= std::min<std::size_t>(max_bytes, used);
+        out.next = Cursor{file.inode, offset + used};
+        return offset + used == file.size;  // read to its end
+    };
+    if (from.inode == current.inode && from.offset <= current.size) {
+        take(current, from.offset);
+        return out;
+    }
+    if (from.inode != 0) {  // rotated since: the rest of the file it was, then the new one
+        const ReadFile rotated(open_for_reading(1));
+        if (rotated.fd >= 0 && rotated.inode == from.inode && from.offset <= rotated.size) {
+            if (take(rotated, from.offset)) take(current, 0);
+            return out;
+        }
+        out.skipped = true;  // rotated more than once, or truncated
+    }
+    take(current, 0);
+    return out;
+}
+
 OutputFile::OutputFile(std::string path, std::uint64_t max_size, std::size_t keep, Report report)
     : path_(std::move(path)), dir_(open_safe_directory(path_)), max_size_(max_size), keep_(keep), report_(std::move(report)) {
     fd_ = open_for_append(dir_, path_);

@@ -59,9 +59,29 @@ public:
     void finish() noexcept;
 
     [[nodiscard]] const std::string& path() const noexcept { return path_; }
+
+    /// Where a reader of the file stands: the file (its inode) and the offset in it.
+    struct Cursor {
+        std::uint64_t inode = 0;
+        std::uint64_t offset = 0;
+    };
+    struct Lines {
+        std::vector<std::string> lines;
+        Cursor next;          // to pass to follow() for what comes after
+        bool skipped = false;  // follow(): more was written and rotated away than the files kept
+    };
+    /// The last `count` complete lines written (from the current file and, when it holds fewer,
+    /// the rotated ones, newest first), at most `max_bytes` of them.
+    [[nodiscard]] Lines tail(std::size_t count, std::size_t max_bytes) const;
+    /// The complete lines written since `from` (across one rotation), at most `max_bytes`.
+    [[nodiscard]] Lines follow(Cursor from, std::size_t max_bytes) const;
+
     [[nodiscard]] std::uint64_t dropped_bytes() const noexcept { return dropped_; }
 
 private:
+    // The current file (0) or rotated file `index`, opened for reading through the checked
+    // directory: -1 when missing.
+    int open_for_reading(std::size_t index) const noexcept;
     void write_lines(std::string_view data) noexcept;
     void raw_write(std::string_view data) noexcept;
     void rotate() noexcept;

@@ -28,6 +28,7 @@
 #include "core/pidfd.h"
 #include "core/process.h"
 #include "core/table.h"
+#include "engine/inspect.h"
 #include "engine/cgroup.h"
 #include "engine/control.h"
 #include "engine/output.h"
@@ -71,7 +72,7 @@ std::string describe_status(int status) {
 
 // One running copy of a program: the program itself, or one of its instances (NAME@i).
 struct Unit {
-    const ProgramConfig* program = nullptr;
+    std::shared_ptr<const ProgramConfig> program;  // shared: a reload keeps an unchanged program's
     std::string name;
     State state = State::waiting;
     RestartPolicy policy{RestartRules{}};
@@ -91,6 +92,10 @@ struct Unit {
     std::uint64_t next_ns = 0;      // backoff: the next start; starting: the next ready probe
     std::uint64_t deadline_ns = 0;  // starting: the ready timeout; stopping: SIGKILL
     bool wanted = true;              // to be running: autostart, then an operator's start and stop
+    bool stop_pending = false;        // to stop once what waits for it and is stopping has stopped
+    bool retiring = false;            // removed or replaced by a reload: stopped, then dropped
+    bool cgroup_taken = false;        // take_cgroup() has run (at start-up, or before its first start)
+    std::string said_waiting;         // the last "waits for" said about it, not to repeat it
     bool restart_after_stop = false;  // stopped to be started again (ready timeout, max_rss, restart)
     bool restart_at_once = false;     // ... without a backoff (an operator's restart)
     bool kill_sent = false;
@@ -106,21 +111,12 @@ struct Unit {
 
 class Stack {
 public:
-    Stack(const StackConfig& config, spdlog::logger& log, int signal_fd) : config_(config), log_(log), signal_fd_(signal_fd) {
-        for (const auto& program : config.programs) {
-            const unsigned copies = program.instances;
-            for (unsigned i = 1; i <= copies; ++i) {
-                auto unit = std::make_unique<Unit>();
-                unit->program = &program;
-                unit->name = copies > 1 ? program.name + "@" + std::to_string(i) : program.name;
-                unit->policy = RestartPolicy(RestartRules{program.restart_delay, std::chrono::minutes(5),
-                                                          program.max_restarts ? std::optional(program.max_restarts) : std::nullopt,
-                                                          program.max_restarts_window, std::chrono::seconds(1)});
-                unit->wanted = program.autostart;
-                prepare(*unit, copies > 1 ? i : 0);
-                units_.push_back(std::move(unit));
-            }
+    Stack(StackConfig config, spdlog::logger& log, int signal_fd) : config_(std::move(config)), log_(log), signal_fd_(signal_fd) {
+        for (auto& p : config_.programs) {
+            programs_.push_back(std::make_shared<const ProgramConfig>(std::move(p)));
+            for (auto& unit : make_units(programs_.back(), config_.log_dir)) units_.push_back(std::move(unit));
         }
+        config_.programs.clear();  // programs_ holds them
         // procctl handles its signals through the blocked signalfd set: every other
         // disposition goes back to the default, which exec passes on (SIG_IGN would survive).
         struct sigaction dfl {};
@@ -134,7 +130,7 @@ public:
     int run(ControlServer& control) {
         ::prctl(PR_SET_CHILD_SUBREAPER, 1);
         for (auto& unit : units_) take_cgroup(*unit);
-        log_.info("running the stack of {} ({} programs): start order {}; control socket {}/control.sock", config_.path,
+        log_.info("running the stack of {} ({} programs): start order {}; control socket {}/control.sock; SIGHUP reloads it", config_.path,
                   units_.size(), start_order(), config_.run_dir);
         std::vector<pollfd> fds;
         for (;;) {
@@ -144,11 +140,12 @@ public:
                 log_.info("every program is stopped; exiting");
                 return 0;
             }
+            drop_retired();
             if (!stopping_all_) step(now);
+            std::uint64_t wake = drop_retired() ? now : now + to_ns(std::chrono::seconds(1));  // its successor may start
             fds.clear();
             fds.push_back(pollfd{signal_fd_, POLLIN, 0});
             fds.push_back(pollfd{control.wake_fd(), POLLIN, 0});
-            std::uint64_t wake = now + to_ns(std::chrono::seconds(1));
             for (auto& unit : units_) {
                 if (unit->pidfd) fds.push_back(pollfd{unit->pidfd->fd(), POLLIN, 0});
                 if (unit->probe_fd >= 0) fds.push_back(pollfd{unit->probe_fd, POLLOUT, 0});
@@ -192,82 +189,300 @@ private:
         return gr->gr_gid;
     }
 
-    nlohmann::json describe(const Unit& unit, std::uint64_t now) const {
+    // The heartbeat entries of the units' processes, read once per request: one read of each
+    // table the programs use.
+    class Heartbeats {
+    public:
+        explicit Heartbeats(spdlog::logger& log) : log_(log) {}
+        nlohmann::json of(const Unit& unit, std::uint64_t now) {
+            if (unit.pid == 0) return nullptr;
+            const key_t key = table_key(*unit.program);
+            auto found = tables_.find(key);
+            if (found == tables_.end()) {
+                std::vector<Entry> entries;
+                try {
+                    TableOptions options;
+                    options.key = key;
+                    if (auto table = Table::open_existing(options, Table::Access::read_only)) entries = inspect(*table, now);
+                } catch (const Error& e) {
+                    log_.warn("cannot read the heartbeat table at {} for proctab status: {}", format_key(key), e.what());
+                }
+                found = tables_.emplace(key, std::move(entries)).first;
+            }
+            nlohmann::json list = nlohmann::json::array();
+            for (const auto& entry : found->second) {
+                if (!same_process(unit.identity, entry.slot.process)) continue;
+                list.push_back({{"name", std::string(entry.slot.name())},
+                                {"state", to_string(entry.state)},
+                                {"since_beat_seconds", static_cast<double>(entry.since_beat.count()) / 1000.0},
+                                {"timeout_seconds", static_cast<double>(entry.slot.timeout.count()) / 1000.0}});
+            }
+            return list;
+        }
+
+    private:
+        spdlog::logger& log_;
+        std::map<key_t, std::vector<Entry>> tables_;
+    };
+
+    nlohmann::json describe(const Unit& unit, std::uint64_t now, Heartbeats& beats) const {
         nlohmann::json o{{"name", unit.name},
                          {"program", unit.program->name},
-                         {"state", to_string(unit.state)},
+                         {"state", unit.stop_pending ? "stopping" : to_string(unit.state)},
                          {"restarts", unit.starts > 0 ? unit.starts - 1 : 0}};
         o["pid"] = unit.pid > 0 ? nlohmann::json(unit.pid) : nlohmann::json(nullptr);
         o["uptime_seconds"] = unit.pid > 0 ? nlohmann::json(static_cast<double>(ms_between(unit.started_ns, now).count()) / 1000.0)
                                             : nlohmann::json(nullptr);
         o["last_exit"] = unit.last_exit.empty() ? nlohmann::json(nullptr) : nlohmann::json(unit.last_exit);
+        o["heartbeats"] = beats.of(unit, now);
+        nlohmann::json waiting_for = nlohmann::json::array();
+        if (unit.state == State::waiting)
+            for (const Unit* dependency : unready_dependencies(unit))
+                waiting_for.push_back({{"name", dependency->name}, {"state", to_string(dependency->state)}});
+        o["waiting_for"] = std::move(waiting_for);
+        if (unit.retiring) o["retiring"] = true;  // a reload removed or replaced it: stopping, then gone
         return o;
     }
 
-    // The control API: GET /v1/programs[/NAME], POST /v1/programs/NAME/start|stop|restart.
-    // NAME is a program (all its instances) or one instance (NAME@I).
+    static std::string json_text(const nlohmann::json& value) {
+        return value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    }
+
+    // The control API (README, "The control API"). NAME is a program (all its instances), one
+    // instance (NAME@I), or `all`.
     ControlReply handle(const ControlRequest& request, std::uint64_t now) {
-        auto error = [](int status, const std::string& message) {
-            return ControlReply{status, nlohmann::json{{"error", message}}.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)};
-        };
+        auto error = [](int status, const std::string& message) { return ControlReply{status, json_text({{"error", message}})}; };
         // Never echoed raw: a target is whatever bytes a client sent.
         const std::string shown = escaped(request.target, [](unsigned char c) { return c > 0x20 && c < 0x7f && c != '\\'; });
+        const auto question = request.target.find('?');
+        const std::string target = request.target.substr(0, question);
+        std::map<std::string, std::string> query;
+        if (question != std::string::npos)
+            for (std::size_t at = question + 1; at <= request.target.size();) {
+                auto end = request.target.find('&', at);
+                if (end == std::string::npos) end = request.target.size();
+                const std::string pair = request.target.substr(at, end - at);
+                const auto equals = pair.find('=');
+                if (!pair.empty()) query[pair.substr(0, equals)] = equals == std::string::npos ? "" : pair.substr(equals + 1);
+                at = end + 1;
+            }
         std::vector<std::string> parts;
-        std::string target = request.target.substr(0, request.target.find('?'));
         for (std::size_t at = 0; at <= target.size();) {
             const auto slash = target.find('/', at);
             const auto end = slash == std::string::npos ? target.size() : slash;
             if (end > at) parts.push_back(target.substr(at, end - at));
             at = end + 1;
         }
+        if (parts.size() == 2 && parts[0] == "v1" && parts[1] == "reload") {
+            if (request.method != "POST") return error(405, request.method + " " + shown + ": use POST");
+            if (stopping_all_) return error(409, "the stack is stopping");
+            try {
+                return ControlReply{200, json_text(reload(now))};
+            } catch (const Error& e) {
+                log_.error("reload refused, the running config is kept: {}", e.what());
+                return error(400, std::string(e.what()) + " (the running config is kept)");
+            }
+        }
         if (parts.size() < 2 || parts[0] != "v1" || parts[1] != "programs" || parts.size() > 4)
-            return error(404, "no such path: " + shown + " (the API is /v1/programs[/NAME[/start|stop|restart]])");
+            return error(404, "no such path: " + shown +
+                                  " (the API is /v1/programs[/NAME[/start|stop|restart|signal|output]] and /v1/reload)");
+        const bool every = parts.size() == 2 || parts[2] == "all";
+        const bool acting = parts.size() == 4 && parts[3] != "output";
         std::vector<Unit*> chosen;
         for (auto& unit : units_)
-            if (parts.size() == 2 || unit->name == parts[2] || unit->program->name == parts[2]) chosen.push_back(unit.get());
+            if ((every || unit->name == parts[2] || unit->program->name == parts[2]) && !(acting && unit->retiring))
+                chosen.push_back(unit.get());
         if (chosen.empty()) return error(404, "no program named '" + escaped(parts[2], name_char) + "' in " + config_.path);
-        if (parts.size() <= 3) {
-            if (request.method != "GET") return error(405, request.method + " " + shown + ": use GET");
+        Heartbeats beats(log_);
+        auto described = [&] {
             nlohmann::json list = nlohmann::json::array();
-            for (Unit* unit : chosen) list.push_back(describe(*unit, now));
-            return ControlReply{200, list.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)};
+            for (Unit* unit : chosen) list.push_back(describe(*unit, now, beats));
+            return ControlReply{200, json_text(list)};
+        };
+        if (parts.size() <= 3 || parts[3] == "output") {
+            if (request.method != "GET") return error(405, request.method + " " + shown + ": use GET");
+            return parts.size() <= 3 ? described() : output(chosen, query);
         }
         if (request.method != "POST") return error(405, request.method + " " + shown + ": use POST");
         const std::string& action = parts[3];
-        if (action != "start" && action != "stop" && action != "restart")
-            return error(404, "no action '" + escaped(action, name_char) + "': use start, stop or restart");
+        if (action != "start" && action != "stop" && action != "restart" && action != "signal")
+            return error(404, "no action '" + escaped(action, name_char) + "': use start, stop, restart, signal or output");
         if (stopping_all_) return error(409, "the stack is stopping");
-        for (Unit* unit : chosen) act(*unit, action, now);
-        nlohmann::json list = nlohmann::json::array();
-        for (Unit* unit : chosen) list.push_back(describe(*unit, now));
-        return ControlReply{200, list.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)};
+        if (action == "signal") {
+            const auto sig = signal_by_name(query["signal"]);
+            if (!sig)
+                return error(400, "signal=" + escaped(query["signal"], name_char) +
+                                      " is not one of TERM, INT, HUP, QUIT, USR1, USR2, KILL (give ?signal=NAME)");
+            if (std::none_of(chosen.begin(), chosen.end(), [](const Unit* u) { return u->pid > 0; }))
+                return error(409, escaped(parts[2], name_char) + " is not running: nothing to signal");
+            for (Unit* unit : chosen) {
+                if (unit->pid == 0) continue;
+                log_.info("{}: {} to pid {}, as asked through the control socket", unit->name, signal_name(*sig), unit->pid);
+                send(*unit, *sig);
+            }
+            return described();
+        }
+        for (Unit* unit : chosen) act(*unit, action);
+        return described();
     }
 
-    void act(Unit& unit, const std::string& action, std::uint64_t now) {
+    // GET .../output?tail=N[&stream=stderr][&from=CURSOR]: the last N lines of each chosen
+    // unit's output file, or, with `from` (the cursor a reply gave), the lines written since.
+    ControlReply output(const std::vector<Unit*>& chosen, std::map<std::string, std::string>& query) {
+        auto error = [](int status, const std::string& message) { return ControlReply{status, json_text({{"error", message}})}; };
+        constexpr std::size_t kMaxLines = 10000, kTailBytes = 1 << 20, kFollowBytes = 256 << 10;
+        const std::string stream = query.count("stream") ? query["stream"] : "stdout";
+        if (stream != "stdout" && stream != "stderr") return error(400, "stream=" + escaped(stream, name_char) + ": use stdout or stderr");
+        std::size_t count = 10;
+        if (query.count("tail")) {
+            const std::string& text = query["tail"];
+            if (text.empty() || text.size() > 5 || !std::all_of(text.begin(), text.end(), ::isdigit) || std::stoul(text) > kMaxLines)
+                return error(400, "tail=" + escaped(text, name_char) + ": give a number of lines from 0 to 10000");
+            count = std::stoul(text);
+        }
+        std::optional<OutputFile::Cursor> from;
+        if (query.count("from")) {
+            unsigned long long inode = 0, offset = 0;
+            char end = 0;
+            if (std::sscanf(query["from"].c_str(), "%llu:%llu%c", &inode, &offset, &end) != 2)
+                return error(400, "from=" + escaped(query["from"], name_char) + ": give the cursor a reply returned (INODE:OFFSET)");
+            from = OutputFile::Cursor{inode, offset};
+        }
+        nlohmann::json list = nlohmann::json::array();
+        for (const Unit* unit : chosen) {
+            const OutputFile* file = stream == "stdout" ? unit->out : unit->err;
+            if (file == nullptr)
+                return error(404, unit->name + " has no " + stream + " file (no '" + stream +
+                                      ":' in the config): its output goes to procctl's own");
+            const auto lines = from ? file->follow(*from, kFollowBytes) : file->tail(count, kTailBytes);
+            list.push_back({{"name", unit->name},
+                            {"path", file->path()},
+                            {"lines", lines.lines},
+                            {"cursor", std::to_string(lines.next.inode) + ":" + std::to_string(lines.next.offset)},
+                            {"skipped", lines.skipped}});
+        }
+        return ControlReply{200, json_text(list)};
+    }
+
+    // start, stop, restart by name. A stop (and the stop of a restart) waits for the programs
+    // that wait for this one and are being stopped too: `stop all` goes in reverse order.
+    void act(Unit& unit, const std::string& action) {
         const bool running = unit.state == State::starting || unit.state == State::ready;
+        log_.info("{}: {} requested through the control socket", unit.name, action);
         if (action == "stop") {
-            log_.info("{}: stop requested through the control socket", unit.name);
             unit.wanted = false;
             unit.restart_after_stop = unit.restart_at_once = false;
-            if (running) stop(unit, now);
-            else if (unit.state != State::stopping) unit.state = State::stopped, unit.next_ns = unit.deadline_ns = 0;
+            if (running) unit.stop_pending = true;
+            else if (unit.state != State::stopping) rest(unit, State::stopped);
             return;
         }
-        log_.info("{}: {} requested through the control socket", unit.name, action);
         unit.wanted = true;
-        if (unit.state == State::stopping) {  // started again once its stop has finished
+        if (unit.state == State::stopping || (running && action == "restart")) {  // started again once stopped
             unit.restart_after_stop = unit.restart_at_once = true;
-        } else if (action == "restart" && running) {
-            unit.restart_after_stop = unit.restart_at_once = true;
-            stop(unit, now);
-        } else if (unit.state != State::stopping && !running) {
+            unit.stop_pending = running;
+        } else if (running) {  // start: a stop not yet begun is called off
+            unit.stop_pending = unit.restart_after_stop = unit.restart_at_once = false;
+        } else {
             if (unit.state == State::gave_up) unit.policy = RestartPolicy(unit.policy.rules());
-            unit.state = State::waiting;  // starts as soon as what it waits for is ready
-            unit.next_ns = unit.deadline_ns = 0;
+            rest(unit, State::waiting);  // starts as soon as what it waits for is ready
         }
     }
 
-    void prepare(Unit& unit, unsigned instance) {
+    // A state with nothing scheduled.
+    static void rest(Unit& unit, State state) {
+        unit.state = state;
+        unit.next_ns = unit.deadline_ns = 0;
+    }
+
+    // Reads the config file again and applies what changed: programs added are started,
+    // removed ones stopped, changed ones (any key) stopped and started anew; the others keep
+    // running untouched. A config that does not load, or changes what a running procctl cannot
+    // (run_dir, socket_group), throws hbwatch::Error, and nothing changes.
+    nlohmann::json reload(std::uint64_t now) {
+        StackConfig next = load_stack_config(config_.path);
+        auto refuse = [&](const char* key, const std::string& was, const std::string& is) {
+            throw Error(EINVAL, config_.path + ": " + key + " changed from '" + was + "' to '" + is +
+                                    "': a reload cannot apply that; restart procctl");
+        };
+        if (next.run_dir != config_.run_dir) refuse("run_dir", config_.run_dir, next.run_dir);
+        if (next.socket_group != config_.socket_group) refuse("socket_group", config_.socket_group, next.socket_group);
+        auto relative_output = [](const ProgramConfig& p) {
+            return (!p.stdout_path.empty() && p.stdout_path.front() != '/') || (!p.stderr_path.empty() && p.stderr_path.front() != '/');
+        };
+        nlohmann::json report{{"added", nlohmann::json::array()},
+                              {"removed", nlohmann::json::array()},
+                              {"changed", nlohmann::json::array()},
+                              {"unchanged", nlohmann::json::array()}};
+        std::vector<std::shared_ptr<const ProgramConfig>> programs;
+        std::vector<std::unique_ptr<Unit>> fresh;
+        for (auto& p : next.programs) {  // everything that may throw comes before any change
+            const auto old = std::find_if(programs_.begin(), programs_.end(), [&](const auto& o) { return o->name == p.name; });
+            if (old != programs_.end() && **old == p && (next.log_dir == config_.log_dir || !relative_output(p))) {
+                programs.push_back(*old);
+                report["unchanged"].push_back(p.name);
+                continue;
+            }
+            report[old == programs_.end() ? "added" : "changed"].push_back(p.name);
+            programs.push_back(std::make_shared<const ProgramConfig>(std::move(p)));
+            for (auto& unit : make_units(programs.back(), next.log_dir)) fresh.push_back(std::move(unit));
+        }
+        for (const auto& old : programs_)
+            if (std::none_of(programs.begin(), programs.end(), [&](const auto& p) { return p->name == old->name; }))
+                report["removed"].push_back(old->name);
+        for (auto& unit : units_)
+            if (!unit->retiring && std::find(programs.begin(), programs.end(), unit->program) == programs.end()) retire(*unit, now);
+        std::vector<std::unique_ptr<Unit>> ordered;  // the new start order, then what retires
+        for (const auto& program : programs)
+            for (auto* source : {&units_, &fresh})
+                for (auto& unit : *source)
+                    if (unit && !unit->retiring && unit->program == program) ordered.push_back(std::move(unit));
+        for (auto& unit : units_)
+            if (unit) ordered.push_back(std::move(unit));
+        units_ = std::move(ordered);
+        programs_ = std::move(programs);
+        config_.log_dir = next.log_dir;
+        auto names = [](const nlohmann::json& list) {
+            std::string text;
+            for (const auto& name : list) text.append(text.empty() ? "" : ", ").append(name.get<std::string>());
+            return text.empty() ? std::string("none") : text;
+        };
+        log_.info("reloaded {}: added {}; removed {}; changed (restarted) {}; unchanged {}", config_.path,
+                  names(report["added"]), names(report["removed"]), names(report["changed"]), names(report["unchanged"]));
+        return report;
+    }
+
+    // Drops the retired units that have stopped. True when one was dropped.
+    bool drop_retired() {
+        return std::erase_if(units_, [](const auto& u) { return u->retiring && u->pid == 0 && u->state != State::stopping; }) > 0;
+    }
+
+    // A unit a reload removed or replaced: stopped now, then dropped from the stack.
+    void retire(Unit& unit, std::uint64_t now) {
+        unit.retiring = true;
+        unit.wanted = unit.stop_pending = unit.restart_after_stop = unit.restart_at_once = false;
+        if (unit.state == State::starting || unit.state == State::ready) stop(unit, now);
+        else if (unit.state != State::stopping) rest(unit, State::stopped);
+    }
+
+    // The units of one program: the program itself, or its instances NAME@1..N.
+    std::vector<std::unique_ptr<Unit>> make_units(const std::shared_ptr<const ProgramConfig>& program, const std::string& log_dir) {
+        std::vector<std::unique_ptr<Unit>> units;
+        const unsigned copies = program->instances;
+        for (unsigned i = 1; i <= copies; ++i) {
+            auto unit = std::make_unique<Unit>();
+            unit->program = program;
+            unit->name = copies > 1 ? program->name + "@" + std::to_string(i) : program->name;
+            unit->policy = RestartPolicy(RestartRules{program->restart_delay, std::chrono::minutes(5),
+                                                      program->max_restarts ? std::optional(program->max_restarts) : std::nullopt,
+                                                      program->max_restarts_window, std::chrono::seconds(1)});
+            unit->wanted = program->autostart;
+            prepare(*unit, copies > 1 ? i : 0, log_dir);
+            units.push_back(std::move(unit));
+        }
+        return units;
+    }
+
+    void prepare(Unit& unit, unsigned instance, const std::string& log_dir) {
         const ProgramConfig& p = *unit.program;
         std::map<std::string, std::string> env;
         for (char** e = environ; *e != nullptr; ++e) {
@@ -299,7 +514,7 @@ private:
         }
         auto open_output = [&](const std::string& relative) -> OutputFile* {
             if (relative.empty()) return nullptr;
-            std::string path = relative.front() == '/' ? relative : config_.log_dir + "/" + relative;
+            std::string path = relative.front() == '/' ? relative : log_dir + "/" + relative;
             if (instance > 0) {  // each instance its own file: main.log -> main@2.log
                 const auto dot = path.rfind('.');
                 const auto slash = path.rfind('/');
@@ -319,6 +534,7 @@ private:
     }
 
     void take_cgroup(Unit& unit) {
+        unit.cgroup_taken = true;
         std::string name = "stack-" + unit.name;
         std::replace(name.begin(), name.end(), '@', '-');
         std::replace(name.begin(), name.end(), '/', '-');
@@ -336,11 +552,15 @@ private:
         }
     }
 
-    bool dependencies_ready(const Unit& unit) const {
+    // The units of the programs in its `after` that are not ready (a retiring unit is not
+    // waited for: its successor is).
+    std::vector<const Unit*> unready_dependencies(const Unit& unit) const {
+        std::vector<const Unit*> unready;
         for (const auto& dependency : unit.program->after)
             for (const auto& other : units_)
-                if (other->program->name == dependency && other->state != State::ready) return false;
-        return true;
+                if (!other->retiring && other->program->name == dependency && (other->state != State::ready || other->stop_pending))
+                    unready.push_back(other.get());
+        return unready;
     }
 
     // Starts what may start, moves readiness checks and ready timeouts on.
@@ -349,13 +569,16 @@ private:
             Unit& unit = *unit_ptr;
             switch (unit.state) {
                 case State::waiting:
-                    if (unit.wanted && dependencies_ready(unit)) start(unit, now);
+                    if (unit.wanted && may_start(unit)) start(unit, now);
                     break;
-                case State::backoff:
-                    if (now >= unit.next_ns) start(unit, now);
+                case State::backoff:  // what it waits for may have gone meanwhile: then it waits again
+                    if (now >= unit.next_ns && may_start(unit)) start(unit, now);
+                    else if (now >= unit.next_ns) rest(unit, State::waiting);
                     break;
                 case State::starting:
-                    if (now >= unit.deadline_ns) {
+                    if (unit.stop_pending) {
+                        stop_when_dependents_stopped(unit, now);
+                    } else if (now >= unit.deadline_ns) {
                         log_.error("{} was not ready within {}: stopping it, to start it again", unit.name,
                                    human_duration(unit.program->ready_timeout));
                         unit.restart_after_stop = true;
@@ -368,11 +591,43 @@ private:
                     stopping_step(unit, now);
                     break;
                 case State::ready:
-                    if (unit.program->max_rss > 0 && now >= unit.next_rss_check_ns) check_rss(unit, now);
+                    if (unit.stop_pending) stop_when_dependents_stopped(unit, now);
+                    else if (unit.program->max_rss > 0 && now >= unit.next_rss_check_ns) check_rss(unit, now);
                     break;
                 default: break;
             }
         }
+    }
+
+    void stop_when_dependents_stopped(Unit& unit, std::uint64_t now) {
+        for (const auto& other : units_) {
+            const auto& after = other->program->after;
+            const bool waits_for_it = std::find(after.begin(), after.end(), unit.program->name) != after.end();
+            if (waits_for_it && (other->stop_pending || other->state == State::stopping)) return;
+        }
+        unit.stop_pending = false;
+        stop(unit, now);
+    }
+
+    // Whether a waiting unit may start now: what it waits for is ready, and the unit a reload
+    // replaced (same program) is gone. Says once why not, when nothing will change by itself.
+    bool may_start(Unit& unit) {
+        const auto unready = unready_dependencies(unit);
+        if (unready.empty()) {
+            unit.said_waiting.clear();
+            return std::none_of(units_.begin(), units_.end(),
+                                [&](const auto& u) { return u->retiring && u->program->name == unit.program->name; });
+        }
+        for (const Unit* dependency : unready) {
+            const State s = dependency->state;
+            if (s != State::stopped && s != State::exited && s != State::gave_up) continue;
+            std::string said = unit.name + " waits for " + dependency->name + ", which is " + to_string(s);
+            if (said == unit.said_waiting) return false;
+            unit.said_waiting = said;
+            log_.warn("{}: it starts once {} is ready (proctab start {})", said, dependency->name, dependency->program->name);
+            return false;
+        }
+        return false;
     }
 
     // max_rss: the main process's resident memory, once a second; three checks in a row above
@@ -395,6 +650,7 @@ private:
     }
 
     void start(Unit& unit, std::uint64_t now) {
+        if (!unit.cgroup_taken) take_cgroup(unit);  // a unit a reload added
         if (!unit.policy.start(now)) {
             log_.error("giving up on {}: started {} times within {}", unit.name, unit.policy.recent_starts(),
                        human_duration(unit.program->max_restarts_window));
@@ -441,6 +697,7 @@ private:
         const auto delay = unit.policy.after_start_failure();
         log_.error("cannot start {}: {} failed: {}; next attempt in {}", unit.name, what, std::strerror(error),
                    human_duration(delay));
+        unit.last_exit = std::string("could not start: ") + what + " failed: " + std::strerror(error);
         unit.state = State::backoff;
         unit.next_ns = now + to_ns(delay);
         unit.deadline_ns = 0;
@@ -561,13 +818,17 @@ private:
         if (connected && unit.state == State::starting) become_ready(unit, "its port accepts");
     }
 
+    // The heartbeat table a program registers in: its HBWATCH_KEY, else procctl's.
+    static key_t table_key(const ProgramConfig& program) {
+        const auto key = program.environment.find("HBWATCH_KEY");
+        return key != program.environment.end() ? parse_key(key->second) : key_from_environment();
+    }
+
     // Whether the program's own process has registered in the heartbeat table.
     bool beat_seen(const Unit& unit) const {
         try {
             TableOptions options;
-            options.key = key_from_environment();
-            const auto key = unit.program->environment.find("HBWATCH_KEY");
-            if (key != unit.program->environment.end()) options.key = parse_key(key->second);
+            options.key = table_key(*unit.program);
             auto table = Table::open_existing(options, Table::Access::read_only);
             if (!table) return false;
             bool seen = false;
@@ -583,6 +844,7 @@ private:
 
     // The stop signal now, SIGKILL (to the whole cgroup) after the grace.
     void stop(Unit& unit, std::uint64_t now) {
+        unit.stop_pending = false;
         close_probe(unit);
         unit.next_rss_check_ns = 0;
         if (unit.pid == 0) {
@@ -697,6 +959,13 @@ private:
                 log_.info("SIG{} received from pid {}: stopping every program, in reverse order", sigabbrev_np(sig),
                           static_cast<int>(info.ssi_pid));
                 stopping_all_ = true;
+            } else if (sig == SIGHUP && !stopping_all_) {
+                log_.info("SIGHUP received from pid {}: reloading {}", static_cast<int>(info.ssi_pid), config_.path);
+                try {
+                    (void)reload(monotonic_now_ns());
+                } catch (const Error& e) {
+                    log_.error("reload refused, the running config is kept: {}", e.what());
+                }
             }
         }
     }
@@ -730,6 +999,10 @@ private:
         unit.last_exit = describe_status(status) + " after " + human_duration(runtime);
         ended_.push_back(unit.identity);
         release_slots_of(ended_, unit.env_storage, log_);
+        if (unit.stop_pending) {  // it exited before its stop began: the stop is done
+            unit.stop_pending = false;
+            unit.state = State::stopping;
+        }
         if (unit.state == State::stopping) {
             log_.info("{} {} after {}", unit.name, describe_status(status), human_duration(runtime));
             stopping_step(unit, now);
@@ -760,7 +1033,8 @@ private:
         for (auto& [path, file] : outputs_) file->finish();
     }
 
-    const StackConfig& config_;
+    StackConfig config_;  // its settings; the programs are in programs_
+    std::vector<std::shared_ptr<const ProgramConfig>> programs_;  // in start order
     spdlog::logger& log_;
     int signal_fd_;
     std::map<std::string, std::unique_ptr<OutputFile>> outputs_;
@@ -773,9 +1047,10 @@ private:
 
 }  // namespace
 
-int run_stack(const StackConfig& config, spdlog::logger& log, int signal_fd, const std::function<void()>& ready) {
-    Stack stack(config, log, signal_fd);  // throws Error when an output file cannot be opened
-    ControlServer control(config.run_dir + "/control.sock", stack.control_group());  // and when it cannot listen
+int run_stack(StackConfig config, spdlog::logger& log, int signal_fd, const std::function<void()>& ready) {
+    const std::string socket = config.run_dir + "/control.sock";
+    Stack stack(std::move(config), log, signal_fd);  // throws Error when an output file cannot be opened
+    ControlServer control(socket, stack.control_group());  // and when it cannot listen
     if (ready) ready();
     return stack.run(control);
 }

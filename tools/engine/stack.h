@@ -13,9 +13,10 @@
 namespace hbwatch::tool {
 
 /// Runs the stack until SIGTERM or SIGINT arrives on `signal_fd` (a signalfd for SIGTERM,
-/// SIGINT, SIGHUP and SIGCHLD, blocked), then stops every program and returns 0. Opens the
+/// SIGINT, SIGHUP and SIGCHLD, blocked), then stops every program and returns 0. SIGHUP, like
+/// POST /v1/reload, reads config.path again and applies what changed. Opens the
 /// programs' output files first (throwing hbwatch::Error when one cannot be opened), then
 /// calls `ready`. Never throws once `ready` has been called.
-int run_stack(const StackConfig& config, spdlog::logger& log, int signal_fd, const std::function<void()>& ready = {});
+int run_stack(StackConfig config, spdlog::logger& log, int signal_fd, const std::function<void()>& ready = {});
 
 }  // namespace hbwatch::tool

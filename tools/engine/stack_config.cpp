@@ -143,6 +143,7 @@ ProgramConfig read_program(const Reader& reader, const YAML::Node& key, const YA
     }
     if (p.name.find('@') != std::string::npos)
         reader.fail(key, "program name '" + p.name + "': '@' is kept for instances (NAME@1, NAME@2, ...)");
+    if (p.name == "all") reader.fail(key, "program name 'all' is kept for every program (proctab stop all): choose another");
     const std::string where = "program '" + p.name + "': ";
     if (!node.IsMap()) reader.fail(node, where + "give its keys, at least command: [program, args...]");
     reader.only_keys(node, where, kProgramKeys);

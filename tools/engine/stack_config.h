@@ -25,6 +25,7 @@ struct ReadyCheck {
     std::string host;  // tcp
     std::uint16_t port = 0;
     std::vector<std::string> command;  // exec, run as is (no shell)
+    bool operator==(const ReadyCheck&) const = default;
 };
 
 enum class RestartMode { always, on_failure, never };
@@ -51,6 +52,7 @@ struct ProgramConfig {
     unsigned instances = 1;     // N copies: NAME@1 .. NAME@N
     std::uint64_t max_rss = 0;  // bytes; 0: no limit
     bool autostart = true;
+    bool operator==(const ProgramConfig&) const = default;  // what a reload compares
 };
 
 struct StackConfig {
