@@ -94,10 +94,10 @@ const char* to_string(EntryState state) noexcept {
     return "unknown";
 }
 
-std::vector<Entry> inspect(const Table& table, std::uint64_t now_ns) {
+std::vector<Entry> inspect(const Table& table, std::uint64_t now_ns, const std::function<bool(const SlotSnapshot&)>& wanted) {
     std::vector<Entry> entries;
     table.for_each([&](const SlotSnapshot& slot) {
-        if (slot.phase == SlotPhase::claiming) return;
+        if (slot.phase == SlotPhase::claiming || (wanted && !wanted(slot))) return;
         Entry e;
         e.slot = slot;
         e.since_beat = slot.since_beat(now_ns);

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -39,8 +40,10 @@ struct Entry {
     std::optional<Usage> usage;  // absent when dead
 };
 
-/// Every live (not free, not mid-claim) entry, judged at `now_ns`, sorted by name then pid.
-[[nodiscard]] std::vector<Entry> inspect(const Table& table, std::uint64_t now_ns);
+/// Every live (not free, not mid-claim) entry, judged at `now_ns`, sorted by name then pid;
+/// with `wanted`, only the slots it accepts (looked at before any /proc read).
+[[nodiscard]] std::vector<Entry> inspect(const Table& table, std::uint64_t now_ns,
+                                         const std::function<bool(const SlotSnapshot&)>& wanted = {});
 
 /// A process on the host.
 struct HostProcess {

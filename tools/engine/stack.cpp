@@ -189,11 +189,15 @@ private:
         return gr->gr_gid;
     }
 
-    // The heartbeat entries of the units' processes, read once per request: one read of each
-    // table the programs use.
+    // The heartbeat entries of the units' processes, read once per request: one pass over each
+    // table the programs use, and /proc read only for the entries of the stack's pids.
     class Heartbeats {
     public:
-        explicit Heartbeats(spdlog::logger& log) : log_(log) {}
+        Heartbeats(spdlog::logger& log, const std::vector<std::unique_ptr<Unit>>& units) : log_(log) {
+            for (const auto& unit : units)
+                if (unit->pid > 0) pids_.push_back(unit->pid);
+            std::sort(pids_.begin(), pids_.end());
+        }
         nlohmann::json of(const Unit& unit, std::uint64_t now) {
             if (unit.pid == 0) return nullptr;
             const key_t key = table_key(*unit.program);
@@ -203,7 +207,10 @@ private:
                 try {
                     TableOptions options;
                     options.key = key;
-                    if (auto table = Table::open_existing(options, Table::Access::read_only)) entries = inspect(*table, now);
+                    auto ours = [this](const SlotSnapshot& slot) {
+                        return std::binary_search(pids_.begin(), pids_.end(), slot.process.pid);
+                    };
+                    if (auto table = Table::open_existing(options, Table::Access::read_only)) entries = inspect(*table, now, ours);
                 } catch (const Error& e) {
                     log_.warn("cannot read the heartbeat table at {} for proctab status: {}", format_key(key), e.what());
                 }
@@ -222,6 +229,7 @@ private:
 
     private:
         spdlog::logger& log_;
+        std::vector<pid_t> pids_;
         std::map<key_t, std::vector<Entry>> tables_;
     };
 
@@ -293,7 +301,7 @@ private:
             if ((every || unit->name == parts[2] || unit->program->name == parts[2]) && !(acting && unit->retiring))
                 chosen.push_back(unit.get());
         if (chosen.empty()) return error(404, "no program named '" + escaped(parts[2], name_char) + "' in " + config_.path);
-        Heartbeats beats(log_);
+        Heartbeats beats(log_, units_);
         auto described = [&] {
             nlohmann::json list = nlohmann::json::array();
             for (Unit* unit : chosen) list.push_back(describe(*unit, now, beats));
