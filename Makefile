@@ -29,6 +29,7 @@ bench: build
 	$(BUILD)/bin/bench_heartbeat --benchmark_repetitions=10 --benchmark_report_aggregates_only=true
 	$(BUILD)/bin/bench_checkproc
 	$(BUILD)/bin/bench_procctl
+	$(BUILD)/bin/bench_stack
 
 # ASan+UBSan over every test, then TSan over the concurrency tests; both with clang, so that CI
 # also builds the whole tree warning-free with the second compiler.
