@@ -103,6 +103,8 @@ struct Unit {
     std::string last_exit;
     std::uint64_t next_rss_check_ns = 0;
     unsigned rss_over = 0;  // max_rss checks in a row above the limit
+    sockaddr_storage probe_address{};  // tcp readiness: HOST:PORT, resolved when the config was read
+    socklen_t probe_address_length = 0;
     int probe_fd = -1;      // tcp readiness: a connect in progress
     pid_t probe_pid = 0;    // exec readiness: the check command, an unreaped child of ours
     unsigned probe_start = 0;  // the start it checks: a late answer about an earlier start is ignored
@@ -507,6 +509,19 @@ private:
         unit.argv.push_back(nullptr);
         for (const auto& word : p.ready.command) unit.probe_argv.push_back(const_cast<char*>(word.c_str()));
         unit.probe_argv.push_back(nullptr);
+        if (p.ready.kind == ReadyCheck::Kind::tcp) {  // resolved once, here: a DNS wait never stalls the loop
+            addrinfo hints{};
+            hints.ai_socktype = SOCK_STREAM;
+            hints.ai_flags = AI_NUMERICSERV;
+            addrinfo* found = nullptr;
+            const int rc = ::getaddrinfo(p.ready.host.c_str(), std::to_string(p.ready.port).c_str(), &hints, &found);
+            if (rc != 0 || found == nullptr)
+                throw Error(EINVAL, config_.path + ": program '" + p.name + "': ready: cannot resolve '" + p.ready.host +
+                                        "': " + ::gai_strerror(rc) + "; give an address, or a name this host can resolve");
+            std::memcpy(&unit.probe_address, found->ai_addr, found->ai_addrlen);
+            unit.probe_address_length = found->ai_addrlen;
+            ::freeaddrinfo(found);
+        }
         if (!p.user.empty()) {
             const passwd* pw = ::getpwnam(p.user.c_str());
             if (pw == nullptr) throw Error(EINVAL, config_.path + ": program '" + p.name + "': user '" + p.user + "' does not exist");
@@ -777,15 +792,10 @@ private:
             }
             case ReadyCheck::Kind::tcp: {
                 if (unit.probe_fd >= 0) return;  // a connect in progress
-                addrinfo hints{};
-                hints.ai_socktype = SOCK_STREAM;
-                hints.ai_flags = AI_NUMERICSERV;
-                addrinfo* found = nullptr;
-                if (::getaddrinfo(ready.host.c_str(), std::to_string(ready.port).c_str(), &hints, &found) != 0 || !found) return;
-                const int fd = ::socket(found->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-                const int rc = fd >= 0 ? ::connect(fd, found->ai_addr, found->ai_addrlen) : -1;
+                const auto* address = reinterpret_cast<const sockaddr*>(&unit.probe_address);
+                const int fd = ::socket(address->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+                const int rc = fd >= 0 ? ::connect(fd, address, unit.probe_address_length) : -1;
                 const int error = errno;
-                ::freeaddrinfo(found);
                 if (rc == 0) {
                     ::close(fd);
                     become_ready(unit, "its port accepts");
