@@ -4,10 +4,12 @@
 
 #include <fcntl.h>
 #include <grp.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/ipc.h>
 #include <sys/shm.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -316,5 +318,18 @@ inline std::size_t hung_entries(const hbwatch::TableOptions& options) {
 
 /// Where the build put the programs (set by CMake).
 inline std::string bin(const std::string& program) { return std::string(HBWATCH_BIN_DIR) + "/" + program; }
+
+/// A TCP port on 127.0.0.1 that nobody listens on now (the kernel picks it).
+inline int free_port() {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t length = sizeof address;
+    ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address);
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+    ::close(fd);
+    return ntohs(address.sin_port);
+}
 
 }  // namespace hbtest

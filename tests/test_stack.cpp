@@ -43,19 +43,6 @@ std::string read_file(const fs::path& path) {
     return text.str();
 }
 
-// A TCP port nobody listens on now (the kernel picks it).
-int free_port() {
-    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t length = sizeof address;
-    ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address);
-    ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
-    ::close(fd);
-    return ntohs(address.sin_port);
-}
-
 long long number_after(const std::string& text, const std::string& word) {
     std::smatch match;
     if (!std::regex_search(text, match, std::regex(word + " ([0-9]+)"))) return -1;
@@ -104,7 +91,7 @@ std::size_t position(const std::string& text, const std::string& needle) {
 TEST_CASE("a stack starts in dependency order, each program once those it waits for are ready, and stops in reverse") {
     hbtest::ScratchKey scratch;
     Scratch dir;
-    const int port = free_port();
+    const int port = hbtest::free_port();
     const std::string key = hbwatch::format_key(scratch.key());
     const fs::path config = dir.dir / "stack.yaml";
     std::ofstream(config) << "run_dir: " << (dir.dir / "run").string() << "\n"

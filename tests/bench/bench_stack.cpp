@@ -2,10 +2,8 @@
 // programs (and after many control requests and reloads), the start and stop times of the
 // four-program stack the end-to-end test drives (its server up at once), and the control socket's answer time.
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -19,6 +17,8 @@
 #include <vector>
 
 #include "engine/control.h"
+
+#include "../support.h"
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
@@ -87,18 +87,6 @@ struct Stack {
     }
 };
 
-int free_port() {
-    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t length = sizeof address;
-    ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address);
-    ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
-    ::close(fd);
-    return ntohs(address.sin_port);
-}
-
 void report(const char* what, std::vector<double> samples) {
     if (samples.empty()) return;
     std::sort(samples.begin(), samples.end());
@@ -151,7 +139,7 @@ int main() {
 
     // 2. The four-program stack of the end-to-end test: db (a TCP port), api after db, worker
     // (ready at its first heartbeat) after api, a pool of 3 after worker.
-    const int port = free_port();
+    const int port = hbtest::free_port();
     const fs::path four = dir / "four.yaml";
     std::ofstream(four) << "run_dir: " << (dir / "run").string() << "\nprograms:\n"
                         << "  pool:\n    command: [sleep, \"600\"]\n    instances: 3\n    after: [worker]\n"
