@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -230,6 +231,47 @@ int detach() {
     return ready[1];
 }
 
+// How procctl starts, in either mode.
+struct Launch {
+    bool foreground = false;
+    std::string pidfile;  // empty: none
+    std::string log_file;
+    bool verbose = false;
+    std::string started;            // "supervising X": said to the launcher once the body is ready
+    std::function<void()> prepare;  // in the process that will run, before the pidfile is taken
+};
+
+// Detaches (unless in the foreground), takes the pidfile, opens the signalfd and the log, then
+// runs `body`, which calls `ready` once everything it needs is open: only then does the
+// launcher print "ok ..." and exit 0. An Error before that reaches the launcher (or stderr in
+// the foreground), and procctl exits 1; otherwise its exit code is `body`'s.
+int launch(const Launch& how, const std::function<int(spdlog::logger&, int, const std::function<void()>&)>& body) {
+    int ready = -1;
+    try {
+        // In the background nothing of the caller's survives: close what it left open first.
+        if (!how.foreground) ::close_range(3, ~0U, 0);
+        if (!how.foreground) ready = detach();
+        if (how.prepare) how.prepare();
+        // Taken by the process that will hold it, with its own pid.
+        const int pidfile = how.pidfile.empty() ? -1 : lock_pidfile(how.pidfile);
+        const int signals = tool::signalfd_for({SIGTERM, SIGINT, SIGHUP, SIGCHLD});
+        auto log = tool::make_logger("procctl", how.log_file, how.verbose, /*syslog=*/!how.foreground && how.log_file.empty());
+        const int code = body(*log, signals, [&] {
+            if (ready < 0) return;
+            const std::string report = "ok " + how.started + " in the background as pid " + std::to_string(::getpid());
+            (void)!::write(ready, report.data(), report.size());
+            ::close(ready);
+            ready = -1;
+        });
+        if (pidfile >= 0) (void)!::ftruncate(pidfile, 0);  // not running any more; the lock goes with the process
+        return code;
+    } catch (const hbwatch::Error& e) {
+        if (ready >= 0) (void)!::write(ready, e.what(), std::strlen(e.what()));
+        else std::fprintf(stderr, "procctl: %s\n", e.what());
+        return tool::kExitFailure;
+    }
+}
+
 // Whether the command line asks for the stack supervisor: --config (or -c) among procctl's
 // own options, before INTERVAL (after it, "-c" may be PROGRAM's, as in `sh -c`).
 bool wants_stack(int argc, char** argv) {
@@ -288,34 +330,19 @@ int run_stack_mode(int argc, char** argv) {
         std::printf("%s: good; %zu programs, start order: %s\n", config_path.c_str(), config.programs.size(), order.c_str());
         return tool::kExitOk;
     }
-    int ready = -1;
-    try {
-        if (!foreground) ::close_range(3, ~0U, 0);
-        if (!foreground) ready = detach();
+    Launch how;
+    how.foreground = foreground;
+    how.pidfile = config.run_dir + "/procctl.pid";
+    how.log_file = log_file;
+    how.verbose = verbose;
+    how.started = "running the stack of " + config.path;
+    how.prepare = [&] {
         if (::mkdir(config.run_dir.c_str(), 0755) != 0 && errno != EEXIST)
             throw hbwatch::Error(errno, "cannot create run_dir " + config.run_dir + ": " + std::strerror(errno));
-        const int pidfile = lock_pidfile(config.run_dir + "/procctl.pid");
-        const int signals = tool::signalfd_for({SIGTERM, SIGINT, SIGHUP, SIGCHLD});
-        auto log = tool::make_logger("procctl", log_file, verbose, /*syslog=*/!foreground && log_file.empty());
-        const int code = tool::run_stack(std::move(config), *log, signals, [&] {
-            if (ready < 0) return;
-            const std::string report = "ok running the stack of " + config_path + " in the background as pid " +
-                                       std::to_string(::getpid());
-            (void)!::write(ready, report.data(), report.size());
-            ::close(ready);
-            ready = -1;
-        });
-        (void)!::ftruncate(pidfile, 0);
-        return code;
-    } catch (const hbwatch::Error& e) {
-        if (ready >= 0) {
-            const std::string report = e.what();
-            (void)!::write(ready, report.data(), report.size());
-        } else {
-            std::fprintf(stderr, "procctl: %s\n", e.what());
-        }
-        return tool::kExitFailure;
-    }
+    };
+    return launch(how, [&](spdlog::logger& log, int signals, const std::function<void()>& ready) {
+        return tool::run_stack(std::move(config), log, signals, ready);
+    });
 }
 
 }  // namespace
@@ -357,35 +384,13 @@ int main(int argc, char** argv) {
         return tool::kExitUsage;
     }
 
-    int ready = -1;
-    try {
-        // In the background nothing of the caller's survives: close what it left open first.
-        if (!cli.foreground) ::close_range(3, ~0U, 0);
-        if (!cli.foreground) ready = detach();
-        // Taken by the process that will hold it, with its own pid; a refusal reaches the
-        // launcher through `ready`.
-        const int pidfile = cli.pidfile.empty() ? -1 : lock_pidfile(cli.pidfile);
-        const int signals = tool::signalfd_for({SIGTERM, SIGINT, SIGHUP, SIGCHLD});
-        auto log = tool::make_logger("procctl", cli.log_file, cli.verbose, /*syslog=*/!cli.foreground && cli.log_file.empty());
-        // "ok" only once the log, the pidfile and the output files are open.
-        const int code = tool::supervise(options, *log, signals, [&] {
-            if (ready < 0) return;
-            const std::string report = "ok supervising " + options.argv.front() + " in the background as pid " +
-                                       std::to_string(::getpid());
-            (void)!::write(ready, report.data(), report.size());
-            ::close(ready);
-            ready = -1;
-        });
-        if (pidfile >= 0) (void)!::ftruncate(pidfile, 0);  // not running any more; the lock goes with the process
-        return code;
-    } catch (const hbwatch::Error& e) {
-        const std::string message = std::string("procctl: ") + e.what();
-        if (ready >= 0) {
-            const std::string report = e.what();
-            (void)!::write(ready, report.data(), report.size());
-        } else {
-            std::fprintf(stderr, "%s\n", message.c_str());
-        }
-        return tool::kExitFailure;
-    }
+    Launch how;
+    how.foreground = cli.foreground;
+    how.pidfile = cli.pidfile;
+    how.log_file = cli.log_file;
+    how.verbose = cli.verbose;
+    how.started = "supervising " + options.argv.front();
+    return launch(how, [&](spdlog::logger& log, int signals, const std::function<void()>& ready) {
+        return tool::supervise(options, log, signals, ready);
+    });
 }
