@@ -138,6 +138,9 @@ TEST_CASE("config errors name the file, line, column and key, and say what is al
           "s.yaml:4:16: program 'a': instances: '0' is not a whole number from 1 to 64");
     CHECK(error_of([] { (void)parse_stack_config("programs:\n  a@1:\n    command: [x]\n", "s.yaml"); }) ==
           "s.yaml:2:3: program name 'a@1': '@' is kept for instances (NAME@1, NAME@2, ...)");
+    CHECK(error_of([] { (void)parse_stack_config("programs:\n  a:\n    command: [x]\n    environment: {HBWATCH_KEY: 12zz}\n", "s.yaml"); })
+              == "s.yaml:4:32: program 'a': environment.HBWATCH_KEY: bad table key '12zz': give a non-zero 32-bit number in hex "
+                 "(0x48425754) or decimal (1212307284)");
     CHECK(error_of([] { (void)parse_stack_config("programs:\n  all:\n    command: [x]\n", "s.yaml"); }) ==
           "s.yaml:2:3: program name 'all' is kept for every program (proctab stop all): choose another");
     CHECK(error_of([] { (void)parse_stack_config("run_dir: /x\n", "s.yaml"); }) ==

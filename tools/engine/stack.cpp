@@ -202,7 +202,12 @@ private:
         }
         nlohmann::json of(const Unit& unit, std::uint64_t now) {
             if (unit.pid == 0) return nullptr;
-            const key_t key = table_key(*unit.program);
+            key_t key;
+            try {
+                key = table_key(*unit.program);
+            } catch (const Error& e) {  // HBWATCH_KEY in procctl's own environment is not a key
+                return nullptr;
+            }
             auto found = tables_.find(key);
             if (found == tables_.end()) {
                 std::vector<Entry> entries;

@@ -160,6 +160,13 @@ ProgramConfig read_program(const Reader& reader, const YAML::Node& key, const YA
             if (name.empty() || name.find('=') != std::string::npos)
                 reader.fail(it->first, where + "environment: '" + name + "' is not a variable name");
             p.environment[name] = reader.text(it->second, where + "environment." + name);
+            if (name == "HBWATCH_KEY") {  // the table its heartbeats go to, and `ready: beat` reads
+                try {
+                    (void)parse_key(p.environment[name]);
+                } catch (const Error& e) {
+                    reader.fail(it->second, where + "environment.HBWATCH_KEY: " + e.what());
+                }
+            }
         }
     }
     if (auto n = node["user"]) p.user = reader.text(n, where + "user");
