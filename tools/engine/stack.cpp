@@ -205,7 +205,7 @@ private:
             key_t key;
             try {
                 key = table_key(*unit.program);
-            } catch (const Error& e) {  // HBWATCH_KEY in procctl's own environment is not a key
+            } catch (const Error&) {  // HBWATCH_KEY in procctl's own environment is not a key
                 return nullptr;
             }
             auto found = tables_.find(key);
