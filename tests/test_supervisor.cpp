@@ -299,17 +299,53 @@ TEST_CASE("an output file's tail and what follows a cursor: across one rotation 
     next = file.follow(next.next, 1 << 20);
     CHECK(next.lines == std::vector<std::string>{line(23), line(24)});
 
-    // Rotated twice since the cursor: what is still on disk, and `skipped` says lines were lost.
+    // Rotated past every kept file since the cursor: what is still on disk, from the oldest kept
+    // file on, and `skipped` says lines were lost.
     cursor = next.next;
-    for (int i = 25; i <= 60; ++i) file.write(line(i) + "\n");
+    for (int i = 25; i <= 100; ++i) file.write(line(i) + "\n");
     next = file.follow(cursor, 1 << 20);
     CHECK(next.skipped);
     REQUIRE_FALSE(next.lines.empty());
-    CHECK(next.lines.back() == line(60));
+    CHECK(next.lines.front() != line(25));
+    CHECK(next.lines.back() == line(100));
+    for (std::size_t i = 1; i < next.lines.size(); ++i)
+        CHECK(std::stoi(next.lines[i].substr(5)) == std::stoi(next.lines[i - 1].substr(5)) + 1);
 
-    // The tail reaches into the rotated file when the current one holds fewer lines.
+    // The tail reaches into the rotated files when the current one holds fewer lines.
     auto last = file.tail(20, 1 << 20);
     REQUIRE(last.lines.size() == 20);
-    CHECK(last.lines.front() == line(41));
-    CHECK(last.lines.back() == line(60));
+    CHECK(last.lines.front() == line(81));
+    CHECK(last.lines.back() == line(100));
+}
+
+TEST_CASE("a follower whose file was rotated several times gets every line kept, a cut line whole, and tail 0 a cursor") {
+    Scratch scratch;
+    Reports reports;
+    OutputFile file(scratch.file("svc.out"), 100, 5, reports.sink());
+    auto line = [](int i) { return "line " + std::to_string(i); };
+    file.write("before\n");
+    const auto none = file.tail(0, 1 << 20);
+    CHECK(none.lines.empty());
+    CHECK(file.follow(none.next, 1 << 20).lines.empty());  // the cursor is at the end, not at 0
+    // A line longer than the cap is cut across files; then enough lines to rotate four times.
+    file.write(std::string(150, 'x') + "\n");
+    for (int i = 1; i <= 30; ++i) file.write(line(i) + "\n");
+    REQUIRE(fs::exists(scratch.file("svc.3.out")));
+    const auto next = file.follow(none.next, 1 << 20);
+    CHECK_FALSE(next.skipped);
+    std::string long_line;
+    std::size_t at = 0;
+    while (at < next.lines.size() && next.lines[at].find_first_not_of('x') == std::string::npos) long_line += next.lines[at++];
+    CHECK(long_line == std::string(150, 'x'));
+    std::vector<std::string> rest(next.lines.begin() + static_cast<std::ptrdiff_t>(at), next.lines.end());
+    std::vector<std::string> expected;
+    for (int i = 1; i <= 30; ++i) expected.push_back(line(i));
+    CHECK(rest == expected);
+    // A planted file of another user is never read as a rotated one.
+    if (::geteuid() == 0) {
+        fs::remove(scratch.file("svc.1.out"));
+        std::ofstream(scratch.file("svc.1.out")) << "forged\n";
+        REQUIRE(::chown(scratch.file("svc.1.out").c_str(), 65534, 65534) == 0);
+        for (const auto& text : file.tail(100, 1 << 20).lines) CHECK(text != "forged");
+    }
 }

@@ -559,6 +559,8 @@ int stack_status(const std::string& run_dir, const std::vector<std::string>& nam
 // proctab start|stop|restart NAME...: asks procctl, prints each program's state after it.
 int stack_action(const std::string& run_dir, const std::string& action, const std::vector<std::string>& names) {
     for (const auto& name : names) check_program_name(name);
+    for (const auto& name : names)  // every name known before anything is done
+        if (name != "all") (void)stack_call(run_dir, "GET", "/v1/programs/" + name);
     for (const auto& name : names)
         for (const auto& p : stack_call(run_dir, "POST", "/v1/programs/" + name + "/" + action))
             std::printf("%s: %s\n", shown(p["name"].get<std::string>()).c_str(), p["state"].get<std::string>().c_str());
@@ -588,6 +590,25 @@ int stack_reload(const std::string& run_dir) {
     return tool::kExitOk;
 }
 
+// A program's output line with its control bytes (but tabs) shown as \xNN, C1 controls in
+// UTF-8 too: a program's output never drives the operator's terminal.
+std::string terminal_safe(const std::string& line) {
+    std::string out;
+    for (std::size_t i = 0; i < line.size(); ++i) {
+        const auto c = static_cast<unsigned char>(line[i]);
+        const bool c1 = c == 0xc2 && i + 1 < line.size() && static_cast<unsigned char>(line[i + 1]) >= 0x80 &&
+                        static_cast<unsigned char>(line[i + 1]) < 0xa0;
+        if ((c < 0x20 && c != '\t') || c == 0x7f || c1) {
+            char hex[8];
+            std::snprintf(hex, sizeof hex, "\\x%02x", c1 ? static_cast<unsigned char>(line[++i]) : c);
+            out += hex;
+        } else {
+            out += static_cast<char>(c);
+        }
+    }
+    return out;
+}
+
 // proctab tail NAME [-n N] [-f] [--stderr]: the last lines of a program's output file; with
 // -f, then what it writes, until interrupted or procctl stops.
 int stack_tail(const std::string& run_dir, const std::string& name, unsigned lines, bool follow, bool stderr_stream) {
@@ -600,7 +621,7 @@ int stack_tail(const std::string& run_dir, const std::string& name, unsigned lin
         if (unit["skipped"].get<bool>())
             std::fprintf(stderr, "proctab: %s: lines were rotated away before they could be shown\n",
                          shown(unit["name"].get<std::string>()).c_str());
-        for (const auto& line : unit["lines"]) std::printf("%s%s\n", prefix.c_str(), line.get<std::string>().c_str());
+        for (const auto& line : unit["lines"]) std::printf("%s%s\n", prefix.c_str(), terminal_safe(line.get<std::string>()).c_str());
         std::fflush(stdout);
     };
     for (const auto& unit : units) print(unit);

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
@@ -11,6 +12,7 @@
 #include <cerrno>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <thread>
 #include <utility>  // before Asio: Boost 1.74's awaitable.hpp uses std::exchange without including it
@@ -33,6 +35,8 @@ using local = asio::local::stream_protocol;
 constexpr auto kReadDeadline = std::chrono::seconds(5);   // a client that sends too slowly is dropped
 constexpr auto kWriteDeadline = std::chrono::seconds(5);  // and one that does not read its reply
 constexpr std::size_t kMaxConnections = 64;
+constexpr std::size_t kMaxConnectionsPerUser = 16;  // one user's silent clients leave room for the others
+constexpr std::size_t kRequestsPerServe = 8;
 constexpr std::uint32_t kHeaderLimit = 8 * 1024;
 constexpr std::uint64_t kBodyLimit = 64 * 1024;
 
@@ -45,6 +49,7 @@ struct Pending {
 
 struct ControlServer::State {
     std::atomic<std::size_t> connections{0};  // first: sessions destroyed with `io` still count down
+    std::map<uid_t, std::size_t> per_user;    // open connections by peer uid (only the server's thread)
     asio::io_context io;
     local::acceptor acceptor{io};
     asio::steady_timer retry{io};  // after a failed accept (EMFILE): wait, do not spin
@@ -69,9 +74,12 @@ std::string error_json(const std::string& message) {
 // One connection: one request, one reply, then closed. Every wait has a deadline.
 class Session : public std::enable_shared_from_this<Session> {
 public:
-    Session(local::socket socket, ControlServer::State* state)
-        : socket_(std::move(socket)), timer_(socket_.get_executor()), state_(state) {}
-    ~Session() { --state_->connections; }
+    Session(local::socket socket, ControlServer::State* state, uid_t uid)
+        : socket_(std::move(socket)), timer_(socket_.get_executor()), state_(state), uid_(uid) {}
+    ~Session() {
+        --state_->connections;
+        if (--state_->per_user[uid_] == 0) state_->per_user.erase(uid_);
+    }
 
     void start() {
         parser_.header_limit(kHeaderLimit);
@@ -136,6 +144,7 @@ private:
     http::request_parser<http::empty_body> parser_;
     http::response<http::string_body> response_;
     ControlServer::State* state_;  // outlives every session: they run on its thread, joined first
+    uid_t uid_;
 };
 
 void accept_next(ControlServer::State* state) {
@@ -148,12 +157,21 @@ void accept_next(ControlServer::State* state) {
             });
             return;
         }
-        if (state->connections.load() >= kMaxConnections) {
+        ucred peer{};
+        socklen_t length = sizeof peer;
+        const bool known = ::getsockopt(socket.native_handle(), SOL_SOCKET, SO_PEERCRED, &peer, &length) == 0;
+        // Root and procctl's own user always get in (up to their own cap): a flood by a group
+        // member never locks the operator out.
+        const bool privileged = known && (peer.uid == 0 || peer.uid == ::geteuid());
+        if (!known || (!privileged && state->connections.load() >= kMaxConnections) ||
+            state->per_user[peer.uid] >= kMaxConnectionsPerUser) {
+            if (known && state->per_user[peer.uid] == 0) state->per_user.erase(peer.uid);
             beast::error_code ignored;
             socket.close(ignored);  // too many at once: the newest is turned away
         } else {
             ++state->connections;
-            std::make_shared<Session>(std::move(socket), state)->start();
+            ++state->per_user[peer.uid];
+            std::make_shared<Session>(std::move(socket), state, peer.uid)->start();
         }
         accept_next(state);
     });
@@ -211,7 +229,15 @@ void ControlServer::serve(const std::function<ControlReply(const ControlRequest&
     std::deque<Pending> batch;
     {
         std::lock_guard lock(state_->mutex);
-        batch.swap(state_->pending);
+        // A few at a time: a flood of requests takes turns with supervision, never holds it.
+        while (!state_->pending.empty() && batch.size() < kRequestsPerServe) {
+            batch.push_back(std::move(state_->pending.front()));
+            state_->pending.pop_front();
+        }
+        if (!state_->pending.empty()) {
+            const std::uint64_t one = 1;
+            (void)!::write(state_->wake, &one, sizeof one);  // the rest at the loop's next turn
+        }
     }
     for (auto& pending : batch) {
         ControlReply reply;

@@ -35,7 +35,8 @@ public:
 
     /// Readable when requests wait: the loop polls it, then calls serve().
     [[nodiscard]] int wake_fd() const noexcept;
-    /// Answers every waiting request with `handler`, on the caller's thread.
+    /// Answers waiting requests with `handler`, on the caller's thread: a few at a time (the
+    /// wake fd stays readable while more wait).
     void serve(const std::function<ControlReply(const ControlRequest&)>& handler);
 
     struct State;

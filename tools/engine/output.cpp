@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <memory>
 #include <cerrno>
 #include <cstring>
 #include <utility>
@@ -223,18 +224,27 @@ std::vector<std::string> lines_before(const ReadFile& file, std::uint64_t from, 
 
 int OutputFile::open_for_reading(std::size_t index) const noexcept {
     const std::string name = index == 0 ? dir_.name : rotated_name(dir_.name, index);
-    return ::openat(dir_.fd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    const int fd = ::openat(dir_.fd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    // Only a file procctl wrote: in a sticky directory another user may plant a name.
+    struct stat st {};
+    if (fd >= 0 && (::fstat(fd, &st) != 0 || st.st_uid != ::geteuid())) {
+        ::close(fd);
+        return -1;
+    }
+    return fd;
 }
 
 OutputFile::Lines OutputFile::tail(std::size_t count, std::size_t max_bytes) const {
     Lines out;
-    for (std::size_t index = 0; index <= keep_ && out.lines.size() < count && max_bytes > 0; ++index) {
+    for (std::size_t index = 0; index <= keep_; ++index) {
         const ReadFile file(open_for_reading(index));
         if (file.fd < 0) break;
+        if (index == 0) out.next = Cursor{file.inode, rotations_, file.size};
+        if (out.lines.size() >= count || max_bytes == 0) break;
         const std::uint64_t from = file.size > max_bytes ? file.size - max_bytes : 0;
         std::uint64_t end = 0;
         auto lines = lines_before(file, from, file.size, &end);
-        if (index == 0) out.next = Cursor{file.inode, end};
+        if (index == 0) out.next.offset = end;  // after the last whole line
         lines.insert(lines.end(), std::make_move_iterator(out.lines.begin()), std::make_move_iterator(out.lines.end()));
         out.lines = std::move(lines);
         max_bytes -= static_cast<std::size_t>(file.size - from);
@@ -246,38 +256,48 @@ OutputFile::Lines OutputFile::tail(std::size_t count, std::size_t max_bytes) con
 
 OutputFile::Lines OutputFile::follow(Cursor from, std::size_t max_bytes) const {
     Lines out;
-    const ReadFile current(open_for_reading(0));
-    if (current.fd < 0) {
-        out.next = from;
-        return out;
+    out.next = from;
+    // The cursor's file is rotated file (rotations since) now, if it is still kept: checked by
+    // its inode, since a rotation that failed half way shifts fewer files. No rotation can
+    // happen meanwhile: it happens on this thread.
+    std::vector<std::unique_ptr<ReadFile>> files;  // files[i]: rotated file i (0: the current one)
+    const std::uint64_t age = rotations_ - from.generation;
+    const bool known = from.inode != 0 && from.generation <= rotations_ && age <= keep_;
+    for (std::size_t index = 0; index <= (known ? age : keep_); ++index) {
+        files.push_back(std::make_unique<ReadFile>(open_for_reading(index)));
+        if (files.back()->fd < 0) {
+            files.pop_back();
+            break;
+        }
     }
-    // Reads whole lines of `file` from `offset` within the budget left; the cursor after them.
+    if (files.empty()) return out;
+    std::size_t at = 0;
+    std::uint64_t offset = 0;
+    if (known && files.size() == age + 1 && files[age]->inode == from.inode && from.offset <= files[age]->size) {
+        at = static_cast<std::size_t>(age);
+        offset = from.offset;
+    } else if (from.inode != 0) {  // rotated away past every kept file, truncated, or not ours
+        out.skipped = true;
+        at = files.size() - 1;  // the oldest kept file on
+    }
     const std::size_t budget = max_bytes;
-    auto take = [&](const ReadFile& file, std::uint64_t offset) {
+    for (std::size_t index = at;; --index) {
+        const ReadFile& file = *files[index];
         const std::uint64_t to = std::min<std::uint64_t>(file.size, offset + max_bytes);
         const std::string data = file.read(offset, to);
         std::size_t used = append_lines(data, out.lines);
-        if (used == 0 && data.size() == budget && budget > 0) {  // a line longer than the whole budget: in pieces
-            out.lines.push_back(data);
+        // A rotated file never grows again: a last line without its newline is whole. And a line
+        // longer than the whole budget comes in pieces.
+        const bool final_tail = index > 0 && to == file.size && used < data.size();
+        if (final_tail || (used == 0 && data.size() == budget && budget > 0)) {
+            out.lines.push_back(data.substr(used));
             used = data.size();
         }
         max_bytes -= std::min<std::size_t>(max_bytes, used);
-        out.next = Cursor{file.inode, offset + used};
-        return offset + used == file.size;  // read to its end
-    };
-    if (from.inode == current.inode && from.offset <= current.size) {
-        take(current, from.offset);
-        return out;
+        out.next = Cursor{file.inode, rotations_ - index, offset + used};
+        if (index == 0 || offset + used < file.size) break;  // the budget is spent
+        offset = 0;
     }
-    if (from.inode != 0) {  // rotated since: the rest of the file it was, then the new one
-        const ReadFile rotated(open_for_reading(1));
-        if (rotated.fd >= 0 && rotated.inode == from.inode && from.offset <= rotated.size) {
-            if (take(rotated, from.offset)) take(current, 0);
-            return out;
-        }
-        out.skipped = true;  // rotated more than once, or truncated
-    }
-    take(current, 0);
     return out;
 }
 
@@ -398,6 +418,7 @@ void OutputFile::rotate() noexcept {
         if (::renameat(dir_.fd, from.c_str(), dir_.fd, to.c_str()) != 0)
             return cannot(errno, "renaming " + prefix + from + " to " + prefix + to + ": " + std::strerror(errno));
     }
+    ++rotations_;  // the file that was current is now rotated file 1
     if (rotate_failing_ != 0) {
         report_("rotating " + path_ + " works again");
         rotate_failing_ = 0;
@@ -414,6 +435,10 @@ void OutputFile::rotate() noexcept {
 
 OutputPipes::~OutputPipes() {
     for (const auto& reader : readers_) ::close(reader.fd);
+}
+
+bool OutputPipes::feeds(const OutputFile* file) const noexcept {
+    return std::any_of(readers_.begin(), readers_.end(), [&](const Reader& r) { return r.file == file; });
 }
 
 void OutputPipes::add(int fd, OutputFile* file) {

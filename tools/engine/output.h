@@ -57,12 +57,20 @@ public:
     void write(std::string_view data) noexcept;
     /// Writes the held partial line, if any.
     void finish() noexcept;
+    /// New rotation limits (a reload), from the next write on.
+    void set_limits(std::uint64_t max_size, std::size_t keep) noexcept {
+        max_size_ = max_size;
+        keep_ = keep;
+    }
 
     [[nodiscard]] const std::string& path() const noexcept { return path_; }
 
-    /// Where a reader of the file stands: the file (its inode) and the offset in it.
+    /// Where a reader of the file stands: the file (its inode, and how many rotations this
+    /// object had made when it was the current file: inodes of deleted files are reused) and
+    /// the offset in it.
     struct Cursor {
         std::uint64_t inode = 0;
+        std::uint64_t generation = 0;
         std::uint64_t offset = 0;
     };
     struct Lines {
@@ -73,7 +81,8 @@ public:
     /// The last `count` complete lines written (from the current file and, when it holds fewer,
     /// the rotated ones, newest first), at most `max_bytes` of them.
     [[nodiscard]] Lines tail(std::size_t count, std::size_t max_bytes) const;
-    /// The complete lines written since `from` (across one rotation), at most `max_bytes`.
+    /// The complete lines written since `from` (across rotations, from every file still kept), at
+    /// most `max_bytes`; a rotated file's last line is whole even without its newline.
     [[nodiscard]] Lines follow(Cursor from, std::size_t max_bytes) const;
 
     [[nodiscard]] std::uint64_t dropped_bytes() const noexcept { return dropped_; }
@@ -95,6 +104,7 @@ private:
     int fd_ = -1;
     bool regular_ = true;
     std::uint64_t size_ = 0;
+    std::uint64_t rotations_ = 0;  // completed: the generation of the current file
     std::string pending_;       // the last line, until its newline comes
     int failing_ = 0;           // errno of the write failure being reported, 0 while writes succeed
     int rotate_failing_ = 0;    // the same for rotation
@@ -113,6 +123,8 @@ public:
 
     /// Follows `fd` (made non-blocking; closed here once it reaches EOF) into `file`.
     void add(int fd, OutputFile* file);
+    /// Whether a pipe still feeds `file`.
+    [[nodiscard]] bool feeds(const OutputFile* file) const noexcept;
     /// Appends a pollfd per pipe.
     void add_pollfds(std::vector<pollfd>& fds) const;
     /// Moves what the pipes hold into their files (a bounded amount per pipe, so that one busy

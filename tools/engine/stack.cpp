@@ -18,6 +18,7 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <tuple>
 
 #include <nlohmann/json.hpp>
 
@@ -142,9 +143,15 @@ public:
                 log_.info("every program is stopped; exiting");
                 return 0;
             }
-            drop_retired();
-            if (!stopping_all_) step(now);
-            std::uint64_t wake = drop_retired() ? now : now + to_ns(std::chrono::seconds(1));  // its successor may start
+            // What one pass changes (a stop finished, a program ready, a retired unit dropped) may
+            // let an earlier program move: passes until nothing changes.
+            for (int pass = 0; pass < 8; ++pass) {
+                const auto before = states();
+                drop_retired();
+                if (!stopping_all_) step(now);
+                if (states() == before) break;
+            }
+            std::uint64_t wake = now + to_ns(std::chrono::seconds(1));
             fds.clear();
             fds.push_back(pollfd{signal_fd_, POLLIN, 0});
             fds.push_back(pollfd{control.wake_fd(), POLLIN, 0});
@@ -292,7 +299,7 @@ private:
             if (request.method != "POST") return error(405, request.method + " " + shown + ": use POST");
             if (stopping_all_) return error(409, "the stack is stopping");
             try {
-                return ControlReply{200, json_text(reload(now))};
+                return ControlReply{200, json_text(reload())};
             } catch (const Error& e) {
                 log_.error("reload refused, the running config is kept: {}", e.what());
                 return error(400, std::string(e.what()) + " (the running config is kept)");
@@ -345,7 +352,8 @@ private:
     // unit's output file, or, with `from` (the cursor a reply gave), the lines written since.
     ControlReply output(const std::vector<Unit*>& chosen, std::map<std::string, std::string>& query) {
         auto error = [](int status, const std::string& message) { return ControlReply{status, json_text({{"error", message}})}; };
-        constexpr std::size_t kMaxLines = 10000, kTailBytes = 1 << 20, kFollowBytes = 256 << 10;
+        // One budget for the whole reply (all the units named): its JSON is at most 6 times that.
+        constexpr std::size_t kMaxLines = 10000, kReplyBytes = 256 << 10;
         const std::string stream = query.count("stream") ? query["stream"] : "stdout";
         if (stream != "stdout" && stream != "stderr") return error(400, "stream=" + escaped(stream, name_char) + ": use stdout or stderr");
         std::size_t count = 10;
@@ -357,25 +365,30 @@ private:
         }
         std::optional<OutputFile::Cursor> from;
         if (query.count("from")) {
-            unsigned long long inode = 0, offset = 0;
+            unsigned long long inode = 0, generation = 0, offset = 0;
             char end = 0;
-            if (std::sscanf(query["from"].c_str(), "%llu:%llu%c", &inode, &offset, &end) != 2)
-                return error(400, "from=" + escaped(query["from"], name_char) + ": give the cursor a reply returned (INODE:OFFSET)");
-            from = OutputFile::Cursor{inode, offset};
+            if (std::sscanf(query["from"].c_str(), "%llu:%llu:%llu%c", &inode, &generation, &offset, &end) != 3)
+                return error(400, "from=" + escaped(query["from"], name_char) + ": give the cursor a reply returned");
+            from = OutputFile::Cursor{inode, generation, offset};
         }
         nlohmann::json list = nlohmann::json::array();
+        std::size_t budget = kReplyBytes;
         for (const Unit* unit : chosen) {
             const OutputFile* file = stream == "stdout" ? unit->out : unit->err;
+            if (file == nullptr && chosen.size() > 1) continue;  // `all`, or instances: those that have one
             if (file == nullptr)
                 return error(404, unit->name + " has no " + stream + " file (no '" + stream +
                                       ":' in the config): its output goes to procctl's own");
-            const auto lines = from ? file->follow(*from, kFollowBytes) : file->tail(count, kTailBytes);
+            const auto lines = from ? file->follow(*from, budget) : file->tail(count, budget);
+            for (const auto& line : lines.lines) budget -= std::min(budget, line.size() + 1);
             list.push_back({{"name", unit->name},
                             {"path", file->path()},
                             {"lines", lines.lines},
-                            {"cursor", std::to_string(lines.next.inode) + ":" + std::to_string(lines.next.offset)},
+                            {"cursor", std::to_string(lines.next.inode) + ":" + std::to_string(lines.next.generation) + ":" +
+                                           std::to_string(lines.next.offset)},
                             {"skipped", lines.skipped}});
         }
+        if (list.empty()) return error(404, "none of these programs has a " + stream + " file (no '" + stream + ":' in the config)");
         return ControlReply{200, json_text(list)};
     }
 
@@ -413,7 +426,7 @@ private:
     // removed ones stopped, changed ones (any key) stopped and started anew; the others keep
     // running untouched. A config that does not load, or changes what a running procctl cannot
     // (run_dir, socket_group), throws hbwatch::Error, and nothing changes.
-    nlohmann::json reload(std::uint64_t now) {
+    nlohmann::json reload() {
         StackConfig next = load_stack_config(config_.path);
         auto refuse = [&](const char* key, const std::string& was, const std::string& is) {
             throw Error(EINVAL, config_.path + ": " + key + " changed from '" + was + "' to '" + is +
@@ -438,14 +451,23 @@ private:
                 continue;
             }
             report[old == programs_.end() ? "added" : "changed"].push_back(p.name);
+            // A changed program runs, or stays stopped, as its old version was asked to.
+            std::optional<bool> wanted;
+            if (old != programs_.end())
+                for (const auto& unit : units_)
+                    if (!unit->retiring && unit->program == *old) wanted = wanted.value_or(false) || unit->wanted;
             programs.push_back(std::make_shared<const ProgramConfig>(std::move(p)));
-            for (auto& unit : make_units(programs.back(), next.log_dir)) fresh.push_back(std::move(unit));
+            for (auto& unit : make_units(programs.back(), next.log_dir)) {
+                if (wanted) unit->wanted = *wanted;
+                unit->state = unit->wanted ? State::waiting : State::stopped;
+                fresh.push_back(std::move(unit));
+            }
         }
         for (const auto& old : programs_)
             if (std::none_of(programs.begin(), programs.end(), [&](const auto& p) { return p->name == old->name; }))
                 report["removed"].push_back(old->name);
         for (auto& unit : units_)
-            if (!unit->retiring && std::find(programs.begin(), programs.end(), unit->program) == programs.end()) retire(*unit, now);
+            if (!unit->retiring && std::find(programs.begin(), programs.end(), unit->program) == programs.end()) retire(*unit);
         std::vector<std::unique_ptr<Unit>> ordered;  // the new start order, then what retires
         for (const auto& program : programs)
             for (auto* source : {&units_, &fresh})
@@ -456,6 +478,10 @@ private:
         units_ = std::move(ordered);
         programs_ = std::move(programs);
         config_.log_dir = next.log_dir;
+        for (const auto& unit : units_)  // a file shared with what retires takes the new limits
+            for (OutputFile* file : {unit->out, unit->err})
+                if (file != nullptr && !unit->retiring) file->set_limits(unit->program->log_max_size, unit->program->log_files);
+        drop_unused_outputs();
         auto names = [](const nlohmann::json& list) {
             std::string text;
             for (const auto& name : list) text.append(text.empty() ? "" : ", ").append(name.get<std::string>());
@@ -466,16 +492,38 @@ private:
         return report;
     }
 
-    // Drops the retired units that have stopped. True when one was dropped.
-    bool drop_retired() {
-        return std::erase_if(units_, [](const auto& u) { return u->retiring && u->pid == 0 && u->state != State::stopping; }) > 0;
+    // Every unit and where it stands: what the loop's passes compare.
+    std::vector<std::tuple<const Unit*, State, bool>> states() const {
+        std::vector<std::tuple<const Unit*, State, bool>> all;
+        for (const auto& unit : units_) all.emplace_back(unit.get(), unit->state, unit->stop_pending);
+        return all;
     }
 
-    // A unit a reload removed or replaced: stopped now, then dropped from the stack.
-    void retire(Unit& unit, std::uint64_t now) {
+    // Drops the retired units that have stopped, and the output files nothing uses any more.
+    // True when a unit was dropped.
+    bool drop_retired() {
+        if (std::erase_if(units_, [](const auto& u) { return u->retiring && u->pid == 0 && u->state != State::stopping; }) == 0)
+            return false;
+        drop_unused_outputs();
+        return true;
+    }
+
+    // Closes the output files that no unit names and no pipe feeds (a reload moved or removed
+    // them): no descriptor is kept, nor a removed log's disk space.
+    void drop_unused_outputs() {
+        std::erase_if(outputs_, [&](const auto& entry) {
+            const OutputFile* file = entry.second.get();
+            const bool named = std::any_of(units_.begin(), units_.end(), [&](const auto& u) { return u->out == file || u->err == file; });
+            return !named && !pipes_.feeds(file);
+        });
+    }
+
+    // A unit a reload removed or replaced: stopped (after what waits for it, when that is
+    // stopping too), then dropped from the stack.
+    void retire(Unit& unit) {
         unit.retiring = true;
-        unit.wanted = unit.stop_pending = unit.restart_after_stop = unit.restart_at_once = false;
-        if (unit.state == State::starting || unit.state == State::ready) stop(unit, now);
+        unit.wanted = unit.restart_after_stop = unit.restart_at_once = false;
+        if (unit.state == State::starting || unit.state == State::ready) unit.stop_pending = true;
         else if (unit.state != State::stopping) rest(unit, State::stopped);
     }
 
@@ -491,6 +539,7 @@ private:
                                                       program->max_restarts ? std::optional(program->max_restarts) : std::nullopt,
                                                       program->max_restarts_window, std::chrono::seconds(1)});
             unit->wanted = program->autostart;
+            unit->state = unit->wanted ? State::waiting : State::stopped;  // autostart: false waits for a start
             prepare(*unit, copies > 1 ? i : 0, log_dir);
             units.push_back(std::move(unit));
         }
@@ -985,7 +1034,7 @@ private:
             } else if (sig == SIGHUP && !stopping_all_) {
                 log_.info("SIGHUP received from pid {}: reloading {}", static_cast<int>(info.ssi_pid), config_.path);
                 try {
-                    (void)reload(monotonic_now_ns());
+                    (void)reload();
                 } catch (const Error& e) {
                     log_.error("reload refused, the running config is kept: {}", e.what());
                 }

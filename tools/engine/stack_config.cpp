@@ -1,12 +1,14 @@
 #include "engine/stack_config.h"
 
+#include <fcntl.h>
 #include <grp.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <signal.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <fstream>
 #include <functional>
 #include <set>
 #include <sstream>
@@ -307,11 +309,21 @@ StackConfig parse_stack_config(const std::string& text, const std::string& path)
 }
 
 StackConfig load_stack_config(const std::string& path) {
-    std::ifstream in(path);
-    if (!in) throw Error(ENOENT, path + ": cannot read the config file: " + std::strerror(errno));
-    std::stringstream text;
-    text << in.rdbuf();
-    return parse_stack_config(text.str(), path);
+    // Non-blocking, and only a regular file: a FIFO or a device put there must not hang a
+    // reload, which runs in the supervision loop.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) throw Error(ENOENT, path + ": cannot read the config file: " + std::strerror(errno));
+    struct stat st {};
+    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > (1 << 20)) {
+        ::close(fd);
+        throw Error(EINVAL, path + ": the config file is not a regular file of at most 1 MiB");
+    }
+    std::string text;
+    char buffer[65536];
+    for (ssize_t n; (n = ::read(fd, buffer, sizeof buffer)) > 0 && text.size() <= (1u << 20);)
+        text.append(buffer, static_cast<std::size_t>(n));
+    ::close(fd);
+    return parse_stack_config(text, path);
 }
 
 }  // namespace hbwatch
