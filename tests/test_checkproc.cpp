@@ -325,9 +325,9 @@ TEST_CASE("checkproc exits 0 with no table, 1 when the table cannot be read, 2 o
 namespace {
 
 // What a last_beat service reported: its precise clock around its last beat, the coarse stamp
-// that beat left, and when SIGTERM reached it.
+// that beat left, when SIGTERM reached it, and the longest it went without beating before.
 struct LastBeat {
-    std::uint64_t before = 0, after = 0, stamp = 0, term = 0;
+    std::uint64_t before = 0, after = 0, stamp = 0, term = 0, longest_gap = 0;
 };
 
 // Starts `count` last_beat services with timeout `timeout_ms`, each with its own rhythm so
@@ -343,7 +343,7 @@ std::vector<std::unique_ptr<Process>> last_beat_services(const hbtest::ScratchKe
 
 LastBeat report_of(Process& service) {
     LastBeat r;
-    std::istringstream(service.output()) >> r.before >> r.after >> r.stamp >> r.term;
+    std::istringstream(service.output()) >> r.before >> r.after >> r.stamp >> r.term >> r.longest_gap;
     return r;
 }
 
@@ -367,24 +367,41 @@ TEST_CASE("no service is ever signalled before its real deadline, in watch and i
         auto all_done = [&] {
             return std::all_of(services.begin(), services.end(), [](auto& s) { return !s->running(); });
         };
+        std::string kill_logs;  // one-shot runs that sent SIGKILL: shown if a service was killed
         while (!all_done() && std::chrono::steady_clock::now() < give_up) {
-            if (watch) services.front()->wait_exit(100ms);  // any exit, or a while: then look again
-            else (void)run_checkproc(scratch);
+            if (watch) {
+                services.front()->wait_exit(100ms);  // any exit, or a while: then look again
+            } else if (const auto log = run_checkproc(scratch).second; log.find("SIGKILL") != std::string::npos) {
+                kill_logs += log;
+            }
         }
         REQUIRE(all_done());
         std::int64_t least_margin_ns = INT64_MAX;
+        int held = 0;
         for (auto& service : services) {
-            CHECK(WIFEXITED(service->wait()));
+            const int status = service->wait();
+            CHECK_MESSAGE(WIFEXITED(status), "status " << status << " (signal " << (status & 0x7f) << ")\n"
+                                                        << (watch ? watcher->output_so_far() : kill_logs));
             const LastBeat r = report_of(*service);
-            REQUIRE(r.term != 0);
+            REQUIRE_MESSAGE(r.term != 0, service->output());
+            // A service that the scheduler held for a timeout between two of its beats (beats
+            // are at most 11 ms apart) was really overdue then: checkproc may rightly stop it,
+            // and the SIGTERM can land just after the beat that came late. Such a service tells
+            // nothing about early kills; the loaded 2-core machines of CI make a few.
+            if (r.longest_gap >= kTimeoutNs) {
+                ++held;
+                continue;
+            }
             // The beat happened inside beat(), between `before` and `after` by the service's own
             // precise clock: SIGTERM came no sooner than the timeout after `before`. (`after`
             // may be much later when the service was preempted inside beat().)
             CHECK(r.term >= r.before + kTimeoutNs);
             least_margin_ns = std::min(least_margin_ns, static_cast<std::int64_t>(r.term - (r.before + kTimeoutNs)));
         }
+        CHECK_MESSAGE(held <= 40, held << " of 50 services were held off the CPU for a whole timeout: too few left to judge");
         MESSAGE(std::string(watch ? "watch" : "one-shot") << ": SIGTERM came at least " << least_margin_ns / 1000
-                                                          << " us after the real deadline");
+                                                          << " us after the real deadline; " << held
+                                                          << " services held off the CPU for a timeout were not judged");
     }
 }
 
