@@ -345,7 +345,7 @@ TEST_CASE("a reload starts what was added, stops what was removed, restarts what
     std::string text;  // not a structured binding: clang 14 cannot capture one in doctest's macros
     std::tie(code, text) = run(proctab(dir, {"reload"}));
     CHECK(code == 0);
-    CHECK(text == "added:     d\nremoved:   c\nchanged:   b  (restarted)\nunchanged: a\n");
+    CHECK(text == "added:     d\nremoved:   c\nchanged:   b\nunchanged: a\n");
     REQUIRE(hbtest::eventually([&] {
         const auto list = programs(socket);
         std::vector<std::string> names;
@@ -398,7 +398,7 @@ TEST_CASE("a reload starts what was added, stops what was removed, restarts what
           "  b:\n    command: [sleep, \"603\"]\n    after: [a]\n"
           "  d:\n    command: [sleep, \"606\"]\n");
     std::tie(code, text) = run(proctab(dir, {"reload"}));
-    CHECK(text == "added:     -\nremoved:   -\nchanged:   d  (restarted)\nunchanged: a, b\n");
+    CHECK(text == "added:     -\nremoved:   -\nchanged:   d\nunchanged: a, b\n");
     REQUIRE(stack.wait_for_output("changed (restarted) d", 10s));
     CHECK(program(socket, "d")["state"] == "stopped");
     // Reloads that move a program's output file keep no descriptor of the files left behind.
@@ -416,6 +416,18 @@ TEST_CASE("a reload starts what was added, stops what was removed, restarts what
     CHECK(descriptors() <= before + 2);  // one output file (and its directory) at most
     std::tie(code, text) = run(proctab(dir, {"start", "d"}));
     REQUIRE(hbtest::eventually([&] { return program(socket, "d")["state"] == "ready"; }));
+    // A program no operator touched follows its autostart across a reload.
+    const std::string abd = "  a:\n    command: [sleep, \"605\"]\n"
+                            "  b:\n    command: [sleep, \"603\"]\n    after: [a]\n"
+                            "  d:\n    command: [sleep, \"606\"]\n";
+    write(abd + "  lazy:\n    command: [sleep, \"607\"]\n    autostart: false\n");
+    std::tie(code, text) = run(proctab(dir, {"reload"}));
+    REQUIRE(code == 0);
+    CHECK(program(socket, "lazy")["state"] == "stopped");
+    write(abd + "  lazy:\n    command: [sleep, \"607\"]\n    autostart: true\n");
+    std::tie(code, text) = run(proctab(dir, {"reload"}));
+    REQUIRE(code == 0);
+    CHECK(hbtest::eventually([&] { return program(socket, "lazy")["state"] == "ready"; }));
 
     // stop all: in reverse order, b (which waits for a) before a.
     std::tie(code, text) = run(proctab(dir, {"stop", "all"}));
@@ -456,7 +468,7 @@ TEST_CASE("proctab tail shows a program's last lines and follows what it writes 
                           << "  quiet:\n"
                           << "    command: [sleep, \"600\"]\n"
                           << "  painter:\n"
-                          << "    command: [sh, -c, \"printf '\\\\033]0;owned\\\\007\\\\033[2J\\\\tend\\\\n'; exec sleep 600\"]\n"
+                          << "    command: [sh, -c, \"printf '\\\\033]0;owned\\\\007\\\\033[2J\\\\tend\\\\342\\\\200\\\\256\\\\n'; exec sleep 600\"]\n"
                           << "    stdout: painter.log\n";
     Process stack({hbtest::bin("procctl"), "-f", "-c", config.string()});
     REQUIRE(stack.wait_for_output("quiet is ready", 30s));
@@ -509,7 +521,7 @@ TEST_CASE("proctab tail shows a program's last lines and follows what it writes 
     REQUIRE(hbtest::eventually([&] { return fs::exists(dir.dir / "log" / "painter.log") && fs::file_size(dir.dir / "log" / "painter.log") > 0; }));
     std::tie(code, text) = run(proctab(dir, {"tail", "painter"}));
     CHECK(code == 0);
-    CHECK(text == "\\x1b]0;owned\\x07\\x1b[2J\tend\n");
+    CHECK(text == "\\x1b]0;owned\\x07\\x1b[2J\tend\\u202e\n");
 
     // A program without an output file, and a signal name that is not one.
     std::tie(code, text) = run(proctab(dir, {"tail", "quiet"}));

@@ -559,8 +559,12 @@ int stack_status(const std::string& run_dir, const std::vector<std::string>& nam
 // proctab start|stop|restart NAME...: asks procctl, prints each program's state after it.
 int stack_action(const std::string& run_dir, const std::string& action, const std::vector<std::string>& names) {
     for (const auto& name : names) check_program_name(name);
-    for (const auto& name : names)  // every name known before anything is done
-        if (name != "all") (void)stack_call(run_dir, "GET", "/v1/programs/" + name);
+    for (const auto& name : names) {  // every name known before anything is done
+        if (name == "all") continue;
+        const json found = stack_call(run_dir, "GET", "/v1/programs/" + name);
+        if (std::all_of(found.begin(), found.end(), [](const json& p) { return p.value("retiring", false); }))
+            throw Error(ENOENT, "'" + shown(name) + "' is being removed by a reload: it takes no requests");
+    }
     for (const auto& name : names)
         for (const auto& p : stack_call(run_dir, "POST", "/v1/programs/" + name + "/" + action))
             std::printf("%s: %s\n", shown(p["name"].get<std::string>()).c_str(), p["state"].get<std::string>().c_str());
@@ -584,21 +588,29 @@ int stack_reload(const std::string& run_dir) {
     for (const char* what : {"added", "removed", "changed", "unchanged"}) {
         std::string names;
         for (const auto& name : report[what]) names.append(names.empty() ? "" : ", ").append(shown(name.get<std::string>()));
-        std::printf("%-10s %s%s\n", (std::string(what) + ":").c_str(), names.empty() ? "-" : names.c_str(),
-                    std::string(what) == "changed" && !names.empty() ? "  (restarted)" : "");
+        std::printf("%-10s %s\n", (std::string(what) + ":").c_str(), names.empty() ? "-" : names.c_str());
     }
     return tool::kExitOk;
 }
 
 // A program's output line with its control bytes (but tabs) shown as \xNN, C1 controls in
-// UTF-8 too: a program's output never drives the operator's terminal.
+// UTF-8 too, and bidirectional overrides as \uNNNN: a program's output never drives the
+// operator's terminal.
 std::string terminal_safe(const std::string& line) {
     std::string out;
     for (std::size_t i = 0; i < line.size(); ++i) {
         const auto c = static_cast<unsigned char>(line[i]);
-        const bool c1 = c == 0xc2 && i + 1 < line.size() && static_cast<unsigned char>(line[i + 1]) >= 0x80 &&
-                        static_cast<unsigned char>(line[i + 1]) < 0xa0;
-        if ((c < 0x20 && c != '\t') || c == 0x7f || c1) {
+        const auto next = [&](std::size_t k) { return i + k < line.size() ? static_cast<unsigned char>(line[i + k]) : 0; };
+        const bool c1 = c == 0xc2 && next(1) >= 0x80 && next(1) < 0xa0;
+        // U+202A..U+202E and U+2066..U+2069: bidirectional overrides, which reorder what is shown.
+        const bool bidi = c == 0xe2 && ((next(1) == 0x80 && next(2) >= 0xaa && next(2) <= 0xae) ||
+                                        (next(1) == 0x81 && next(2) >= 0xa6 && next(2) <= 0xa9));
+        if (bidi) {
+            char code[12];
+            std::snprintf(code, sizeof code, "\\u%04x", 0x2000 + ((next(1) & 0x3f) << 6) + (next(2) & 0x3f));
+            out += code;
+            i += 2;
+        } else if ((c < 0x20 && c != '\t') || c == 0x7f || c1) {
             char hex[8];
             std::snprintf(hex, sizeof hex, "\\x%02x", c1 ? static_cast<unsigned char>(line[++i]) : c);
             out += hex;

@@ -14,6 +14,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <utility>  // before Asio: Boost 1.74's awaitable.hpp uses std::exchange without including it
 
@@ -37,6 +38,7 @@ constexpr auto kWriteDeadline = std::chrono::seconds(5);  // and one that does n
 constexpr std::size_t kMaxConnections = 64;
 constexpr std::size_t kMaxConnectionsPerUser = 16;  // one user's silent clients leave room for the others
 constexpr std::size_t kRequestsPerServe = 8;
+constexpr auto kServeTime = std::chrono::milliseconds(20);
 constexpr std::uint32_t kHeaderLimit = 8 * 1024;
 constexpr std::uint64_t kBodyLimit = 64 * 1024;
 
@@ -49,7 +51,8 @@ struct Pending {
 
 struct ControlServer::State {
     std::atomic<std::size_t> connections{0};  // first: sessions destroyed with `io` still count down
-    std::map<uid_t, std::size_t> per_user;    // open connections by peer uid (only the server's thread)
+    std::map<uid_t, std::size_t> per_user;    // open connections by peer uid, under `mutex`: a session
+                                              // may end on either thread
     asio::io_context io;
     local::acceptor acceptor{io};
     asio::steady_timer retry{io};  // after a failed accept (EMFILE): wait, do not spin
@@ -78,6 +81,7 @@ public:
         : socket_(std::move(socket)), timer_(socket_.get_executor()), state_(state), uid_(uid) {}
     ~Session() {
         --state_->connections;
+        std::lock_guard lock(state_->mutex);
         if (--state_->per_user[uid_] == 0) state_->per_user.erase(uid_);
     }
 
@@ -163,14 +167,19 @@ void accept_next(ControlServer::State* state) {
         // Root and procctl's own user always get in (up to their own cap): a flood by a group
         // member never locks the operator out.
         const bool privileged = known && (peer.uid == 0 || peer.uid == ::geteuid());
-        if (!known || (!privileged && state->connections.load() >= kMaxConnections) ||
-            state->per_user[peer.uid] >= kMaxConnectionsPerUser) {
-            if (known && state->per_user[peer.uid] == 0) state->per_user.erase(peer.uid);
+        bool admitted = false;
+        if (known && (privileged || state->connections.load() < kMaxConnections)) {
+            std::lock_guard lock(state->mutex);
+            auto& mine = state->per_user[peer.uid];
+            admitted = mine < kMaxConnectionsPerUser;
+            if (admitted) ++mine;
+            else if (mine == 0) state->per_user.erase(peer.uid);
+        }
+        if (!admitted) {
             beast::error_code ignored;
             socket.close(ignored);  // too many at once: the newest is turned away
         } else {
             ++state->connections;
-            ++state->per_user[peer.uid];
             std::make_shared<Session>(std::move(socket), state, peer.uid)->start();
         }
         accept_next(state);
@@ -226,27 +235,29 @@ int ControlServer::wake_fd() const noexcept { return state_->wake; }
 void ControlServer::serve(const std::function<ControlReply(const ControlRequest&)>& handler) {
     std::uint64_t count;
     (void)!::read(state_->wake, &count, sizeof count);
-    std::deque<Pending> batch;
-    {
-        std::lock_guard lock(state_->mutex);
-        // A few at a time: a flood of requests takes turns with supervision, never holds it.
-        while (!state_->pending.empty() && batch.size() < kRequestsPerServe) {
-            batch.push_back(std::move(state_->pending.front()));
+    // A few at a time, for a little while: a flood of requests takes turns with supervision,
+    // never holds it. The rest are left for the loop's next turn.
+    const auto started = std::chrono::steady_clock::now();
+    for (std::size_t served = 0; served < kRequestsPerServe && std::chrono::steady_clock::now() - started < kServeTime; ++served) {
+        std::optional<Pending> pending;
+        {
+            std::lock_guard lock(state_->mutex);
+            if (state_->pending.empty()) return;
+            pending.emplace(std::move(state_->pending.front()));
             state_->pending.pop_front();
         }
-        if (!state_->pending.empty()) {
-            const std::uint64_t one = 1;
-            (void)!::write(state_->wake, &one, sizeof one);  // the rest at the loop's next turn
-        }
-    }
-    for (auto& pending : batch) {
         ControlReply reply;
         try {
-            reply = handler(pending.request);
+            reply = handler(pending->request);
         } catch (const std::exception& e) {  // a bad request must never take supervision down
             reply = ControlReply{500, error_json(std::string("internal error: ") + e.what())};
         }
-        pending.answer(std::move(reply));
+        pending->answer(std::move(reply));
+    }
+    std::lock_guard lock(state_->mutex);
+    if (!state_->pending.empty()) {
+        const std::uint64_t one = 1;
+        (void)!::write(state_->wake, &one, sizeof one);
     }
 }
 

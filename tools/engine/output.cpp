@@ -204,20 +204,35 @@ std::size_t append_lines(std::string_view data, std::vector<std::string>& lines)
     return used;
 }
 
-// The complete lines in bytes [from, to) of `file`, starting at a line's start: when `from`
-// is inside a line (a window cut by a byte budget), that line is dropped.
-std::vector<std::string> lines_before(const ReadFile& file, std::uint64_t from, std::uint64_t to, std::uint64_t* end) {
-    std::string data = file.read(from, to);
-    std::string_view view(data);
-    std::uint64_t start = from;
-    if (from > 0 && file.read(from - 1, from) != "\n") {
-        const auto newline = view.find('\n');
-        view = newline == std::string_view::npos ? std::string_view() : view.substr(newline + 1);
-        start = newline == std::string_view::npos ? to : from + newline + 1;
+// Where the last `count` lines before `end` (a line's end) start, read backwards in growing
+// blocks, at most `*budget` bytes (taken from it): only as far back as those lines go. When
+// the budget ends first, the start of the earliest whole line it reached (`end` if none).
+std::uint64_t start_of_last_lines(const ReadFile& file, std::uint64_t end, std::size_t count, std::size_t* budget) {
+    std::uint64_t pos = end, earliest = end;
+    std::size_t found = 0, block = 4096;
+    while (pos > 0 && *budget > 0) {
+        const auto size = static_cast<std::size_t>(std::min<std::uint64_t>({block, pos, *budget}));
+        const std::string data = file.read(pos - size, pos);
+        *budget -= std::min(*budget, size);
+        if (data.size() < size) break;  // the file shrank: keep what was found
+        for (std::size_t i = data.size(); i-- > 0;) {
+            const std::uint64_t line_start = pos - size + i + 1;
+            if (data[i] != '\n' || line_start == end) continue;  // the newline ending the last line starts nothing
+            earliest = line_start;
+            if (++found == count) return line_start;
+        }
+        pos -= size;
+        block = std::min<std::size_t>(block * 2, 1 << 20);
     }
-    std::vector<std::string> lines;
-    *end = start + append_lines(view, lines);
-    return lines;
+    return pos == 0 ? 0 : earliest;
+}
+
+// The end of the last whole line of the current file: its size, unless an unfinished piece
+// follows the last newline (read backwards within `*budget`).
+std::uint64_t end_of_whole_lines(const ReadFile& file, std::size_t* budget) {
+    if (file.size == 0 || file.read(file.size - 1, file.size) == "\n") return file.size;
+    const std::uint64_t start = start_of_last_lines(file, file.size, 1, budget);
+    return start == 0 || start == file.size ? file.size : start;  // no newline in reach: a piece of a giant line
 }
 
 }  // namespace
@@ -236,21 +251,24 @@ int OutputFile::open_for_reading(std::size_t index) const noexcept {
 
 OutputFile::Lines OutputFile::tail(std::size_t count, std::size_t max_bytes) const {
     Lines out;
+    std::size_t budget = max_bytes;
     for (std::size_t index = 0; index <= keep_; ++index) {
         const ReadFile file(open_for_reading(index));
         if (file.fd < 0) break;
-        if (index == 0) out.next = Cursor{file.inode, rotations_, file.size};
-        if (out.lines.size() >= count || max_bytes == 0) break;
-        const std::uint64_t from = file.size > max_bytes ? file.size - max_bytes : 0;
-        std::uint64_t end = 0;
-        auto lines = lines_before(file, from, file.size, &end);
-        if (index == 0) out.next.offset = end;  // after the last whole line
+        // A rotated file never grows again: its cut last line counts as whole.
+        const std::uint64_t end = index == 0 ? end_of_whole_lines(file, &budget) : file.size;
+        if (index == 0) out.next = Cursor{file.inode, rotations_, end};
+        if (out.lines.size() >= count || budget == 0) break;
+        const std::uint64_t start = start_of_last_lines(file, end, count - out.lines.size(), &budget);
+        const std::string data = file.read(start, end);
+        std::vector<std::string> lines;
+        const std::size_t used = append_lines(data, lines);
+        if (used < data.size()) lines.push_back(data.substr(used));
         lines.insert(lines.end(), std::make_move_iterator(out.lines.begin()), std::make_move_iterator(out.lines.end()));
         out.lines = std::move(lines);
-        max_bytes -= static_cast<std::size_t>(file.size - from);
-        if (from > 0) break;  // the budget ended inside this file
+        if (start > 0) break;  // enough lines, or the budget ended inside this file
     }
-    if (out.lines.size() > count) out.lines.erase(out.lines.begin(), out.lines.end() - static_cast<std::ptrdiff_t>(count));
+    out.bytes_read = max_bytes - budget;
     return out;
 }
 
@@ -294,6 +312,7 @@ OutputFile::Lines OutputFile::follow(Cursor from, std::size_t max_bytes) const {
             used = data.size();
         }
         max_bytes -= std::min<std::size_t>(max_bytes, used);
+        out.bytes_read += used;
         out.next = Cursor{file.inode, rotations_ - index, offset + used};
         if (index == 0 || offset + used < file.size) break;  // the budget is spent
         offset = 0;

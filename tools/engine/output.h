@@ -77,9 +77,11 @@ public:
         std::vector<std::string> lines;
         Cursor next;          // to pass to follow() for what comes after
         bool skipped = false;  // follow(): more was written and rotated away than the files kept
+        std::size_t bytes_read = 0;  // of the budget given
     };
     /// The last `count` complete lines written (from the current file and, when it holds fewer,
-    /// the rotated ones, newest first), at most `max_bytes` of them.
+    /// the rotated ones, newest first), reading backwards only as far as they go, and at most
+    /// `max_bytes` in all.
     [[nodiscard]] Lines tail(std::size_t count, std::size_t max_bytes) const;
     /// The complete lines written since `from` (across rotations, from every file still kept), at
     /// most `max_bytes`; a rotated file's last line is whole even without its newline.

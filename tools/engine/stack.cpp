@@ -95,6 +95,7 @@ struct Unit {
     bool wanted = true;              // to be running: autostart, then an operator's start and stop
     bool stop_pending = false;        // to stop once what waits for it and is stopping has stopped
     bool retiring = false;            // removed or replaced by a reload: stopped, then dropped
+    bool operator_set = false;        // `wanted` comes from an operator's start, stop or restart
     bool cgroup_taken = false;        // take_cgroup() has run (at start-up, or before its first start)
     std::string said_waiting;         // the last "waits for" said about it, not to repeat it
     bool restart_after_stop = false;  // stopped to be started again (ready timeout, max_rss, restart)
@@ -159,8 +160,11 @@ public:
                 if (unit->pidfd) fds.push_back(pollfd{unit->pidfd->fd(), POLLIN, 0});
                 if (unit->probe_fd >= 0) fds.push_back(pollfd{unit->probe_fd, POLLOUT, 0});
                 if (unit->cgroup && unit->state == State::stopping) fds.push_back(pollfd{unit->cgroup->events_fd(), POLLPRI, 0});
+                // Only what is due to be acted on: a unit whose stop waits for others (or any but a
+                // stopping one while everything stops) has probes and checks that are not run.
+                const bool idle = unit->stop_pending || (stopping_all_ && unit->state != State::stopping);
                 for (std::uint64_t at : {unit->next_ns, unit->deadline_ns, unit->next_rss_check_ns})
-                    if (at > 0) wake = std::min(wake, std::max(at, now));
+                    if (at > 0 && !idle) wake = std::min(wake, std::max(at, now));
             }
             pipes_.add_pollfds(fds);
             if (::poll(fds.data(), fds.size(), poll_timeout_ms(wake, monotonic_now_ns())) < 0 && errno != EINTR) {
@@ -380,7 +384,7 @@ private:
                 return error(404, unit->name + " has no " + stream + " file (no '" + stream +
                                       ":' in the config): its output goes to procctl's own");
             const auto lines = from ? file->follow(*from, budget) : file->tail(count, budget);
-            for (const auto& line : lines.lines) budget -= std::min(budget, line.size() + 1);
+            budget -= std::min(budget, lines.bytes_read);
             list.push_back({{"name", unit->name},
                             {"path", file->path()},
                             {"lines", lines.lines},
@@ -397,6 +401,7 @@ private:
     void act(Unit& unit, const std::string& action) {
         const bool running = unit.state == State::starting || unit.state == State::ready;
         log_.info("{}: {} requested through the control socket", unit.name, action);
+        unit.operator_set = true;
         if (action == "stop") {
             unit.wanted = false;
             unit.restart_after_stop = unit.restart_at_once = false;
@@ -434,16 +439,31 @@ private:
         };
         if (next.run_dir != config_.run_dir) refuse("run_dir", config_.run_dir, next.run_dir);
         if (next.socket_group != config_.socket_group) refuse("socket_group", config_.socket_group, next.socket_group);
-        auto relative_output = [](const ProgramConfig& p) {
-            return (!p.stdout_path.empty() && p.stdout_path.front() != '/') || (!p.stderr_path.empty() && p.stderr_path.front() != '/');
-        };
         nlohmann::json report{{"added", nlohmann::json::array()},
                               {"removed", nlohmann::json::array()},
                               {"changed", nlohmann::json::array()},
                               {"unchanged", nlohmann::json::array()}};
         std::vector<std::shared_ptr<const ProgramConfig>> programs;
         std::vector<std::unique_ptr<Unit>> fresh;
-        for (auto& p : next.programs) {  // everything that may throw comes before any change
+        try {
+            build_reload(next, report, programs, fresh);
+        } catch (const Error&) {
+            fresh.clear();
+            drop_unused_outputs();  // what the refused config opened
+            throw;
+        }
+        finish_reload(next, report, std::move(programs), std::move(fresh));
+        return report;
+    }
+
+    // The first half of a reload: the programs of `next`, unchanged ones shared, the units of
+    // new and changed ones built. Everything that may throw is here, and changes nothing.
+    void build_reload(StackConfig& next, nlohmann::json& report, std::vector<std::shared_ptr<const ProgramConfig>>& programs,
+                      std::vector<std::unique_ptr<Unit>>& fresh) {
+        auto relative_output = [](const ProgramConfig& p) {
+            return (!p.stdout_path.empty() && p.stdout_path.front() != '/') || (!p.stderr_path.empty() && p.stderr_path.front() != '/');
+        };
+        for (auto& p : next.programs) {
             const auto old = std::find_if(programs_.begin(), programs_.end(), [&](const auto& o) { return o->name == p.name; });
             if (old != programs_.end() && **old == p && (next.log_dir == config_.log_dir || !relative_output(p))) {
                 programs.push_back(*old);
@@ -451,14 +471,18 @@ private:
                 continue;
             }
             report[old == programs_.end() ? "added" : "changed"].push_back(p.name);
-            // A changed program runs, or stays stopped, as its old version was asked to.
+            // A changed program that an operator started or stopped stays as they left it;
+            // otherwise its (new) autostart decides.
             std::optional<bool> wanted;
             if (old != programs_.end())
                 for (const auto& unit : units_)
-                    if (!unit->retiring && unit->program == *old) wanted = wanted.value_or(false) || unit->wanted;
+                    if (!unit->retiring && unit->program == *old && unit->operator_set) wanted = wanted.value_or(false) || unit->wanted;
             programs.push_back(std::make_shared<const ProgramConfig>(std::move(p)));
             for (auto& unit : make_units(programs.back(), next.log_dir)) {
-                if (wanted) unit->wanted = *wanted;
+                if (wanted) {
+                    unit->wanted = *wanted;
+                    unit->operator_set = true;
+                }
                 unit->state = unit->wanted ? State::waiting : State::stopped;
                 fresh.push_back(std::move(unit));
             }
@@ -466,6 +490,12 @@ private:
         for (const auto& old : programs_)
             if (std::none_of(programs.begin(), programs.end(), [&](const auto& p) { return p->name == old->name; }))
                 report["removed"].push_back(old->name);
+    }
+
+    // The second half: the units of programs no longer there (as they were) retire, the new
+    // ones join in the new start order.
+    void finish_reload(const StackConfig& next, const nlohmann::json& report, std::vector<std::shared_ptr<const ProgramConfig>> programs,
+                       std::vector<std::unique_ptr<Unit>> fresh) {
         for (auto& unit : units_)
             if (!unit->retiring && std::find(programs.begin(), programs.end(), unit->program) == programs.end()) retire(*unit);
         std::vector<std::unique_ptr<Unit>> ordered;  // the new start order, then what retires
@@ -489,7 +519,6 @@ private:
         };
         log_.info("reloaded {}: added {}; removed {}; changed (restarted) {}; unchanged {}", config_.path,
                   names(report["added"]), names(report["removed"]), names(report["changed"]), names(report["unchanged"]));
-        return report;
     }
 
     // Every unit and where it stands: what the loop's passes compare.
