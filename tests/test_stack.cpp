@@ -584,3 +584,39 @@ TEST_CASE("a hung program is stopped by checkproc and brought back by the stack,
     CHECK(WEXITSTATUS(stack.wait()) == 0);
     CHECK(hbtest::live_entries(scratch.options()) == 0);
 }
+
+TEST_CASE("procctl --config sleeps while a program takes its grace to stop, and while its dependency waits for it") {
+    Scratch dir;
+    const fs::path config = dir.dir / "stack.yaml";
+    std::ofstream(config) << "run_dir: " << (dir.dir / "run").string() << "\n"
+                          << "programs:\n"
+                          << "  base:\n    command: [sleep, \"600\"]\n    max_rss: 1G\n"
+                          << "  slow:\n    command: [sh, -c, \"trap '' TERM; while :; do sleep 0.1; done\"]\n"
+                          << "    after: [base]\n    stop_grace: 8s\n";
+    Process stack({hbtest::bin("procctl"), "-f", "-c", config.string()});
+    REQUIRE(stack.wait_for_output("slow is ready", 30s));
+    auto cpu_ticks = [&] {
+        std::ifstream stat("/proc/" + std::to_string(stack.pid()) + "/stat");
+        std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+        std::istringstream fields(text.substr(text.rfind(')') + 2));
+        std::string field;
+        long ticks = 0;
+        for (int i = 3; i <= 15 && fields >> field; ++i)
+            if (i >= 14) ticks += std::stol(field);  // utime + stime
+        return ticks;
+    };
+    auto busy_share = [&] {  // procctl's CPU time over 2 s, as a share of those 2 s
+        const long before = cpu_ticks();
+        ::poll(nullptr, 0, 2000);  // the measurement window itself: nothing to wait for
+        return static_cast<double>(cpu_ticks() - before) / (2.0 * static_cast<double>(::sysconf(_SC_CLK_TCK)));
+    };
+    // slow ignores SIGTERM: it stops at SIGKILL, 8 s on; base waits for it to stop first.
+    REQUIRE(run({hbtest::bin("proctab"), "stop", "all", "--run-dir", (dir.dir / "run").string()}).first == 0);
+    REQUIRE(stack.wait_for_output("stopping slow", 10s));
+    CHECK(busy_share() < 0.1);
+    ::kill(stack.pid(), SIGTERM);  // everything stops: the same wait
+    REQUIRE(stack.wait_for_output("stopping every program", 10s));
+    CHECK(busy_share() < 0.1);
+    REQUIRE(stack.wait_exit(60s));
+    CHECK(WEXITSTATUS(stack.wait()) == 0);
+}

@@ -178,8 +178,12 @@ public:
             pipes_.drain(fds);
             reap();
             for (auto& unit : units_) {
-                auto probe = std::find_if(fds.begin(), fds.end(), [&](const pollfd& p) { return p.fd == unit->probe_fd; });
-                if (unit->probe_fd >= 0 && probe != fds.end() && probe->revents != 0) finish_tcp_probe(*unit);
+                auto has_event = [&](int fd) {
+                    return fd >= 0 && std::any_of(fds.begin(), fds.end(), [&](const pollfd& p) { return p.fd == fd && p.revents != 0; });
+                };
+                if (has_event(unit->probe_fd)) finish_tcp_probe(*unit);
+                // Reading cgroup.events re-arms it: unread, it stays ready and poll returns at once.
+                if (unit->cgroup && has_event(unit->cgroup->events_fd())) (void)unit->cgroup->populated();
             }
         }
     }
