@@ -162,13 +162,14 @@ std::string rotated_name(const std::string& name, std::size_t index) {
 
 namespace {
 
-// An open file to read, closed on scope exit; fd -1 when it could not be opened.
+// An open file to read, closed on scope exit; fd -1 when it could not be opened, or is not a
+// regular file of procctl's own user (in a sticky directory another user may plant a name).
 struct ReadFile {
     int fd = -1;
     std::uint64_t inode = 0, size = 0;
     explicit ReadFile(int opened) : fd(opened) {
         struct stat st {};
-        if (fd >= 0 && ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+        if (fd >= 0 && ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == ::geteuid()) {
             inode = st.st_ino;
             size = static_cast<std::uint64_t>(st.st_size);
         } else if (fd >= 0) {
@@ -239,14 +240,7 @@ std::uint64_t end_of_whole_lines(const ReadFile& file, std::size_t* budget) {
 
 int OutputFile::open_for_reading(std::size_t index) const noexcept {
     const std::string name = index == 0 ? dir_.name : rotated_name(dir_.name, index);
-    const int fd = ::openat(dir_.fd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-    // Only a file procctl wrote: in a sticky directory another user may plant a name.
-    struct stat st {};
-    if (fd >= 0 && (::fstat(fd, &st) != 0 || st.st_uid != ::geteuid())) {
-        ::close(fd);
-        return -1;
-    }
-    return fd;
+    return ::openat(dir_.fd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 }
 
 OutputFile::Lines OutputFile::tail(std::size_t count, std::size_t max_bytes) const {

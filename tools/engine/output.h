@@ -91,7 +91,7 @@ public:
 
 private:
     // The current file (0) or rotated file `index`, opened for reading through the checked
-    // directory: -1 when missing.
+    // directory without following a link: -1 when missing. Whose it is, ReadFile checks.
     int open_for_reading(std::size_t index) const noexcept;
     void write_lines(std::string_view data) noexcept;
     void raw_write(std::string_view data) noexcept;

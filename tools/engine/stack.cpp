@@ -177,10 +177,10 @@ public:
                 control.serve([this](const ControlRequest& request) { return handle(request, monotonic_now_ns()); });
             pipes_.drain(fds);
             reap();
+            auto has_event = [&](int fd) {
+                return fd >= 0 && std::any_of(fds.begin(), fds.end(), [&](const pollfd& p) { return p.fd == fd && p.revents != 0; });
+            };
             for (auto& unit : units_) {
-                auto has_event = [&](int fd) {
-                    return fd >= 0 && std::any_of(fds.begin(), fds.end(), [&](const pollfd& p) { return p.fd == fd && p.revents != 0; });
-                };
                 if (has_event(unit->probe_fd)) finish_tcp_probe(*unit);
                 // Reading cgroup.events re-arms it: unread, it stays ready and poll returns at once.
                 if (unit->cgroup && has_event(unit->cgroup->events_fd())) (void)unit->cgroup->populated();
@@ -278,10 +278,13 @@ private:
         return value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     }
 
+    static ControlReply error(int status, const std::string& message) {
+        return ControlReply{status, json_text({{"error", message}})};
+    }
+
     // The control API (README, "The control API"). NAME is a program (all its instances), one
     // instance (NAME@I), or `all`.
     ControlReply handle(const ControlRequest& request, std::uint64_t now) {
-        auto error = [](int status, const std::string& message) { return ControlReply{status, json_text({{"error", message}})}; };
         // Never echoed raw: a target is whatever bytes a client sent.
         const std::string shown = escaped(request.target, [](unsigned char c) { return c > 0x20 && c < 0x7f && c != '\\'; });
         const auto question = request.target.find('?');
@@ -359,7 +362,6 @@ private:
     // GET .../output?tail=N[&stream=stderr][&from=CURSOR]: the last N lines of each chosen
     // unit's output file, or, with `from` (the cursor a reply gave), the lines written since.
     ControlReply output(const std::vector<Unit*>& chosen, std::map<std::string, std::string>& query) {
-        auto error = [](int status, const std::string& message) { return ControlReply{status, json_text({{"error", message}})}; };
         // One budget for the whole reply (all the units named): its JSON is at most 6 times that.
         constexpr std::size_t kMaxLines = 10000, kReplyBytes = 256 << 10;
         const std::string stream = query.count("stream") ? query["stream"] : "stdout";
