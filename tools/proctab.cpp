@@ -388,10 +388,12 @@ int remove(const hbwatch::TableOptions& options, const std::string& name, std::o
 int init(const hbwatch::TableOptions& base, std::uint32_t slots, const std::string& mode, const std::string& group) {
     hbwatch::TableOptions options = base;
     options.slots = slots;
-    char* end = nullptr;
-    const unsigned long bits = std::strtoul(mode.c_str(), &end, 8);
-    if (mode.empty() || *end != '\0' || bits > 0777) throw Error(EINVAL, "--mode " + mode + ": give octal permission bits such as 0660");
-    options.mode = static_cast<mode_t>(bits);
+    if (!mode.empty()) {
+        char* end = nullptr;
+        const unsigned long bits = std::strtoul(mode.c_str(), &end, 8);
+        if (*end != '\0' || bits > 0777) throw Error(EINVAL, "--mode " + mode + ": give octal permission bits such as 0660");
+        options.mode = static_cast<mode_t>(bits);
+    }
     if (!group.empty()) {
         const struct group* gr = ::getgrnam(group.c_str());
         char* gend = nullptr;
@@ -687,7 +689,7 @@ int main(int argc, char** argv) {
 
     app.add_subcommand("list", "the table (the default)");
     auto* beat_cmd = app.add_subcommand("beat", "register or refresh an entry for a process (default: the calling shell)");
-    std::string name, timeout, path, max_rss, grace = "10s", mode = "0660", group;
+    std::string name, timeout, path, max_rss, grace = "10s", mode, group;
     std::optional<pid_t> pid;
     std::optional<std::uint32_t> slot;
     std::uint32_t slots = hbwatch::kDefaultSlots;
@@ -710,7 +712,7 @@ int main(int argc, char** argv) {
     remove_cmd->add_option("--slot", slot);
     auto* init_cmd = app.add_subcommand("init", "create the table");
     init_cmd->add_option("--slots", slots, "slots (default 4096)")->check(CLI::Range(1u, hbwatch::kMaxSlots));
-    init_cmd->add_option("--mode", mode, "permission bits (default 0660)");
+    init_cmd->add_option("--mode", mode, "permission bits (default 0660, or 0600 when your group has other members)");
     init_cmd->add_option("--group", group, "owning group, by name or number");
     auto* destroy_cmd = app.add_subcommand("destroy", "remove the table (refused while live entries exist)");
     bool force = false;

@@ -23,7 +23,9 @@ inline constexpr std::chrono::milliseconds kMaxTimeout{std::chrono::hours(24 * 7
 struct TableOptions {
     std::optional<key_t> key;             // unset: HBWATCH_KEY, else kDefaultKey
     std::uint32_t slots = kDefaultSlots;  // used only when creating
-    mode_t mode = 0660;                   // used only when creating
+    /// Used only when creating. Unset: 0660 when the creator's group is its own, but 0600 when
+    /// other users share that group (they could forge entries); give 0660 and a group to share.
+    std::optional<mode_t> mode;
     std::optional<gid_t> group;           // used only when creating; unset: the caller's group
 };
 

@@ -29,6 +29,7 @@
 
 #include "core/clock.h"
 #include "core/table.h"
+#include "core/users.h"
 
 namespace bip = boost::interprocess;
 
@@ -117,6 +118,30 @@ constexpr std::size_t table_bytes(std::uint32_t slots) {
 std::string user_label(uid_t uid) {
     // No getpwuid here: the library must not pull NSS into every service's registration.
     return "uid " + std::to_string(uid);
+}
+
+// 0660 lets the creator's group share the table. When other users have that group (Debian's
+// nogroup holds sync and _apt beside nobody; many hosts give every user `users`), they could
+// forge entries, and checkproc would then rightly refuse the creator's delegated ones
+// (proctab beat): keep such a table private unless its creator asks to share it.
+mode_t default_mode(key_t key, const std::optional<gid_t>& group) {
+    if (group) return 0660;  // a group named on purpose
+    const uid_t self = ::geteuid();
+    const gid_t gid = ::getegid();
+    std::vector<uid_t> others = group_members(gid);
+    std::erase(others, self);
+    std::erase(others, uid_t{0});
+    if (others.empty()) return 0660;
+    std::sort(others.begin(), others.end());
+    others.erase(std::unique(others.begin(), others.end()), others.end());
+    std::string names;
+    for (std::size_t i = 0; i < others.size() && i < 3; ++i) names += (i ? ", " : "") + user_name(others[i]);
+    if (others.size() > 3) names += " and " + std::to_string(others.size() - 3) + " more";
+    std::fprintf(stderr,
+                 "hbwatch: creating the table at key %s with mode 0600, not 0660: its group %s is shared with %s, "
+                 "who could forge its entries. To share it on purpose: proctab init --mode 0660 --group GROUP\n",
+                 format_key(key).c_str(), group_label(gid).c_str(), names.c_str());
+    return 0600;
 }
 
 std::string describe_owner(key_t key) {
@@ -298,9 +323,10 @@ std::shared_ptr<Segment> Segment::create(key_t key, const TableOptions& options)
     if (options.slots == 0 || options.slots > kMaxSlots)
         throw Error(EINVAL, "cannot create a table of " + std::to_string(options.slots) + " slots at key " +
                                 format_key(key) + ": give 1 to " + std::to_string(kMaxSlots) + " slots");
-    if ((options.mode & ~mode_t{0777}) != 0 || (options.mode & 0600) != 0600) {
+    const mode_t permissions = options.mode ? *options.mode : default_mode(key, options.group);
+    if ((permissions & ~mode_t{0777}) != 0 || (permissions & 0600) != 0600) {
         char mode[16];
-        std::snprintf(mode, sizeof mode, "0%o", static_cast<unsigned>(options.mode));
+        std::snprintf(mode, sizeof mode, "0%o", static_cast<unsigned>(permissions));
         throw Error(EINVAL, std::string("bad table mode ") + mode +
                                 ": give permission bits that let the owner read and write, such as 0660 or 0600");
     }
@@ -308,7 +334,7 @@ std::shared_ptr<Segment> Segment::create(key_t key, const TableOptions& options)
     std::unique_ptr<bip::xsi_shared_memory> shm;
     try {
         shm = std::make_unique<bip::xsi_shared_memory>(bip::create_only, bip::xsi_key(key), bytes,
-                                                       bip::permissions(static_cast<unsigned>(options.mode)));
+                                                       bip::permissions(static_cast<unsigned>(permissions)));
     } catch (const bip::interprocess_exception& e) {
         const int err = e.get_native_error();
         if (err == EEXIST) return nullptr;

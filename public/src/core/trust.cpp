@@ -1,7 +1,7 @@
 #include "core/trust.h"
 
-#include <grp.h>
-#include <pwd.h>
+#include "core/users.h"
+
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <unistd.h>
@@ -24,26 +24,6 @@ std::string hex16(std::uint64_t value) {
     char text[24];
     std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(value));
     return text;
-}
-
-// Members of `gid`: listed in the group database, or having it as their primary group.
-std::vector<uid_t> group_members(gid_t gid) {
-    std::vector<uid_t> uids;
-    std::vector<std::string> names;
-    long size = ::sysconf(_SC_GETGR_R_SIZE_MAX);
-    std::vector<char> buffer(static_cast<std::size_t>(size > 0 ? size : 16384));
-    group entry{};
-    group* found = nullptr;
-    while (::getgrgid_r(gid, &entry, buffer.data(), buffer.size(), &found) == ERANGE) buffer.resize(buffer.size() * 2);
-    if (found != nullptr)
-        for (char** member = found->gr_mem; member != nullptr && *member != nullptr; ++member) names.emplace_back(*member);
-    for (const auto& name : names)
-        if (const passwd* pw = ::getpwnam(name.c_str())) uids.push_back(pw->pw_uid);
-    ::setpwent();
-    while (const passwd* pw = ::getpwent())
-        if (pw->pw_gid == gid) uids.push_back(pw->pw_uid);
-    ::endpwent();
-    return uids;
 }
 
 }  // namespace
