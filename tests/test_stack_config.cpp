@@ -153,5 +153,5 @@ TEST_CASE("config errors name the file, line, column and key, and say what is al
     CHECK(error_of([] { (void)parse_stack_config("socket_group: no-such-group-here\nprograms:\n  a:\n    command: [x]\n", "s.yaml"); }) ==
           "s.yaml:1:15: socket_group: 'no-such-group-here' is not a group on this host");
     CHECK(error_of([] { (void)hbwatch::load_stack_config("/nonexistent/stack.yaml"); }) ==
-          "/nonexistent/stack.yaml: cannot read the config file: No such file or directory");
+          "cannot open /nonexistent/stack.yaml: its directory /nonexistent does not exist (procctl never creates directories)");
 }

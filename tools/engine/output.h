@@ -14,28 +14,9 @@
 #include <string>
 #include <string_view>
 
+#include "engine/safe_path.h"
+
 namespace hbwatch::tool {
-
-/// The directory of a file, opened (O_PATH) after checking, component by component from /,
-/// that no other user could swap anything on the way: every directory and every symbolic
-/// link followed is owned by root or by procctl's user, and no directory is writable by
-/// another user unless it is sticky (where only an entry's owner may rename it). A missing
-/// directory is an error, never created. Later operations go through `fd` with the file's
-/// `name`, so a path swapped after the check is never followed. Throws hbwatch::Error naming
-/// the path, the reason and what to do.
-struct SafeDirectory {
-    int fd = -1;
-    std::string name;  // the last component of the path
-    SafeDirectory() = default;
-    SafeDirectory(SafeDirectory&& other) noexcept;
-    SafeDirectory& operator=(SafeDirectory&& other) noexcept;
-    ~SafeDirectory();
-};
-SafeDirectory open_safe_directory(const std::string& path);
-
-/// Opens `name` in `dir` for appending (created 0640 if missing), refusing a symbolic link, a
-/// FIFO or socket, and a regular file owned by another user. Throws hbwatch::Error naming `path`.
-int open_for_append(const SafeDirectory& dir, const std::string& path);
 
 /// The name of rotated file `index` of `name`: "svc.out" -> "svc.1.out", "svc" -> "svc.1".
 std::string rotated_name(const std::string& name, std::size_t index);

@@ -19,6 +19,7 @@
 
 #include "core/duration.h"
 #include "core/table.h"
+#include "engine/safe_path.h"
 
 namespace hbwatch {
 namespace {
@@ -309,14 +310,14 @@ StackConfig parse_stack_config(const std::string& text, const std::string& path)
 }
 
 StackConfig load_stack_config(const std::string& path) {
-    // Non-blocking, and only a regular file: a FIFO or a device put there must not hang a
-    // reload, which runs in the supervision loop.
-    const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0) throw Error(ENOENT, path + ": cannot read the config file: " + std::strerror(errno));
+    // The config names commands and users, so it is trusted only when nobody but root and
+    // procctl's user could have written it, through any part of its path. Only a regular file
+    // (a FIFO or a device put there must not hang a reload, which runs in the loop).
+    const int fd = tool::open_trusted_file(path, "the config file");
     struct stat st {};
-    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > (1 << 20)) {
+    if (::fstat(fd, &st) != 0 || st.st_size > (1 << 20)) {
         ::close(fd);
-        throw Error(EINVAL, path + ": the config file is not a regular file of at most 1 MiB");
+        throw Error(EINVAL, path + ": the config file is larger than 1 MiB");
     }
     std::string text;
     char buffer[65536];
