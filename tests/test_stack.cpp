@@ -624,3 +624,33 @@ TEST_CASE("procctl --config sleeps while a program takes its grace to stop, and 
     REQUIRE(stack.wait_exit(60s));
     CHECK(WEXITSTATUS(stack.wait()) == 0);
 }
+
+TEST_CASE("scripts/stop.sh returns once procctl has exited, not merely unlocked its pidfile, and the pidfile is gone") {
+    Scratch dir;
+    const fs::path config = dir.dir / "stack.yaml";
+    std::ofstream(config) << "run_dir: " << (dir.dir / "run").string() << "\nprograms:\n"
+                          << "  a:\n    command: [sleep, \"600\"]\n  b:\n    command: [sleep, \"601\"]\n    after: [a]\n";
+    // In the background, as an operator starts it: its parent is not this test.
+    const auto [started, said] = run({hbtest::bin("procctl"), "-c", config.string()});
+    REQUIRE_MESSAGE(started == 0, said);
+    const fs::path pidfile = dir.dir / "run" / "procctl.pid";
+    const pid_t pid = static_cast<pid_t>(std::stol(read_file(pidfile)));
+    const int pidfd = ::pidfd_open(pid, 0);
+    REQUIRE(pidfd >= 0);
+    REQUIRE(hbtest::eventually([&] { return program(dir.dir / "run" / "control.sock", "b")["state"] == "ready"; }));
+    Process stop({std::string(HBWATCH_SOURCE_DIR) + "/scripts/stop.sh", (dir.dir / "run").string(), "20"},
+                 [] { ::setenv("HBWATCH_BIN", HBWATCH_BIN_DIR, 1); });
+    REQUIRE(stop.wait_exit(30s));
+    CHECK(stop.wait() == 0);
+    const std::string out = stop.output();
+    CHECK(out.find("procctl --stop: stopped: procctl pid " + std::to_string(pid) + " exited ") != std::string::npos);
+    pollfd exited{pidfd, POLLIN, 0};
+    CHECK(::poll(&exited, 1, 0) == 1);  // at the moment stop.sh returned
+    ::close(pidfd);
+    CHECK_FALSE(fs::exists(pidfile));
+    CHECK_FALSE(fs::exists(dir.dir / "run" / "control.sock"));
+    // Again: nothing runs, and it says so.
+    const auto [again, again_out] = run({hbtest::bin("procctl"), "--stop", (dir.dir / "run").string()});
+    CHECK(again == 0);
+    CHECK(again_out == "procctl --stop: no procctl runs with " + pidfile.string() + " (no pidfile)\n");
+}

@@ -23,6 +23,7 @@
 #include "engine/output.h"
 #include "engine/stack.h"
 #include "engine/stack_config.h"
+#include "engine/stop_procctl.h"
 #include "engine/supervisor.h"
 #include "engine/support.h"
 
@@ -204,6 +205,17 @@ int lock_pidfile(const std::string& path) {
     throw give_up(hbwatch::Error(EAGAIN, "cannot take the pidfile " + path + ": it keeps changing under procctl"));
 }
 
+// Removes the pidfile if it is still ours, then lets go of the lock.
+void release_pidfile(const std::string& path, int fd) {
+    struct stat held {}, named {};
+    if (::fstat(fd, &held) == 0 && ::lstat(path.c_str(), &named) == 0 && held.st_dev == named.st_dev &&
+        held.st_ino == named.st_ino)
+        ::unlink(path.c_str());
+    else
+        (void)!::ftruncate(fd, 0);
+    ::close(fd);
+}
+
 // Forks into the background: a new session, no terminal, stdio on /dev/null. Returns in the
 // daemon; the caller's process exits with what the daemon reports through `ready`.
 int detach() {
@@ -263,7 +275,9 @@ int launch(const Launch& how, const std::function<int(spdlog::logger&, int, cons
             ::close(ready);
             ready = -1;
         });
-        if (pidfile >= 0) (void)!::ftruncate(pidfile, 0);  // not running any more; the lock goes with the process
+        // The very last act: every program, thread, socket and cgroup is gone by now (body
+        // has returned), so whoever sees the pidfile gone, or unlocked, sees procctl done.
+        if (pidfile >= 0) release_pidfile(how.pidfile, pidfile);
         return code;
     } catch (const hbwatch::Error& e) {
         if (ready >= 0) (void)!::write(ready, e.what(), std::strlen(e.what()));
@@ -272,15 +286,42 @@ int launch(const Launch& how, const std::function<int(spdlog::logger&, int, cons
     }
 }
 
-// Whether the command line asks for the stack supervisor: --config (or -c) among procctl's
-// own options, before INTERVAL (after it, "-c" may be PROGRAM's, as in `sh -c`).
-bool wants_stack(int argc, char** argv) {
+// Whether the command line asks for another mode than the one-program loop: `option` (or
+// `short_option`) among procctl's own options, before INTERVAL (after it, "-c" may be
+// PROGRAM's, as in `sh -c`).
+bool wants_mode(int argc, char** argv, std::string_view option, std::string_view short_option = {}) {
     for (int i = 1; i < argc; ++i) {
         const std::string_view arg = argv[i];
-        if (arg == "-c" || arg == "--config" || arg.starts_with("--config=")) return true;
+        if (arg == option || (!short_option.empty() && arg == short_option) ||
+            (arg.starts_with(option) && arg.size() > option.size() && arg[option.size()] == '='))
+            return true;
         if (arg.empty() || arg[0] != '-') return false;
     }
     return false;
+}
+
+// procctl --stop RUN_DIR: SIGTERM to the procctl --config of that run_dir, once it is proven
+// to be one, and a wait until it is gone.
+int run_stop_mode(int argc, char** argv) {
+    std::string run_dir, wait = "30s";
+    CLI::App app{"procctl --stop RUN_DIR [--wait DURATION]\n\n"
+                 "Stops the procctl --config whose run_dir is RUN_DIR: SIGTERM, which stops every program in\n"
+                 "reverse order, each with its stop_grace; then waits until procctl has exited. Only a procctl\n"
+                 "that holds RUN_DIR/procctl.pid locked is signalled, through a pidfd, after checking that\n"
+                 "RUN_DIR and the pidfile belong to root or you and that no other user can write them.",
+                 "procctl"};
+    app.add_option("--stop", run_dir, "the stack's run_dir (as in its config)")->required();
+    app.add_option("--wait", wait, "how long to wait for procctl to exit (default 30s)")->check(tool::duration_validator());
+    app.footer("Examples:\n"
+               "  procctl --stop /run/hbwatch                 stop the stack of /etc/hbwatch/stack.yaml\n"
+               "  procctl --stop /srv/app/run --wait 2m       programs with long stop_grace\n"
+               "\n"
+               "Exit status: 0 stopped (or nothing was running: no pidfile, or a stale one); 1 refused (the\n"
+               "run_dir or pidfile is not trusted, or its pid is not a procctl holding the lock), or procctl\n"
+               "still runs after --wait; 2 bad arguments.");
+    if (auto done = tool::parse(app, argc, argv)) return *done;
+    while (run_dir.size() > 1 && run_dir.back() == '/') run_dir.pop_back();
+    return tool::stop_procctl(run_dir + "/procctl.pid", hbwatch::parse_duration(wait), stdout);
 }
 
 // procctl --config FILE: every program of the stack in one process.
@@ -348,10 +389,12 @@ int run_stack_mode(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    if (wants_stack(argc, argv)) return run_stack_mode(argc, argv);
+    if (wants_mode(argc, argv, "--stop")) return run_stop_mode(argc, argv);
+    if (wants_mode(argc, argv, "--config", "-c")) return run_stack_mode(argc, argv);
     Cli cli;
     CLI::App app{"procctl [OPTIONS] INTERVAL PROGRAM [ARGS...]\n"
-                 "procctl --config FILE    (a stack of programs: see procctl --config FILE --help)\n\n"
+                 "procctl --config FILE    (a stack of programs: see procctl --config FILE --help)\n"
+                 "procctl --stop RUN_DIR   (stop that stack: see procctl --stop RUN_DIR --help)\n\n"
                  "Runs PROGRAM, waits for it to exit, sleeps INTERVAL, and runs it again, forever. Detaches\n"
                  "into the background unless -f. SIGTERM or SIGINT stops PROGRAM and everything it started\n"
                  "(SIGTERM, then SIGKILL after --grace), then procctl exits.",
