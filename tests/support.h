@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <sys/ipc.h>
 #include <sys/shm.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -20,6 +21,8 @@ extern "C" {
 
 #include <chrono>
 #include <cstdint>
+#include <cstring>
+#include <filesystem>
 #include <functional>
 #include <stdexcept>
 #include <string>
@@ -206,6 +209,10 @@ public:
             for (auto& a : argv) args.push_back(a.data());
             args.push_back(nullptr);
             ::execvp(args[0], args.data());
+            // Said on the output the test reads: a bare 127 hides why (a path out of reach, say).
+            const std::string why = "hbtest::Process: cannot exec " + argv[0] + " as uid " + std::to_string(::geteuid()) +
+                                    ": " + std::strerror(errno) + "\n";
+            (void)!::write(2, why.data(), why.size());
             ::_exit(127);
         }
         output.close_write();
@@ -318,6 +325,39 @@ inline std::size_t hung_entries(const hbwatch::TableOptions& options) {
 
 /// Where the build put the programs (set by CMake).
 inline std::string bin(const std::string& program) { return std::string(HBWATCH_BIN_DIR) + "/" + program; }
+
+/// bin(program), where `uid` (with group `gid`) can run it. A clone under a directory that
+/// user cannot search (/root is 0700 on Debian) holds the build out of its reach: the program
+/// is then copied, once per test process, into a scratch directory anyone can search.
+inline std::string bin_for(uid_t uid, gid_t gid, const std::string& program) {
+    const std::string path = bin(program);
+    Child probe([&] {
+        if (::setgroups(0, nullptr) != 0 || ::setresgid(gid, gid, gid) != 0 || ::setresuid(uid, uid, uid) != 0) return 3;
+        return ::access(path.c_str(), X_OK) == 0 ? 0 : 1;
+    });
+    const int status = probe.wait();
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return path;
+    struct Scratch {
+        std::string dir;
+        Scratch() {
+            char name[] = "/tmp/hbwatch-test-bin.XXXXXX";
+            if (::mkdtemp(name) == nullptr || ::chmod(name, 0755) != 0)
+                throw std::runtime_error("cannot make a scratch directory for programs other users run");
+            dir = name;
+        }
+        ~Scratch() {
+            std::error_code ignored;
+            std::filesystem::remove_all(dir, ignored);
+        }
+    };
+    static Scratch scratch;
+    const std::string copy = scratch.dir + "/" + program;
+    if (::access(copy.c_str(), X_OK) != 0) {
+        std::filesystem::copy_file(path, copy, std::filesystem::copy_options::overwrite_existing);
+        std::filesystem::permissions(copy, std::filesystem::perms(0755));
+    }
+    return copy;
+}
 
 /// A TCP port on 127.0.0.1 that nobody listens on now (the kernel picks it).
 inline int free_port() {

@@ -390,6 +390,13 @@ TEST_CASE("after procctl is SIGKILLed mid-tree, the next procctl kills what was 
     std::vector<pid_t> tree;
     {
         Process first(procctl(args));
+        REQUIRE(first.wait_for_output("started sh"));  // after "running sh in cgroup ...", if it does
+        if (!contains(first.output_so_far(), "in cgroup ")) {
+            // The subreaper walk holds a tree only while procctl lives: orphans of a SIGKILLed
+            // one go to init, where no later procctl can find them.
+            MESSAGE("SKIPPED: needs cgroup v2 (procctl fell back to the subreaper walk, which a SIGKILL ends)");
+            return;
+        }
         REQUIRE(hbtest::eventually([&] { return pids_in(read_file(out)).size() == 4; }));
         tree = pids_in(read_file(out));
         ::kill(first.pid(), SIGKILL);

@@ -1,11 +1,14 @@
 #include "engine/cgroup.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <sstream>
 #include <utility>
@@ -40,6 +43,34 @@ std::string own_cgroup() {
     return text->substr(at + 3, text->find('\n', at) - at - 3);
 }
 
+bool populated_at(int dir_fd) {
+    const int fd = ::openat(dir_fd, "cgroup.events", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return true;  // cannot tell: keep it
+    char text[256];
+    const ssize_t n = ::read(fd, text, sizeof text - 1);
+    ::close(fd);
+    if (n <= 0) return true;
+    text[n] = '\0';
+    return std::strstr(text, "populated 1") != nullptr;
+}
+
+// Removes the empty cgroups in `parent` that no procctl holds: those of procctls that were
+// SIGKILLed and never succeeded by one of the same name. A populated one is left for its
+// successor, which kills what is in it before starting anything.
+void remove_abandoned(const std::string& parent) {
+    DIR* dir = ::opendir(parent.c_str());
+    if (dir == nullptr) return;
+    while (const dirent* entry = ::readdir(dir)) {
+        if (entry->d_type != DT_DIR || entry->d_name[0] == '.') continue;
+        const int fd = ::openat(::dirfd(dir), entry->d_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0) continue;
+        // Removed under our lock, as a holder does: a taker that raced us sees the name gone.
+        if (::flock(fd, LOCK_EX | LOCK_NB) == 0 && !populated_at(fd)) ::unlinkat(::dirfd(dir), entry->d_name, AT_REMOVEDIR);
+        ::close(fd);
+    }
+    ::closedir(dir);
+}
+
 }  // namespace
 
 std::optional<Cgroup> Cgroup::take(const std::string& name, std::string* why) {
@@ -52,15 +83,23 @@ std::optional<Cgroup> Cgroup::take(const std::string& name, std::string* why) {
     std::string parent = *mount + own_cgroup();
     while (parent.size() > 1 && parent.back() == '/') parent.pop_back();
     parent += "/hbwatch";  // every procctl's cgroup in one place, beside procctl's own
-    if (::mkdir(parent.c_str(), 0755) != 0 && errno != EEXIST)
-        return fail("cannot create " + parent + ": " + std::strerror(errno));
+    remove_abandoned(parent);
     int vanished = 0;
     for (int n = 1; n <= 100; ++n) {
         Cgroup group;
         group.path_ = parent + "/" + name;
+        group.parent_ = parent;
         if (n > 1) group.path_.append(".").append(std::to_string(n));
-        if (::mkdir(group.path_.c_str(), 0755) != 0 && errno != EEXIST)
+        // The parent too, each time: the last procctl to leave removes it.
+        if (::mkdir(parent.c_str(), 0755) != 0 && errno != EEXIST)
+            return fail("cannot create " + parent + ": " + std::strerror(errno));
+        if (::mkdir(group.path_.c_str(), 0755) != 0 && errno != EEXIST) {
+            if (errno == ENOENT && ++vanished <= 100) {  // the parent was removed meanwhile
+                --n;
+                continue;
+            }
             return fail("cannot create " + group.path_ + ": " + std::strerror(errno));
+        }
         group.dir_fd_ = ::open(group.path_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
         if (group.dir_fd_ < 0) return fail("cannot open " + group.path_ + ": " + std::strerror(errno));
         if (::flock(group.dir_fd_, LOCK_EX | LOCK_NB) != 0) continue;  // a running procctl's: try the next
@@ -84,6 +123,7 @@ std::optional<Cgroup> Cgroup::take(const std::string& name, std::string* why) {
 
 Cgroup::Cgroup(Cgroup&& other) noexcept
     : path_(std::move(other.path_)),
+      parent_(std::move(other.parent_)),
       held_(std::exchange(other.held_, false)),
       dir_fd_(std::exchange(other.dir_fd_, -1)),
       procs_fd_(std::exchange(other.procs_fd_, -1)),
@@ -91,10 +131,19 @@ Cgroup::Cgroup(Cgroup&& other) noexcept
 
 Cgroup::~Cgroup() {
     if (dir_fd_ < 0) return;
-    // Only the holder removes it, and before letting go of the lock (closing dir_fd_).
-    if (held_ && !populated()) ::rmdir(path_.c_str());
+    // Only the holder removes it, and before letting go of the lock (closing dir_fd_). What
+    // cgroup.kill struck may take a moment to leave: wait for that, briefly.
+    if (held_) {
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+        while (populated() && std::chrono::steady_clock::now() < deadline) {
+            pollfd p{events_fd_, POLLPRI, 0};
+            (void)::poll(&p, 1, 50);
+        }
+        if (!populated()) ::rmdir(path_.c_str());
+    }
     for (int fd : {procs_fd_, events_fd_, dir_fd_})
         if (fd >= 0) ::close(fd);
+    if (held_) ::rmdir(parent_.c_str());  // fails, as it should, while another procctl's cgroup is in it
 }
 
 bool Cgroup::populated() const {

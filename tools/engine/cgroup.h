@@ -22,7 +22,7 @@ public:
     Cgroup(Cgroup&& other) noexcept;
     Cgroup& operator=(Cgroup&&) = delete;
     Cgroup(const Cgroup&) = delete;
-    ~Cgroup();  // removes the directory when it is empty
+    ~Cgroup();  // removes the directory once it is empty, and hbwatch/ when no other procctl's is in it
 
     [[nodiscard]] const std::string& path() const noexcept { return path_; }
     /// The directory, for clone3's CLONE_INTO_CGROUP.
@@ -40,7 +40,7 @@ public:
 
 private:
     Cgroup() = default;
-    std::string path_;
+    std::string path_, parent_;
     bool held_ = false;  // our flock is on it
     int dir_fd_ = -1, procs_fd_ = -1, events_fd_ = -1;
 };
