@@ -4,7 +4,7 @@ JOBS      ?= $(shell nproc)
 WERROR    ?= $(if $(CI),ON,OFF)
 CMAKE_ARGS = -DHBWATCH_WERROR=$(WERROR)
 
-.PHONY: all build deps test demo bench sanitize asan tsan clang install clean
+.PHONY: all build deps test test-as-users demo bench sanitize asan tsan clang install clean
 
 all: build
 
@@ -19,6 +19,11 @@ build: deps $(BUILD)/CMakeCache.txt
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+# The suite again as `nobody` and as a fresh user with a private group (run as root): each
+# entry passes or says "SKIPPED: needs root (...)".
+test-as-users: build
+	scripts/test-as-users.sh $(BUILD)
 
 # Only what the demo runs: the tools and demo_service, not the tests and benchmarks.
 demo: deps $(BUILD)/CMakeCache.txt

@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <grp.h>
+#include <pwd.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -306,6 +307,23 @@ inline std::string as_nobody(gid_t gid, const std::function<std::string()>& body
     while ((n = ::read(out.read_end(), buffer, sizeof buffer)) > 0) text.append(buffer, static_cast<std::size_t>(n));
     if (!WIFEXITED(child.wait()) || WEXITSTATUS(child.status()) != 0) text += "\n[as_nobody: the child failed]";
     return text;
+}
+
+/// The mode a table is created with when none is given: 0660 when no user but this one (and
+/// root) has its group, by the group's member list or as a primary group; else 0600. Read here
+/// from the user database with getgrgid and getpwent, apart from the library's own reading.
+inline mode_t default_table_mode() {
+    const uid_t self = ::geteuid();
+    const gid_t gid = ::getegid();
+    bool shared = false;
+    if (const group* g = ::getgrgid(gid))
+        for (char** member = g->gr_mem; *member; ++member)
+            if (const passwd* p = ::getpwnam(*member); p && p->pw_uid != self && p->pw_uid != 0) shared = true;
+    ::setpwent();
+    while (const passwd* p = ::getpwent())
+        if (p->pw_gid == gid && p->pw_uid != self && p->pw_uid != 0) shared = true;
+    ::endpwent();
+    return shared ? 0600 : 0660;
 }
 
 /// Entries in the table at `options` (0 when there is no table), and those past their timeout now.

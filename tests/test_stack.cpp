@@ -631,7 +631,9 @@ TEST_CASE("scripts/stop.sh returns once procctl has exited, not merely unlocked 
     std::ofstream(config) << "run_dir: " << (dir.dir / "run").string() << "\nprograms:\n"
                           << "  a:\n    command: [sleep, \"600\"]\n  b:\n    command: [sleep, \"601\"]\n    after: [a]\n";
     // In the background, as an operator starts it: its parent is not this test.
-    const auto [started, said] = run({hbtest::bin("procctl"), "-c", config.string()});
+    const auto started_said = run({hbtest::bin("procctl"), "-c", config.string()});
+    const int started = started_said.first;
+    const std::string& said = started_said.second;
     REQUIRE_MESSAGE(started == 0, said);
     const fs::path pidfile = dir.dir / "run" / "procctl.pid";
     const pid_t pid = static_cast<pid_t>(std::stol(read_file(pidfile)));

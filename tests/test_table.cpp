@@ -91,7 +91,7 @@ TEST_CASE("a new table is one System V segment with the header and 4096 free slo
     CHECK(info.slot_count == 4096);
     CHECK(info.bytes == 128 + 4096 * 8 + 4096 * 128);  // header, journal, slots
     CHECK(info.version == 3);
-    CHECK(info.mode == 0660);
+    CHECK(info.mode == hbtest::default_table_mode());
     CHECK(info.owner_uid == ::geteuid());
     CHECK(info.owner_gid == ::getegid());
     CHECK(info.created_realtime_ns >= before);

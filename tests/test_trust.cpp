@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <dirent.h>
+#include <pwd.h>
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -678,8 +679,9 @@ TEST_CASE("procctl runs no config that another user could change: not at start, 
         REQUIRE(stack.wait_for_output("a is ready", 30s));
         std::ofstream(config) << text << "  b:\n    command: [sleep, \"601\"]\n";
         fs::permissions(config, fs::perms(0666));
-        const auto [code, out] =
-            run({hbtest::bin("proctab"), "reload", "--run-dir", (scratch.dir / "run").string()});
+        const auto code_out = run({hbtest::bin("proctab"), "reload", "--run-dir", (scratch.dir / "run").string()});
+        const int code = code_out.first;
+        const std::string& out = code_out.second;
         CHECK(code == 1);
         CHECK_MESSAGE(contains(out, "its mode gives write access to every user"), out);
         CHECK(stack.wait_for_output("reload refused, the running config is kept", 10s));
@@ -721,7 +723,9 @@ TEST_CASE("procctl --stop signals no process that a planted or stale pidfile nam
         fs::create_directory(run_dir);
         std::ofstream(run_dir / "procctl.pid") << victim_pid;
         auto holder = lock_holder(run_dir / "procctl.pid");
-        const auto [code, out] = stop(run_dir);
+        const auto code_out = stop(run_dir);
+        const int code = code_out.first;
+        const std::string& out = code_out.second;
         CHECK(code == 1);
         CHECK_MESSAGE(contains(out, "procctl --stop: not signalled: pid " + std::to_string(victim.pid()) + " (named by " +
                                         (run_dir / "procctl.pid").string() + ") runs " + fs::canonical("/proc/self/exe").string() +
@@ -755,4 +759,86 @@ TEST_CASE("procctl --stop signals no process that a planted or stale pidfile nam
     }
     CHECK(victim.alive());
     CHECK_FALSE(victim.got_term());
+}
+
+namespace {
+
+// A user made for one test, with a group of its own that nobody else has; removed after.
+struct FreshUser {
+    std::string name = "hbwt" + std::to_string(::getpid());
+    uid_t uid = 0;
+    gid_t gid = 0;
+    FreshUser() {
+        REQUIRE(run({"useradd", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", name}).first == 0);
+        const passwd* pw = ::getpwnam(name.c_str());
+        REQUIRE(pw != nullptr);
+        uid = pw->pw_uid;
+        gid = pw->pw_gid;
+    }
+    ~FreshUser() { (void)run({"userdel", name}); }
+};
+
+mode_t table_mode(const hbtest::ScratchKey& scratch) {
+    auto table = Table::open_existing(scratch.options(), Table::Access::read_only);
+    REQUIRE(table);
+    return table->info().mode;
+}
+
+}  // namespace
+
+TEST_CASE("a table is created 0600 when its creator's group has other members, 0660 when the group is its own") {
+    REQUIRE_ROOT();
+    auto as_user = [](uid_t uid, gid_t gid) {
+        return [uid, gid] {
+            if (::setgroups(0, nullptr) != 0 || ::setresgid(gid, gid, gid) != 0 || ::setresuid(uid, uid, uid) != 0) ::_exit(3);
+        };
+    };
+    SUBCASE("nobody, whose group nogroup other users have too, gets a private table, and is told why") {
+        hbtest::ScratchKey scratch;
+        const auto code_out = run({hbtest::bin_for(65534, kNogroup, "proctab"), "--key", hbwatch::format_key(scratch.key()),
+                                      "init", "--slots", "8"},
+                                     as_user(65534, kNogroup));
+        const int code = code_out.first;
+        const std::string& out = code_out.second;
+        CHECK(code == 0);
+        CHECK(table_mode(scratch) == 0600);
+        CHECK_MESSAGE(contains(out, "hbwatch: creating the table at key " + hbwatch::format_key(scratch.key()) +
+                                        " with mode 0600, not 0660: its group nogroup (gid 65534) is shared with "),
+                      out);
+        CHECK(contains(out, "To share it on purpose: proctab init --mode 0660 --group GROUP\n"));
+    }
+    SUBCASE("nobody's proctab beat entries in its own table are acted on: checkproc stops the hung script") {
+        hbtest::ScratchKey scratch;
+        const std::string proctab = hbtest::bin_for(65534, kNogroup, "proctab"), key = hbwatch::format_key(scratch.key());
+        Process script({"sh", "-c", proctab + " --key " + key + " beat nightly --timeout 200ms >/dev/null 2>&1 || exit 9; "
+                                    "echo hanging; while :; do sleep 0.2; done"},
+                       as_user(65534, kNogroup));
+        REQUIRE(script.wait_for_output("hanging"));
+        REQUIRE(hbtest::eventually([&] { return hung_entries(scratch) == 1; }));
+        const auto code_log = run({hbtest::bin_for(65534, kNogroup, "checkproc"), "--key", key, "--grace", "2s"},
+                                     as_user(65534, kNogroup));
+        const std::string& log = code_log.second;
+        CHECK_MESSAGE(contains(log, "'nightly': exited"), log);
+        REQUIRE(script.wait_exit(10s));
+        CHECK(WTERMSIG(script.wait()) == SIGTERM);
+    }
+    SUBCASE("a user whose group is its own gets 0660, and no word about it") {
+        FreshUser user;
+        hbtest::ScratchKey scratch;
+        const auto [code, out] = run({hbtest::bin_for(user.uid, user.gid, "proctab"), "--key", hbwatch::format_key(scratch.key()),
+                                      "init", "--slots", "8"},
+                                     as_user(user.uid, user.gid));
+        CHECK(code == 0);
+        CHECK(table_mode(scratch) == 0660);
+        CHECK_FALSE(contains(out, "creating the table"));
+    }
+    SUBCASE("a mode given is kept as given") {
+        hbtest::ScratchKey scratch;
+        const auto [code, out] = run({hbtest::bin_for(65534, kNogroup, "proctab"), "--key", hbwatch::format_key(scratch.key()),
+                                      "init", "--slots", "8", "--mode", "0660"},
+                                     as_user(65534, kNogroup));
+        CHECK(code == 0);
+        CHECK(table_mode(scratch) == 0660);
+        CHECK_FALSE(contains(out, "creating the table"));
+    }
 }
