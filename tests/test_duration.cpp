@@ -38,8 +38,15 @@ TEST_CASE("a bad duration is refused with the text and the accepted forms") {
     SUBCASE("too large to hold") {
         CHECK_THROWS_WITH_AS((void)parse_duration("99999999999999999999d"),
                              doctest::Contains("the number is too large"), hbwatch::Error);
-        CHECK_THROWS_WITH_AS((void)parse_duration("9999999999999d"), doctest::Contains("the duration is too large"),
+        CHECK_THROWS_WITH_AS((void)parse_duration("9999999999999d"), doctest::Contains("it is longer than 365d"),
                              hbwatch::Error);
+    }
+    SUBCASE("a year at most, in every unit: nothing a tool adds to a monotonic instant can wrap") {
+        CHECK(parse_duration("365d") == std::chrono::hours(24 * 365));
+        CHECK(parse_duration("8760h") == std::chrono::hours(24 * 365));
+        CHECK(parse_duration("31536000000ms") == std::chrono::hours(24 * 365));
+        for (const char* text : {"366d", "8761h", "525601m", "31536001s", "31536000001ms", "9223372036854775807ms"})
+            CHECK_THROWS_WITH_AS((void)parse_duration(text), doctest::Contains("it is longer than 365d"), hbwatch::Error);
     }
 }
 

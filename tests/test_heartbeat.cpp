@@ -79,6 +79,9 @@ TEST_CASE("bad names and timeouts are refused before any table is made") {
     CHECK(error_of([&] { Heartbeat hb(std::string(48, 'a'), 1s, options); }) ==
           "heartbeat name 'aaaaaaaaaaaaaaaaaaaa...' is 48 bytes long: use 1 to 47 letters, digits or . _ - : @ + /");
     CHECK(error_of([&] { Heartbeat hb("tab\there", 1s, options); }).find("'tab\\x09here'") != std::string::npos);
+    // A NUL inside the name (strchr found the string's own terminator, and took it for allowed).
+    CHECK(error_of([&] { Heartbeat hb(std::string_view("nul\0inside", 10), 1s, options); }) ==
+          "heartbeat name 'nul\\x00inside' has a bad character at byte 3: use 1 to 47 letters, digits or . _ - : @ + /");
     CHECK(error_of([&] { Heartbeat hb("svc", 99ms, options); }) ==
           "heartbeat timeout 99ms is out of range: give 100ms to 7d");
     CHECK(error_of([&] { Heartbeat hb("svc", 169h, options); }) ==

@@ -322,16 +322,20 @@ TEST_CASE("an output file on a full device is reported once, and supervision goe
 
 TEST_CASE("durations and sizes out of range are refused at parse time, naming the range") {
     for (const auto& test : std::vector<std::pair<std::vector<std::string>, std::string>>{
-             {{"-f", "--grace", "534955578137577ms", "1", "true"}, "--grace 534955578137577ms is out of range: give 0ms to 1d"},
-             {{"-f", "534955578137577ms", "true"}, "INTERVAL 534955578137577ms is out of range: give 0ms to 1d"},
-             {{"-f", "--output-max-size", "0", "1", "true"}, "--output-max-size 0 is out of range: give 1K to 1T"},
-             {{"-f", "--max-backoff", "0", "1", "true"}, "--max-backoff 0 is out of range: give 1s to 1d"}}) {
+             {{"-f", "--grace", "2d", "1", "true"}, "procctl: --grace 2d is out of range: give 0ms to 1d"},
+             {{"-f", "25h", "true"}, "procctl: INTERVAL 25h is out of range: give 0ms to 1d"},
+             {{"-f", "--output-max-size", "0", "1", "true"}, "procctl: --output-max-size 0 is out of range: give 1K to 1T"},
+             {{"-f", "--max-backoff", "0", "1", "true"}, "procctl: --max-backoff 0 is out of range: give 1s to 1d"},
+             // Past any range: refused by the parser every tool shares (it once wrapped in nanoseconds).
+             {{"-f", "--grace", "534955578137577ms", "1", "true"},
+              "--grace: bad duration '534955578137577ms': it is longer than 365d; write it like 500ms, 5s, 2m, 1h, 7d or a number "
+              "of seconds"}}) {
         const auto& message = test.second;
         CAPTURE(message);
         Process p(procctl(test.first));
         REQUIRE(p.wait_exit(10s));
         CHECK(WEXITSTATUS(p.wait()) == 2);
-        CHECK(contains(p.output(), "procctl: " + message));
+        CHECK(contains(p.output(), message));
     }
 }
 

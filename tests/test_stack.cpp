@@ -18,56 +18,20 @@
 
 #include "core/table.h"
 
+#include "stack_support.h"
 #include "support.h"
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using hbtest::Process;
+using namespace hbtest::stack;
 
 namespace {
-
-struct Scratch {
-    fs::path dir;
-    Scratch() {
-        char buffer[] = "/tmp/hbwatch-stack-XXXXXX";
-        dir = ::mkdtemp(buffer);
-        fs::create_directory(dir / "log");
-    }
-    ~Scratch() { fs::remove_all(dir); }
-};
-
-std::string read_file(const fs::path& path) {
-    std::ifstream in(path);
-    std::stringstream text;
-    text << in.rdbuf();
-    return text.str();
-}
 
 long long number_after(const std::string& text, const std::string& word) {
     std::smatch match;
     if (!std::regex_search(text, match, std::regex(word + " ([0-9]+)"))) return -1;
     return std::stoll(match[1]);
-}
-
-// Runs a program to its end; its exit code and output.
-std::pair<int, std::string> run(std::vector<std::string> argv) {
-    Process p(std::move(argv));
-    REQUIRE(p.wait_exit(30s));
-    const int status = p.wait();
-    return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), p.output()};
-}
-
-// The stack's programs, through curl on the control socket.
-nlohmann::json programs(const fs::path& socket) {
-    const auto result = run({"curl", "-sS", "--max-time", "10", "--unix-socket", socket.string(), "http://stack/v1/programs"});
-    REQUIRE_MESSAGE(result.first == 0, result.second);
-    return nlohmann::json::parse(result.second);
-}
-
-nlohmann::json program(const fs::path& socket, const std::string& name) {
-    for (const auto& p : programs(socket))
-        if (p["name"] == name) return p;
-    return nullptr;
 }
 
 // A raw client of the control socket, to misbehave with.
@@ -329,7 +293,7 @@ bool gone(int pid) { return ::kill(pid, 0) != 0 && errno == ESRCH; }
 TEST_CASE("a reload starts what was added, stops what was removed, restarts what changed, and touches nothing else") {
     Scratch dir;
     const fs::path config = dir.dir / "stack.yaml";
-    const std::string head = "run_dir: " + (dir.dir / "run").string() + "\nprograms:\n";
+    const std::string head = "run_dir: " + (dir.dir / "run").string() + "\nlog_dir: " + dir.dir.string() + "\nprograms:\n";
     auto write = [&](const std::string& programs) { std::ofstream(config) << head << programs; };
     write("  a:\n    command: [sleep, \"600\"]\n"
           "  b:\n    command: [sleep, \"601\"]\n    after: [a]\n"
@@ -365,7 +329,7 @@ TEST_CASE("a reload starts what was added, stops what was removed, restarts what
     write(v2 + "    bogus: 1\n");
     std::tie(code, text) = run(proctab(dir, {"reload"}));
     CHECK(code == 1);
-    CHECK_MESSAGE(text.starts_with("proctab: " + config.string() + ":10:5: program 'd': unknown key 'bogus'"), text);
+    CHECK_MESSAGE(text.starts_with("proctab: " + config.string() + ":11:5: program 'd': unknown key 'bogus'"), text);
     CHECK_MESSAGE(text.ends_with("(the running config is kept)\n"), text);
     CHECK(stack.wait_for_output("reload refused, the running config is kept", 10s));
     // So is a change a running procctl cannot make.
@@ -412,7 +376,7 @@ TEST_CASE("a reload starts what was added, stops what was removed, restarts what
         std::string programs_text = "  a:\n    command: [sleep, \"605\"]\n"
                                     "  b:\n    command: [sleep, \"603\"]\n    after: [a]\n"
                                     "  d:\n    command: [sleep, \"606\"]\n    stdout: ";
-        programs_text.append(dir.dir.string()).append("/d").append(std::to_string(i)).append(".log\n");  // not +: g++ 12's false -Wrestrict
+        programs_text.append("d").append(std::to_string(i)).append(".log\n");  // under log_dir; not +: g++ 12's false -Wrestrict
         write(programs_text);
         std::tie(code, text) = run(proctab(dir, {"reload"}));
         REQUIRE(code == 0);

@@ -120,7 +120,7 @@ TEST_CASE("config errors name the file, line, column and key, and say what is al
     CHECK(error_of([] { (void)parse_stack_config("programs:\n  a:\n    command: [x]\n    restrat: always\n", "stack.yaml"); }) ==
           "stack.yaml:4:5: program 'a': unknown key 'restrat': the keys allowed here are command, ready, ready_timeout, "
           "after, directory, environment, user, restart, restart_delay, max_restarts, stop_signal, stop_grace, stdout, "
-          "stderr, log_max_size, log_files, instances, max_rss, autostart");
+          "stderr, log_max_size, log_files, instances, max_rss, autostart, inherit_environment");
     CHECK(error_of([] { (void)parse_stack_config("programs:\n  a:\n    command: [x]\n    stop_grace: soon\n", "stack.yaml"); }) ==
           "stack.yaml:4:17: program 'a': stop_grace: bad duration 'soon': it does not start with a whole, non-negative "
           "number; write it like 500ms, 5s, 2m, 1h, 7d or a number of seconds");
@@ -154,4 +154,78 @@ TEST_CASE("config errors name the file, line, column and key, and say what is al
           "s.yaml:1:15: socket_group: 'no-such-group-here' is not a group on this host");
     CHECK(error_of([] { (void)hbwatch::load_stack_config("/nonexistent/stack.yaml"); }) ==
           "cannot open /nonexistent/stack.yaml: its directory /nonexistent does not exist (procctl never creates directories)");
+}
+
+TEST_CASE("what a hostile config could slip through is refused at its line: sizes, durations, names, paths, keys given twice") {
+    auto parsed = [](const std::string& programs) { return error_of([&] { (void)parse_stack_config("programs:\n" + programs, "s.yaml"); }); };
+    // The command line's ranges, for every size and duration key.
+    CHECK(parsed("  a:\n    command: [x]\n    log_max_size: 0\n") ==
+          "s.yaml:4:19: program 'a': log_max_size: '0' is out of range: give 1K to 1T");
+    CHECK(parsed("  a:\n    command: [x]\n    log_max_size: 2T\n") ==
+          "s.yaml:4:19: program 'a': log_max_size: '2T' is out of range: give 1K to 1T");
+    CHECK(parsed("  a:\n    command: [x]\n    stop_grace: 2d\n") ==
+          "s.yaml:4:17: program 'a': stop_grace: 2d is out of range: give 0ms to 1d");
+    CHECK(parsed("  a:\n    command: [x]\n    stop_grace: 106751991167d\n") ==
+          "s.yaml:4:17: program 'a': stop_grace: bad duration '106751991167d': it is longer than 365d; write it like 500ms, 5s, "
+          "2m, 1h, 7d or a number of seconds");
+    CHECK(parsed("  a:\n    command: [x]\n    restart_delay: 25h\n") ==
+          "s.yaml:4:20: program 'a': restart_delay: 25h is out of range: give 0ms to 1d");
+    CHECK(parsed("  a:\n    command: [x]\n    ready_timeout: 50ms\n") ==
+          "s.yaml:4:20: program 'a': ready_timeout: 50ms is out of range: give 100ms to 1d");
+    CHECK(parsed("  a:\n    command: [x]\n    max_restarts: {count: 3, window: 31d}\n") ==
+          "s.yaml:4:38: program 'a': max_restarts.window: 31d is out of range: give 1s to 30d");
+    // Names: a NUL byte, and a '/' the API could not address.
+    CHECK(parsed("  \"a\\0b\":\n    command: [x]\n") ==
+          "s.yaml:2:3: program name: heartbeat name 'a\\x00b' has a bad character at byte 1: use 1 to 47 letters, digits or . _ - : @ + /");
+    CHECK(parsed("  a/b:\n    command: [x]\n") ==
+          "s.yaml:2:3: program name 'a/b': '/' cannot stand in a name the control API addresses (/v1/programs/NAME)");
+    // Output files under log_dir only.
+    CHECK(parsed("  a:\n    command: [x]\n    stdout: /etc/shadow\n") ==
+          "s.yaml:4:13: program 'a': stdout: give a file name under log_dir (set log_dir to choose the directory), not an absolute "
+          "path, and without '..'");
+    CHECK(parsed("  a:\n    command: [x]\n    stderr: ../../etc/passwd\n") ==
+          "s.yaml:4:13: program 'a': stderr: give a file name under log_dir (set log_dir to choose the directory), not an absolute "
+          "path, and without '..'");
+    // A key given twice is refused with both lines (yaml-cpp keeps both, and lookups took the first).
+    CHECK(parsed("  a:\n    command: [x]\n    user: nobody\n    user: root\n") ==
+          "s.yaml:5:5: the key 'user' is given twice in one map, first at line 4: give each key once");
+    CHECK(parsed("  a:\n    command: [x]\n  b:\n    command: [y]\n  a:\n    command: [z]\n") ==
+          "s.yaml:6:3: the key 'a' is given twice in one map, first at line 2: give each key once");
+    CHECK(error_of([] { (void)parse_stack_config("{\"programs\": {\"a\": {\"command\": [\"x\"], \"command\": [\"y\"]}}}", "s.json"); }) ==
+          "s.json:1:39: the key 'command' is given twice in one map, first at line 1: give each key once");
+}
+
+TEST_CASE("a config whose aliases multiply it is refused at the alias that passes the bound, before anything is built") {
+    // 2000 words, named once, and 3000 programs that each name them: 6 million words from 82 KiB.
+    std::string text = "programs:\n  p0:\n    command: &words [";
+    for (int i = 0; i < 2000; ++i) text += i ? ",x" : "x";
+    text += "]\n";
+    for (int i = 1; i <= 3000; ++i) text += "  p" + std::to_string(i) + ": {command: *words}\n";
+    REQUIRE(text.size() < 100'000);
+    const std::string error = error_of([&] { (void)parse_stack_config(text, "s.yaml"); });
+    CAPTURE(error);
+    // Past 4 MiB of nodes and text: about program 1040 of 3000, at its alias.
+    const auto line = std::stoi(error.substr(error.find(':') + 1));
+    CHECK(line > 1000);
+    CHECK(line < 1100);
+    // At the alias itself: "  pN: {command: *words}" has it at column 16 + the digits of N.
+    std::string at(":");  // built in steps: g++ 12 warns falsely (-Wrestrict) on ":" + ...
+    at.append(std::to_string(line)).append(":").append(std::to_string(std::to_string(line - 2).size() + 16));
+    CHECK(error.find(at + ": this alias makes the config expand past 4 MiB of nodes and text; an alias may repeat a part of the "
+                          "file, not multiply it") != std::string::npos);
+    // A few aliases that repeat a part are fine.
+    const auto config = parse_stack_config("programs:\n  a:\n    command: &c [sleep, \"60\"]\n  b:\n    command: *c\n", "s.yaml");
+    CHECK(config.programs[1].command == std::vector<std::string>{"sleep", "60"});
+}
+
+TEST_CASE("inherit_environment passes procctl's whole environment, or the names listed") {
+    const auto config = parse_stack_config("programs:\n  a:\n    command: [x]\n    inherit_environment: true\n"
+                                           "  b:\n    command: [x]\n    inherit_environment: [TOKEN, HOME]\n  c:\n    command: [x]\n",
+                                           "s.yaml");
+    CHECK(config.programs[0].inherit_all_environment);
+    CHECK(config.programs[1].inherit_environment == std::vector<std::string>{"TOKEN", "HOME"});
+    CHECK_FALSE(config.programs[2].inherit_all_environment);
+    CHECK(config.programs[2].inherit_environment.empty());
+    CHECK(error_of([] { (void)parse_stack_config("programs:\n  a:\n    command: [x]\n    inherit_environment: sometimes\n", "s.yaml"); }) ==
+          "s.yaml:4:26: program 'a': inherit_environment: 'sometimes' is not true or false");
 }

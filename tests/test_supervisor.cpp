@@ -349,3 +349,38 @@ TEST_CASE("a follower whose file was rotated several times gets every line kept,
         for (const auto& text : file.tail(100, 1 << 20).lines) CHECK(text != "forged");
     }
 }
+
+TEST_CASE("a line that never ends is held at most kMaxHeldLine, whatever the cap: the rest is written as it comes") {
+    Scratch scratch;
+    Reports reports;
+    for (const std::uint64_t cap : {std::uint64_t{0}, std::uint64_t{1} << 40}) {  // 0 never rotates
+        const std::string path = scratch.file("endless-" + std::to_string(cap));
+        OutputFile file(path, cap, 2, reports.sink());
+        const std::string chunk(4000, 'z');
+        std::size_t written = 0;
+        for (; written < (1u << 20); written += chunk.size()) file.write(chunk);
+        // Before finish(): on disk already, but for at most one held piece.
+        const auto on_disk = std::filesystem::file_size(path);
+        CHECK(on_disk + hbwatch::tool::kMaxHeldLine >= written);
+        CHECK(on_disk <= written);
+        file.finish();
+        CHECK(std::filesystem::file_size(path) == written);
+    }
+    CHECK(reports.lines.empty());
+}
+
+TEST_CASE("output without newlines costs time in proportion to its size, not to its square") {
+    Scratch scratch;
+    Reports reports;
+    OutputFile file(scratch.file("flood"), std::uint64_t{1} << 40, 2, reports.sink());
+    const std::string chunk(64 * 1024, '\0');
+    timespec start{}, end{};
+    ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &start);
+    for (int i = 0; i < 1024; ++i) file.write(chunk);  // 64 MiB, no newline
+    ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &end);
+    const double seconds = double(end.tv_sec - start.tv_sec) + double(end.tv_nsec - start.tv_nsec) / 1e9;
+    // Linear: about 0.05 s of CPU here. Rescanning what is held at every write took over 10 s.
+    CHECK_MESSAGE(seconds < 5.0, seconds << " s of CPU for 64 MiB");
+    file.finish();
+    CHECK(std::filesystem::file_size(scratch.file("flood")) == (64u << 20));
+}

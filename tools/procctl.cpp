@@ -26,6 +26,7 @@
 #include "engine/stop_procctl.h"
 #include "engine/supervisor.h"
 #include "engine/support.h"
+#include "engine/terminal_text.h"
 
 namespace {
 
@@ -77,28 +78,18 @@ struct Cli {
         return argc;
     }
 
-    // A duration within [low, high]: converted to nanoseconds later, it can never overflow.
-    static std::chrono::milliseconds duration(const std::string& option, const std::string& text,
-                                              std::chrono::milliseconds low, std::chrono::milliseconds high) {
-        const auto value = hbwatch::parse_duration(text);
-        if (value < low || value > high)
-            throw hbwatch::Error(EINVAL, option + " " + text + " is out of range: give " + hbwatch::format_duration(low) +
-                                             " to " + hbwatch::format_duration(high));
-        return value;
-    }
-
     tool::SuperviseOptions options(const std::vector<std::string>& args) const {
         using namespace std::chrono_literals;
         tool::SuperviseOptions o;
         o.argv.push_back(program);
         o.argv.insert(o.argv.end(), args.begin(), args.end());
-        o.interval = duration("INTERVAL", interval, 0ms, 24h);
-        o.grace = duration("--grace", grace, 0ms, 24h);
-        o.max_backoff = duration("--max-backoff", max_backoff, 1s, 24h);
-        o.window = duration("--window", window, 1s, 24h * 30);
+        // Within their ranges: converted to nanoseconds later, they can never overflow.
+        o.interval = hbwatch::parse_duration_in(interval, "INTERVAL", hbwatch::kRestartDelayRange);
+        o.grace = hbwatch::parse_duration_in(grace, "--grace", hbwatch::kStopGraceRange);
+        o.max_backoff = hbwatch::parse_duration_in(max_backoff, "--max-backoff", hbwatch::kMaxBackoffRange);
+        o.window = hbwatch::parse_duration_in(window, "--window", hbwatch::kRestartWindowRange);
         o.output_max_size = hbwatch::parse_size(output_max_size);
-        if (o.output_max_size < 1024 || o.output_max_size > (std::uint64_t{1} << 40))
-            throw hbwatch::Error(EINVAL, "--output-max-size " + output_max_size + " is out of range: give 1K to 1T");
+        tool::check_output_file_size(o.output_max_size, "--output-max-size " + output_max_size);
         o.output_files = output_files;
         o.chdir = chdir;
         o.stdout_file = stdout_file;
@@ -230,7 +221,8 @@ int detach() {
         ssize_t n;
         while ((n = ::read(ready[0], buffer, sizeof buffer)) > 0) report.append(buffer, static_cast<std::size_t>(n));
         const bool ok = report.starts_with("ok ");
-        std::fprintf(ok ? stdout : stderr, "procctl: %s\n", ok ? report.substr(3).c_str() : report.empty() ? "the background process died while starting" : report.c_str());
+        report = tool::terminal_safe(ok ? report.substr(3) : report.empty() ? "the background process died while starting" : report);
+        std::fprintf(ok ? stdout : stderr, "procctl: %s\n", report.c_str());
         std::fflush(nullptr);  // _exit does not
         ::_exit(ok ? hbwatch::tool::kExitOk : hbwatch::tool::kExitFailure);
     }
@@ -281,7 +273,7 @@ int launch(const Launch& how, const std::function<int(spdlog::logger&, int, cons
         return code;
     } catch (const hbwatch::Error& e) {
         if (ready >= 0) (void)!::write(ready, e.what(), std::strlen(e.what()));
-        else std::fprintf(stderr, "procctl: %s\n", e.what());
+        else std::fprintf(stderr, "procctl: %s\n", tool::terminal_safe(e.what()).c_str());
         return tool::kExitFailure;
     }
 }
@@ -358,7 +350,7 @@ int run_stack_mode(int argc, char** argv) {
         // Absolute: a reload reads it again, from wherever procctl then is.
         config = hbwatch::load_stack_config(std::filesystem::absolute(config_path).lexically_normal().string());
     } catch (const hbwatch::Error& e) {
-        std::fprintf(stderr, "procctl: %s\n", e.what());
+        std::fprintf(stderr, "procctl: %s\n", tool::terminal_safe(e.what()).c_str());
         return tool::kExitFailure;
     }
     if (check) {
@@ -423,7 +415,7 @@ int main(int argc, char** argv) {
     try {
         options = cli.options(std::vector<std::string>(argv + own, argv + argc));
     } catch (const hbwatch::Error& e) {
-        std::fprintf(stderr, "procctl: %s\nRun with --help for more information.\n", e.what());
+        std::fprintf(stderr, "procctl: %s\nRun with --help for more information.\n", tool::terminal_safe(e.what()).c_str());
         return tool::kExitUsage;
     }
 

@@ -2,6 +2,7 @@
 #include <grp.h>
 #include <poll.h>
 #include <pwd.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
@@ -30,6 +31,7 @@
 #include "engine/control.h"
 #include "engine/stack_config.h"
 #include "engine/support.h"
+#include "engine/terminal_text.h"
 
 namespace {
 
@@ -595,34 +597,6 @@ int stack_reload(const std::string& run_dir) {
     return tool::kExitOk;
 }
 
-// A program's output line with its control bytes (but tabs) shown as \xNN, C1 controls in
-// UTF-8 too, and bidirectional overrides as \uNNNN: a program's output never drives the
-// operator's terminal.
-std::string terminal_safe(const std::string& line) {
-    std::string out;
-    for (std::size_t i = 0; i < line.size(); ++i) {
-        const auto c = static_cast<unsigned char>(line[i]);
-        const auto next = [&](std::size_t k) { return i + k < line.size() ? static_cast<unsigned char>(line[i + k]) : 0; };
-        const bool c1 = c == 0xc2 && next(1) >= 0x80 && next(1) < 0xa0;
-        // U+202A..U+202E and U+2066..U+2069: bidirectional overrides, which reorder what is shown.
-        const bool bidi = c == 0xe2 && ((next(1) == 0x80 && next(2) >= 0xaa && next(2) <= 0xae) ||
-                                        (next(1) == 0x81 && next(2) >= 0xa6 && next(2) <= 0xa9));
-        if (bidi) {
-            char code[12];
-            std::snprintf(code, sizeof code, "\\u%04x", 0x2000 + ((next(1) & 0x3f) << 6) + (next(2) & 0x3f));
-            out += code;
-            i += 2;
-        } else if ((c < 0x20 && c != '\t') || c == 0x7f || c1) {
-            char hex[8];
-            std::snprintf(hex, sizeof hex, "\\x%02x", c1 ? static_cast<unsigned char>(line[++i]) : c);
-            out += hex;
-        } else {
-            out += static_cast<char>(c);
-        }
-    }
-    return out;
-}
-
 // proctab tail NAME [-n N] [-f] [--stderr]: the last lines of a program's output file; with
 // -f, then what it writes, until interrupted or procctl stops.
 int stack_tail(const std::string& run_dir, const std::string& name, unsigned lines, bool follow, bool stderr_stream) {
@@ -630,12 +604,22 @@ int stack_tail(const std::string& run_dir, const std::string& name, unsigned lin
     const std::string stream = stderr_stream ? "stderr" : "stdout";
     json units = stack_call(run_dir, "GET", "/v1/programs/" + name + "/output?stream=" + stream + "&tail=" + std::to_string(lines));
     const bool several = units.size() > 1;
+    // On a terminal, each line is cut to its width: a long line padded with spaces must not
+    // wrap into what looks like a row of its own (another program's, with a forged prefix).
+    winsize window{};
+    const std::size_t columns = ::isatty(STDOUT_FILENO) && ::ioctl(STDOUT_FILENO, TIOCGWINSZ, &window) == 0 && window.ws_col > 0
+                                    ? window.ws_col
+                                    : 0;
     auto print = [&](const json& unit) {
         const std::string prefix = several ? shown(unit["name"].get<std::string>()) + " | " : "";
         if (unit["skipped"].get<bool>())
             std::fprintf(stderr, "proctab: %s: lines were rotated away before they could be shown\n",
                          shown(unit["name"].get<std::string>()).c_str());
-        for (const auto& line : unit["lines"]) std::printf("%s%s\n", prefix.c_str(), terminal_safe(line.get<std::string>()).c_str());
+        for (const auto& line : unit["lines"]) {
+            std::string text = prefix + tool::terminal_safe(line.get<std::string>());
+            if (columns > 0) text = tool::fit_columns(text, columns);
+            std::printf("%s\n", text.c_str());
+        }
         std::fflush(stdout);
     };
     for (const auto& unit : units) print(unit);
@@ -651,7 +635,7 @@ int stack_tail(const std::string& run_dir, const std::string& name, unsigned lin
                 }
             }
         } catch (const Error& e) {
-            std::fprintf(stderr, "proctab: stopped following: %s\n", e.what());
+            std::fprintf(stderr, "proctab: stopped following: %s\n", tool::terminal_safe(e.what()).c_str());
             return tool::kExitFailure;
         }
     }
@@ -778,8 +762,8 @@ int main(int argc, char** argv) {
             return found.empty() && ps_cmd->parsed() ? tool::kExitFailure : tool::kExitOk;
         }
         return list(options, as_json, as_prometheus, watch);
-    } catch (const Error& e) {
-        std::fprintf(stderr, "proctab: %s\n", e.what());
+    } catch (const Error& e) {  // may carry procctl's words, with config values and paths in them
+        std::fprintf(stderr, "proctab: %s\n", tool::terminal_safe(e.what()).c_str());
         return e.code() == ENOENT || e.code() == EINVAL ? kExitNoTable : tool::kExitFailure;
     }
 }

@@ -178,6 +178,11 @@ OutputFile::Lines OutputFile::follow(Cursor from, std::size_t max_bytes) const {
     return out;
 }
 
+void check_output_file_size(std::uint64_t size, const std::string& what) {
+    if (size < kMinOutputFileSize || size > kMaxOutputFileSize)
+        throw Error(EINVAL, what + " is out of range: give 1K to 1T");
+}
+
 OutputFile::OutputFile(std::string path, std::uint64_t max_size, std::size_t keep, Report report)
     : path_(std::move(path)), dir_(open_safe_directory(path_)), max_size_(max_size), keep_(keep), report_(std::move(report)) {
     fd_ = open_for_append(dir_, path_);
@@ -194,17 +199,32 @@ OutputFile::~OutputFile() {
 }
 
 void OutputFile::write(std::string_view data) noexcept {
+    // Only the new bytes are scanned: a newline can only be among them.
+    if (const auto last = data.rfind('\n'); last != std::string_view::npos) {
+        if (pending_.empty()) {
+            write_lines(data.substr(0, last + 1));
+        } else {
+            pending_.append(data.substr(0, last + 1));
+            write_lines(pending_);
+            pending_.clear();
+        }
+        data.remove_prefix(last + 1);
+    }
+    // A line longer than the cap (or than what is worth holding) cannot stay whole: let it
+    // through as it comes.
+    const std::uint64_t hold = max_size_ == 0 ? kMaxHeldLine : std::min<std::uint64_t>(max_size_, kMaxHeldLine);
+    while (pending_.size() + data.size() >= hold) {
+        const std::size_t take = static_cast<std::size_t>(hold) - pending_.size();
+        if (pending_.empty()) {
+            write_lines(data.substr(0, take));
+        } else {
+            pending_.append(data.substr(0, take));
+            write_lines(pending_);
+            pending_.clear();
+        }
+        data.remove_prefix(take);
+    }
     pending_.append(data);
-    const auto last = pending_.rfind('\n');
-    if (last != std::string::npos) {
-        write_lines(std::string_view(pending_).substr(0, last + 1));
-        pending_.erase(0, last + 1);
-    }
-    // A line longer than the cap cannot stay whole in any file: let it through as it comes.
-    if (max_size_ != 0 && pending_.size() >= max_size_) {
-        write_lines(pending_);
-        pending_.clear();
-    }
 }
 
 void OutputFile::finish() noexcept {

@@ -18,12 +18,24 @@
 
 namespace hbwatch::tool {
 
+/// Rotation sizes an operator may give (--output-max-size, log_max_size): 1K to 1T.
+inline constexpr std::uint64_t kMinOutputFileSize = 1024;
+inline constexpr std::uint64_t kMaxOutputFileSize = std::uint64_t{1} << 40;
+/// The longest partial line held for its newline: a longer line is written out in pieces of
+/// this size, so a program that never writes a newline costs bounded memory.
+inline constexpr std::size_t kMaxHeldLine = 64 * 1024;
+
+/// Throws hbwatch::Error(EINVAL) "WHAT is out of range: give 1K to 1T" outside those sizes;
+/// `what` names the option and the text given ("--output-max-size 0").
+void check_output_file_size(std::uint64_t size, const std::string& what);
+
 /// The name of rotated file `index` of `name`: "svc.out" -> "svc.1.out", "svc" -> "svc.1".
 std::string rotated_name(const std::string& name, std::size_t index);
 
 /// An appending, rotating file fed with arbitrary chunks of a byte stream. Bytes pass through
 /// unchanged; rotation happens only between lines, unless a single line is larger than the
-/// cap. The partial last line is held until its newline, the cap, or finish().
+/// cap. The partial last line is held until its newline, finish(), or until it reaches the cap
+/// or kMaxHeldLine (then it is written out in pieces). Each write scans only its own bytes.
 class OutputFile {
 public:
     /// Receives one line per problem (and per recovery): "cannot write FILE: No space left ...".
@@ -88,7 +100,7 @@ private:
     bool regular_ = true;
     std::uint64_t size_ = 0;
     std::uint64_t rotations_ = 0;  // completed: the generation of the current file
-    std::string pending_;       // the last line, until its newline comes
+    std::string pending_;       // the last line, until its newline comes (at most kMaxHeldLine)
     int failing_ = 0;           // errno of the write failure being reported, 0 while writes succeed
     int rotate_failing_ = 0;    // the same for rotation
     std::uint64_t dropped_ = 0;

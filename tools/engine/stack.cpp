@@ -41,6 +41,35 @@ extern char** environ;
 namespace hbwatch::tool {
 namespace {
 
+// The environment a program starts with, by systemd's rule rather than inheritance: from
+// procctl's own only PATH (or a default), LANG, LC_*, TZ and HBWATCH_KEY, and the names the
+// config passes through (or everything, with inherit_environment: true); HOME, USER, LOGNAME
+// and SHELL of the user it runs as; then its `environment:`; then HBWATCH_PROGRAM and
+// HBWATCH_INSTANCE. An operator's tokens in procctl's environment reach no program unasked.
+std::vector<std::string> program_environment(const ProgramConfig& p, const passwd& user, const std::string& unit_name,
+                                             unsigned instance) {
+    std::map<std::string, std::string> env;
+    for (char** e = environ; *e != nullptr; ++e) {
+        const std::string_view entry(*e);
+        const std::string name(entry.substr(0, entry.find('=')));
+        const bool passed = p.inherit_all_environment || name == "PATH" || name == "LANG" || name.starts_with("LC_") ||
+                            name == "TZ" || name == "HBWATCH_KEY" ||
+                            std::find(p.inherit_environment.begin(), p.inherit_environment.end(), name) != p.inherit_environment.end();
+        if (passed) env[name] = entry;
+    }
+    if (!env.count("PATH")) env["PATH"] = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    env["HOME"] = std::string("HOME=") + (user.pw_dir ? user.pw_dir : "/");
+    env["USER"] = std::string("USER=") + user.pw_name;
+    env["LOGNAME"] = std::string("LOGNAME=") + user.pw_name;
+    env["SHELL"] = std::string("SHELL=") + (user.pw_shell && *user.pw_shell ? user.pw_shell : "/bin/sh");
+    for (const auto& [name, value] : p.environment) env[name] = name + "=" + value;
+    env["HBWATCH_PROGRAM"] = "HBWATCH_PROGRAM=" + unit_name;
+    if (instance > 0) env["HBWATCH_INSTANCE"] = "HBWATCH_INSTANCE=" + std::to_string(instance);
+    std::vector<std::string> out;
+    for (auto& [name, entry] : env) out.push_back(std::move(entry));
+    return out;
+}
+
 constexpr std::uint64_t kReadyPollNs = to_ns(std::chrono::milliseconds(100));
 constexpr std::uint64_t kExecRetryNs = to_ns(std::chrono::milliseconds(500));
 constexpr std::uint64_t kKillWaitNs = to_ns(std::chrono::seconds(5));
@@ -311,7 +340,7 @@ private:
             if (stopping_all_) return error(409, "the stack is stopping");
             try {
                 return ControlReply{200, json_text(reload())};
-            } catch (const Error& e) {
+            } catch (const std::exception& e) {  // whatever failed, the stack goes on as it was
                 log_.error("reload refused, the running config is kept: {}", e.what());
                 return error(400, std::string(e.what()) + " (the running config is kept)");
             }
@@ -438,7 +467,16 @@ private:
     // running untouched. A config that does not load, or changes what a running procctl cannot
     // (run_dir, socket_group), throws hbwatch::Error, and nothing changes.
     nlohmann::json reload() {
-        StackConfig next = load_stack_config(config_.path);
+        StackConfig next;
+        try {
+            next = load_stack_config(config_.path);
+        } catch (const Error&) {
+            throw;
+        } catch (const std::bad_alloc&) {  // a config too large for the memory procctl may use
+            throw Error(ENOMEM, config_.path + ": not enough memory to read it (std::bad_alloc)");
+        } catch (const std::exception& e) {
+            throw Error(EINVAL, config_.path + ": cannot be read: " + e.what());
+        }
         auto refuse = [&](const char* key, const std::string& was, const std::string& is) {
             throw Error(EINVAL, config_.path + ": " + key + " changed from '" + was + "' to '" + is +
                                     "': a reload cannot apply that; restart procctl");
@@ -453,10 +491,11 @@ private:
         std::vector<std::unique_ptr<Unit>> fresh;
         try {
             build_reload(next, report, programs, fresh);
-        } catch (const Error&) {
+        } catch (const std::exception& e) {
             fresh.clear();
             drop_unused_outputs();  // what the refused config opened
-            throw;
+            if (dynamic_cast<const Error*>(&e) != nullptr) throw;
+            throw Error(ENOMEM, config_.path + ": the reload failed while building its programs (" + e.what() + ")");
         }
         finish_reload(next, report, std::move(programs), std::move(fresh));
         return report;
@@ -583,15 +622,24 @@ private:
 
     void prepare(Unit& unit, unsigned instance, const std::string& log_dir) {
         const ProgramConfig& p = *unit.program;
-        std::map<std::string, std::string> env;
-        for (char** e = environ; *e != nullptr; ++e) {
-            std::string entry(*e);
-            env[entry.substr(0, entry.find('='))] = entry;
+        const passwd* pw = p.user.empty() ? ::getpwuid(::geteuid()) : ::getpwnam(p.user.c_str());
+        if (pw == nullptr && !p.user.empty())
+            throw Error(EINVAL, config_.path + ": program '" + p.name + "': user '" + p.user + "' does not exist");
+        if (!p.user.empty()) {
+            if (::geteuid() != 0 && pw->pw_uid != ::geteuid())
+                throw Error(EPERM, config_.path + ": program '" + p.name + "': user '" + p.user +
+                                       "': only root may run a program as another user");
+            unit.uid = pw->pw_uid;
+            unit.gid = pw->pw_gid;
+            int count = 64;
+            unit.groups.resize(64);
+            if (::getgrouplist(p.user.c_str(), pw->pw_gid, unit.groups.data(), &count) < 0) count = 0;
+            unit.groups.resize(static_cast<std::size_t>(std::max(count, 0)));
         }
-        for (const auto& [name, value] : p.environment) env[name] = name + "=" + value;
-        env["HBWATCH_PROGRAM"] = "HBWATCH_PROGRAM=" + unit.name;
-        if (instance > 0) env["HBWATCH_INSTANCE"] = "HBWATCH_INSTANCE=" + std::to_string(instance);
-        for (auto& [name, entry] : env) unit.env_storage.push_back(entry);
+        passwd nameless{};  // procctl's uid has no name in the user database
+        std::string uid_text = std::to_string(::geteuid());
+        nameless.pw_name = uid_text.data();
+        unit.env_storage = program_environment(p, pw != nullptr ? *pw : nameless, unit.name, instance);
         for (auto& entry : unit.env_storage) unit.envp.push_back(entry.data());
         unit.envp.push_back(nullptr);
         for (const auto& word : p.command) unit.argv.push_back(const_cast<char*>(word.c_str()));
@@ -610,19 +658,6 @@ private:
             std::memcpy(&unit.probe_address, found->ai_addr, found->ai_addrlen);
             unit.probe_address_length = found->ai_addrlen;
             ::freeaddrinfo(found);
-        }
-        if (!p.user.empty()) {
-            const passwd* pw = ::getpwnam(p.user.c_str());
-            if (pw == nullptr) throw Error(EINVAL, config_.path + ": program '" + p.name + "': user '" + p.user + "' does not exist");
-            if (::geteuid() != 0 && pw->pw_uid != ::geteuid())
-                throw Error(EPERM, config_.path + ": program '" + p.name + "': user '" + p.user +
-                                       "': only root may run a program as another user");
-            unit.uid = pw->pw_uid;
-            unit.gid = pw->pw_gid;
-            int count = 64;
-            unit.groups.resize(64);
-            if (::getgrouplist(p.user.c_str(), pw->pw_gid, unit.groups.data(), &count) < 0) count = 0;
-            unit.groups.resize(static_cast<std::size_t>(std::max(count, 0)));
         }
         auto open_output = [&](const std::string& relative) -> OutputFile* {
             if (relative.empty()) return nullptr;
@@ -1070,7 +1105,7 @@ private:
                 log_.info("SIGHUP received from pid {}: reloading {}", static_cast<int>(info.ssi_pid), config_.path);
                 try {
                     (void)reload();
-                } catch (const Error& e) {
+                } catch (const std::exception& e) {  // whatever failed, the stack goes on as it was
                     log_.error("reload refused, the running config is kept: {}", e.what());
                 }
             }

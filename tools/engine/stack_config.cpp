@@ -13,12 +13,14 @@
 #include <set>
 #include <sstream>
 
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <hbwatch/error.h>
 
 #include "core/duration.h"
 #include "core/table.h"
+#include "engine/output.h"
 #include "engine/safe_path.h"
 
 namespace hbwatch {
@@ -39,6 +41,98 @@ std::string join(const std::vector<std::string>& words, const char* separator = 
     for (const auto& word : words) out += (out.empty() ? "" : separator) + word;
     return out;
 }
+
+// What a config may expand to, counting each node once per place it appears (an alias counts
+// the whole of what it names) and each scalar's bytes: a 1 MiB file can hold billions of
+// nodes through aliases of aliases, and yaml-cpp would have them walked.
+constexpr std::size_t kMaxExpandedWeight = std::size_t{4} << 20;
+
+// A pass over the parser's events before the file is loaded: refuses a key given twice in one
+// map (yaml-cpp keeps both, and its lookups take the first) and a document whose aliases
+// expand past kMaxExpandedWeight, each at its line and column.
+class ShapeCheck final : public YAML::EventHandler {
+public:
+    explicit ShapeCheck(const std::string& path) : path_(path) {}
+
+    void OnDocumentStart(const YAML::Mark&) override {}
+    void OnDocumentEnd() override {}
+    void OnNull(const YAML::Mark& mark, YAML::anchor_t anchor) override { node(mark, anchor, 1, nullptr); }
+    void OnAlias(const YAML::Mark& mark, YAML::anchor_t anchor) override {
+        const std::size_t weight = anchor < weights_.size() ? weights_[anchor] : 1;
+        if (weight > kMaxExpandedWeight - total_)
+            fail(mark, "this alias makes the config expand past " + std::to_string(kMaxExpandedWeight >> 20) +
+                           " MiB of nodes and text; an alias may repeat a part of the file, not multiply it");
+        node(mark, 0, weight, nullptr);
+    }
+    void OnScalar(const YAML::Mark& mark, const std::string&, YAML::anchor_t anchor, const std::string& value) override {
+        node(mark, anchor, 1 + value.size(), &value);
+    }
+    void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t anchor, YAML::EmitterStyle::value) override {
+        open(mark, anchor, false);
+    }
+    void OnSequenceEnd() override { close(); }
+    void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t anchor, YAML::EmitterStyle::value) override {
+        open(mark, anchor, true);
+    }
+    void OnMapEnd() override { close(); }
+
+private:
+    struct Open {
+        YAML::anchor_t anchor;
+        std::size_t weight = 1;
+        bool map;
+        bool next_is_key = true;
+        std::map<std::string, YAML::Mark> keys;
+    };
+
+    [[noreturn]] void fail(const YAML::Mark& mark, const std::string& what) const {
+        throw Error(EINVAL, path_ + ":" + std::to_string(mark.line + 1) + ":" + std::to_string(mark.column + 1) + ": " + what);
+    }
+    void remember(YAML::anchor_t anchor, std::size_t weight) {
+        if (anchor == 0) return;
+        if (weights_.size() <= anchor) weights_.resize(anchor + 1, 1);
+        weights_[anchor] = weight;
+    }
+    // A finished node of `weight`: counted, and checked as a key when its map expects one.
+    void node(const YAML::Mark& mark, YAML::anchor_t anchor, std::size_t weight, const std::string* scalar) {
+        total_ += weight;
+        if (total_ > kMaxExpandedWeight)
+            fail(mark, "the config expands past " + std::to_string(kMaxExpandedWeight >> 20) + " MiB of nodes and text");
+        remember(anchor, weight);
+        if (stack_.empty()) return;
+        Open& parent = stack_.back();
+        parent.weight += weight;
+        if (!parent.map) return;
+        if (parent.next_is_key && scalar != nullptr) {
+            const auto [at, fresh] = parent.keys.emplace(*scalar, mark);
+            if (!fresh)
+                fail(mark, "the key '" + *scalar + "' is given twice in one map, first at line " +
+                               std::to_string(at->second.line + 1) + ": give each key once");
+        }
+        parent.next_is_key = !parent.next_is_key;
+    }
+    void open(const YAML::Mark& mark, YAML::anchor_t anchor, bool map) {
+        total_ += 1;
+        if (total_ > kMaxExpandedWeight)
+            fail(mark, "the config expands past " + std::to_string(kMaxExpandedWeight >> 20) + " MiB of nodes and text");
+        stack_.push_back(Open{anchor, 1, map, true, {}});
+        marks_.push_back(mark);
+    }
+    void close() {
+        Open done = std::move(stack_.back());
+        const YAML::Mark mark = marks_.back();
+        stack_.pop_back();
+        marks_.pop_back();
+        total_ -= done.weight;  // counted as it came; node() counts it again, whole
+        node(mark, done.anchor, done.weight, nullptr);
+    }
+
+    const std::string& path_;
+    std::vector<Open> stack_;
+    std::vector<YAML::Mark> marks_;
+    std::vector<std::size_t> weights_;  // by anchor: what an alias of it weighs
+    std::size_t total_ = 0;
+};
 
 // Reads nodes of one file, each error placed at its line and column.
 class Reader {
@@ -64,11 +158,17 @@ public:
         if (!node.IsScalar()) fail(node, key + ": give a string");
         return node.Scalar();
     }
-    std::chrono::milliseconds duration(const YAML::Node& node, const std::string& key) const {
+    std::chrono::milliseconds duration(const YAML::Node& node, const std::string& key, DurationRange range) const {
+        const std::string value = text(node, key);
         try {
-            return parse_duration(text(node, key));
+            (void)parse_duration(value);
         } catch (const Error& e) {
             fail(node, key + ": " + e.what());
+        }
+        try {
+            return parse_duration_in(value, key + ":", range);
+        } catch (const Error& e) {
+            fail(node, e.what());
         }
     }
     std::uint64_t size(const YAML::Node& node, const std::string& key) const {
@@ -134,7 +234,7 @@ ReadyCheck read_ready(const Reader& reader, const YAML::Node& node) {
 const std::vector<std::string> kProgramKeys = {
     "command",      "ready",       "ready_timeout", "after",     "directory", "environment", "user",
     "restart",      "restart_delay", "max_restarts", "stop_signal", "stop_grace", "stdout",     "stderr",
-    "log_max_size", "log_files",   "instances",     "max_rss",   "autostart"};
+    "log_max_size", "log_files",   "instances",     "max_rss",   "autostart", "inherit_environment"};
 
 ProgramConfig read_program(const Reader& reader, const YAML::Node& key, const YAML::Node& node) {
     ProgramConfig p;
@@ -146,6 +246,8 @@ ProgramConfig read_program(const Reader& reader, const YAML::Node& key, const YA
     }
     if (p.name.find('@') != std::string::npos)
         reader.fail(key, "program name '" + p.name + "': '@' is kept for instances (NAME@1, NAME@2, ...)");
+    if (p.name.find('/') != std::string::npos)
+        reader.fail(key, "program name '" + p.name + "': '/' cannot stand in a name the control API addresses (/v1/programs/NAME)");
     if (p.name == "all") reader.fail(key, "program name 'all' is kept for every program (proctab stop all): choose another");
     const std::string where = "program '" + p.name + "': ";
     if (!node.IsMap()) reader.fail(node, where + "give its keys, at least command: [program, args...]");
@@ -153,7 +255,7 @@ ProgramConfig read_program(const Reader& reader, const YAML::Node& key, const YA
     if (!node["command"]) reader.fail(node, where + "command is missing: give command: [program, args...]");
     p.command = reader.words(node["command"], where + "command");
     if (auto n = node["ready"]) p.ready = read_ready(reader, n);
-    if (auto n = node["ready_timeout"]) p.ready_timeout = reader.duration(n, where + "ready_timeout");
+    if (auto n = node["ready_timeout"]) p.ready_timeout = reader.duration(n, where + "ready_timeout", kReadyTimeoutRange);
     if (auto n = node["after"]) p.after = reader.words(n, where + "after", true);
     if (auto n = node["directory"]) p.directory = reader.text(n, where + "directory");
     if (auto n = node["environment"]) {
@@ -172,6 +274,17 @@ ProgramConfig read_program(const Reader& reader, const YAML::Node& key, const YA
             }
         }
     }
+    if (auto n = node["inherit_environment"]) {
+        if (n.IsSequence()) {
+            for (const auto& name : reader.words(n, where + "inherit_environment", true)) {
+                if (name.empty() || name.find('=') != std::string::npos)
+                    reader.fail(n, where + "inherit_environment: '" + name + "' is not a variable name");
+                p.inherit_environment.push_back(name);
+            }
+        } else {
+            p.inherit_all_environment = reader.flag(n, where + "inherit_environment");
+        }
+    }
     if (auto n = node["user"]) p.user = reader.text(n, where + "user");
     if (auto n = node["restart"]) {
         const std::string mode = reader.text(n, where + "restart");
@@ -180,13 +293,13 @@ ProgramConfig read_program(const Reader& reader, const YAML::Node& key, const YA
         else if (mode == "never") p.restart = RestartMode::never;
         else reader.fail(n, where + "restart: '" + mode + "' is not one of always, on-failure, never");
     }
-    if (auto n = node["restart_delay"]) p.restart_delay = reader.duration(n, where + "restart_delay");
+    if (auto n = node["restart_delay"]) p.restart_delay = reader.duration(n, where + "restart_delay", kRestartDelayRange);
     if (auto n = node["max_restarts"]) {
         if (!n.IsMap()) reader.fail(n, where + "max_restarts: give {count: N, window: DURATION}");
         reader.only_keys(n, where + "max_restarts: ", {"count", "window"});
         if (!n["count"]) reader.fail(n, where + "max_restarts: count is missing");
         p.max_restarts = reader.number(n["count"], where + "max_restarts.count", 1, 1'000'000);
-        if (auto w = n["window"]) p.max_restarts_window = reader.duration(w, where + "max_restarts.window");
+        if (auto w = n["window"]) p.max_restarts_window = reader.duration(w, where + "max_restarts.window", kRestartWindowRange);
     }
     if (auto n = node["stop_signal"]) {
         const std::string name = reader.text(n, where + "stop_signal");
@@ -194,16 +307,26 @@ ProgramConfig read_program(const Reader& reader, const YAML::Node& key, const YA
         if (!signal) reader.fail(n, where + "stop_signal: '" + name + "' is not one of TERM, INT, HUP, QUIT, USR1, USR2, KILL");
         p.stop_signal = *signal;
     }
-    if (auto n = node["stop_grace"]) p.stop_grace = reader.duration(n, where + "stop_grace");
+    if (auto n = node["stop_grace"]) p.stop_grace = reader.duration(n, where + "stop_grace", kStopGraceRange);
     for (const char* stream : {"stdout", "stderr"}) {
         if (auto n = node[stream]) {
             const std::string file = reader.text(n, where + stream);
-            if (file.empty() || file.find("..") != std::string::npos)
-                reader.fail(n, where + stream + ": give a file name under log_dir, without '..'");
+            // Under log_dir only: an absolute path could name any file procctl's user may write
+            // (rotation renames it), and the control API serves what is there to the socket group.
+            if (file.empty() || file.front() == '/' || file.find("..") != std::string::npos)
+                reader.fail(n, where + stream + ": give a file name under log_dir (set log_dir to choose the directory), not an "
+                                   "absolute path, and without '..'");
             (std::string_view(stream) == "stdout" ? p.stdout_path : p.stderr_path) = file;
         }
     }
-    if (auto n = node["log_max_size"]) p.log_max_size = reader.size(n, where + "log_max_size");
+    if (auto n = node["log_max_size"]) {
+        p.log_max_size = reader.size(n, where + "log_max_size");
+        try {  // the command line's range: 0, or a few bytes, would rotate at every line
+            tool::check_output_file_size(p.log_max_size, "log_max_size: '" + n.Scalar() + "'");
+        } catch (const Error& e) {
+            reader.fail(n, where + e.what());
+        }
+    }
     if (auto n = node["log_files"]) p.log_files = reader.number(n, where + "log_files", 1, 100);
     if (auto n = node["instances"]) p.instances = reader.number(n, where + "instances", 1, kMaxInstances);
     if (auto n = node["max_rss"]) p.max_rss = reader.size(n, where + "max_rss");
@@ -271,6 +394,13 @@ std::string signal_name(int signal) {
 StackConfig parse_stack_config(const std::string& text, const std::string& path) {
     YAML::Node root;
     try {
+        {
+            std::istringstream stream(text);
+            YAML::Parser parser(stream);
+            ShapeCheck shape(path);
+            while (parser.HandleNextDocument(shape)) {
+            }
+        }
         root = YAML::Load(text);
     } catch (const YAML::ParserException& e) {
         throw Error(EINVAL, path + ":" + std::to_string(e.mark.line + 1) + ":" + std::to_string(e.mark.column + 1) +

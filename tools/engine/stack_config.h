@@ -11,7 +11,19 @@
 #include <string>
 #include <vector>
 
+#include "core/duration.h"
+
 namespace hbwatch {
+
+// The ranges of the durations a supervisor takes, the same on procctl's command line and in a
+// stack config: a pause before a start (INTERVAL, restart_delay), the grace between the stop
+// signal and SIGKILL (--grace, stop_grace), the window of a restart limit (--window,
+// max_restarts.window), and how long a program may take to be ready.
+inline constexpr DurationRange kRestartDelayRange{std::chrono::milliseconds(0), std::chrono::hours(24)};
+inline constexpr DurationRange kStopGraceRange{std::chrono::milliseconds(0), std::chrono::hours(24)};
+inline constexpr DurationRange kMaxBackoffRange{std::chrono::seconds(1), std::chrono::hours(24)};
+inline constexpr DurationRange kRestartWindowRange{std::chrono::seconds(1), std::chrono::hours(24 * 30)};
+inline constexpr DurationRange kReadyTimeoutRange{std::chrono::milliseconds(100), std::chrono::hours(24)};
 
 /// When a program counts as ready, so that the programs `after` it may start.
 struct ReadyCheck {
@@ -38,6 +50,10 @@ struct ProgramConfig {
     std::vector<std::string> after;  // names of programs that must be ready first
     std::string directory;           // empty: the supervisor's own
     std::map<std::string, std::string> environment;
+    // What else of procctl's own environment the program gets: by default only PATH, LANG,
+    // LC_*, TZ and HBWATCH_KEY (the rest, an operator's tokens say, stays with procctl).
+    bool inherit_all_environment = false;
+    std::vector<std::string> inherit_environment;  // names passed through besides those
     std::string user;  // empty: the supervisor's own (only root may name another)
     RestartMode restart = RestartMode::always;
     std::chrono::milliseconds restart_delay{std::chrono::seconds(1)};  // then doubling, as procctl does

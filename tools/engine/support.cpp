@@ -1,6 +1,7 @@
 #include "engine/support.h"
 
 #include "engine/output.h"
+#include "engine/terminal_text.h"
 
 #include <sys/signalfd.h>
 #include <unistd.h>
@@ -12,6 +13,7 @@
 
 #include <mutex>
 
+#include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/base_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/sinks/syslog_sink.h>
@@ -41,6 +43,24 @@ private:
     OutputFile file_;
 };
 
+// %* in a pattern: the message with terminal_safe applied. Log lines carry config values,
+// paths, program names and output that others wrote: none may forge a line or drive the
+// terminal of an operator who tails the log.
+class SafeMessage final : public spdlog::custom_flag_formatter {
+public:
+    void format(const spdlog::details::log_msg& msg, const std::tm&, spdlog::memory_buf_t& dest) override {
+        const std::string safe = terminal_safe(std::string_view(msg.payload.data(), msg.payload.size()));
+        dest.append(safe.data(), safe.data() + safe.size());
+    }
+    [[nodiscard]] std::unique_ptr<custom_flag_formatter> clone() const override { return std::make_unique<SafeMessage>(); }
+};
+
+void set_safe_pattern(spdlog::logger& logger, const std::string& pattern) {
+    auto formatter = std::make_unique<spdlog::pattern_formatter>();
+    formatter->add_flag<SafeMessage>('*').set_pattern(pattern);
+    logger.set_formatter(std::move(formatter));
+}
+
 }  // namespace
 
 std::shared_ptr<spdlog::logger> make_logger(const std::string& tool, const std::string& file, bool verbose,
@@ -48,7 +68,7 @@ std::shared_ptr<spdlog::logger> make_logger(const std::string& tool, const std::
     std::shared_ptr<spdlog::logger> logger;
     if (file.empty() && syslog) {
         logger = spdlog::syslog_logger_st(tool, tool, LOG_PID, LOG_DAEMON);
-        logger->set_pattern("%v");  // syslog adds time, name and pid itself
+        set_safe_pattern(*logger, "%*");  // syslog adds time, name and pid itself
         logger->set_level(verbose ? spdlog::level::debug : spdlog::level::info);
         return logger;
     }
@@ -57,7 +77,7 @@ std::shared_ptr<spdlog::logger> make_logger(const std::string& tool, const std::
     } else {
         logger = std::make_shared<spdlog::logger>(tool, std::make_shared<SafeFileSink>(file));  // throws Error
     }
-    logger->set_pattern("%Y-%m-%d %H:%M:%S.%e " + tool + "[%P] %^%l%$: %v");
+    set_safe_pattern(*logger, "%Y-%m-%d %H:%M:%S.%e " + tool + "[%P] %^%l%$: %*");
     logger->set_level(verbose ? spdlog::level::debug : spdlog::level::info);
     logger->flush_on(spdlog::level::debug);  // an operator tails the file: no buffering
     return logger;

@@ -40,9 +40,19 @@ std::chrono::milliseconds parse_duration(std::string_view text) {
         }
         if (unit_ms == 0) bad_duration(text, "unknown unit '" + std::string(suffix) + "'");
     }
-    constexpr std::int64_t kLimitMs = std::int64_t{1} << 53;  // beyond any sane timeout, no overflow
-    if (number > kLimitMs / unit_ms) bad_duration(text, "the duration is too large");
+    // A year is past any timeout, grace or interval, and in nanoseconds, added to any
+    // monotonic instant, it stays far from the int64 limit.
+    constexpr std::int64_t kLimitMs = std::int64_t{365} * 86'400'000;
+    if (number > kLimitMs / unit_ms) bad_duration(text, "it is longer than 365d");
     return std::chrono::milliseconds(number * unit_ms);
+}
+
+std::chrono::milliseconds parse_duration_in(std::string_view text, const std::string& what, DurationRange range) {
+    const auto value = parse_duration(text);
+    if (value < range.low || value > range.high)
+        throw Error(EINVAL, what + " " + std::string(text) + " is out of range: give " + format_duration(range.low) + " to " +
+                                format_duration(range.high));
+    return value;
 }
 
 std::string format_duration(std::chrono::milliseconds duration) {

@@ -9,8 +9,15 @@
 namespace hbwatch {
 
 /// Parses a whole, non-negative number with an optional unit (ms, s, m, h, d); no unit means
-/// seconds. Throws hbwatch::Error(EINVAL) naming the text, e.g. parse_duration("2m") == 120s.
+/// seconds; at most 365d, for every duration any tool or config takes. Throws hbwatch::Error(EINVAL) naming the text, e.g. parse_duration("2m") == 120s.
 [[nodiscard]] std::chrono::milliseconds parse_duration(std::string_view text);
+
+/// The durations an option or key may take, and its check: "WHAT TEXT is out of range: give
+/// LOW to HIGH" (hbwatch::Error(EINVAL)) outside them.
+struct DurationRange {
+    std::chrono::milliseconds low, high;
+};
+[[nodiscard]] std::chrono::milliseconds parse_duration_in(std::string_view text, const std::string& what, DurationRange range);
 
 /// The shortest exact spelling that parse_duration reads back: 1500ms -> "1500ms", 120s -> "2m".
 [[nodiscard]] std::string format_duration(std::chrono::milliseconds duration);

@@ -46,7 +46,7 @@ using detail::pid_of;
 
 bool name_char(unsigned char c) noexcept {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           std::strchr("._-:@+/", c) != nullptr;
+           (c != '\0' && std::strchr("._-:@+/", c) != nullptr);  // strchr finds the terminator too
 }
 
 std::string escaped(std::string_view text, bool (*keep)(unsigned char)) {
