@@ -191,6 +191,14 @@ TEST_CASE("what a hostile config could slip through is refused at its line: size
           "s.yaml:5:5: the key 'user' is given twice in one map, first at line 4: give each key once");
     CHECK(parsed("  a:\n    command: [x]\n  b:\n    command: [y]\n  a:\n    command: [z]\n") ==
           "s.yaml:6:3: the key 'a' is given twice in one map, first at line 2: give each key once");
+    // An alias as a key: readers disagree on which of two keys then wins.
+    CHECK(parsed("  a:\n    command: [x]\n    stdout: &k command\n    *k : [y]\n") ==
+          "s.yaml:5:5: an alias cannot stand as a key: write the key itself");
+    // Output file names are relative to log_dir, so log_dir itself must be a directory from /.
+    CHECK(error_of([] { (void)parse_stack_config("log_dir: \"\"\nprograms:\n  a:\n    command: [x]\n    stdout: etc/cron.d/x\n", "s.yaml"); }) ==
+          "s.yaml:1:10: log_dir: '' is not an absolute path: give the directory, such as /var/log/hbwatch");
+    CHECK(error_of([] { (void)parse_stack_config("run_dir: run\nprograms:\n  a:\n    command: [x]\n", "s.yaml"); }) ==
+          "s.yaml:1:10: run_dir: 'run' is not an absolute path: give the directory, such as /run/hbwatch");
     CHECK(error_of([] { (void)parse_stack_config("{\"programs\": {\"a\": {\"command\": [\"x\"], \"command\": [\"y\"]}}}", "s.json"); }) ==
           "s.json:1:39: the key 'command' is given twice in one map, first at line 1: give each key once");
 }

@@ -15,6 +15,7 @@
 #include "support.h"
 #include "engine/output.h"
 #include "engine/restart_policy.h"
+#include "engine/terminal_text.h"
 
 using namespace std::chrono_literals;
 using namespace std::string_literals;
@@ -383,4 +384,44 @@ TEST_CASE("output without newlines costs time in proportion to its size, not to 
     CHECK_MESSAGE(seconds < 5.0, seconds << " s of CPU for 64 MiB");
     file.finish();
     CHECK(std::filesystem::file_size(scratch.file("flood")) == (64u << 20));
+}
+
+TEST_CASE("a held line longer than a cap that a reload lowered is written out as it was, and nothing else with it") {
+    Scratch scratch;
+    Reports reports;
+    const std::string path = scratch.file("lowered");
+    std::string expected;
+    {
+        OutputFile file(path, 10u << 20, 100, reports.sink());
+        const std::string held(3000, 'A');
+        file.write(held);  // held: no newline yet
+        file.set_limits(1024, 100);  // a reload lowers log_max_size below what is held
+        for (int i = 0; i < 5; ++i) file.write("B");
+        file.write("\n");
+        expected = held + "BBBBB\n";
+    }
+    // Every byte written, in order, across the current file and the rotated ones; no other byte
+    // (the held line's length once wrapped an unsigned subtraction, and memory before the
+    // caller's buffer was written out).
+    std::string all;
+    for (std::size_t i = 100; i >= 1; --i)
+        if (fs::exists(hbwatch::tool::rotated_name(path, i))) all += read_file(hbwatch::tool::rotated_name(path, i));
+    all += read_file(path);
+    CHECK(all == expected);
+    CHECK(reports.lines.empty());
+}
+
+TEST_CASE("terminal_safe shows every byte that could drive, reorder or hide what a terminal draws, and passes the rest") {
+    using hbwatch::tool::terminal_safe;
+    CHECK(terminal_safe("plain text\twith a tab, caf\xc3\xa9, \xe6\x97\xa5\xe6\x9c\xac") == "plain text\twith a tab, caf\xc3\xa9, \xe6\x97\xa5\xe6\x9c\xac");
+    CHECK(terminal_safe("\x1b[2J\r\n\x7f") == "\\x1b[2J\\x0d\\x0a\\x7f");
+    CHECK(terminal_safe("\xc2\x9b" "31m") == "\\u009b31m");                       // C1 CSI
+    CHECK(terminal_safe("a\xe2\x80\xae" "b\xe2\x81\xa6" "c") == "a\\u202eb\\u2066c");  // override, isolate
+    CHECK(terminal_safe("\xe2\x80\x8f\xd8\x9c\xe2\x80\x8b\xef\xbb\xbf\xe2\x80\xa8") == "\\u200f\\u061c\\u200b\\ufeff\\u2028");
+    CHECK(terminal_safe("\xf3\xa0\x80\x81\xf3\xa0\x81\xbf") == "\\U000e0001\\U000e007f");  // tag characters
+    CHECK(terminal_safe("\xcd\x8f\xef\xb8\x8f\xe3\x85\xa4") == "\\u034f\\ufe0f\\u3164");  // joiner, selector, filler
+    CHECK(terminal_safe("\xff\xc0\xaf\xed\xa0\x80\xe2\x80") == "\\xff\\xc0\\xaf\\xed\\xa0\\x80\\xe2\\x80");  // not UTF-8
+    CHECK(hbwatch::tool::fit_columns("abcdef", 6) == "abcdef");
+    CHECK(hbwatch::tool::fit_columns("abcdefg", 6) == "abcde~");
+    CHECK(hbwatch::tool::fit_columns("\xe6\x97\xa5\xe6\x9c\xac\xe6\x97\xa5", 5) == "\xe6\x97\xa5\xe6\x9c\xac~");  // two columns each
 }

@@ -214,6 +214,11 @@ void OutputFile::write(std::string_view data) noexcept {
     // through as it comes.
     const std::uint64_t hold = max_size_ == 0 ? kMaxHeldLine : std::min<std::uint64_t>(max_size_, kMaxHeldLine);
     while (pending_.size() + data.size() >= hold) {
+        if (pending_.size() >= hold) {  // held under a larger cap, before a reload lowered it
+            write_lines(pending_);
+            pending_.clear();
+            continue;
+        }
         const std::size_t take = static_cast<std::size_t>(hold) - pending_.size();
         if (pending_.empty()) {
             write_lines(data.substr(0, take));

@@ -505,12 +505,10 @@ private:
     // new and changed ones built. Everything that may throw is here, and changes nothing.
     void build_reload(StackConfig& next, nlohmann::json& report, std::vector<std::shared_ptr<const ProgramConfig>>& programs,
                       std::vector<std::unique_ptr<Unit>>& fresh) {
-        auto relative_output = [](const ProgramConfig& p) {
-            return (!p.stdout_path.empty() && p.stdout_path.front() != '/') || (!p.stderr_path.empty() && p.stderr_path.front() != '/');
-        };
+        auto has_output_file = [](const ProgramConfig& p) { return !p.stdout_path.empty() || !p.stderr_path.empty(); };
         for (auto& p : next.programs) {
             const auto old = std::find_if(programs_.begin(), programs_.end(), [&](const auto& o) { return o->name == p.name; });
-            if (old != programs_.end() && **old == p && (next.log_dir == config_.log_dir || !relative_output(p))) {
+            if (old != programs_.end() && **old == p && (next.log_dir == config_.log_dir || !has_output_file(p))) {
                 programs.push_back(*old);
                 report["unchanged"].push_back(p.name);
                 continue;
@@ -661,7 +659,7 @@ private:
         }
         auto open_output = [&](const std::string& relative) -> OutputFile* {
             if (relative.empty()) return nullptr;
-            std::string path = relative.front() == '/' ? relative : log_dir + "/" + relative;
+            std::string path = log_dir + "/" + relative;  // relative: the config refuses absolute paths and ..
             if (instance > 0) {  // each instance its own file: main.log -> main@2.log
                 const auto dot = path.rfind('.');
                 const auto slash = path.rfind('/');

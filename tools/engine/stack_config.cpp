@@ -58,6 +58,9 @@ public:
     void OnDocumentEnd() override {}
     void OnNull(const YAML::Mark& mark, YAML::anchor_t anchor) override { node(mark, anchor, 1, nullptr); }
     void OnAlias(const YAML::Mark& mark, YAML::anchor_t anchor) override {
+        // yaml-cpp and other readers disagree on which of two keys wins once one is an alias.
+        if (!stack_.empty() && stack_.back().map && stack_.back().next_is_key)
+            fail(mark, "an alias cannot stand as a key: write the key itself");
         const std::size_t weight = anchor < weights_.size() ? weights_[anchor] : 1;
         if (weight > kMaxExpandedWeight - total_)
             fail(mark, "this alias makes the config expand past " + std::to_string(kMaxExpandedWeight >> 20) +
@@ -414,10 +417,17 @@ StackConfig parse_stack_config(const std::string& text, const std::string& path)
     if (auto n = root["run_dir"]) {
         config.run_dir = reader.text(n, "run_dir");
         // The control socket's path must fit a unix socket address (108 bytes with its NUL).
-        if (config.run_dir.empty() || config.run_dir.size() + std::strlen("/control.sock") >= 108)
+        if (config.run_dir.empty() || config.run_dir.front() != '/')
+            reader.fail(n, "run_dir: '" + config.run_dir + "' is not an absolute path: give the directory, such as /run/hbwatch");
+        if (config.run_dir.size() + std::strlen("/control.sock") >= 108)
             reader.fail(n, "run_dir: '" + config.run_dir + "' is empty or too long: run_dir/control.sock must be under 108 bytes");
     }
-    if (auto n = root["log_dir"]) config.log_dir = reader.text(n, "log_dir");
+    if (auto n = root["log_dir"]) {
+        config.log_dir = reader.text(n, "log_dir");
+        // Output file names are relative to it: an empty or relative log_dir would put them anywhere.
+        if (config.log_dir.empty() || config.log_dir.front() != '/')
+            reader.fail(n, "log_dir: '" + config.log_dir + "' is not an absolute path: give the directory, such as /var/log/hbwatch");
+    }
     if (auto n = root["socket_group"]) {
         config.socket_group = reader.text(n, "socket_group");
         if (::getgrnam(config.socket_group.c_str()) == nullptr)

@@ -10,15 +10,21 @@ namespace {
 bool invisible_or_reordering(std::uint32_t c) {
     return (c >= 0x80 && c <= 0x9f)        // C1 controls (CSI among them)
            || c == 0xad                    // soft hyphen
+           || c == 0x034f                  // combining grapheme joiner
+           || c == 0x115f || c == 0x1160 || c == 0x3164 || c == 0xffa0  // Hangul fillers: drawn blank
+           || c == 0x17b4 || c == 0x17b5   // Khmer inherent vowels: drawn as nothing
            || c == 0x061c                  // Arabic letter mark
            || c == 0x180e                  // Mongolian vowel separator
            || (c >= 0x200b && c <= 0x200f)  // zero-width space, non-joiner, joiner; LRM, RLM
            || (c >= 0x2028 && c <= 0x202e)  // line and paragraph separators; embeddings, overrides
            || (c >= 0x2060 && c <= 0x2064)  // word joiner, invisible operators
            || (c >= 0x2066 && c <= 0x2069)  // isolates
+           || (c >= 0xfe00 && c <= 0xfe0f)  // variation selectors
            || c == 0xfeff                  // BOM, zero-width no-break space
            || (c >= 0xfff9 && c <= 0xfffb)  // interlinear annotation
-           || (c >= 0xe0000 && c <= 0xe007f);  // tag characters
+           || (c >= 0x1d173 && c <= 0x1d17a)  // musical formatting controls
+           || (c >= 0xe0000 && c <= 0xe007f)  // tag characters
+           || (c >= 0xe0100 && c <= 0xe01ef);  // variation selectors supplement
 }
 
 // The code point of the UTF-8 sequence at text[i], and its length; length 0 when invalid
