@@ -2,7 +2,10 @@
 // output files against real files, a full device, a full tmpfs and planted obstacles.
 #include <doctest/doctest.h>
 
+#include <fcntl.h>
+#include <signal.h>
 #include <sys/mount.h>
+#include <sys/wait.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -15,6 +18,7 @@
 #include "support.h"
 #include "engine/output.h"
 #include "engine/restart_policy.h"
+#include "engine/spawn.h"
 #include "engine/terminal_text.h"
 
 using namespace std::chrono_literals;
@@ -424,4 +428,47 @@ TEST_CASE("terminal_safe shows every byte that could drive, reorder or hide what
     CHECK(hbwatch::tool::fit_columns("abcdef", 6) == "abcdef");
     CHECK(hbwatch::tool::fit_columns("abcdefg", 6) == "abcde~");
     CHECK(hbwatch::tool::fit_columns("\xe6\x97\xa5\xe6\x9c\xac\xe6\x97\xa5", 5) == "\xe6\x97\xa5\xe6\x9c\xac~");  // two columns each
+}
+
+TEST_CASE("spawn names the stage a child could not pass, and a child that starts has only stdio, default signals and an empty mask") {
+    using hbwatch::tool::SpawnFailure;
+    using hbwatch::tool::SpawnPlan;
+    std::string missing = "/nonexistent-hbwatch/program", here = "/", nowhere = "/nonexistent-hbwatch";
+    std::vector<char*> argv{missing.data(), nullptr}, envp{nullptr};
+    SpawnPlan plan;
+    plan.argv = argv.data();
+    plan.envp = envp.data();
+    std::optional<SpawnFailure> failure;
+    CHECK(hbwatch::tool::spawn(plan, failure) == -1);
+    REQUIRE(failure);
+    CHECK(failure->stage == SpawnFailure::Stage::exec);
+    CHECK(failure->error == ENOENT);
+    CHECK(std::string(failure->what()) == "exec");
+    plan.directory = &nowhere;
+    CHECK(hbwatch::tool::spawn(plan, failure) == -1);
+    REQUIRE(failure);
+    CHECK(failure->stage == SpawnFailure::Stage::chdir);
+    CHECK(std::string(failure->what()) == "chdir to its directory");
+
+    // A real start: the helper reports what it inherited, through a pipe given as its stdout.
+    std::string reporter = std::string(HBWATCH_BIN_DIR) + "/report_env";
+    argv[0] = reporter.data();
+    plan.directory = &here;
+    int out[2];
+    REQUIRE(::pipe2(out, O_CLOEXEC) == 0);
+    plan.stdout_fd = out[1];
+    ::signal(SIGTERM, SIG_IGN);  // a caller's SIG_IGN must not reach the program
+    hbwatch::tool::default_signal_dispositions();
+    const pid_t pid = hbwatch::tool::spawn(plan, failure);
+    ::close(out[1]);
+    REQUIRE_FALSE(failure);
+    REQUIRE(pid > 0);
+    std::string said;
+    char buffer[256];
+    for (ssize_t n; (n = ::read(out[0], buffer, sizeof buffer)) > 0;) said.append(buffer, static_cast<std::size_t>(n));
+    ::close(out[0]);
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    CHECK(hbwatch::tool::describe_exit(status) == "exited with code 0");
+    CHECK(said == "sigterm=default blocked=0 fds=0,1,2\n");
 }

@@ -348,6 +348,26 @@ void OutputPipes::add(int fd, OutputFile* file) {
     readers_.push_back(Reader{fd, file});
 }
 
+OutputPipes::ChildEnds OutputPipes::open_for(OutputFile* out, OutputFile* err) {
+    ChildEnds ends;
+    auto open_pipe = [&](OutputFile* file) {
+        int fds[2];
+        if (file == nullptr || ::pipe2(fds, O_CLOEXEC) != 0) return -1;
+        add(fds[0], file);
+        return fds[1];
+    };
+    ends.out = open_pipe(out);
+    ends.err = err == out && ends.out >= 0 ? ::fcntl(ends.out, F_DUPFD_CLOEXEC, 0) : open_pipe(err);
+    return ends;
+}
+
+void OutputPipes::ChildEnds::close() noexcept {
+    for (int* fd : {&out, &err}) {
+        if (*fd >= 0) ::close(*fd);
+        *fd = -1;
+    }
+}
+
 void OutputPipes::add_pollfds(std::vector<pollfd>& fds) const {
     for (const auto& reader : readers_) fds.push_back(pollfd{reader.fd, POLLIN, 0});
 }

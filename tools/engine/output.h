@@ -118,6 +118,15 @@ public:
 
     /// Follows `fd` (made non-blocking; closed here once it reaches EOF) into `file`.
     void add(int fd, OutputFile* file);
+    /// The write ends a child's stdout and stderr get, -1 where it has no file; close() them
+    /// in the parent once the child has them.
+    struct ChildEnds {
+        int out = -1, err = -1;
+        void close() noexcept;
+    };
+    /// Pipes into `out` and `err` (either may be null), followed from now on; one pipe when
+    /// they are the same file, so its lines interleave as written.
+    [[nodiscard]] ChildEnds open_for(OutputFile* out, OutputFile* err);
     /// Whether a pipe still feeds `file`.
     [[nodiscard]] bool feeds(const OutputFile* file) const noexcept;
     /// Appends a pollfd per pipe.

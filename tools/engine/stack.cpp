@@ -34,6 +34,8 @@
 #include "engine/control.h"
 #include "engine/output.h"
 #include "engine/restart_policy.h"
+#include "engine/spawn.h"
+#include "engine/support.h"
 #include "engine/supervisor.h"
 
 extern char** environ;
@@ -94,11 +96,6 @@ const char* to_string(State state) {
     return "unknown";
 }
 
-std::string describe_status(int status) {
-    if (WIFEXITED(status)) return "exited with code " + std::to_string(WEXITSTATUS(status));
-    if (WIFSIGNALED(status)) return std::string("was killed by SIG") + sigabbrev_np(WTERMSIG(status));
-    return "stopped with status " + std::to_string(status);
-}
 
 // One running copy of a program: the program itself, or one of its instances (NAME@i).
 struct Unit {
@@ -150,12 +147,7 @@ public:
             for (auto& unit : make_units(programs_.back(), config_.log_dir)) units_.push_back(std::move(unit));
         }
         config_.programs.clear();  // programs_ holds them
-        // procctl handles its signals through the blocked signalfd set: every other
-        // disposition goes back to the default, which exec passes on (SIG_IGN would survive).
-        struct sigaction dfl {};
-        dfl.sa_handler = SIG_DFL;
-        for (int sig = 1; sig < NSIG; ++sig)
-            if (sig != SIGKILL && sig != SIGSTOP && sig != SIGPIPE) ::sigaction(sig, &dfl, nullptr);
+        default_signal_dispositions();
     }
 
     std::optional<gid_t> control_group() const { return socket_group(); }
@@ -196,11 +188,7 @@ public:
                     if (at > 0 && !idle) wake = std::min(wake, std::max(at, now));
             }
             pipes_.add_pollfds(fds);
-            if (::poll(fds.data(), fds.size(), poll_timeout_ms(wake, monotonic_now_ns())) < 0 && errno != EINTR) {
-                log_.error("poll failed: {}; retrying in 100ms", std::strerror(errno));
-                ::poll(nullptr, 0, 100);
-                continue;
-            }
+            if (!poll_events(fds, poll_timeout_ms(wake, monotonic_now_ns()), log_)) continue;
             if (fds[0].revents & POLLIN) read_signals();
             if (fds[1].revents & POLLIN)
                 control.serve([this](const ControlRequest& request) { return handle(request, monotonic_now_ns()); });
@@ -803,23 +791,15 @@ private:
             unit.next_ns = unit.deadline_ns = 0;
             return;
         }
-        int out[2] = {-1, -1}, err[2] = {-1, -1}, report[2];
-        if (::pipe2(report, O_CLOEXEC) != 0) return failed_start(unit, now, "create a pipe", errno);
-        auto open_pipe = [&](OutputFile* file, int (&fds)[2]) {
-            if (file != nullptr && ::pipe2(fds, O_CLOEXEC) == 0) pipes_.add(fds[0], file);
-        };
-        open_pipe(unit.out, out);
-        if (unit.err == unit.out && out[1] >= 0) err[1] = ::fcntl(out[1], F_DUPFD_CLOEXEC, 0);
-        else open_pipe(unit.err, err);
-        const pid_t parent = ::getpid();
-        const pid_t pid = ::fork();
-        if (pid == 0) exec_child(unit, parent, out[1], err[1], report[1]);
-        const int fork_error = errno;
-        for (int fd : {out[1], err[1], report[1]})
-            if (fd >= 0) ::close(fd);
-        const auto failure = await_exec(pid, report[0]);
-        if (pid < 0) return failed_start(unit, now, "fork", fork_error);
-        if (failure) return failed_start(unit, now, start_stage(failure->stage), failure->error);
+        auto ends = pipes_.open_for(unit.out, unit.err);
+        SpawnPlan plan = plan_for(unit, unit.argv);
+        plan.stdout_fd = ends.out;
+        plan.stderr_fd = ends.err;
+        plan.keep_stdio = true;  // without a stdout or stderr file: procctl's own
+        std::optional<SpawnFailure> failure;
+        const pid_t pid = spawn(plan, failure);
+        ends.close();
+        if (failure) return failed_start(unit, now, failure->what(), failure->error);
         unit.pid = pid;
         unit.started_ns = now;
         ++unit.starts;
@@ -848,40 +828,18 @@ private:
         unit.deadline_ns = 0;
     }
 
-    // In a forked child: the program's cgroup, session, clean signals, directory and user, then
-    // the parent-death signal (set after setuid, which would clear it). The stage that failed,
-    // or -1. Only system calls: nothing is allocated between fork and exec.
-    static int become_program(const Unit& unit, pid_t parent) {
-        if (unit.cgroup && ::write(unit.cgroup->procs_fd(), "0", 1) != 1) return 3;
-        ::setsid();
-        ::signal(SIGPIPE, SIG_DFL);
-        sigset_t none;
-        sigemptyset(&none);
-        ::sigprocmask(SIG_SETMASK, &none, nullptr);
-        if (!unit.program->directory.empty() && ::chdir(unit.program->directory.c_str()) != 0) return 1;
-        if (unit.uid &&
-            (::setgroups(unit.groups.size(), unit.groups.data()) != 0 || ::setgid(unit.gid) != 0 || ::setuid(*unit.uid) != 0))
-            return 4;
-        ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // if procctl dies, even by SIGKILL, its programs go with it
-        if (::getppid() != parent) ::_exit(127);
-        return -1;
-    }
-
-    [[noreturn]] void exec_child(const Unit& unit, pid_t parent, int out, int err, int report) {
-        auto fail = [&](int stage) {
-            const StartFailure failure{stage, errno};
-            (void)!::write(report, &failure, sizeof failure);
-            ::_exit(127);
-        };
-        const int null_in = ::open("/dev/null", O_RDONLY);
-        if (null_in < 0 || ::dup2(null_in, 0) < 0) fail(2);
-        if (out >= 0 && ::dup2(out, 1) < 0) fail(2);
-        if (err >= 0 && ::dup2(err, 2) < 0) fail(2);
-        ::close_range(3, ~0U, CLOSE_RANGE_CLOEXEC);
-        if (const int stage = become_program(unit, parent); stage >= 0) fail(stage);
-        ::execvpe(unit.argv[0], unit.argv.data(), unit.envp.data());
-        fail(0);
-        ::_exit(127);
+    // How a unit's program (or its readiness check: `argv`) starts: as the program, in its
+    // cgroup, directory and user; output to /dev/null unless the caller says otherwise.
+    static SpawnPlan plan_for(const Unit& unit, const std::vector<char*>& argv) {
+        SpawnPlan plan;
+        plan.argv = argv.data();
+        plan.envp = unit.envp.data();
+        plan.directory = &unit.program->directory;
+        plan.uid = unit.uid;
+        plan.gid = unit.gid;
+        plan.groups = &unit.groups;
+        plan.cgroup = unit.cgroup ? &*unit.cgroup : nullptr;
+        return plan;
     }
 
     void become_ready(Unit& unit, const char* how) {
@@ -930,17 +888,10 @@ private:
             }
             case ReadyCheck::Kind::exec: {
                 if (unit.probe_pid != 0) return;  // the check is running
-                // The check runs as the program does: its user, directory and cgroup.
-                const pid_t parent = ::getpid();
-                const pid_t pid = ::fork();
-                if (pid == 0) {
-                    const int null = ::open("/dev/null", O_RDWR);
-                    for (int fd = 0; fd < 3; ++fd) ::dup2(null, fd);
-                    ::close_range(3, ~0U, CLOSE_RANGE_CLOEXEC);
-                    if (become_program(unit, parent) >= 0) ::_exit(127);
-                    ::execvpe(unit.probe_argv[0], unit.probe_argv.data(), unit.envp.data());
-                    ::_exit(127);
-                }
+                // The check runs as the program does: its user, directory and cgroup; its output
+                // goes nowhere. One that cannot start is a check that did not pass.
+                std::optional<SpawnFailure> failure;
+                const pid_t pid = spawn(plan_for(unit, unit.probe_argv), failure);
                 if (pid > 0) {
                     unit.probe_pid = pid;
                     unit.probe_start = unit.starts;
@@ -1136,7 +1087,7 @@ private:
         unit.pid = 0;
         unit.pidfd.reset();
         unit.next_rss_check_ns = 0;
-        unit.last_exit = describe_status(status) + " after " + human_duration(runtime);
+        unit.last_exit = describe_exit(status) + " after " + human_duration(runtime);
         ended_.push_back(unit.identity);
         release_slots_of(ended_, unit.env_storage, log_);
         if (unit.stop_pending) {  // it exited before its stop began: the stop is done
@@ -1144,7 +1095,7 @@ private:
             unit.state = State::stopping;
         }
         if (unit.state == State::stopping) {
-            log_.info("{} {} after {}", unit.name, describe_status(status), human_duration(runtime));
+            log_.info("{} {} after {}", unit.name, describe_exit(status), human_duration(runtime));
             stopping_step(unit, now);
             return;
         }
@@ -1154,7 +1105,7 @@ private:
         const RestartMode mode = unit.program->restart;
         if (mode == RestartMode::never || (mode == RestartMode::on_failure && success)) {
             log_.log(success ? spdlog::level::info : spdlog::level::warn, "{} {} after {}; not restarted (restart: {})",
-                     unit.name, describe_status(status), human_duration(runtime),
+                     unit.name, describe_exit(status), human_duration(runtime),
                      mode == RestartMode::never ? "never" : "on-failure");
             unit.state = State::exited;
             unit.next_ns = unit.deadline_ns = 0;
@@ -1162,7 +1113,7 @@ private:
         }
         const auto delay = unit.policy.after_exit(success, runtime);
         log_.log(success ? spdlog::level::info : spdlog::level::warn, "{} {} after {}; next start in {}", unit.name,
-                 describe_status(status), human_duration(runtime), human_duration(delay));
+                 describe_exit(status), human_duration(runtime), human_duration(delay));
         unit.state = State::backoff;
         unit.next_ns = now + to_ns(delay);
         unit.deadline_ns = 0;

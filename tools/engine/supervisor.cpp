@@ -28,6 +28,8 @@
 #include "engine/cgroup.h"
 #include "engine/output.h"
 #include "engine/restart_policy.h"
+#include "engine/spawn.h"
+#include "engine/support.h"
 
 extern char** environ;
 
@@ -36,12 +38,6 @@ namespace {
 
 constexpr std::chrono::seconds kKillWait{5};  // after SIGKILL (or cgroup.kill), before giving up
 
-std::string describe_status(int status) {
-    if (WIFEXITED(status)) return "exited with code " + std::to_string(WEXITSTATUS(status));
-    if (WIFSIGNALED(status))
-        return std::string("was killed by SIG") + sigabbrev_np(WTERMSIG(status)) + (WCOREDUMP(status) ? " (core dumped)" : "");
-    return "stopped with status " + std::to_string(status);
-}
 
 // The program's phase: one at a time, each with its own deadline (s6-supervise's state table).
 //   backoff  --start due-->  running  --exit-->  backoff (after INTERVAL or the crash backoff)
@@ -77,12 +73,7 @@ public:
         for (auto& [name, entry] : env) env_storage_.push_back(entry);
         for (auto& entry : env_storage_) envp_.push_back(entry.data());
         envp_.push_back(nullptr);
-        // A caller may have ignored signals, which exec would pass on: reset them once here
-        // (procctl handles its own through the blocked signalfd set, and ignores only SIGPIPE).
-        struct sigaction dfl {};
-        dfl.sa_handler = SIG_DFL;
-        for (int sig = 1; sig < NSIG; ++sig)
-            if (sig != SIGKILL && sig != SIGSTOP && sig != SIGPIPE) ::sigaction(sig, &dfl, nullptr);
+        default_signal_dispositions();  // a caller's SIG_IGN would cross exec
     }
 
     int run() {
@@ -116,11 +107,7 @@ public:
             if (child_pidfd_) fds.push_back(pollfd{child_pidfd_->fd(), POLLIN, 0});
             add_reader_fds(fds);
             const int timeout = phase_ == Phase::backoff ? poll_timeout_ms(next_start, monotonic_now_ns()) : -1;
-            if (::poll(fds.data(), fds.size(), timeout) < 0 && errno != EINTR) {
-                log_.error("poll failed: {}; retrying in 100ms", std::strerror(errno));
-                ::poll(nullptr, 0, 100);
-                continue;
-            }
+            if (!poll_events(fds, timeout, log_)) continue;
             drain_outputs(fds);
             if (fds[0].revents & POLLIN) read_signals();
             if (auto exited = reap(); exited && !stop_requested_) next_start = after_exit(*exited);
@@ -173,26 +160,20 @@ private:
 
     // Starts the program; returns when the next start is due (now when it runs).
     std::uint64_t start(std::uint64_t now) {
-        int out[2] = {-1, -1}, err[2] = {-1, -1}, report[2];
-        if (::pipe2(report, O_CLOEXEC) != 0) return failed_start(now, "create a pipe", errno);
-        auto open_output = [&](const std::string& file, int (&fds)[2]) {
-            if (!file.empty() && ::pipe2(fds, O_CLOEXEC) == 0) pipes_.add(fds[0], outputs_.at(file).get());
-        };
-        open_output(options_.stdout_file, out);
-        if (options_.stderr_file == options_.stdout_file && out[1] >= 0) {
-            err[1] = ::fcntl(out[1], F_DUPFD_CLOEXEC, 0);
-        } else {
-            open_output(options_.stderr_file, err);
-        }
-        const pid_t parent = ::getpid();
-        const pid_t pid = spawn();
-        if (pid == 0) exec_child(parent, out[1], err[1], report[1]);
-        const int fork_error = errno;
-        for (int fd : {out[1], err[1], report[1]})
-            if (fd >= 0) ::close(fd);
-        const auto failure = await_exec(pid, report[0]);
-        if (pid < 0) return failed_start(now, cgroup_ && clone_into_cgroup_ ? "clone3 into its cgroup" : "fork", fork_error);
-        if (failure) return failed_start(now, start_stage(failure->stage), failure->error);
+        auto file = [&](const std::string& path) { return path.empty() ? nullptr : outputs_.at(path).get(); };
+        auto ends = pipes_.open_for(file(options_.stdout_file), file(options_.stderr_file));
+        SpawnPlan plan;
+        plan.argv = argv_.data();
+        plan.envp = envp_.data();
+        plan.directory = &options_.chdir;
+        plan.cgroup = cgroup_ ? &*cgroup_ : nullptr;
+        plan.stdout_fd = ends.out;
+        plan.stderr_fd = ends.err;
+        plan.keep_stdio = options_.inherit_output;
+        std::optional<SpawnFailure> failure;
+        const pid_t pid = spawn(plan, failure);
+        ends.close();
+        if (failure) return failed_start(now, failure->what(), failure->error);
         // Our unreaped child: its pid cannot change hands, so the pidfd and identity are its.
         child_ = pid;
         child_started_ns_ = now;
@@ -205,23 +186,6 @@ private:
         return now;
     }
 
-    // fork(), straight into the cgroup when there is one (clone3 with CLONE_INTO_CGROUP, Linux
-    // 5.7+): no migration afterwards, which costs milliseconds. procctl has one thread, and the
-    // child only execs, so bypassing glibc's fork handlers is safe.
-    pid_t spawn() {
-        if (cgroup_ && clone_into_cgroup_) {
-            clone_args args{};
-            args.flags = CLONE_INTO_CGROUP;
-            args.exit_signal = SIGCHLD;
-            args.cgroup = static_cast<std::uint64_t>(cgroup_->dir_fd());
-            const long pid = ::syscall(SYS_clone3, &args, sizeof args);
-            if (pid >= 0) return static_cast<pid_t>(pid);
-            if (errno != ENOSYS && errno != E2BIG && errno != EINVAL) return -1;
-            clone_into_cgroup_ = false;  // an older kernel: fork, and the child joins by itself
-        }
-        return ::fork();
-    }
-
     std::uint64_t failed_start(std::uint64_t now, const char* what, int error) {
         const auto delay = policy_.after_start_failure();
         log_.error("cannot start {}: {} failed: {}{}; attempt {} in a row, next in {} (backoff, max {})", program_, what,
@@ -232,37 +196,6 @@ private:
                    policy_.failures_in_a_row(), human_duration(delay), human_duration(options_.max_backoff));
         phase_ = Phase::backoff;
         return now + to_ns(delay);
-    }
-
-    [[noreturn]] void exec_child(pid_t parent, int out, int err, int report) {
-        // If procctl dies, even by SIGKILL, its child goes with it (and the cgroup keeps the rest).
-        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (::getppid() != parent) ::_exit(127);
-        auto fail = [&](int stage) {
-            const StartFailure failure{stage, errno};
-            (void)!::write(report, &failure, sizeof failure);
-            ::_exit(127);
-        };
-        if (cgroup_ && !clone_into_cgroup_ && ::write(cgroup_->procs_fd(), "0", 1) != 1) fail(3);
-        ::setsid();  // its own session and process group, no controlling terminal
-        // Every other disposition was reset when the Supervisor was made (exec resets handlers,
-        // but not SIG_IGN): only procctl's own ignored SIGPIPE is left to undo.
-        ::signal(SIGPIPE, SIG_DFL);
-        sigset_t none;
-        sigemptyset(&none);
-        ::sigprocmask(SIG_SETMASK, &none, nullptr);
-        const int null_in = ::open("/dev/null", O_RDONLY);
-        const int null_out = ::open("/dev/null", O_WRONLY);
-        if (null_in < 0 || null_out < 0 || ::dup2(null_in, 0) < 0) fail(2);
-        const bool quiet = !options_.inherit_output;
-        if (out >= 0 ? ::dup2(out, 1) < 0 : (quiet && ::dup2(null_out, 1) < 0)) fail(2);
-        if (err >= 0 ? ::dup2(err, 2) < 0 : (quiet && ::dup2(null_out, 2) < 0)) fail(2);
-        // Nothing else crosses exec: not procctl's descriptors, nor any its caller leaked.
-        ::close_range(3, ~0U, CLOSE_RANGE_CLOEXEC);
-        if (!options_.chdir.empty() && ::chdir(options_.chdir.c_str()) != 0) fail(1);
-        ::execvpe(argv_[0], argv_.data(), envp_.data());
-        fail(0);
-        ::_exit(127);
     }
 
     void add_reader_fds(std::vector<pollfd>& fds) const { pipes_.add_pollfds(fds); }
@@ -305,7 +238,7 @@ private:
                 child_pidfd_.reset();
                 stopped_.push_back(child_identity_);
             } else {
-                log_.debug("reaped pid {}, a descendant of {}: it {}", pid, program_, describe_status(status));
+                log_.debug("reaped pid {}, a descendant of {}: it {}", pid, program_, describe_exit(status));
             }
         }
         return main_exit;
@@ -317,7 +250,7 @@ private:
         const bool crashed = policy_.crashed(success, runtime);
         const auto delay = policy_.after_exit(success, runtime);
         log_.log(success ? spdlog::level::info : spdlog::level::warn, "{} {} after {}; next start in {}{}", program_,
-                 describe_status(exit.status), human_duration(runtime), human_duration(delay),
+                 describe_exit(exit.status), human_duration(runtime), human_duration(delay),
                  crashed ? " (crash " + std::to_string(policy_.failures_in_a_row()) + " in a row: backoff, max " +
                                human_duration(options_.max_backoff) + ")"
                          : "");
@@ -380,7 +313,7 @@ private:
                     parents.push_back(pid);
                 }
             }
-            if (auto exit = reap()) log_.info("{} {}", program_, describe_status(exit->status));
+            if (auto exit = reap()) log_.info("{} {}", program_, describe_exit(exit->status));
             const bool cgroup_empty = !cgroup_ || !cgroup_->populated();
             if (stopper.idle() && children_of(::getpid()).empty() && cgroup_empty) break;
             const std::uint64_t now = monotonic_now_ns();
@@ -405,7 +338,7 @@ private:
             drain_outputs(fds);
             stopper.advance(monotonic_now_ns());
         }
-        while (auto exit = reap()) log_.info("{} {}", program_, describe_status(exit->status));
+        while (auto exit = reap()) log_.info("{} {}", program_, describe_exit(exit->status));
         if (announced)
             log_.info("{} process(es) stopped: {} on SIGTERM, {} by SIGKILL{}", exited, exited - killed, killed,
                       given_up.empty() ? "" : "; " + std::to_string(given_up.size()) + " could not be stopped");
@@ -420,7 +353,6 @@ private:
     std::string program_;
     RestartPolicy policy_;
     std::optional<Cgroup> cgroup_;
-    bool clone_into_cgroup_ = true;
     bool cgroup_killed_ = false;
     std::map<std::string, std::unique_ptr<OutputFile>> outputs_;  // by path: stdout and stderr may share one
     OutputPipes pipes_;
@@ -437,31 +369,6 @@ private:
 };
 
 }  // namespace
-
-const char* start_stage(int stage) noexcept {
-    switch (stage) {
-        case 1: return "chdir to its directory";
-        case 2: return "set up its stdio";
-        case 3: return "join its cgroup";
-        case 4: return "take its user";
-        default: return "exec";
-    }
-}
-
-std::optional<StartFailure> await_exec(pid_t pid, int report_fd) {
-    StartFailure failure{};
-    ssize_t n = 0;
-    if (pid > 0) {
-        do {
-            n = ::read(report_fd, &failure, sizeof failure);  // EOF: exec succeeded
-        } while (n < 0 && errno == EINTR);
-    }
-    ::close(report_fd);
-    if (pid <= 0 || n != sizeof failure) return std::nullopt;
-    int status;
-    ::waitpid(pid, &status, 0);
-    return failure;
-}
 
 void release_slots_of(std::vector<ProcessIdentity>& ended, const std::vector<std::string>& env, spdlog::logger& log) {
     if (ended.empty()) return;

@@ -31,17 +31,6 @@ struct SuperviseOptions {
     std::string cgroup_name;                  // the program's cgroup (v2); empty: no cgroup
 };
 
-/// What a forked child writes to its CLOEXEC report pipe when it cannot exec (EOF: it did).
-struct StartFailure {
-    int stage;  // 0 exec, 1 chdir, 2 stdio, 3 cgroup, 4 user
-    int error;  // errno
-};
-/// "exec", "chdir to its directory", ... for StartFailure::stage.
-const char* start_stage(int stage) noexcept;
-/// In the parent after fork(): reads the child's report from `report_fd` (and closes it). The
-/// failure when the child could not exec, after reaping it; nullopt when it exec'd.
-std::optional<StartFailure> await_exec(pid_t pid, int report_fd);
-
 /// Frees the heartbeat entries of the processes in `ended` (which it empties) once they are
 /// dead, and only those: a program stopped without releasing its slot leaves no stale entry.
 /// The table is the one at HBWATCH_KEY in `env` (KEY=VALUE entries), else procctl's own.

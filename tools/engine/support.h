@@ -2,11 +2,14 @@
 // What every hbwatch tool does the same way: logging through spdlog, argument validation with
 // CLI11, signals through a signalfd. Not part of libhbwatch: services need none of it.
 
+#include <poll.h>
+
 #include <csignal>
 #include <initializer_list>
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
@@ -41,6 +44,10 @@ TableOptions table_options(const std::string& key_text);
 
 /// Blocks `signals` and returns a CLOEXEC signalfd that becomes readable when one arrives.
 int signalfd_for(std::initializer_list<int> signals);
+
+/// poll() for a supervision loop: false, after logging it and pausing 100 ms, when poll itself
+/// failed (ENOMEM, say), so that the loop retries instead of spinning or dying.
+bool poll_events(std::vector<pollfd>& fds, int timeout_ms, spdlog::logger& log);
 
 /// Ignores SIGPIPE: a closed pipe on stdout is an error to report, not a death.
 void ignore_sigpipe();

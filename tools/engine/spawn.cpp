@@ -1,0 +1,142 @@
+#include "engine/spawn.h"
+
+#include <fcntl.h>
+#include <grp.h>
+#include <linux/sched.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+
+#include "engine/cgroup.h"
+
+namespace hbwatch::tool {
+namespace {
+
+// Whether clone3 can place a child in a cgroup here (Linux 5.7+): learnt at the first try.
+bool clone_into_cgroup = true;
+
+// fork(), straight into `cgroup` when there is one: no migration afterwards, which costs
+// milliseconds. The child only makes system calls before exec, so bypassing glibc's fork
+// handlers is safe. `joined` says whether the child is in its cgroup already.
+pid_t fork_into(const Cgroup* cgroup, bool& joined) {
+    joined = false;
+    if (cgroup != nullptr && clone_into_cgroup) {
+        clone_args args{};
+        args.flags = CLONE_INTO_CGROUP;
+        args.exit_signal = SIGCHLD;
+        args.cgroup = static_cast<std::uint64_t>(cgroup->dir_fd());
+        const long pid = ::syscall(SYS_clone3, &args, sizeof args);
+        if (pid >= 0) {
+            joined = true;
+            return static_cast<pid_t>(pid);
+        }
+        if (errno != ENOSYS && errno != E2BIG && errno != EINVAL) return -1;
+        clone_into_cgroup = false;  // an older kernel: fork, and the child joins by itself
+    }
+    return ::fork();
+}
+
+[[noreturn]] void become(const SpawnPlan& plan, bool joined, pid_t parent, int report) {
+    auto fail = [&](SpawnFailure::Stage stage) {
+        const SpawnFailure failure{stage, errno};
+        (void)!::write(report, &failure, sizeof failure);
+        ::_exit(127);
+    };
+    if (plan.cgroup != nullptr && !joined && ::write(plan.cgroup->procs_fd(), "0", 1) != 1) fail(SpawnFailure::Stage::cgroup);
+    ::setsid();  // its own session and process group, no controlling terminal
+    // The caller reset every other disposition once (exec resets handlers, not SIG_IGN): only
+    // procctl's own ignored SIGPIPE is left to undo.
+    ::signal(SIGPIPE, SIG_DFL);
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    const int null_in = ::open("/dev/null", O_RDONLY);
+    const int null_out = ::open("/dev/null", O_WRONLY);
+    if (null_in < 0 || null_out < 0 || ::dup2(null_in, 0) < 0) fail(SpawnFailure::Stage::stdio);
+    const bool quiet = !plan.keep_stdio;
+    if (plan.stdout_fd >= 0 ? ::dup2(plan.stdout_fd, 1) < 0 : (quiet && ::dup2(null_out, 1) < 0)) fail(SpawnFailure::Stage::stdio);
+    if (plan.stderr_fd >= 0 ? ::dup2(plan.stderr_fd, 2) < 0 : (quiet && ::dup2(null_out, 2) < 0)) fail(SpawnFailure::Stage::stdio);
+    // Nothing else crosses exec: not procctl's descriptors, nor any its caller leaked.
+    ::close_range(3, ~0U, CLOSE_RANGE_CLOEXEC);
+    if (plan.directory != nullptr && !plan.directory->empty() && ::chdir(plan.directory->c_str()) != 0)
+        fail(SpawnFailure::Stage::chdir);
+    if (plan.uid) {
+        const std::size_t count = plan.groups != nullptr ? plan.groups->size() : 0;
+        if (::setgroups(count, count ? plan.groups->data() : nullptr) != 0 || ::setgid(plan.gid) != 0 || ::setuid(*plan.uid) != 0)
+            fail(SpawnFailure::Stage::user);
+    }
+    // If procctl dies, even by SIGKILL, the program goes with it (the cgroup keeps the rest).
+    // After setuid, which clears it; then a parent that died before it was set is caught.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(127);
+    ::execvpe(plan.argv[0], plan.argv, plan.envp);
+    fail(SpawnFailure::Stage::exec);
+    ::_exit(127);
+}
+
+}  // namespace
+
+void default_signal_dispositions() {
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < NSIG; ++sig)
+        if (sig != SIGKILL && sig != SIGSTOP && sig != SIGPIPE) ::sigaction(sig, &dfl, nullptr);
+}
+
+const char* SpawnFailure::what() const noexcept {
+    switch (stage) {
+        case Stage::chdir: return "chdir to its directory";
+        case Stage::stdio: return "set up its stdio";
+        case Stage::cgroup: return "join its cgroup";
+        case Stage::user: return "take its user";
+        case Stage::fork: return "fork";
+        case Stage::exec: break;
+    }
+    return "exec";
+}
+
+pid_t spawn(const SpawnPlan& plan, std::optional<SpawnFailure>& failure) {
+    failure.reset();
+    int report[2];
+    if (::pipe2(report, O_CLOEXEC) != 0) {
+        failure = SpawnFailure{SpawnFailure::Stage::fork, errno};
+        return -1;
+    }
+    const pid_t parent = ::getpid();
+    bool joined = false;
+    const pid_t pid = fork_into(plan.cgroup, joined);
+    if (pid == 0) become(plan, joined, parent, report[1]);
+    const int fork_error = errno;
+    ::close(report[1]);
+    if (pid < 0) {
+        ::close(report[0]);
+        failure = SpawnFailure{SpawnFailure::Stage::fork, fork_error};
+        return -1;
+    }
+    SpawnFailure reported{};
+    ssize_t n;
+    do {
+        n = ::read(report[0], &reported, sizeof reported);  // EOF: exec succeeded
+    } while (n < 0 && errno == EINTR);
+    ::close(report[0]);
+    if (n != sizeof reported) return pid;
+    int status;
+    ::waitpid(pid, &status, 0);
+    failure = reported;
+    return -1;
+}
+
+std::string describe_exit(int status) {
+    if (WIFEXITED(status)) return "exited with code " + std::to_string(WEXITSTATUS(status));
+    if (WIFSIGNALED(status))
+        return std::string("was killed by SIG") + sigabbrev_np(WTERMSIG(status)) + (WCOREDUMP(status) ? " (core dumped)" : "");
+    return "stopped with status " + std::to_string(status);
+}
+
+}  // namespace hbwatch::tool

@@ -1,0 +1,55 @@
+#pragma once
+// Starting a program, the one way every procctl mode does it: fork (straight into the
+// program's cgroup with clone3 where the kernel allows), the child's set-up in one order, exec,
+// and a report of the stage that failed. The child only makes system calls.
+
+#include <sys/types.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace hbwatch::tool {
+
+class Cgroup;
+
+/// What the child becomes. Built before the fork: pointers into storage the caller keeps.
+struct SpawnPlan {
+    char* const* argv = nullptr;  // argv[0]: a path, or a name looked up on envp's PATH
+    char* const* envp = nullptr;
+    const std::string* directory = nullptr;  // null or empty: the parent's
+    std::optional<uid_t> uid;                // set: setgroups(groups), setgid(gid), setuid(uid)
+    gid_t gid = 0;
+    const std::vector<gid_t>* groups = nullptr;
+    const Cgroup* cgroup = nullptr;  // null: the parent's cgroup
+    int stdout_fd = -1;              // -1: see keep_stdio
+    int stderr_fd = -1;
+    bool keep_stdio = false;  // with no fd given: the parent's own stdout/stderr, else /dev/null
+};
+
+/// What a child could not do before exec, as it reports it on its CLOEXEC pipe.
+struct SpawnFailure {
+    enum class Stage : int { exec, chdir, stdio, cgroup, user, fork };
+    Stage stage;
+    int error;  // errno
+    /// "exec", "chdir to its directory", "clone3 into its cgroup", ...
+    [[nodiscard]] const char* what() const noexcept;
+};
+
+/// Resets every signal disposition to its default, but SIGPIPE's (which the tools ignore, and
+/// spawn() resets in the child): a caller's SIG_IGN would cross exec into every program.
+/// Called once by a supervisor before its first spawn; its own signals come through a
+/// signalfd, blocked.
+void default_signal_dispositions();
+
+/// Starts `plan` and returns once the child has exec'd (its pid), or the failure (the child,
+/// if there was one, reaped). The child: in its cgroup, a session of its own, default signal
+/// dispositions (SIG_IGN would cross exec) and an empty mask, stdin from /dev/null, stdout and
+/// stderr as planned, no other descriptor, its directory, its user, and SIGKILL when the
+/// parent dies (set last: a credential change clears it).
+[[nodiscard]] pid_t spawn(const SpawnPlan& plan, std::optional<SpawnFailure>& failure);
+
+/// "exited with code 3", "was killed by SIGSEGV (core dumped)", for a waitpid status.
+[[nodiscard]] std::string describe_exit(int status);
+
+}  // namespace hbwatch::tool
