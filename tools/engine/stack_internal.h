@@ -1,0 +1,127 @@
+#pragma once
+// The stack supervisor's insides, shared by its three files: stack.cpp (the loop, dependency
+// order, carrying out what units ask for), stack_api.cpp (the control requests and the views
+// they answer with), stack_reload.cpp (units made from the config, and reload). Not for other
+// engines: they use stack.h.
+
+#include <netinet/in.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/pidfd.h"
+#include "core/process.h"
+#include "engine/cgroup.h"
+#include "engine/control.h"
+#include "engine/output.h"
+#include "engine/stack_config.h"
+#include "engine/unit.h"
+
+namespace hbwatch::tool {
+
+/// One unit of the stack (a program, or one instance NAME@I): its state table, and what the
+/// stack holds for it to carry out the table's effects.
+struct Member {
+    explicit Member(Unit model) : unit(std::move(model)) {}
+    Unit unit;
+    // Built before any fork: the child between fork and exec only makes system calls.
+    std::vector<std::string> env_storage;
+    std::vector<char*> argv, envp;
+    std::optional<uid_t> uid;
+    gid_t gid = 0;
+    std::vector<gid_t> groups;
+    std::optional<Cgroup> cgroup;
+    bool cgroup_taken = false;  // take_cgroup() has run (at start-up, or before its first start)
+    OutputFile* out = nullptr;
+    OutputFile* err = nullptr;
+    std::optional<Pidfd> pidfd;  // of unit.pid(), opened while it was our unreaped child
+    ProcessIdentity identity;
+    std::string said_waiting;  // the last "waits for" said about it, not to repeat it
+    sockaddr_storage probe_address{};  // tcp readiness: HOST:PORT, resolved when the config was read
+    socklen_t probe_address_length = 0;
+    int probe_fd = -1;         // tcp readiness: a connect in progress
+    pid_t probe_pid = 0;       // exec readiness: the check command, an unreaped child of ours
+    unsigned probe_start = 0;  // the start it checks: a late answer about an earlier start is ignored
+    std::vector<char*> probe_argv;
+
+    [[nodiscard]] const std::string& name() const noexcept { return unit.name(); }
+    [[nodiscard]] const ProgramConfig& program() const noexcept { return unit.program(); }
+};
+
+class Stack {
+public:
+    Stack(StackConfig config, spdlog::logger& log, int signal_fd);
+    ~Stack();
+    Stack(const Stack&) = delete;
+    Stack& operator=(const Stack&) = delete;
+
+    [[nodiscard]] std::optional<gid_t> control_group() const;
+    int run(ControlServer& control);
+
+private:
+    // stack.cpp: the loop, and the units' effects carried out.
+    void apply(Member& member, const UnitEvent& event, std::uint64_t now);
+    Facts facts_for(Member& member, std::uint64_t now);
+    void carry_out(Member& member, const Effect& effect, std::uint64_t now);
+    UnitEvent start_process(Member& member);
+    void on_transition(const Unit& unit, Phase from, Phase to);
+    void step(std::uint64_t now);
+    [[nodiscard]] bool everything_stopped() const;
+    [[nodiscard]] std::vector<const Member*> unready_dependencies(const Member& member) const;
+    [[nodiscard]] bool dependents_stopping(const Member& member) const;
+    bool may_start(Member& member);
+    void take_cgroup(Member& member);
+    void probe(Member& member, std::uint64_t now);
+    void finish_tcp_probe(Member& member, std::uint64_t now);
+    void close_probe(Member& member);
+    [[nodiscard]] bool beat_seen(const Member& member) const;
+    void send(const Member& member, int sig);
+    void read_signals();
+    void reap();
+    void drain_to_end();
+    [[nodiscard]] std::string start_order() const;
+    [[nodiscard]] std::vector<std::tuple<const Member*, Phase>> phases() const;
+
+    // stack_api.cpp: the control API (README, "The control API").
+    ControlReply handle(const ControlRequest& request, std::uint64_t now);
+    ControlReply output(const std::vector<Member*>& chosen, std::map<std::string, std::string>& query);
+    void act(Member& member, const std::string& action, std::uint64_t now);
+    class Heartbeats;
+    nlohmann::json describe(const Member& member, std::uint64_t now, Heartbeats& beats) const;
+
+    // stack_reload.cpp: units from the config, and reload.
+    std::vector<std::unique_ptr<Member>> make_members(const std::shared_ptr<const ProgramConfig>& program, const std::string& log_dir,
+                                                      std::optional<bool> wanted);
+    void prepare(Member& member, unsigned instance, const std::string& log_dir);
+    nlohmann::json reload();
+    void build_reload(StackConfig& next, nlohmann::json& report, std::vector<std::shared_ptr<const ProgramConfig>>& programs,
+                      std::vector<std::unique_ptr<Member>>& fresh);
+    void finish_reload(const StackConfig& next, const nlohmann::json& report, std::vector<std::shared_ptr<const ProgramConfig>> programs,
+                       std::vector<std::unique_ptr<Member>> fresh);
+    bool drop_retired();
+    void drop_unused_outputs();
+
+    StackConfig config_;  // its settings; the programs are in programs_
+    std::vector<std::shared_ptr<const ProgramConfig>> programs_;  // in start order
+    spdlog::logger& log_;
+    int signal_fd_;
+    std::map<std::string, std::unique_ptr<OutputFile>> outputs_;
+    std::vector<std::unique_ptr<Member>> members_;  // in start order
+    OutputPipes pipes_;
+    std::vector<ProcessIdentity> ended_;
+    bool stopping_all_ = false;
+    bool said_no_cgroup_ = false;
+};
+
+/// The heartbeat table a program registers in: its HBWATCH_KEY, else procctl's.
+key_t table_key(const ProgramConfig& program);
+
+}  // namespace hbwatch::tool
