@@ -21,6 +21,7 @@
 #include "core/process.h"
 #include "engine/cgroup.h"
 #include "engine/control.h"
+#include "engine/control_command.h"
 #include "engine/output.h"
 #include "engine/stack_config.h"
 #include "engine/unit.h"
@@ -92,8 +93,8 @@ private:
 
     // stack_api.cpp: the control API (README, "The control API").
     ControlReply handle(const ControlRequest& request, std::uint64_t now);
-    ControlReply output(const std::vector<Member*>& chosen, std::map<std::string, std::string>& query);
-    void act(Member& member, const std::string& action, std::uint64_t now);
+    ControlReply output(const std::vector<Member*>& chosen, const ControlCommand& command);
+    void act(Member& member, ControlCommand::Verb verb, std::uint64_t now);
     class Heartbeats;
     nlohmann::json describe(const Member& member, std::uint64_t now, Heartbeats& beats) const;
 

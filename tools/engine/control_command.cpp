@@ -1,0 +1,129 @@
+#include "engine/control_command.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <map>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/table.h"
+#include "engine/stack_config.h"
+
+namespace hbwatch::tool {
+namespace {
+
+constexpr const char* kVerbs[] = {"", "start", "stop", "restart", "signal", "output", ""};
+
+std::string name_shown(const std::string& text) { return escaped(text, name_char); }
+
+}  // namespace
+
+ControlReply ControlError::reply() const {
+    const nlohmann::json body{{"error", message}};
+    return ControlReply{status, body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)};
+}
+
+std::string shown_target(const std::string& text) {
+    return escaped(text, [](unsigned char c) { return c > 0x20 && c < 0x7f && c != '\\'; });
+}
+
+std::string cursor_text(const OutputCursorText& cursor) {
+    return std::to_string(cursor.inode) + ":" + std::to_string(cursor.generation) + ":" + std::to_string(cursor.offset);
+}
+
+std::variant<ControlCommand, ControlError> parse_command(const ControlRequest& request) {
+    const std::string shown = shown_target(request.target);
+    const auto question = request.target.find('?');
+    const std::string path = request.target.substr(0, question);
+    std::map<std::string, std::string> query;
+    if (question != std::string::npos)
+        for (std::size_t at = question + 1; at <= request.target.size();) {
+            auto end = request.target.find('&', at);
+            if (end == std::string::npos) end = request.target.size();
+            const std::string pair = request.target.substr(at, end - at);
+            const auto equals = pair.find('=');
+            if (!pair.empty()) query[pair.substr(0, equals)] = equals == std::string::npos ? "" : pair.substr(equals + 1);
+            at = end + 1;
+        }
+    std::vector<std::string> parts;
+    for (std::size_t at = 0; at <= path.size();) {
+        const auto slash = path.find('/', at);
+        const auto end = slash == std::string::npos ? path.size() : slash;
+        if (end > at) parts.push_back(path.substr(at, end - at));
+        at = end + 1;
+    }
+    auto method = [&](const char* wanted) -> std::optional<ControlError> {
+        if (request.method == wanted) return std::nullopt;
+        return ControlError{405, request.method + " " + shown + ": use " + wanted};
+    };
+    ControlCommand command;
+    if (parts.size() == 2 && parts[0] == "v1" && parts[1] == "reload") {
+        if (auto wrong = method("POST")) return *wrong;
+        command.verb = ControlCommand::Verb::reload;
+        return command;
+    }
+    if (parts.size() < 2 || parts[0] != "v1" || parts[1] != "programs" || parts.size() > 4)
+        return ControlError{404, "no such path: " + shown +
+                                     " (the API is /v1/programs[/NAME[/start|stop|restart|signal|output]] and /v1/reload)"};
+    if (parts.size() >= 3) command.name = parts[2];
+    if (parts.size() <= 3) {
+        if (auto wrong = method("GET")) return *wrong;
+        return command;
+    }
+    const std::string& action = parts[3];
+    if (action == "output") {
+        if (auto wrong = method("GET")) return *wrong;
+        command.verb = ControlCommand::Verb::output;
+        const std::string stream = query.count("stream") ? query["stream"] : "stdout";
+        if (stream != "stdout" && stream != "stderr") return ControlError{400, "stream=" + name_shown(stream) + ": use stdout or stderr"};
+        command.stderr_stream = stream == "stderr";
+        if (query.count("tail")) {
+            const std::string& text = query["tail"];
+            if (text.empty() || text.size() > 5 || !std::all_of(text.begin(), text.end(), ::isdigit) || std::stoul(text) > kMaxTailLines)
+                return ControlError{400, "tail=" + name_shown(text) + ": give a number of lines from 0 to 10000"};
+            command.tail = std::stoul(text);
+        }
+        if (query.count("from")) {
+            unsigned long long inode = 0, generation = 0, offset = 0;
+            char end = 0;
+            if (std::sscanf(query["from"].c_str(), "%llu:%llu:%llu%c", &inode, &generation, &offset, &end) != 3)
+                return ControlError{400, "from=" + name_shown(query["from"]) + ": give the cursor a reply returned"};
+            command.from = OutputCursorText{inode, generation, offset};
+        }
+        return command;
+    }
+    if (auto wrong = method("POST")) return *wrong;
+    if (action == "start") command.verb = ControlCommand::Verb::start;
+    else if (action == "stop") command.verb = ControlCommand::Verb::stop;
+    else if (action == "restart") command.verb = ControlCommand::Verb::restart;
+    else if (action == "signal") command.verb = ControlCommand::Verb::signal;
+    else return ControlError{404, "no action '" + name_shown(action) + "': use start, stop, restart, signal or output"};
+    if (command.verb == ControlCommand::Verb::signal) {
+        const auto sig = signal_by_name(query["signal"]);
+        if (!sig)
+            return ControlError{400, "signal=" + name_shown(query["signal"]) +
+                                         " is not one of TERM, INT, HUP, QUIT, USR1, USR2, KILL (give ?signal=NAME)"};
+        command.signal = *sig;
+    }
+    return command;
+}
+
+ControlRequest to_request(const ControlCommand& command) {
+    using Verb = ControlCommand::Verb;
+    if (command.verb == Verb::reload) return ControlRequest{"POST", "/v1/reload"};
+    std::string target = "/v1/programs";
+    if (command.name != "all" || command.verb != Verb::list) target += "/" + command.name;
+    switch (command.verb) {
+        case Verb::list: return ControlRequest{"GET", target};
+        case Verb::output:
+            target += std::string("/output?stream=") + (command.stderr_stream ? "stderr" : "stdout");
+            target += command.from ? "&from=" + cursor_text(*command.from) : "&tail=" + std::to_string(command.tail);
+            return ControlRequest{"GET", target};
+        case Verb::signal: return ControlRequest{"POST", target + "/signal?signal=" + signal_name(command.signal).substr(3)};
+        default: return ControlRequest{"POST", target + "/" + kVerbs[static_cast<int>(command.verb)]};
+    }
+}
+
+}  // namespace hbwatch::tool

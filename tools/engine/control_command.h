@@ -1,0 +1,54 @@
+#pragma once
+// The stack's control protocol in one place: the commands a client may send, how a request
+// says them (HTTP method and target), and how a refusal is said. The server parses requests
+// into commands with parse_command; proctab builds its requests with to_request. A transport
+// (the unix socket with SO_PEERCRED today) only authenticates and hands requests over.
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <variant>
+
+#include "engine/control.h"
+
+namespace hbwatch::tool {
+
+/// Where a reader of an output file stands: "INODE:GENERATION:OFFSET" on the wire.
+struct OutputCursorText {
+    std::uint64_t inode = 0, generation = 0, offset = 0;
+    bool operator==(const OutputCursorText&) const = default;
+};
+
+struct ControlCommand {
+    enum class Verb { list, start, stop, restart, signal, output, reload };
+    Verb verb = Verb::list;
+    std::string name = "all";  // a program, an instance NAME@I, or all; unused by reload
+    int signal = 0;            // signal: one of TERM, INT, HUP, QUIT, USR1, USR2, KILL
+    bool stderr_stream = false;  // output: stderr instead of stdout
+    std::size_t tail = 10;       // output: the last lines, 0 to kMaxTailLines
+    std::optional<OutputCursorText> from;  // output: what came after this cursor instead
+    bool operator==(const ControlCommand&) const = default;
+};
+
+inline constexpr std::size_t kMaxTailLines = 10000;
+
+/// A refusal: an HTTP status and what to say. The one rendering of every error reply.
+struct ControlError {
+    int status;
+    std::string message;
+    [[nodiscard]] ControlReply reply() const;
+};
+
+/// The command a request says, or why it says none (its method, path or parameters).
+/// Whether its program exists is for the one who answers it.
+[[nodiscard]] std::variant<ControlCommand, ControlError> parse_command(const ControlRequest& request);
+/// The request that says `command`.
+[[nodiscard]] ControlRequest to_request(const ControlCommand& command);
+
+[[nodiscard]] std::string cursor_text(const OutputCursorText& cursor);
+
+/// A request's words shown in a reply: never echoed raw (they are whatever a client sent).
+[[nodiscard]] std::string shown_target(const std::string& text);
+
+}  // namespace hbwatch::tool
