@@ -24,6 +24,8 @@
 #include "core/pidfd.h"
 
 #include "core/layout.h"
+#include "core/stopper.h"
+#include "engine/inspect.h"
 #include "support.h"
 
 using namespace std::chrono_literals;
@@ -250,20 +252,25 @@ TEST_CASE("proctab kill signals the very process it matched, never a later holde
     }();
     const std::string name = "hbwrace-" + std::to_string(::getpid());
     fs::copy_file("/usr/bin/sleep", dir / name);
-    const std::string fifo = (dir / "go").string();
-    REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
     auto matched = std::make_unique<Process>(std::vector<std::string>{(dir / name).string(), "1000"});
     const pid_t pid = matched->pid();
+    REQUIRE(hbtest::eventually([&] { return hbwatch::find_processes(name).size() == 1; }));
 
-    // proctab matches it, then waits on the FIFO before signalling: the window, held open.
-    Process killer({hbtest::bin("proctab"), "kill", name, "--grace", "1s"},
-                   [&] { ::setenv("HBWATCH_TEST_PAUSE_BEFORE_SIGNAL", fifo.c_str(), 1); });
-    REQUIRE(killer.wait_for_output("matched pid " + std::to_string(pid)));
+    // What proctab kill does, in two halves with the window between them held open here: the
+    // match, which pins each process with a pidfd before reading it ...
+    std::vector<hbwatch::Pidfd> targets;
+    for (const auto& p : hbwatch::find_processes(name)) {
+        REQUIRE(p.pidfd);
+        auto target = p.pidfd->duplicate();
+        REQUIRE(target);
+        targets.push_back(std::move(*target));
+    }
+    REQUIRE(targets.size() == 1);
     ::kill(pid, SIGKILL);
     matched->wait();
     matched.reset();
 
-    // The pid goes to an unrelated process that counts signals.
+    // ... the pid goes to an unrelated process that counts signals ...
     std::unique_ptr<SignalCounter> unrelated;
     for (int attempt = 0; attempt < 200 && !unrelated; ++attempt) {
         {
@@ -276,13 +283,11 @@ TEST_CASE("proctab kill signals the very process it matched, never a later holde
     }
     REQUIRE_MESSAGE(unrelated, "could not get pid " << pid << " reused");
 
-    {
-        std::ofstream go(fifo);  // opens once proctab is reading: let it signal now
-        go << 'x';
-    }
-    REQUIRE(killer.wait_exit(30s));
-    CHECK(killer.wait() == 0);
-    CHECK(contains(killer.output(), "1 stopped (0 needed SIGKILL), 0 failed"));
+    // ... and the signal, through what was pinned: it reaches nothing.
+    const auto tally = hbwatch::stop_all(std::move(targets), 1s);
+    CHECK(tally.stopped == 1);
+    CHECK(tally.killed == 0);
+    CHECK(tally.failed == 0);
     CHECK(unrelated->alive());
     CHECK_FALSE(unrelated->got_term());
     fs::remove_all(dir);

@@ -460,14 +460,6 @@ int kill_matching(const std::string& name, const std::string& path, const std::s
         std::printf("  matched pid %d (%s)\n", p.pid, p.exe.empty() ? p.comm.c_str() : p.exe.c_str());
         targets.push_back(std::move(*target));
     }
-    if (const char* pause = std::getenv("HBWATCH_TEST_PAUSE_BEFORE_SIGNAL")) {
-        // Tests widen the window between matching and signalling with it (a FIFO to read from).
-        std::fflush(stdout);
-        if (FILE* fifo = std::fopen(pause, "r")) {
-            std::fgetc(fifo);
-            std::fclose(fifo);
-        }
-    }
     if (targets.empty() && zombies == 0) {
         std::fprintf(stderr, "proctab: no process named '%s'%s\n", name.c_str(), path.empty() ? "" : (" at " + path).c_str());
         return tool::kExitFailure;

@@ -188,6 +188,45 @@ void Checker::check(const SlotSnapshot& slot, std::uint64_t now_ns, ScanSummary&
     stop_hung(slot, who, hung, summary);
 }
 
+// Whether the process `target` (pinned on `slot`'s pid, or null with `refusal`) may be
+// signalled for `slot`, and why not. Everything it reads is read after the pidfd was opened,
+// and confirmed on it before the signal: the process judged is the one signalled.
+Checker::Verdict Checker::judge(const SlotSnapshot& slot, const Pinned* target, Refusal refusal) const {
+    using Action = Verdict::Action;
+    const std::string pid = std::to_string(slot.process.pid);
+    if (target == nullptr) {
+        if (means_exited(refusal)) return {Action::free_unsignalled, "the process is " + std::string(to_string(refusal)) + " now"};
+        if (refusal == Refusal::kernel_thread) return {Action::free_unsignalled, "garbage entry: pid " + pid + " is a kernel thread"};
+        return {Action::keep_unsignalled, "pid " + pid + " is " + to_string(refusal)};
+    }
+    if (!same_process(slot.process, target->identity)) return {Action::free_unsignalled, "the pid now belongs to another process"};
+    const auto registered = still_registered(slot);
+    if (!registered)
+        return {Action::keep_unsignalled, "this checkproc may not read pid " + pid +
+                                              "'s memory map to verify it is still the program that registered; run checkproc as root"};
+    if (!slot.delegated() && !*registered)  // it registered itself: it must still hold the marker of the image that did
+        return {Action::free_unsignalled, "pid " + pid +
+                                              " does not hold the marker of the program image that registered: it has exec'd since, or "
+                                              "the entry is forged"};
+    if (slot.delegated() && !*registered)
+        return {Action::free_unsignalled, "pid " + pid + " has exec'd since it was registered on its behalf" +
+                                              (slot.exec_mark == 0 ? " (or the entry carries no exec mark)" : "")};
+    if (slot.delegated()) {
+        // Registered on its behalf (proctab beat, or forged): act only if every user who can
+        // write the table could have signalled it anyway.
+        const auto uids = read_uids(slot.process.pid);
+        const auto writers = table_writers(table_.key());
+        if (!uids || !writers) return {Action::keep_unsignalled, "its owner or the table's writers cannot be read"};
+        if (auto outsider = writer_who_could_not_signal(*writers, *uids))
+            return {Action::keep_unsignalled, "it was registered on its behalf (proctab beat, or a forged entry), and uid " +
+                                                  std::to_string(*outsider) + ", who can write the table, could not signal pid " + pid +
+                                                  " (uid " + std::to_string(uids->real) +
+                                                  ") itself. Use proctab run, or a table only trusted users can write"};
+    }
+    if (!target->pidfd.still_running()) return {Action::free_unsignalled, "the process is gone now"};
+    return {Action::signal, {}};
+}
+
 void Checker::stop_hung(const SlotSnapshot& slot, const std::string& who, const std::string& hung,
                         ScanSummary& summary) {
     auto report_once = [&](LogLevel level, const std::string& message) {
@@ -221,46 +260,13 @@ void Checker::stop_hung(const SlotSnapshot& slot, const std::string& who, const 
     // the process that is judged is the one that is signalled.
     Refusal refusal{};
     auto target = Pidfd::pin(slot.process.pid, &refusal);
-    std::string unsafe;          // why it must not be signalled and its slot freed
-    std::string keep_unsignalled;  // why it must not be signalled, though the entry may be right
-    if (!target) {
-        if (means_exited(refusal)) unsafe = "the process is " + std::string(to_string(refusal)) + " now";
-        else if (refusal == Refusal::kernel_thread) unsafe = "garbage entry: pid " + std::to_string(slot.process.pid) + " is a kernel thread";
-        else keep_unsignalled = "pid " + std::to_string(slot.process.pid) + " is " + to_string(refusal);
-    } else if (!same_process(slot.process, target->identity)) {
-        unsafe = "the pid now belongs to another process";
-    } else if (const auto registered = still_registered(slot); !registered) {
-        keep_unsignalled = "this checkproc may not read pid " + std::to_string(slot.process.pid) +
-                           "'s memory map to verify it is still the program that registered; run checkproc as root";
-    } else if (!slot.delegated()) {
-        // It registered itself: it must still hold the marker of the image that did.
-        if (!*registered)
-            unsafe = "pid " + std::to_string(slot.process.pid) +
-                     " does not hold the marker of the program image that registered: it has exec'd since, or the "
-                     "entry is forged";
-    } else if (!*registered) {
-        unsafe = "pid " + std::to_string(slot.process.pid) + " has exec'd since it was registered on its behalf" +
-                 (slot.exec_mark == 0 ? " (or the entry carries no exec mark)" : "");
-    } else {
-        // Registered on its behalf (proctab beat, or forged): act only if every user who can
-        // write the table could have signalled it anyway.
-        const auto uids = read_uids(slot.process.pid);
-        const auto writers = table_writers(table_.key());
-        if (!uids || !writers) {
-            keep_unsignalled = "its owner or the table's writers cannot be read";
-        } else if (auto outsider = writer_who_could_not_signal(*writers, *uids)) {
-            keep_unsignalled = "it was registered on its behalf (proctab beat, or a forged entry), and uid " +
-                               std::to_string(*outsider) + ", who can write the table, could not signal pid " +
-                               std::to_string(slot.process.pid) + " (uid " + std::to_string(uids->real) +
-                               ") itself. Use proctab run, or a table only trusted users can write";
-        }
-    }
-    if (target && unsafe.empty() && keep_unsignalled.empty() && !target->pidfd.still_running())
-        unsafe = "the process is gone now";
-    if (!unsafe.empty() || !keep_unsignalled.empty()) {
+    const Verdict verdict = judge(slot, target ? &*target : nullptr, refusal);
+    if (verdict.action != Verdict::Action::signal) {
         table_.drop_stop(slot.index, self_);
-        if (!unsafe.empty()) free_unsignalled(slot, LogLevel::warn, who + ": " + hung + ", but " + unsafe, summary);
-        else report_once(LogLevel::warn, who + ": " + hung + "; not signalled: " + keep_unsignalled);
+        if (verdict.action == Verdict::Action::free_unsignalled)
+            free_unsignalled(slot, LogLevel::warn, who + ": " + hung + ", but " + verdict.why, summary);
+        else
+            report_once(LogLevel::warn, who + ": " + hung + "; not signalled: " + verdict.why);
         return;
     }
     // The token names this registration alone, so it serves as the stop's id. SIGKILL, a grace

@@ -81,6 +81,14 @@ private:
         std::string who;
     };
     void note_healthy(const SlotSnapshot& slot, std::uint64_t now_ns, ScanSummary& summary);
+    // What may be done to a hung entry's process: signal it; free its slot without a signal
+    // (it is gone, another process, or the entry is garbage); or leave both (it cannot be
+    // verified, or its writers could not signal it), with why.
+    struct Verdict {
+        enum class Action { signal, free_unsignalled, keep_unsignalled } action;
+        std::string why;
+    };
+    Verdict judge(const SlotSnapshot& slot, const Pinned* target, Refusal refusal) const;
     void stop_hung(const SlotSnapshot& slot, const std::string& who, const std::string& hung, ScanSummary& summary);
     void free_unsignalled(const SlotSnapshot& slot, LogLevel level, const std::string& message, ScanSummary& summary);
     void on_stop_event(const StopEvent& event);
