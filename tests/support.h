@@ -337,7 +337,7 @@ inline std::size_t hung_entries(const hbwatch::TableOptions& options) {
     auto table = hbwatch::Table::open_existing(options, hbwatch::Table::Access::read_only);
     std::size_t hung = 0;
     const auto now = hbwatch::monotonic_now_ns();
-    if (table) table->for_each([&](const hbwatch::SlotSnapshot& s) { hung += hbwatch::health_of(s, now) == hbwatch::Health::hung; });
+    if (table) table->for_each([&](const hbwatch::SlotSnapshot& s) { hung += hbwatch::tool::health_of(s, now) == hbwatch::tool::Health::hung; });
     return hung;
 }
 

@@ -14,9 +14,9 @@
 #include "support.h"
 
 using namespace std::chrono_literals;
-using hbwatch::Checker;
-using hbwatch::Health;
-using hbwatch::LogLevel;
+using hbwatch::tool::Checker;
+using hbwatch::tool::Health;
+using hbwatch::tool::LogLevel;
 using hbwatch::Table;
 
 namespace {
@@ -24,7 +24,7 @@ namespace {
 // What checkproc logs without -v.
 struct Log {
     std::vector<std::string> lines;
-    hbwatch::LogSink sink() {
+    hbwatch::tool::LogSink sink() {
         return [this](LogLevel level, const std::string& line) {
             if (level != LogLevel::debug) lines.push_back(line);
         };
@@ -58,7 +58,7 @@ struct Registrant {
 std::uint64_t deadline_of(Table& table, std::uint32_t slot) {
     auto s = table.read(slot);
     REQUIRE(s);
-    return hbwatch::deadline_ns(*s);
+    return hbwatch::tool::deadline_ns(*s);
 }
 
 }  // namespace
@@ -67,14 +67,14 @@ TEST_CASE("health is ok to half the timeout, late to the timeout, hung past it")
     hbwatch::SlotSnapshot s;
     s.last_beat_ns = 1'000'000'000;
     s.timeout = 10s;
-    CHECK(hbwatch::health_of(s, 1'000'000'000) == Health::ok);
-    CHECK(hbwatch::health_of(s, 6'000'000'000) == Health::ok);
-    CHECK(hbwatch::health_of(s, 6'000'000'001) == Health::late);
+    CHECK(hbwatch::tool::health_of(s, 1'000'000'000) == Health::ok);
+    CHECK(hbwatch::tool::health_of(s, 6'000'000'000) == Health::ok);
+    CHECK(hbwatch::tool::health_of(s, 6'000'000'001) == Health::late);
     const auto tick = hbwatch::beat_lag_bound_ns();  // the beat may have been up to two ticks later
-    CHECK(hbwatch::health_of(s, 11'000'000'000) == Health::late);
-    CHECK(hbwatch::health_of(s, 11'000'000'000 + tick) == Health::late);
-    CHECK(hbwatch::health_of(s, 11'000'000'001 + tick) == Health::hung);
-    CHECK(hbwatch::health_of(s, 500) == Health::ok);  // a beat "in the future" counts as just now
+    CHECK(hbwatch::tool::health_of(s, 11'000'000'000) == Health::late);
+    CHECK(hbwatch::tool::health_of(s, 11'000'000'000 + tick) == Health::late);
+    CHECK(hbwatch::tool::health_of(s, 11'000'000'001 + tick) == Health::hung);
+    CHECK(hbwatch::tool::health_of(s, 500) == Health::ok);  // a beat "in the future" counts as just now
 }
 
 TEST_CASE("an entry is healthy up to its deadline and hung one nanosecond after") {
@@ -117,7 +117,7 @@ TEST_CASE("a process that ignores SIGTERM gets SIGKILL when the grace runs out")
     Registrant stubborn(options, "stubborn", 1s, true);
     Table table = Table::open_or_create(options);
     Log log;
-    hbwatch::CheckOptions check;
+    hbwatch::tool::CheckOptions check;
     check.grace = 300ms;
     Checker checker(table, check, log.sink());
     checker.scan(deadline_of(table, stubborn.slot) + 1);
@@ -139,7 +139,7 @@ TEST_CASE("a dry run signals nothing and changes nothing") {
     Table table = Table::open_or_create(options);
     const auto token = table.read(service.slot)->token;
     Log log;
-    hbwatch::CheckOptions check;
+    hbwatch::tool::CheckOptions check;
     check.dry_run = true;
     Checker checker(table, check, log.sink());
     checker.scan(deadline_of(table, service.slot) + 1);

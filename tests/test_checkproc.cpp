@@ -71,7 +71,7 @@ void wait_until_hung(const hbtest::ScratchKey& scratch, std::size_t count) {
     REQUIRE(hbtest::eventually([&] {
         std::size_t hung = 0;
         const auto now = hbwatch::monotonic_now_ns();
-        table->for_each([&](const hbwatch::SlotSnapshot& s) { hung += hbwatch::health_of(s, now) == hbwatch::Health::hung; });
+        table->for_each([&](const hbwatch::SlotSnapshot& s) { hung += hbwatch::tool::health_of(s, now) == hbwatch::tool::Health::hung; });
         return hung >= count;
     }));
 }

@@ -98,7 +98,7 @@ TEST_CASE("the list shows ok, hung and dead entries of real processes, in text a
         REQUIRE(hbtest::eventually([&] {
             bool hung = false;
             table->for_each([&](const hbwatch::SlotSnapshot& s) {
-                hung |= s.name() == "stuck" && hbwatch::health_of(s, hbwatch::monotonic_now_ns()) == hbwatch::Health::hung;
+                hung |= s.name() == "stuck" && hbwatch::tool::health_of(s, hbwatch::monotonic_now_ns()) == hbwatch::tool::Health::hung;
             });
             return hung;
         }));

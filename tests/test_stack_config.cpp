@@ -13,11 +13,11 @@
 #include "support.h"
 
 using namespace std::chrono_literals;
-using hbwatch::parse_stack_config;
+using hbwatch::tool::parse_stack_config;
 using hbtest::error_of;
 
 namespace {
-std::vector<std::string> names(const hbwatch::StackConfig& config) {
+std::vector<std::string> names(const hbwatch::tool::StackConfig& config) {
     std::vector<std::string> out;
     for (const auto& p : config.programs) out.push_back(p.name);
     return out;
@@ -74,7 +74,7 @@ programs:
     CHECK(main.environment.at("APP_ENV") == "prod");
     CHECK(main.environment.at("THREADS") == "4");
     CHECK(main.user == "app");
-    CHECK(main.restart == hbwatch::RestartMode::on_failure);
+    CHECK(main.restart == hbwatch::tool::RestartMode::on_failure);
     CHECK(main.restart_delay == 5s);
     CHECK(main.max_restarts == 3);
     CHECK(main.max_restarts_window == 1min);
@@ -88,18 +88,18 @@ programs:
     CHECK(main.max_rss == 1ull << 30);
     CHECK(main.autostart);
     const auto& ipc = config.programs[0];
-    CHECK(ipc.ready.kind == hbwatch::ReadyCheck::Kind::tcp);
+    CHECK(ipc.ready.kind == hbwatch::tool::ReadyCheck::Kind::tcp);
     CHECK(ipc.ready.host == "127.0.0.1");
     CHECK(ipc.ready.port == 12345);
-    CHECK(ipc.restart == hbwatch::RestartMode::always);  // the defaults
+    CHECK(ipc.restart == hbwatch::tool::RestartMode::always);  // the defaults
     CHECK(ipc.stop_signal == SIGTERM);
     CHECK(ipc.stop_grace == 10s);
     CHECK(ipc.instances == 1);
     const auto& updater = config.programs[3];
-    CHECK(updater.ready.kind == hbwatch::ReadyCheck::Kind::exec);
+    CHECK(updater.ready.kind == hbwatch::tool::ReadyCheck::Kind::exec);
     CHECK(updater.ready.command == std::vector<std::string>{"/opt/app/updater", "--check"});
     CHECK_FALSE(updater.autostart);
-    CHECK(config.programs[4].ready.kind == hbwatch::ReadyCheck::Kind::beat);
+    CHECK(config.programs[4].ready.kind == hbwatch::tool::ReadyCheck::Kind::beat);
 }
 
 TEST_CASE("a stack config may be written in JSON") {
@@ -152,7 +152,7 @@ TEST_CASE("config errors name the file, line, column and key, and say what is al
           "s.yaml:1:10: run_dir: '" + long_dir + "' is empty or too long: run_dir/control.sock must be under 108 bytes");
     CHECK(error_of([] { (void)parse_stack_config("socket_group: no-such-group-here\nprograms:\n  a:\n    command: [x]\n", "s.yaml"); }) ==
           "s.yaml:1:15: socket_group: 'no-such-group-here' is not a group on this host");
-    CHECK(error_of([] { (void)hbwatch::load_stack_config("/nonexistent/stack.yaml"); }) ==
+    CHECK(error_of([] { (void)hbwatch::tool::load_stack_config("/nonexistent/stack.yaml"); }) ==
           "cannot open /nonexistent/stack.yaml: its directory /nonexistent does not exist (procctl never creates directories)");
 }
 

@@ -254,12 +254,12 @@ TEST_CASE("proctab kill signals the very process it matched, never a later holde
     fs::copy_file("/usr/bin/sleep", dir / name);
     auto matched = std::make_unique<Process>(std::vector<std::string>{(dir / name).string(), "1000"});
     const pid_t pid = matched->pid();
-    REQUIRE(hbtest::eventually([&] { return hbwatch::find_processes(name).size() == 1; }));
+    REQUIRE(hbtest::eventually([&] { return hbwatch::tool::find_processes(name).size() == 1; }));
 
     // What proctab kill does, in two halves with the window between them held open here: the
     // match, which pins each process with a pidfd before reading it ...
     std::vector<hbwatch::Pidfd> targets;
-    for (const auto& p : hbwatch::find_processes(name)) {
+    for (const auto& p : hbwatch::tool::find_processes(name)) {
         REQUIRE(p.pidfd);
         auto target = p.pidfd->duplicate();
         REQUIRE(target);

@@ -14,9 +14,9 @@
 #include "engine/unit.h"
 
 using namespace std::chrono_literals;
-using hbwatch::ProgramConfig;
-using hbwatch::ReadyCheck;
-using hbwatch::RestartMode;
+using hbwatch::tool::ProgramConfig;
+using hbwatch::tool::ReadyCheck;
+using hbwatch::tool::RestartMode;
 using hbwatch::to_ns;
 using hbwatch::tool::Effect;
 using hbwatch::tool::Facts;

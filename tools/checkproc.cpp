@@ -43,15 +43,15 @@ int main(int argc, char** argv) {
         // Blocked in both modes: a TERM from procctl must not cut a stop short.
         const int stop_fd = tool::signalfd_for({SIGTERM, SIGINT});
         auto logger = tool::make_logger("checkproc", log_file.empty() ? log_positional : log_file, verbose);
-        hbwatch::CheckOptions options;
+        hbwatch::tool::CheckOptions options;
         options.grace = hbwatch::parse_duration(grace);
         options.dry_run = dry_run;
         options.log_healthy = verbose;
         const auto table = tool::table_options(key);
         if (watch) {
-            hbwatch::watch(table, options, tool::sink_for(logger), stop_fd);
+            hbwatch::tool::watch(table, options, tool::sink_for(logger), stop_fd);
         } else {
-            hbwatch::check_once(table, options, tool::sink_for(logger));
+            hbwatch::tool::check_once(table, options, tool::sink_for(logger));
         }
         return tool::kExitOk;
     } catch (const hbwatch::Error& e) {

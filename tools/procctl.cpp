@@ -85,10 +85,10 @@ struct Cli {
         o.argv.push_back(program);
         o.argv.insert(o.argv.end(), args.begin(), args.end());
         // Within their ranges: converted to nanoseconds later, they can never overflow.
-        o.interval = hbwatch::parse_duration_in(interval, "INTERVAL", hbwatch::kRestartDelayRange);
-        o.grace = hbwatch::parse_duration_in(grace, "--grace", hbwatch::kStopGraceRange);
-        o.max_backoff = hbwatch::parse_duration_in(max_backoff, "--max-backoff", hbwatch::kMaxBackoffRange);
-        o.window = hbwatch::parse_duration_in(window, "--window", hbwatch::kRestartWindowRange);
+        o.interval = hbwatch::parse_duration_in(interval, "INTERVAL", hbwatch::tool::kRestartDelayRange);
+        o.grace = hbwatch::parse_duration_in(grace, "--grace", hbwatch::tool::kStopGraceRange);
+        o.max_backoff = hbwatch::parse_duration_in(max_backoff, "--max-backoff", hbwatch::tool::kMaxBackoffRange);
+        o.window = hbwatch::parse_duration_in(window, "--window", hbwatch::tool::kRestartWindowRange);
         o.output_max_size = hbwatch::parse_size(output_max_size);
         tool::check_output_file_size(o.output_max_size, "--output-max-size " + output_max_size);
         o.output_files = output_files;
@@ -202,10 +202,10 @@ int run_stack_mode(int argc, char** argv) {
         "found the file good); 1 procctl could not start (config error, run_dir held by another\n"
         "procctl, a log not writable); 2 bad arguments.");
     if (auto done = tool::parse(app, argc, argv)) return *done;
-    hbwatch::StackConfig config;
+    hbwatch::tool::StackConfig config;
     try {
         // Absolute: a reload reads it again, from wherever procctl then is.
-        config = hbwatch::load_stack_config(std::filesystem::absolute(config_path).lexically_normal().string());
+        config = hbwatch::tool::load_stack_config(std::filesystem::absolute(config_path).lexically_normal().string());
     } catch (const hbwatch::Error& e) {
         std::fprintf(stderr, "procctl: %s\n", tool::terminal_safe(e.what()).c_str());
         return tool::kExitFailure;

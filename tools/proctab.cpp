@@ -71,10 +71,10 @@ bool colour() {
     return on;
 }
 
-std::string paint(const std::string& text, hbwatch::EntryState state) {
+std::string paint(const std::string& text, hbwatch::tool::EntryState state) {
     if (!colour()) return text;
-    const char* code = state == hbwatch::EntryState::ok ? "32" : state == hbwatch::EntryState::late ? "33"
-                       : state == hbwatch::EntryState::hung ? "31" : "35";
+    const char* code = state == hbwatch::tool::EntryState::ok ? "32" : state == hbwatch::tool::EntryState::late ? "33"
+                       : state == hbwatch::tool::EntryState::hung ? "31" : "35";
     return std::string("\033[") + code + "m" + text + "\033[0m";
 }
 
@@ -103,14 +103,14 @@ std::string header_line(const hbwatch::TableInfo& info, std::size_t used) {
 }
 
 void print_table(const hbwatch::Table& table, std::ostream& out) {
-    const auto entries = hbwatch::inspect(table, hbwatch::monotonic_now_ns());
+    const auto entries = hbwatch::tool::inspect(table, hbwatch::monotonic_now_ns());
     out << header_line(table.info(), entries.size()) << "\n";
     char line[256];
     std::snprintf(line, sizeof line, "%5s %7s %-14s %-5s %7s %7s %7s %7s %7s %5s\n", "SLOT", "PID", "NAME", "STATE",
                   "TIMEOUT", "BEAT", "BEATS", "UPTIME", "RSS", "CPU%");
     out << line;
     for (const auto& e : entries) {
-        const std::string state = hbwatch::to_string(e.state);
+        const std::string state = tool::to_string(e.state);
         std::snprintf(line, sizeof line, "%5u %7d %-14s %s%*s %7s %7s %7s %7s %7s %5s\n", e.slot.index, e.slot.process.pid,
                       fit(shown(e.slot.name()), 14).c_str(), paint(state, e.state).c_str(), static_cast<int>(5 - state.size()), "",
                       hbwatch::human_duration(e.slot.timeout).c_str(), hbwatch::human_duration(e.since_beat).c_str(),
@@ -125,11 +125,11 @@ void print_table(const hbwatch::Table& table, std::ostream& out) {
 
 json entries_json(const hbwatch::Table& table) {
     json array = json::array();
-    for (const auto& e : hbwatch::inspect(table, hbwatch::monotonic_now_ns())) {
+    for (const auto& e : hbwatch::tool::inspect(table, hbwatch::monotonic_now_ns())) {
         json o{{"slot", e.slot.index},
                {"pid", e.slot.process.pid},
                {"name", shown(e.slot.name())},
-               {"state", hbwatch::to_string(e.state)},
+               {"state", tool::to_string(e.state)},
                {"uid", e.slot.uid},
                {"start_time_ticks", e.slot.process.start_time},
                {"timeout_ms", e.slot.timeout.count()},
@@ -138,7 +138,7 @@ json entries_json(const hbwatch::Table& table) {
                {"uptime_ms", e.usage ? json(e.usage->uptime.count()) : json(nullptr)},
                {"rss_bytes", e.usage ? json(e.usage->rss_bytes) : json(nullptr)},
                {"cpu_percent", e.usage ? json(std::round(e.usage->cpu_percent * 10) / 10) : json(nullptr)}};
-        if (e.state == hbwatch::EntryState::dead) o["dead_reason"] = e.dead_reason;
+        if (e.state == hbwatch::tool::EntryState::dead) o["dead_reason"] = e.dead_reason;
         array.push_back(std::move(o));
     }
     return array;
@@ -146,7 +146,7 @@ json entries_json(const hbwatch::Table& table) {
 
 // The Prometheus text format, for node_exporter's textfile collector.
 std::string prometheus(const hbwatch::Table& table) {
-    const auto entries = hbwatch::inspect(table, hbwatch::monotonic_now_ns());
+    const auto entries = hbwatch::tool::inspect(table, hbwatch::monotonic_now_ns());
     const auto info = table.info();
     std::ostringstream out;
     auto family = [&](const char* name, const char* type, const char* help, auto value_of) {
@@ -156,19 +156,19 @@ std::string prometheus(const hbwatch::Table& table) {
         }
     };
     family("hbwatch_entry_timeout_seconds", "gauge", "Heartbeat timeout of the entry.",
-           [](const hbwatch::Entry& e) { return static_cast<double>(e.slot.timeout.count()) / 1000.0; });
+           [](const hbwatch::tool::Entry& e) { return static_cast<double>(e.slot.timeout.count()) / 1000.0; });
     family("hbwatch_entry_last_beat_age_seconds", "gauge", "Time since the entry's last beat.",
-           [](const hbwatch::Entry& e) { return static_cast<double>(e.since_beat.count()) / 1000.0; });
+           [](const hbwatch::tool::Entry& e) { return static_cast<double>(e.since_beat.count()) / 1000.0; });
     family("hbwatch_entry_beats_total", "counter", "Beats since the entry registered.",
-           [](const hbwatch::Entry& e) { return static_cast<double>(e.slot.beats); });
+           [](const hbwatch::tool::Entry& e) { return static_cast<double>(e.slot.beats); });
     family("hbwatch_entry_hung", "gauge", "1 when the last beat is older than the timeout.",
-           [](const hbwatch::Entry& e) { return e.state == hbwatch::EntryState::hung ? 1 : 0; });
+           [](const hbwatch::tool::Entry& e) { return e.state == hbwatch::tool::EntryState::hung ? 1 : 0; });
     family("hbwatch_entry_dead", "gauge", "1 when the registered process is gone, reused or a zombie.",
-           [](const hbwatch::Entry& e) { return e.state == hbwatch::EntryState::dead ? 1 : 0; });
+           [](const hbwatch::tool::Entry& e) { return e.state == hbwatch::tool::EntryState::dead ? 1 : 0; });
     family("hbwatch_entry_resident_memory_bytes", "gauge", "Resident memory of the entry's process.",
-           [](const hbwatch::Entry& e) { return e.usage ? static_cast<double>(e.usage->rss_bytes) : 0.0; });
+           [](const hbwatch::tool::Entry& e) { return e.usage ? static_cast<double>(e.usage->rss_bytes) : 0.0; });
     family("hbwatch_entry_cpu_ratio", "gauge", "CPU used by the entry's process over its lifetime, 1 = one core.",
-           [](const hbwatch::Entry& e) { return e.usage ? e.usage->cpu_percent / 100.0 : 0.0; });
+           [](const hbwatch::tool::Entry& e) { return e.usage ? e.usage->cpu_percent / 100.0 : 0.0; });
     auto total = [&](const char* name, const char* type, const char* help, double value) {
         out << "# HELP " << name << " " << help << "\n# TYPE " << name << " " << type << "\n" << name << " " << value << "\n";
     };
@@ -182,7 +182,7 @@ std::string prometheus(const hbwatch::Table& table) {
     return out.str();
 }
 
-void print_processes(const std::vector<hbwatch::HostProcess>& processes, bool with_parent) {
+void print_processes(const std::vector<hbwatch::tool::HostProcess>& processes, bool with_parent) {
     std::printf("%7s %-5s %8s %8s %5s  %s%s\n", "PID", "STATE", "UPTIME", "RSS(MB)", "CPU%", with_parent ? "PARENT  " : "",
                 "EXECUTABLE");
     for (const auto& p : processes) {
@@ -193,7 +193,7 @@ void print_processes(const std::vector<hbwatch::HostProcess>& processes, bool wi
     }
 }
 
-json processes_json(const std::vector<hbwatch::HostProcess>& processes) {
+json processes_json(const std::vector<hbwatch::tool::HostProcess>& processes) {
     json array = json::array();
     for (const auto& p : processes)
         array.push_back({{"pid", p.pid}, {"ppid", p.ppid}, {"parent", p.parent_comm}, {"state", std::string(1, p.state)},
@@ -413,8 +413,8 @@ int init(const hbwatch::TableOptions& base, std::uint32_t slots, const std::stri
 int destroy(const hbwatch::TableOptions& options, bool force) {
     auto table = existing_table(options, hbwatch::Table::Access::read_only);
     std::vector<std::string> alive;
-    for (const auto& e : hbwatch::inspect(table, hbwatch::monotonic_now_ns()))
-        if (e.state != hbwatch::EntryState::dead)
+    for (const auto& e : hbwatch::tool::inspect(table, hbwatch::monotonic_now_ns()))
+        if (e.state != hbwatch::tool::EntryState::dead)
             alive.push_back("pid " + std::to_string(e.slot.process.pid) + " '" + shown(e.slot.name()) + "'");
     if (!alive.empty() && !force) {
         std::string list;
@@ -430,7 +430,7 @@ int destroy(const hbwatch::TableOptions& options, bool force) {
 }
 
 int health(const std::string& name, const std::string& path, const std::string& max_rss, bool as_json) {
-    const auto report = hbwatch::check_health(name, path, max_rss.empty() ? std::nullopt : std::optional(hbwatch::parse_size(max_rss)));
+    const auto report = hbwatch::tool::check_health(name, path, max_rss.empty() ? std::nullopt : std::optional(hbwatch::parse_size(max_rss)));
     if (as_json) {
         json issues = json::array();
         for (const auto& i : report.issues) issues.push_back({{"problem", i.problem}, {"recommendation", i.recommendation}});
@@ -451,7 +451,7 @@ int kill_matching(const std::string& name, const std::string& path, const std::s
     // hands since is never reached.
     std::vector<hbwatch::Pidfd> targets;
     std::size_t zombies = 0;
-    for (const auto& p : hbwatch::find_processes(name, path)) {
+    for (const auto& p : hbwatch::tool::find_processes(name, path)) {
         auto target = p.pidfd ? p.pidfd->duplicate() : std::nullopt;
         if (!target) {
             ++zombies;
@@ -587,7 +587,7 @@ int main(int argc, char** argv) {
         if (reload_cmd->parsed()) return tool::stack_reload(run_dir);
         if (tail_cmd->parsed()) return tool::stack_tail(run_dir, name, tail_lines, follow, stderr_stream);
         if (ps_cmd->parsed() || zombies_cmd->parsed()) {
-            const auto found = ps_cmd->parsed() ? hbwatch::find_processes(name, path) : hbwatch::find_zombies();
+            const auto found = ps_cmd->parsed() ? hbwatch::tool::find_processes(name, path) : hbwatch::tool::find_zombies();
             if (as_json) std::cout << processes_json(found).dump(2, ' ', false, json::error_handler_t::replace) << "\n";
             else print_processes(found, zombies_cmd->parsed());
             return found.empty() && ps_cmd->parsed() ? tool::kExitFailure : tool::kExitOk;

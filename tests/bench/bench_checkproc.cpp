@@ -161,7 +161,7 @@ void at_scale(std::uint32_t entries) {
     table.for_each([&](const hbwatch::SlotSnapshot& s) { pids.push_back(s.process.pid); });
     std::vector<double> scan_ns, kill_ns;
     for (int run = 0; run < 9; ++run) {
-        hbwatch::Checker checker(table, {}, [](hbwatch::LogLevel, const std::string&) {});
+        hbwatch::tool::Checker checker(table, {}, [](hbwatch::tool::LogLevel, const std::string&) {});
         auto start = std::chrono::steady_clock::now();
         const auto summary = checker.scan(hbwatch::monotonic_now_ns());
         scan_ns.push_back(ms_since(start) * 1e6 / static_cast<double>(summary.entries));

@@ -17,7 +17,7 @@
 #include "core/pidfd.h"
 #include "core/trust.h"
 
-namespace hbwatch {
+namespace hbwatch::tool {
 namespace {
 
 std::string describe(const SlotSnapshot& s) {
@@ -335,4 +335,4 @@ ScanSummary check_once(const TableOptions& table_options, const CheckOptions& op
     return summary;
 }
 
-}  // namespace hbwatch
+}  // namespace hbwatch::tool

@@ -17,7 +17,7 @@
 #include "core/stopper.h"
 #include "core/table.h"
 
-namespace hbwatch {
+namespace hbwatch::tool {
 
 enum class Health { ok, late, hung };
 
@@ -112,4 +112,4 @@ ScanSummary check_once(const TableOptions& table_options, const CheckOptions& op
 /// read-write open already refuses one, and a dry run (read-only) must not act on one either.
 void require_trusted(const Table& table);
 
-}  // namespace hbwatch
+}  // namespace hbwatch::tool

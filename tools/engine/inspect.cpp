@@ -11,7 +11,7 @@
 #include "core/duration.h"
 #include <hbwatch/error.h>
 
-namespace hbwatch {
+namespace hbwatch::tool {
 namespace {
 
 double uptime_seconds() {
@@ -198,4 +198,4 @@ HealthReport check_health(const std::string& name, const std::string& path, std:
     return report;
 }
 
-}  // namespace hbwatch
+}  // namespace hbwatch::tool

@@ -16,7 +16,7 @@
 #include "core/process.h"
 #include "core/table.h"
 
-namespace hbwatch {
+namespace hbwatch::tool {
 
 /// Resource use of a process, from /proc/PID/stat and /proc/uptime.
 struct Usage {
@@ -84,4 +84,4 @@ struct HealthReport {
 [[nodiscard]] HealthReport check_health(const std::string& name, const std::string& path,
                                         std::optional<std::uint64_t> max_rss_bytes);
 
-}  // namespace hbwatch
+}  // namespace hbwatch::tool

@@ -23,7 +23,7 @@
 #include "engine/output.h"
 #include "engine/safe_path.h"
 
-namespace hbwatch {
+namespace hbwatch::tool {
 namespace {
 
 constexpr std::pair<const char*, int> kSignals[] = {{"TERM", SIGTERM}, {"INT", SIGINT},   {"HUP", SIGHUP},  {"QUIT", SIGQUIT},
@@ -467,4 +467,4 @@ StackConfig load_stack_config(const std::string& path) {
     return parse_stack_config(text, path);
 }
 
-}  // namespace hbwatch
+}  // namespace hbwatch::tool

@@ -13,7 +13,7 @@
 
 #include "core/duration.h"
 
-namespace hbwatch {
+namespace hbwatch::tool {
 
 // The ranges of the durations a supervisor takes, the same on procctl's command line and in a
 // stack config: a pause before a start (INTERVAL, restart_delay), the grace between the stop
@@ -90,4 +90,4 @@ struct StackConfig {
 [[nodiscard]] std::optional<int> signal_by_name(std::string_view name);
 [[nodiscard]] std::string signal_name(int signal);
 
-}  // namespace hbwatch
+}  // namespace hbwatch::tool

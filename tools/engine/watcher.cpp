@@ -22,7 +22,7 @@
 #include "core/clock.h"
 #include "core/pidfd.h"
 
-namespace hbwatch {
+namespace hbwatch::tool {
 namespace {
 
 constexpr std::uint64_t kJournalPollNs = to_ns(std::chrono::milliseconds(20));  // new entries seen within this
@@ -419,4 +419,4 @@ void watch(const TableOptions& table_options, const CheckOptions& options, const
     }
 }
 
-}  // namespace hbwatch
+}  // namespace hbwatch::tool

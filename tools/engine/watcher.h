@@ -11,11 +11,11 @@
 
 #include "engine/checker.h"
 
-namespace hbwatch {
+namespace hbwatch::tool {
 
 /// The --watch mode: stays resident until `stop_fd` becomes readable, then finishes the stops
 /// in flight and returns. Waits for the table when there is none yet. Raises RLIMIT_NOFILE as
 /// far as it may to hold a pidfd per process, and says what it does without one.
 void watch(const TableOptions& table_options, const CheckOptions& options, const LogSink& log, int stop_fd);
 
-}  // namespace hbwatch
+}  // namespace hbwatch::tool
