@@ -1,3 +1,6 @@
+// The stack's config file, read with yaml-cpp and checked whole before anything runs: every
+// key's type and range, names, paths, dependency order, and the shape of the YAML itself
+// (keys given twice, aliases that multiply the file). Errors name FILE:LINE:COLUMN and the key.
 #include "engine/stack_config.h"
 
 #include <fcntl.h>
