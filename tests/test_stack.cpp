@@ -15,6 +15,7 @@
 #include <regex>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include "core/table.h"
 
@@ -269,6 +270,40 @@ TEST_CASE("a stack procctl SIGKILLed and started again takes over: what the firs
     ::kill(second.pid(), SIGTERM);
     REQUIRE(second.wait_exit(30s));
     CHECK(WEXITSTATUS(second.wait()) == 0);
+}
+
+TEST_CASE("a program whose cgroup cgroup.kill struck starts again and keeps running (the kernel kills children cloned into it)") {
+    if (::geteuid() != 0) {
+        MESSAGE("SKIPPED: needs root (cgroups)");
+        return;
+    }
+    Scratch dir;
+    const fs::path config = dir.dir / "stack.yaml";
+    // On SIGTERM the exec'd sleep goes and the background one stays: procctl kills it with cgroup.kill.
+    std::ofstream(config) << "run_dir: " << (dir.dir / "run").string() << "\nprograms:\n"
+                          << "  leaver:\n    command: [sh, -c, \"sleep 600 & exec sleep 601\"]\n    stop_grace: 5s\n";
+    Process stack({hbtest::bin("procctl"), "-f", "-c", config.string()});
+    REQUIRE(stack.wait_for_output("leaver is ready", 30s));
+    if (stack.output_so_far().find("cgroup v2 not used") != std::string::npos) {
+        MESSAGE("SKIPPED: needs cgroup v2");
+        return;
+    }
+    const fs::path socket = dir.dir / "run" / "control.sock";
+    const auto stop = run({hbtest::bin("proctab"), "stop", "leaver", "--run-dir", (dir.dir / "run").string()});
+    REQUIRE_MESSAGE(stop.first == 0, stop.second);
+    REQUIRE(stack.wait_for_output("leaver stopped", 30s));
+    const auto start = run({hbtest::bin("proctab"), "start", "leaver", "--run-dir", (dir.dir / "run").string()});
+    REQUIRE_MESSAGE(start.first == 0, start.second);
+    REQUIRE(stack.wait_for_output_count("leaver is ready", 2, 30s));
+    const int pid = program(socket, "leaver")["pid"].get<int>();
+    // Still the same process a while later: not killed at birth and restarted in a loop.
+    std::this_thread::sleep_for(1500ms);  // a span to watch for a death, not a wait for an event
+    CHECK(program(socket, "leaver")["pid"] == pid);
+    CHECK(program(socket, "leaver")["restarts"] == 1);
+    CHECK(stack.output_so_far().find("was killed by SIGKILL") == std::string::npos);
+    ::kill(stack.pid(), SIGTERM);
+    REQUIRE(stack.wait_exit(30s));
+    CHECK(WEXITSTATUS(stack.wait()) == 0);
 }
 
 namespace {

@@ -384,3 +384,31 @@ TEST_CASE("every change of phase passes the observer, and only changes do") {
     CHECK(to_string(Phase::stop_queued) == std::string("stopping"));
     CHECK(to_string(Phase::gave_up) == std::string("gave-up"));
 }
+
+TEST_CASE("ready while its stop is queued, then a start that calls the stop off: fully ready, its max_rss checked again") {
+    Driven d(program([](ProgramConfig& p) {
+        p.ready.kind = ReadyCheck::Kind::exec;
+        p.max_rss = 100 << 20;
+    }));
+    d.start(0);
+    d.on(Kind::stop, kSecond);
+    REQUIRE(d.unit.phase() == Phase::stop_queued);
+    const auto ready = d.ready(2 * kSecond);
+    CHECK(Driven::said(ready, "svc is ready (its port accepts) 2.0s after its start"));
+    CHECK(d.unit.phase() == Phase::stop_queued);  // the stop still waits
+    d.on(Kind::start, 3 * kSecond);
+    CHECK(d.unit.phase() == Phase::ready);
+    CHECK(d.unit.next_wake() == 3 * kSecond);  // its memory sampled once a second, from the readiness on
+    CHECK(Driven::has(d.tick(3 * kSecond), Effect::Kind::sample_rss));
+}
+
+TEST_CASE("stop all keeps a retiring unit retiring: it is dropped once stopped") {
+    Driven d(program());
+    d.start(0);
+    d.on(Kind::retire, kSecond);
+    d.on(Kind::stop_all, kSecond);
+    CHECK(d.unit.goal() == Goal::retire);
+    d.tick(kSecond);
+    d.exited(2 * kSecond, killed_by(SIGTERM));
+    CHECK(d.unit.retired());
+}

@@ -93,7 +93,8 @@ std::optional<Cgroup> Cgroup::take(const std::string& name, std::string* why) {
         // The parent too, each time: the last procctl to leave removes it.
         if (::mkdir(parent.c_str(), 0755) != 0 && errno != EEXIST)
             return fail("cannot create " + parent + ": " + std::strerror(errno));
-        if (::mkdir(group.path_.c_str(), 0755) != 0 && errno != EEXIST) {
+        group.created_ = ::mkdir(group.path_.c_str(), 0755) == 0;
+        if (!group.created_ && errno != EEXIST) {
             if (errno == ENOENT && ++vanished <= 100) {  // the parent was removed meanwhile
                 --n;
                 continue;
@@ -125,6 +126,8 @@ Cgroup::Cgroup(Cgroup&& other) noexcept
     : path_(std::move(other.path_)),
       parent_(std::move(other.parent_)),
       held_(std::exchange(other.held_, false)),
+      created_(other.created_),
+      killed_(other.killed_),
       dir_fd_(std::exchange(other.dir_fd_, -1)),
       procs_fd_(std::exchange(other.procs_fd_, -1)),
       events_fd_(std::exchange(other.events_fd_, -1)) {}
@@ -164,7 +167,8 @@ std::vector<pid_t> Cgroup::pids() const {
     return pids;
 }
 
-bool Cgroup::kill() const {
+bool Cgroup::kill() {
+    killed_ = true;  // even a failed write may have reached the kernel: clone into it no more
     const int fd = ::openat(dir_fd_, "cgroup.kill", O_WRONLY | O_CLOEXEC);
     if (fd < 0) return false;
     const bool done = ::write(fd, "1", 1) == 1;

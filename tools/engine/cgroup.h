@@ -36,12 +36,20 @@ public:
     /// The processes in it now.
     [[nodiscard]] std::vector<pid_t> pids() const;
     /// SIGKILL to every process in it (cgroup.kill, Linux 5.14+). False when unavailable.
-    bool kill() const;
+    bool kill();
+    /// Whether a child may be cloned straight into it (clone3 with CLONE_INTO_CGROUP): only
+    /// into a cgroup this procctl created and never killed. Some kernels (6.18 here) SIGKILL at
+    /// birth a child cloned into a cgroup that cgroup.kill ever struck: they compare the kill
+    /// count of the parent's cgroup with the target's. A child that joins by cgroup.procs is
+    /// not struck.
+    [[nodiscard]] bool clone_safe() const noexcept { return created_ && !killed_; }
 
 private:
     Cgroup() = default;
     std::string path_, parent_;
     bool held_ = false;  // our flock is on it
+    bool created_ = false;  // this procctl made the directory
+    bool killed_ = false;   // cgroup.kill was written to it
     int dir_fd_ = -1, procs_fd_ = -1, events_fd_ = -1;
 };
 

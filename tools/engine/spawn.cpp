@@ -21,12 +21,12 @@ namespace {
 // Whether clone3 can place a child in a cgroup here (Linux 5.7+): learnt at the first try.
 bool clone_into_cgroup = true;
 
-// fork(), straight into `cgroup` when there is one: no migration afterwards, which costs
-// milliseconds. The child only makes system calls before exec, so bypassing glibc's fork
+// fork(), straight into `cgroup` when there is one and the kernel may be trusted with it (see
+// Cgroup::clone_safe): no migration afterwards, which costs milliseconds. The child only makes system calls before exec, so bypassing glibc's fork
 // handlers is safe. `joined` says whether the child is in its cgroup already.
 pid_t fork_into(const Cgroup* cgroup, bool& joined) {
     joined = false;
-    if (cgroup != nullptr && clone_into_cgroup) {
+    if (cgroup != nullptr && clone_into_cgroup && cgroup->clone_safe()) {
         clone_args args{};
         args.flags = CLONE_INTO_CGROUP;
         args.exit_signal = SIGCHLD;

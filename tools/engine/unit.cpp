@@ -139,8 +139,12 @@ std::vector<Effect> Unit::on(const UnitEvent& event, std::uint64_t now, const Fa
             break;
         }
         case Kind::ready:
-            if (phase_ == Phase::starting) become_ready(out, now, event.what);
-            else if (phase_ == Phase::stop_queued && queued_from_ == Phase::starting) queued_from_ = Phase::ready;
+            if (phase_ == Phase::starting) {
+                become_ready(out, now, event.what);
+            } else if (phase_ == Phase::stop_queued && queued_from_ == Phase::starting) {
+                become_ready(out, now, event.what, false);  // ready underneath: a start that calls the stop off finds it ready
+                queued_from_ = Phase::ready;
+            }
             break;
         case Kind::probe_failed:
             if (phase_ == Phase::starting) due_ns_ = now + kExecRetryNs;
@@ -187,7 +191,7 @@ void Unit::on_command(UnitEvent::Kind command) {
     switch (command) {
         case Kind::stop_all:
             halting_ = true;
-            goal_ = Goal::down;
+            if (goal_ != Goal::retire) goal_ = Goal::down;  // a retiring unit is still dropped once stopped
             after_stop_ = AfterStop::nothing;
             if (running_phase) queue_stop();
             else if (!is_stopping() && phase_ != Phase::exited && phase_ != Phase::gave_up) rest(Phase::stopped);
@@ -293,14 +297,14 @@ void Unit::finish_stop(Effects& out, std::uint64_t now) {
     }
 }
 
-void Unit::become_ready(Effects& out, std::uint64_t now, const std::string& how) {
+void Unit::become_ready(Effects& out, std::uint64_t now, const std::string& how, bool enter_ready) {
     due_ns_ = deadline_ns_ = 0;
     rss_over_ = 0;
     next_rss_ns_ = program_->max_rss > 0 ? now + kRssEveryNs : 0;
     out.push_back(Effect{Effect::Kind::close_probe});
     log(out, Effect::Level::info,
         name_ + " is ready (" + how + ") " + human_duration(ms_between(started_ns_, now)) + " after its start");
-    enter(Phase::ready);
+    if (enter_ready) enter(Phase::ready);
 }
 
 void Unit::on_exit(Effects& out, std::uint64_t now, int status, const Facts& facts) {

@@ -133,7 +133,7 @@ private:
     void begin_stop(Effects& out, std::uint64_t now);
     void stopping_step(Effects& out, std::uint64_t now, const Facts& facts);
     void finish_stop(Effects& out, std::uint64_t now);
-    void become_ready(Effects& out, std::uint64_t now, const std::string& how);
+    void become_ready(Effects& out, std::uint64_t now, const std::string& how, bool enter_ready = true);
     void on_exit(Effects& out, std::uint64_t now, int status, const Facts& facts);
     void on_command(UnitEvent::Kind command);
 
