@@ -473,6 +473,122 @@ int kill_matching(const std::string& name, const std::string& path, const std::s
 
 }  // namespace
 
+// proctab's command line: the options as typed, the sub-commands, and which was chosen.
+struct Cli {
+    std::string key;
+    bool as_json = false, as_prometheus = false;
+    std::optional<std::string> watch;
+    std::string name, timeout, path, max_rss, grace = "10s", mode, group;
+    std::optional<pid_t> pid;
+    std::optional<std::uint32_t> slot;
+    std::uint32_t slots = hbwatch::kDefaultSlots;
+    std::vector<std::string> command;
+    std::string run_grace = "10s";
+    bool force = false;
+    std::string run_dir = "/run/hbwatch";
+    std::vector<std::string> programs;
+    std::string signal;
+    unsigned tail_lines = 10;
+    bool follow = false, stderr_stream = false;
+    CLI::App *beat_cmd = nullptr, *run_cmd = nullptr, *remove_cmd = nullptr, *init_cmd = nullptr, *destroy_cmd = nullptr, *ps_cmd = nullptr, *health_cmd = nullptr, *kill_cmd = nullptr, *zombies_cmd = nullptr, *status_cmd = nullptr, *start_cmd = nullptr, *stop_cmd = nullptr, *restart_cmd = nullptr, *signal_cmd = nullptr, *reload_cmd = nullptr, *tail_cmd = nullptr;
+
+    // Every option and sub-command, bound to the fields above.
+    void add_to(CLI::App& app) {
+        app.require_subcommand(0, 1);
+        app.add_option("--key", key, "table key (default: HBWATCH_KEY, else 0x48425754)")->check(tool::key_validator());
+        auto* json_flag = app.add_flag("--json", as_json, "one JSON array (or object) for scripts");
+        app.add_flag("--prometheus", as_prometheus, "the Prometheus text format")->excludes(json_flag);
+        app.add_option("--watch", watch, "refresh every INTERVAL (default 2s)")->expected(0, 1)->check(tool::duration_validator());
+
+        app.add_subcommand("list", "the table (the default)");
+        beat_cmd = app.add_subcommand("beat", "register or refresh an entry for a process (default: the calling shell)");
+        beat_cmd->add_option("NAME", name)->required();
+        beat_cmd->add_option("--timeout", timeout, "the entry's timeout (not needed inside proctab run)")
+            ->check(tool::duration_validator());
+        beat_cmd->add_option("--pid", pid, "the process to beat for (one you could signal yourself)");
+        run_cmd = app.add_subcommand("run", "run COMMAND under an entry NAME that `proctab beat NAME` inside it refreshes; "
+                                                  "checkproc stops this wrapper, which stops COMMAND");
+        run_cmd->add_option("NAME", name)->required();
+        run_cmd->add_option("--timeout", timeout, "the entry's timeout")->required()->check(tool::duration_validator());
+        run_cmd->add_option("--grace", run_grace, "SIGTERM to SIGKILL for COMMAND when stopped (default 10s)")
+            ->check(tool::duration_validator());
+        run_cmd->add_option("COMMAND", command, "the command and its arguments, after --")->required();
+        remove_cmd = app.add_subcommand("remove", "free entries by NAME, --pid or --slot");
+        remove_cmd->add_option("NAME", name);
+        remove_cmd->add_option("--pid", pid);
+        remove_cmd->add_option("--slot", slot);
+        init_cmd = app.add_subcommand("init", "create the table");
+        init_cmd->add_option("--slots", slots, "slots (default 4096)")->check(CLI::Range(1u, hbwatch::kMaxSlots));
+        init_cmd->add_option("--mode", mode, "permission bits (default 0660, or 0600 when your group has other members)");
+        init_cmd->add_option("--group", group, "owning group, by name or number");
+        destroy_cmd = app.add_subcommand("destroy", "remove the table (refused while live entries exist)");
+        destroy_cmd->add_flag("--force", force, "remove it even so");
+        ps_cmd = app.add_subcommand("ps", "every process with that name (any process, registered or not)");
+        health_cmd = app.add_subcommand("health", "running? several? zombies? memory above --max-rss?");
+        kill_cmd = app.add_subcommand("kill", "stop every matching process: SIGTERM, then SIGKILL after --grace");
+        for (auto* cmd : {ps_cmd, health_cmd, kill_cmd}) {
+            cmd->add_option("NAME", name, "the program's whole name: base name of its executable or of argv[0]")
+                ->required()
+                ->check(CLI::Validator([](std::string& v) { return v.empty() ? std::string("an empty NAME matches nothing") : std::string(); },
+                                       "NAME"));
+            cmd->add_option("--path", path, "only processes running this executable");
+        }
+        health_cmd->add_option("--max-rss", max_rss, "memory limit, such as 512M or 1G");
+        kill_cmd->add_option("--grace", grace, "SIGTERM to SIGKILL (default 10s)")->check(tool::duration_validator());
+        zombies_cmd = app.add_subcommand("zombies", "every zombie on the host, with its parent");
+        status_cmd = app.add_subcommand("status", "the stack's programs: state, pid, uptime, restarts, last exit");
+        status_cmd->add_option("NAME", programs, "programs (or instances, NAME@I); default: all");
+        status_cmd->add_flag("--json", as_json, "one JSON array");
+        start_cmd = app.add_subcommand("start", "start programs of the stack by name");
+        stop_cmd = app.add_subcommand("stop", "stop programs of the stack by name (they stay stopped)");
+        restart_cmd = app.add_subcommand("restart", "restart programs of the stack by name");
+        for (auto* cmd : {start_cmd, stop_cmd, restart_cmd})
+            cmd->add_option("NAME", programs, "programs, instances (NAME@I), or all (stopped in reverse order)")->required();
+        signal_cmd = app.add_subcommand("signal", "send a signal to a program's running process(es)");
+        signal_cmd->add_option("NAME", name, "a program, an instance (NAME@I), or all")->required();
+        signal_cmd->add_option("SIGNAL", signal, "TERM, INT, HUP, QUIT, USR1, USR2 or KILL")->required();
+        reload_cmd = app.add_subcommand("reload", "procctl reads its config again: added programs start, removed "
+                                                        "ones stop, changed ones restart, the others are untouched");
+        tail_cmd = app.add_subcommand("tail", "the last lines of a program's output file (its stdout: key)");
+        tail_cmd->add_option("NAME", name, "a program or an instance (NAME@I)")->required();
+        tail_cmd->add_option("-n,--lines", tail_lines, "how many (default 10)")->check(CLI::Range(0u, 10000u));
+        tail_cmd->add_flag("-f,--follow", follow, "then print what it writes, until interrupted");
+        tail_cmd->add_flag("--stderr", stderr_stream, "its stderr: file instead");
+        for (auto* cmd : {status_cmd, start_cmd, stop_cmd, restart_cmd, signal_cmd, reload_cmd, tail_cmd})
+            cmd->add_option("--run-dir", run_dir, "the stack's run_dir, where its control.sock is (default /run/hbwatch)");
+    }
+
+    // The chosen sub-command, carried out.
+    int carry_out() {
+        try {
+            const auto options = tool::table_options(key);
+            if (beat_cmd->parsed()) return beat(options, name, timeout, pid);
+            if (run_cmd->parsed()) return run(options, name, timeout, run_grace, command);
+            if (remove_cmd->parsed()) return remove(options, name, pid, slot);
+            if (init_cmd->parsed()) return init(options, slots, mode, group);
+            if (destroy_cmd->parsed()) return destroy(options, force);
+            if (health_cmd->parsed()) return health(name, path, max_rss, as_json);
+            if (kill_cmd->parsed()) return kill_matching(name, path, grace);
+            if (status_cmd->parsed()) return tool::stack_status(run_dir, programs, as_json);
+            for (auto* cmd : {start_cmd, stop_cmd, restart_cmd})
+                if (cmd->parsed()) return tool::stack_action(run_dir, cmd->get_name(), programs);
+            if (signal_cmd->parsed()) return tool::stack_signal(run_dir, name, signal);
+            if (reload_cmd->parsed()) return tool::stack_reload(run_dir);
+            if (tail_cmd->parsed()) return tool::stack_tail(run_dir, name, tail_lines, follow, stderr_stream);
+            if (ps_cmd->parsed() || zombies_cmd->parsed()) {
+                const auto found = ps_cmd->parsed() ? hbwatch::tool::find_processes(name, path) : hbwatch::tool::find_zombies();
+                if (as_json) std::cout << processes_json(found).dump(2, ' ', false, json::error_handler_t::replace) << "\n";
+                else print_processes(found, zombies_cmd->parsed());
+                return found.empty() && ps_cmd->parsed() ? tool::kExitFailure : tool::kExitOk;
+            }
+            return list(options, as_json, as_prometheus, watch);
+        } catch (const Error& e) {  // may carry procctl's words, with config values and paths in them
+            std::fprintf(stderr, "proctab: %s\n", tool::terminal_safe(e.what()).c_str());
+            return e.code() == ENOENT || e.code() == EINVAL ? kExitNoTable : tool::kExitFailure;
+        }
+    }
+};
+
 int main(int argc, char** argv) {
     CLI::App app{"proctab: see and manage the hbwatch table, the host's processes, and a stack run by procctl --config.",
                  "proctab"};
@@ -493,108 +609,8 @@ int main(int argc, char** argv) {
         "Exit status: 0 done (or healthy, or every program ready); 1 failed, unhealthy or nothing\n"
         "matched (or a reload refused: the running config is kept); 2 bad arguments, no table at the key, or no such program or stack; 3 (status) a\n"
         "program is not ready.");
-    app.require_subcommand(0, 1);
-    std::string key;
-    bool as_json = false, as_prometheus = false;
-    std::optional<std::string> watch;
-    app.add_option("--key", key, "table key (default: HBWATCH_KEY, else 0x48425754)")->check(tool::key_validator());
-    auto* json_flag = app.add_flag("--json", as_json, "one JSON array (or object) for scripts");
-    app.add_flag("--prometheus", as_prometheus, "the Prometheus text format")->excludes(json_flag);
-    app.add_option("--watch", watch, "refresh every INTERVAL (default 2s)")->expected(0, 1)->check(tool::duration_validator());
-
-    app.add_subcommand("list", "the table (the default)");
-    auto* beat_cmd = app.add_subcommand("beat", "register or refresh an entry for a process (default: the calling shell)");
-    std::string name, timeout, path, max_rss, grace = "10s", mode, group;
-    std::optional<pid_t> pid;
-    std::optional<std::uint32_t> slot;
-    std::uint32_t slots = hbwatch::kDefaultSlots;
-    beat_cmd->add_option("NAME", name)->required();
-    beat_cmd->add_option("--timeout", timeout, "the entry's timeout (not needed inside proctab run)")
-        ->check(tool::duration_validator());
-    beat_cmd->add_option("--pid", pid, "the process to beat for (one you could signal yourself)");
-    auto* run_cmd = app.add_subcommand("run", "run COMMAND under an entry NAME that `proctab beat NAME` inside it refreshes; "
-                                              "checkproc stops this wrapper, which stops COMMAND");
-    std::vector<std::string> command;
-    std::string run_grace = "10s";
-    run_cmd->add_option("NAME", name)->required();
-    run_cmd->add_option("--timeout", timeout, "the entry's timeout")->required()->check(tool::duration_validator());
-    run_cmd->add_option("--grace", run_grace, "SIGTERM to SIGKILL for COMMAND when stopped (default 10s)")
-        ->check(tool::duration_validator());
-    run_cmd->add_option("COMMAND", command, "the command and its arguments, after --")->required();
-    auto* remove_cmd = app.add_subcommand("remove", "free entries by NAME, --pid or --slot");
-    remove_cmd->add_option("NAME", name);
-    remove_cmd->add_option("--pid", pid);
-    remove_cmd->add_option("--slot", slot);
-    auto* init_cmd = app.add_subcommand("init", "create the table");
-    init_cmd->add_option("--slots", slots, "slots (default 4096)")->check(CLI::Range(1u, hbwatch::kMaxSlots));
-    init_cmd->add_option("--mode", mode, "permission bits (default 0660, or 0600 when your group has other members)");
-    init_cmd->add_option("--group", group, "owning group, by name or number");
-    auto* destroy_cmd = app.add_subcommand("destroy", "remove the table (refused while live entries exist)");
-    bool force = false;
-    destroy_cmd->add_flag("--force", force, "remove it even so");
-    auto* ps_cmd = app.add_subcommand("ps", "every process with that name (any process, registered or not)");
-    auto* health_cmd = app.add_subcommand("health", "running? several? zombies? memory above --max-rss?");
-    auto* kill_cmd = app.add_subcommand("kill", "stop every matching process: SIGTERM, then SIGKILL after --grace");
-    for (auto* cmd : {ps_cmd, health_cmd, kill_cmd}) {
-        cmd->add_option("NAME", name, "the program's whole name: base name of its executable or of argv[0]")
-            ->required()
-            ->check(CLI::Validator([](std::string& v) { return v.empty() ? std::string("an empty NAME matches nothing") : std::string(); },
-                                   "NAME"));
-        cmd->add_option("--path", path, "only processes running this executable");
-    }
-    health_cmd->add_option("--max-rss", max_rss, "memory limit, such as 512M or 1G");
-    kill_cmd->add_option("--grace", grace, "SIGTERM to SIGKILL (default 10s)")->check(tool::duration_validator());
-    auto* zombies_cmd = app.add_subcommand("zombies", "every zombie on the host, with its parent");
-    std::string run_dir = "/run/hbwatch";
-    std::vector<std::string> programs;
-    auto* status_cmd = app.add_subcommand("status", "the stack's programs: state, pid, uptime, restarts, last exit");
-    status_cmd->add_option("NAME", programs, "programs (or instances, NAME@I); default: all");
-    status_cmd->add_flag("--json", as_json, "one JSON array");
-    auto* start_cmd = app.add_subcommand("start", "start programs of the stack by name");
-    auto* stop_cmd = app.add_subcommand("stop", "stop programs of the stack by name (they stay stopped)");
-    auto* restart_cmd = app.add_subcommand("restart", "restart programs of the stack by name");
-    for (auto* cmd : {start_cmd, stop_cmd, restart_cmd})
-        cmd->add_option("NAME", programs, "programs, instances (NAME@I), or all (stopped in reverse order)")->required();
-    auto* signal_cmd = app.add_subcommand("signal", "send a signal to a program's running process(es)");
-    std::string signal;
-    signal_cmd->add_option("NAME", name, "a program, an instance (NAME@I), or all")->required();
-    signal_cmd->add_option("SIGNAL", signal, "TERM, INT, HUP, QUIT, USR1, USR2 or KILL")->required();
-    auto* reload_cmd = app.add_subcommand("reload", "procctl reads its config again: added programs start, removed "
-                                                    "ones stop, changed ones restart, the others are untouched");
-    auto* tail_cmd = app.add_subcommand("tail", "the last lines of a program's output file (its stdout: key)");
-    unsigned tail_lines = 10;
-    bool follow = false, stderr_stream = false;
-    tail_cmd->add_option("NAME", name, "a program or an instance (NAME@I)")->required();
-    tail_cmd->add_option("-n,--lines", tail_lines, "how many (default 10)")->check(CLI::Range(0u, 10000u));
-    tail_cmd->add_flag("-f,--follow", follow, "then print what it writes, until interrupted");
-    tail_cmd->add_flag("--stderr", stderr_stream, "its stderr: file instead");
-    for (auto* cmd : {status_cmd, start_cmd, stop_cmd, restart_cmd, signal_cmd, reload_cmd, tail_cmd})
-        cmd->add_option("--run-dir", run_dir, "the stack's run_dir, where its control.sock is (default /run/hbwatch)");
+    Cli cli;
+    cli.add_to(app);
     if (auto done = tool::parse(app, argc, argv)) return *done;
-    try {
-        const auto options = tool::table_options(key);
-        if (beat_cmd->parsed()) return beat(options, name, timeout, pid);
-        if (run_cmd->parsed()) return run(options, name, timeout, run_grace, command);
-        if (remove_cmd->parsed()) return remove(options, name, pid, slot);
-        if (init_cmd->parsed()) return init(options, slots, mode, group);
-        if (destroy_cmd->parsed()) return destroy(options, force);
-        if (health_cmd->parsed()) return health(name, path, max_rss, as_json);
-        if (kill_cmd->parsed()) return kill_matching(name, path, grace);
-        if (status_cmd->parsed()) return tool::stack_status(run_dir, programs, as_json);
-        for (auto* cmd : {start_cmd, stop_cmd, restart_cmd})
-            if (cmd->parsed()) return tool::stack_action(run_dir, cmd->get_name(), programs);
-        if (signal_cmd->parsed()) return tool::stack_signal(run_dir, name, signal);
-        if (reload_cmd->parsed()) return tool::stack_reload(run_dir);
-        if (tail_cmd->parsed()) return tool::stack_tail(run_dir, name, tail_lines, follow, stderr_stream);
-        if (ps_cmd->parsed() || zombies_cmd->parsed()) {
-            const auto found = ps_cmd->parsed() ? hbwatch::tool::find_processes(name, path) : hbwatch::tool::find_zombies();
-            if (as_json) std::cout << processes_json(found).dump(2, ' ', false, json::error_handler_t::replace) << "\n";
-            else print_processes(found, zombies_cmd->parsed());
-            return found.empty() && ps_cmd->parsed() ? tool::kExitFailure : tool::kExitOk;
-        }
-        return list(options, as_json, as_prometheus, watch);
-    } catch (const Error& e) {  // may carry procctl's words, with config values and paths in them
-        std::fprintf(stderr, "proctab: %s\n", tool::terminal_safe(e.what()).c_str());
-        return e.code() == ENOENT || e.code() == EINVAL ? kExitNoTable : tool::kExitFailure;
-    }
+    return cli.carry_out();
 }
