@@ -154,17 +154,24 @@ void Stack::on_transition(const Unit& unit, Phase from, Phase to) {
     log_.debug("{}: {} -> {}", unit.name(), to_string(from), to_string(to));
 }
 
-UnitEvent Stack::start_process(Member& member) {
-    if (!member.cgroup_taken) take_cgroup(member);  // a unit a reload added
-    auto ends = pipes_.open_for(member.out, member.err);
+// How a unit's program (or its readiness check: `argv`) starts: as the program, with its
+// environment, directory, user and cgroup; output to /dev/null unless the caller says otherwise.
+SpawnPlan Stack::plan_for(const Member& member, const std::vector<char*>& argv) {
     SpawnPlan plan;
-    plan.argv = member.argv.data();
+    plan.argv = argv.data();
     plan.envp = member.envp.data();
     plan.directory = &member.program().directory;
     plan.uid = member.uid;
     plan.gid = member.gid;
     plan.groups = &member.groups;
     plan.cgroup = member.cgroup ? &*member.cgroup : nullptr;
+    return plan;
+}
+
+UnitEvent Stack::start_process(Member& member) {
+    if (!member.cgroup_taken) take_cgroup(member);  // a unit a reload added
+    auto ends = pipes_.open_for(member.out, member.err);
+    SpawnPlan plan = plan_for(member, member.argv);
     plan.stdout_fd = ends.out;
     plan.stderr_fd = ends.err;
     plan.keep_stdio = true;  // without a stdout or stderr file: procctl's own
@@ -307,16 +314,8 @@ void Stack::probe(Member& member, std::uint64_t now) {
             if (member.probe_pid != 0) return;  // the check is running
             // The check runs as the program does: its user, directory and cgroup; its output goes
             // nowhere. One that cannot start is a check that did not pass.
-            SpawnPlan plan;
-            plan.argv = member.probe_argv.data();
-            plan.envp = member.envp.data();
-            plan.directory = &member.program().directory;
-            plan.uid = member.uid;
-            plan.gid = member.gid;
-            plan.groups = &member.groups;
-            plan.cgroup = member.cgroup ? &*member.cgroup : nullptr;
             std::optional<SpawnFailure> failure;
-            const pid_t pid = spawn(plan, failure);
+            const pid_t pid = spawn(plan_for(member, member.probe_argv), failure);
             if (pid > 0) {
                 member.probe_pid = pid;
                 member.probe_start = member.unit.starts();

@@ -23,6 +23,7 @@
 #include "engine/control.h"
 #include "engine/control_command.h"
 #include "engine/output.h"
+#include "engine/spawn.h"
 #include "engine/stack_config.h"
 #include "engine/unit.h"
 
@@ -73,6 +74,7 @@ private:
     Facts facts_for(Member& member, std::uint64_t now);
     void carry_out(Member& member, const Effect& effect, std::uint64_t now);
     UnitEvent start_process(Member& member);
+    static SpawnPlan plan_for(const Member& member, const std::vector<char*>& argv);
     void on_transition(const Unit& unit, Phase from, Phase to);
     void step(std::uint64_t now);
     [[nodiscard]] bool everything_stopped() const;
