@@ -25,7 +25,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr std::uint64_t kSecond = 1'000'000'000;
 
 struct Scratch {
     fs::path dir;
