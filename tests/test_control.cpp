@@ -15,7 +15,7 @@
 using hbwatch::tool::ControlCommand;
 using hbwatch::tool::ControlError;
 using hbwatch::tool::ControlRequest;
-using hbwatch::tool::OutputCursorText;
+using hbwatch::tool::OutputFile;
 using hbwatch::tool::parse_command;
 using hbwatch::tool::to_request;
 using Verb = ControlCommand::Verb;
@@ -56,7 +56,7 @@ TEST_CASE("every command proctab builds is the command procctl parses, with the 
     tail.stderr_stream = true;
     cases.push_back({tail, {"GET", "/v1/programs/api/output?stream=stderr&tail=25"}});
     ControlCommand follow = make(Verb::output, "api");
-    follow.from = OutputCursorText{1234, 3, 99};
+    follow.from = OutputFile::Cursor{1234, 3, 99};
     cases.push_back({follow, {"GET", "/v1/programs/api/output?stream=stdout&from=1234:3:99"}});
     for (const auto& entry : cases) {  // not a structured binding: clang 14 cannot capture one in doctest's macros
         const ControlCommand& command = entry.first;

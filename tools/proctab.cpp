@@ -46,7 +46,6 @@ using tool::print_table;
 using tool::entries_json;
 using tool::processes_json;
 using tool::prometheus;
-using tool::shown;
 
 constexpr int kExitNoTable = 2;
 
@@ -216,7 +215,7 @@ int remove(const hbwatch::TableOptions& options, const std::string& name, std::o
         switch (table.revoke(s.index, s.token)) {
             case hbwatch::Table::Revoked::freed:
                 ++removed;
-                std::printf("removed slot %u: pid %d '%s'\n", s.index, s.process.pid, shown(s.name()).c_str());
+                std::printf("removed slot %u: pid %d '%s'\n", s.index, s.process.pid, tool::shown_name(s.name()).c_str());
                 break;
             case hbwatch::Table::Revoked::revoked:
                 // Freeing it now could hand the slot to a new registration while the running
@@ -224,7 +223,7 @@ int remove(const hbwatch::TableOptions& options, const std::string& name, std::o
                 ++removed;
                 std::printf("removed slot %u: pid %d '%s' is still running, so its slot stays held (state revoked) "
                             "until it unregisters or exits; its next beat reports the registration lost\n",
-                            s.index, s.process.pid, shown(s.name()).c_str());
+                            s.index, s.process.pid, tool::shown_name(s.name()).c_str());
                 break;
             case hbwatch::Table::Revoked::changed: break;
         }
@@ -263,7 +262,7 @@ int destroy(const hbwatch::TableOptions& options, bool force) {
     std::vector<std::string> alive;
     for (const auto& e : hbwatch::tool::inspect(table, hbwatch::monotonic_now_ns()))
         if (e.state != hbwatch::tool::EntryState::dead)
-            alive.push_back("pid " + std::to_string(e.slot.process.pid) + " '" + shown(e.slot.name()) + "'");
+            alive.push_back("pid " + std::to_string(e.slot.process.pid) + " '" + tool::shown_name(e.slot.name()) + "'");
     if (!alive.empty() && !force) {
         std::string list;
         for (const auto& a : alive) list += "\n  " + a;

@@ -10,13 +10,12 @@
 
 #include "core/table.h"
 #include "engine/stack_config.h"
+#include "engine/terminal_text.h"
 
 namespace hbwatch::tool {
 namespace {
 
 constexpr const char* kVerbs[] = {"", "start", "stop", "restart", "signal", "output", ""};
-
-std::string name_shown(const std::string& text) { return escaped(text, name_char); }
 
 }  // namespace
 
@@ -29,7 +28,14 @@ std::string shown_target(const std::string& text) {
     return escaped(text, [](unsigned char c) { return c > 0x20 && c < 0x7f && c != '\\'; });
 }
 
-std::string cursor_text(const OutputCursorText& cursor) {
+std::optional<OutputFile::Cursor> parse_cursor(const std::string& text) {
+    unsigned long long inode = 0, generation = 0, offset = 0;
+    char end = 0;
+    if (std::sscanf(text.c_str(), "%llu:%llu:%llu%c", &inode, &generation, &offset, &end) != 3) return std::nullopt;
+    return OutputFile::Cursor{inode, generation, offset};
+}
+
+std::string cursor_text(const OutputFile::Cursor& cursor) {
     return std::to_string(cursor.inode) + ":" + std::to_string(cursor.generation) + ":" + std::to_string(cursor.offset);
 }
 
@@ -77,20 +83,17 @@ std::variant<ControlCommand, ControlError> parse_command(const ControlRequest& r
         if (auto wrong = method("GET")) return *wrong;
         command.verb = ControlCommand::Verb::output;
         const std::string stream = query.count("stream") ? query["stream"] : "stdout";
-        if (stream != "stdout" && stream != "stderr") return ControlError{400, "stream=" + name_shown(stream) + ": use stdout or stderr"};
+        if (stream != "stdout" && stream != "stderr") return ControlError{400, "stream=" + shown_name(stream) + ": use stdout or stderr"};
         command.stderr_stream = stream == "stderr";
         if (query.count("tail")) {
             const std::string& text = query["tail"];
             if (text.empty() || text.size() > 5 || !std::all_of(text.begin(), text.end(), ::isdigit) || std::stoul(text) > kMaxTailLines)
-                return ControlError{400, "tail=" + name_shown(text) + ": give a number of lines from 0 to 10000"};
+                return ControlError{400, "tail=" + shown_name(text) + ": give a number of lines from 0 to 10000"};
             command.tail = std::stoul(text);
         }
         if (query.count("from")) {
-            unsigned long long inode = 0, generation = 0, offset = 0;
-            char end = 0;
-            if (std::sscanf(query["from"].c_str(), "%llu:%llu:%llu%c", &inode, &generation, &offset, &end) != 3)
-                return ControlError{400, "from=" + name_shown(query["from"]) + ": give the cursor a reply returned"};
-            command.from = OutputCursorText{inode, generation, offset};
+            command.from = parse_cursor(query["from"]);
+            if (!command.from) return ControlError{400, "from=" + shown_name(query["from"]) + ": give the cursor a reply returned"};
         }
         return command;
     }
@@ -99,11 +102,11 @@ std::variant<ControlCommand, ControlError> parse_command(const ControlRequest& r
     else if (action == "stop") command.verb = ControlCommand::Verb::stop;
     else if (action == "restart") command.verb = ControlCommand::Verb::restart;
     else if (action == "signal") command.verb = ControlCommand::Verb::signal;
-    else return ControlError{404, "no action '" + name_shown(action) + "': use start, stop, restart, signal or output"};
+    else return ControlError{404, "no action '" + shown_name(action) + "': use start, stop, restart, signal or output"};
     if (command.verb == ControlCommand::Verb::signal) {
         const auto sig = signal_by_name(query["signal"]);
         if (!sig)
-            return ControlError{400, "signal=" + name_shown(query["signal"]) +
+            return ControlError{400, "signal=" + shown_name(query["signal"]) +
                                          " is not one of TERM, INT, HUP, QUIT, USR1, USR2, KILL (give ?signal=NAME)"};
         command.signal = *sig;
     }

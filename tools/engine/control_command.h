@@ -11,14 +11,9 @@
 #include <variant>
 
 #include "engine/control.h"
+#include "engine/output.h"
 
 namespace hbwatch::tool {
-
-/// Where a reader of an output file stands: "INODE:GENERATION:OFFSET" on the wire.
-struct OutputCursorText {
-    std::uint64_t inode = 0, generation = 0, offset = 0;
-    bool operator==(const OutputCursorText&) const = default;
-};
 
 struct ControlCommand {
     enum class Verb { list, start, stop, restart, signal, output, reload };
@@ -27,7 +22,7 @@ struct ControlCommand {
     int signal = 0;            // signal: one of TERM, INT, HUP, QUIT, USR1, USR2, KILL
     bool stderr_stream = false;  // output: stderr instead of stdout
     std::size_t tail = 10;       // output: the last lines, 0 to kMaxTailLines
-    std::optional<OutputCursorText> from;  // output: what came after this cursor instead
+    std::optional<OutputFile::Cursor> from;  // output: what came after this cursor instead
     bool operator==(const ControlCommand&) const = default;
 };
 
@@ -46,7 +41,9 @@ struct ControlError {
 /// The request that says `command`.
 [[nodiscard]] ControlRequest to_request(const ControlCommand& command);
 
-[[nodiscard]] std::string cursor_text(const OutputCursorText& cursor);
+/// A reader's cursor on the wire: "INODE:GENERATION:OFFSET".
+[[nodiscard]] std::string cursor_text(const OutputFile::Cursor& cursor);
+[[nodiscard]] std::optional<OutputFile::Cursor> parse_cursor(const std::string& text);
 
 /// A request's words shown in a reply: never echoed raw (they are whatever a client sent).
 [[nodiscard]] std::string shown_target(const std::string& text);

@@ -65,6 +65,7 @@ public:
         std::uint64_t inode = 0;
         std::uint64_t generation = 0;
         std::uint64_t offset = 0;
+        bool operator==(const Cursor&) const = default;
     };
     struct Lines {
         std::vector<std::string> lines;

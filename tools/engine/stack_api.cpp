@@ -151,13 +151,13 @@ ControlReply Stack::output(const std::vector<Member*>& chosen, const ControlComm
         if (file == nullptr)
             return ControlError{404, member->name() + " has no " + stream + " file (no '" + stream +
                                          ":' in the config): its output goes to procctl's own"}.reply();
-        const auto lines = command.from ? file->follow(OutputFile::Cursor{command.from->inode, command.from->generation, command.from->offset}, budget)
+        const auto lines = command.from ? file->follow(*command.from, budget)
                                         : file->tail(command.tail, budget);
         budget -= std::min(budget, lines.bytes_read);
         list.push_back({{"name", member->name()},
                         {"path", file->path()},
                         {"lines", lines.lines},
-                        {"cursor", cursor_text(OutputCursorText{lines.next.inode, lines.next.generation, lines.next.offset})},
+                        {"cursor", cursor_text(lines.next)},
                         {"skipped", lines.skipped}});
     }
     if (list.empty()) return ControlError{404, "none of these programs has a " + stream + " file (no '" + stream + ":' in the config)"}.reply();

@@ -28,9 +28,6 @@ namespace {
 
 using json = nlohmann::json;
 
-// A name from procctl, as proctab shows it: any byte a name may not hold as \xNN.
-std::string shown(std::string_view name) { return escaped(name, name_char); }
-
 // One command to the stack's control socket: the JSON it answered (an array, or an object for
 // a reload). Throws Error with procctl's message when it refused.
 json call(const std::string& run_dir, const ControlCommand& command) {
@@ -72,7 +69,7 @@ std::string note_column(const json& program) {
     if (program["waiting_for"].is_array() && !program["waiting_for"].empty()) {
         std::string text = "waits for";
         for (const auto& dependency : program["waiting_for"])
-            text.append(" ").append(shown(dependency["name"].get<std::string>())).append(" (").append(dependency["state"].get<std::string>()).append(")");
+            text.append(" ").append(shown_name(dependency["name"].get<std::string>())).append(" (").append(dependency["state"].get<std::string>()).append(")");
         return text;
     }
     std::string text = program["last_exit"].is_null() ? "-" : program["last_exit"].get<std::string>();
@@ -87,7 +84,7 @@ std::string note_column(const json& program) {
 void check_program_name(const std::string& name) {
     if (name.empty() || !std::all_of(name.begin(), name.end(), [](char c) { return name_char(static_cast<unsigned char>(c)); }) ||
         name.find('/') != std::string::npos)
-        throw Error(EINVAL, "'" + shown(name) + "' is not a program name: use letters, digits and . _ - : @ +");
+        throw Error(EINVAL, "'" + shown_name(name) + "' is not a program name: use letters, digits and . _ - : @ +");
 }
 
 int stack_status(const std::string& run_dir, const std::vector<std::string>& names, bool as_json) {
@@ -108,7 +105,7 @@ int stack_status(const std::string& run_dir, const std::vector<std::string>& nam
                                            ? "-"
                                            : human_duration(std::chrono::milliseconds(
                                                  static_cast<long>(p["uptime_seconds"].get<double>() * 1000)));
-            std::printf("%-20s %-9s %8s %10s %8d  %-16s %s\n", shown(p["name"].get<std::string>()).c_str(),
+            std::printf("%-20s %-9s %8s %10s %8d  %-16s %s\n", shown_name(p["name"].get<std::string>()).c_str(),
                         p["state"].get<std::string>().c_str(),
                         p["pid"].is_null() ? "-" : std::to_string(p["pid"].get<int>()).c_str(), uptime.c_str(),
                         p["restarts"].get<int>(), heartbeat_column(p).c_str(), note_column(p).c_str());
@@ -125,11 +122,11 @@ int stack_action(const std::string& run_dir, const std::string& action, const st
         if (name == "all") continue;
         const json found = call(run_dir, command(ControlCommand::Verb::list, name));
         if (std::all_of(found.begin(), found.end(), [](const json& p) { return p.value("retiring", false); }))
-            throw Error(ENOENT, "'" + shown(name) + "' is being removed by a reload: it takes no requests");
+            throw Error(ENOENT, "'" + shown_name(name) + "' is being removed by a reload: it takes no requests");
     }
     for (const auto& name : names)
         for (const auto& p : call(run_dir, command(verb, name)))
-            std::printf("%s: %s\n", shown(p["name"].get<std::string>()).c_str(), p["state"].get<std::string>().c_str());
+            std::printf("%s: %s\n", shown_name(p["name"].get<std::string>()).c_str(), p["state"].get<std::string>().c_str());
     return kExitOk;
 }
 
@@ -137,12 +134,12 @@ int stack_action(const std::string& run_dir, const std::string& action, const st
 int stack_signal(const std::string& run_dir, const std::string& name, const std::string& signal) {
     check_program_name(name);
     const auto number = signal_by_name(signal);
-    if (!number) throw Error(EINVAL, "'" + shown(signal) + "' is not one of TERM, INT, HUP, QUIT, USR1, USR2, KILL");
+    if (!number) throw Error(EINVAL, "'" + shown_name(signal) + "' is not one of TERM, INT, HUP, QUIT, USR1, USR2, KILL");
     const std::string sig = signal_name(*number);
     ControlCommand signal_command = command(ControlCommand::Verb::signal, name);
     signal_command.signal = *number;
     for (const auto& p : call(run_dir, signal_command))
-        if (!p["pid"].is_null()) std::printf("%s: %s sent to pid %d\n", shown(p["name"].get<std::string>()).c_str(), sig.c_str(), p["pid"].get<int>());
+        if (!p["pid"].is_null()) std::printf("%s: %s sent to pid %d\n", shown_name(p["name"].get<std::string>()).c_str(), sig.c_str(), p["pid"].get<int>());
     return kExitOk;
 }
 
@@ -151,7 +148,7 @@ int stack_reload(const std::string& run_dir) {
     const json report = call(run_dir, command(ControlCommand::Verb::reload));
     for (const char* what : {"added", "removed", "changed", "unchanged"}) {
         std::string names;
-        for (const auto& name : report[what]) names.append(names.empty() ? "" : ", ").append(shown(name.get<std::string>()));
+        for (const auto& name : report[what]) names.append(names.empty() ? "" : ", ").append(shown_name(name.get<std::string>()));
         std::printf("%-10s %s\n", (std::string(what) + ":").c_str(), names.empty() ? "-" : names.c_str());
     }
     return kExitOk;
@@ -173,10 +170,10 @@ int stack_tail(const std::string& run_dir, const std::string& name, unsigned lin
                                     ? window.ws_col
                                     : 0;
     auto print = [&](const json& unit) {
-        const std::string prefix = several ? shown(unit["name"].get<std::string>()) + " | " : "";
+        const std::string prefix = several ? shown_name(unit["name"].get<std::string>()) + " | " : "";
         if (unit["skipped"].get<bool>())
             std::fprintf(stderr, "proctab: %s: lines were rotated away before they could be shown\n",
-                         shown(unit["name"].get<std::string>()).c_str());
+                         shown_name(unit["name"].get<std::string>()).c_str());
         for (const auto& line : unit["lines"]) {
             std::string text = prefix + terminal_safe(line.get<std::string>());
             if (columns > 0) text = fit_columns(text, columns);
@@ -191,9 +188,8 @@ int stack_tail(const std::string& run_dir, const std::string& name, unsigned lin
             for (auto& unit : units) {
                 ControlCommand more = command(ControlCommand::Verb::output, unit["name"].get<std::string>());
                 more.stderr_stream = stderr_stream;
-                unsigned long long inode = 0, generation = 0, offset = 0;
-                (void)std::sscanf(unit["cursor"].get<std::string>().c_str(), "%llu:%llu:%llu", &inode, &generation, &offset);
-                more.from = OutputCursorText{inode, generation, offset};
+                more.from = parse_cursor(unit["cursor"].get<std::string>());
+                if (!more.from) throw Error(EIO, "procctl answered a cursor that is not INODE:GENERATION:OFFSET");
                 const json next = call(run_dir, more);
                 for (const auto& update : next) {
                     print(update);

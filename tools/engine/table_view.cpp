@@ -15,17 +15,13 @@
 #include "core/clock.h"
 #include "core/duration.h"
 #include "core/table.h"
+#include "engine/terminal_text.h"
 
 namespace hbwatch::tool {
 
 using json = nlohmann::json;
 
 
-// A slot's name as anyone may have written it: the bytes a valid name may hold pass, anything
-// else (quotes, control bytes, invalid UTF-8) is escaped, so no output can be forged or broken.
-std::string shown(std::string_view name) {
-    return hbwatch::escaped(name, hbwatch::name_char);
-}
 
 // Text a process chose (its command name, its executable's path), for a terminal: control
 // bytes are escaped, so none reaches the terminal as an escape sequence.
@@ -89,7 +85,7 @@ void print_table(const hbwatch::Table& table, std::ostream& out) {
     for (const auto& e : entries) {
         const std::string state = tool::to_string(e.state);
         std::snprintf(line, sizeof line, "%5u %7d %-14s %s%*s %7s %7s %7s %7s %7s %5s\n", e.slot.index, e.slot.process.pid,
-                      fit(shown(e.slot.name()), 14).c_str(), paint(state, e.state).c_str(), static_cast<int>(5 - state.size()), "",
+                      fit(shown_name(e.slot.name()), 14).c_str(), paint(state, e.state).c_str(), static_cast<int>(5 - state.size()), "",
                       hbwatch::human_duration(e.slot.timeout).c_str(), hbwatch::human_duration(e.since_beat).c_str(),
                       e.slot.beats > 9'999'999 ? (std::to_string(e.slot.beats / 1'000'000) + "M").c_str()
                                                : std::to_string(e.slot.beats).c_str(),
@@ -105,7 +101,7 @@ json entries_json(const hbwatch::Table& table) {
     for (const auto& e : inspect(table, hbwatch::monotonic_now_ns())) {
         json o{{"slot", e.slot.index},
                {"pid", e.slot.process.pid},
-               {"name", shown(e.slot.name())},
+               {"name", shown_name(e.slot.name())},
                {"state", tool::to_string(e.state)},
                {"uid", e.slot.uid},
                {"start_time_ticks", e.slot.process.start_time},
@@ -129,7 +125,7 @@ std::string prometheus(const hbwatch::Table& table) {
     auto family = [&](const char* name, const char* type, const char* help, auto value_of) {
         out << "# HELP " << name << " " << help << "\n# TYPE " << name << " " << type << "\n";
         for (const auto& e : entries) {
-            out << name << "{name=\"" << label_value(shown(e.slot.name())) << "\",pid=\"" << e.slot.process.pid << "\"} " << value_of(e) << "\n";
+            out << name << "{name=\"" << label_value(shown_name(e.slot.name())) << "\",pid=\"" << e.slot.process.pid << "\"} " << value_of(e) << "\n";
         }
     };
     family("hbwatch_entry_timeout_seconds", "gauge", "Heartbeat timeout of the entry.",

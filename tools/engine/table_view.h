@@ -13,9 +13,6 @@
 
 namespace hbwatch::tool {
 
-/// A slot's name as anyone may have written it: the bytes a valid name may hold pass, anything
-/// else (quotes, control bytes, invalid UTF-8) is escaped, so no output can be forged or broken.
-[[nodiscard]] std::string shown(std::string_view name);
 /// "table 0x48425754: 3/4096 slots, mode 0600 root:root, 9 regs, 2 kills".
 [[nodiscard]] std::string header_line(const TableInfo& info, std::size_t used);
 /// The table, one line an entry, at most 80 columns.

@@ -3,6 +3,8 @@
 #include <cstdint>
 #include <cstdio>
 
+#include "core/table.h"
+
 namespace hbwatch::tool {
 namespace {
 
@@ -82,6 +84,8 @@ std::string terminal_safe(std::string_view text) {
     }
     return out;
 }
+
+std::string shown_name(std::string_view name) { return escaped(name, name_char); }
 
 std::string fit_columns(std::string_view text, std::size_t columns) {
     std::size_t used = 0, i = 0;

@@ -15,6 +15,10 @@ namespace hbwatch::tool {
 /// the BOM, U+2028/2029, soft hyphen, tag characters) as \uNNNN or \UNNNNNNNN.
 [[nodiscard]] std::string terminal_safe(std::string_view text);
 
+/// A name (a slot's, a program's) as anyone may have written it: the bytes a valid name may
+/// hold pass, anything else (quotes, control bytes, invalid UTF-8) is shown as \xNN.
+[[nodiscard]] std::string shown_name(std::string_view name);
+
 /// `text` (already terminal_safe) cut to at most `columns` terminal columns, with "~" as the
 /// last column when it was cut. Each non-ASCII character counts as two columns and a tab as
 /// eight, so the result never wraps onto a second row however the terminal draws it.
