@@ -51,17 +51,33 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: done" >&2
 fi
 
-# promtool comes in the prometheus package, whose install starts a server: take the binary
-# out of the package instead.
-if [ "$what" = all ] && [ ! -x .deps/bin/promtool ]; then
-  echo "install-deps: extracting promtool from Debian's prometheus package into .deps/bin" >&2
+# promtool, Alertmanager and amtool come in packages whose install starts a server: take the
+# binaries out of the packages instead (tests start their own on loopback ports).
+extract() {  # PACKAGE FILE_IN_PACKAGE DESTINATION (under .deps/bin, or an absolute path)
+  local to=$3
+  [ "${to#/}" = "$to" ] && to=.deps/bin/$to
+  [ -e "$to" ] && return 0
+  echo "install-deps: extracting $2 from Debian's $1 package into $to" >&2
+  local work
   work=$(mktemp -d)
-  trap 'rm -rf "$work"' EXIT
-  if ! (cd "$work" && apt-get download prometheus >/dev/null 2>&1); then
+  if ! (cd "$work" && apt-get download "$1" >/dev/null 2>&1); then
     run_as_root apt-get update -q >/dev/null
-    (cd "$work" && apt-get download prometheus)
+    (cd "$work" && apt-get download "$1")
   fi
-  dpkg-deb -x "$work"/prometheus_*.deb "$work/root"
-  mkdir -p .deps/bin
-  cp "$work/root/usr/bin/promtool" .deps/bin/promtool
+  dpkg-deb -x "$work"/"$1"_*.deb "$work/root"
+  local as=()
+  [ "${3#/}" = "$3" ] || as=(run_as_root)
+  "${as[@]}" mkdir -p "$(dirname "$to")"
+  "${as[@]}" cp "$work/root/$2" "$to"
+  rm -rf "$work"
+}
+if [ "$what" = all ]; then
+  extract prometheus usr/bin/promtool promtool
+  extract prometheus-alertmanager usr/bin/prometheus-alertmanager alertmanager
+  extract prometheus-alertmanager usr/bin/amtool amtool
+  # Debian's Alertmanager reads its notification templates from this fixed path (a Debian
+  # patch; there is no flag for it), and will not start without them: the package's own files,
+  # put where the package puts them.
+  extract prometheus-alertmanager usr/share/prometheus/alertmanager/default.tmpl /usr/share/prometheus/alertmanager/default.tmpl
+  extract prometheus-alertmanager usr/share/prometheus/alertmanager/email.tmpl /usr/share/prometheus/alertmanager/email.tmpl
 fi

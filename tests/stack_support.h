@@ -51,6 +51,14 @@ inline nlohmann::json programs(const fs::path& socket) {
     return nlohmann::json::parse(result.second);
 }
 
+// proctab ARGS, for the stack whose run_dir is DIR/run.
+inline std::vector<std::string> proctab(const Scratch& dir, std::vector<std::string> args) {
+    args.insert(args.begin(), hbtest::bin("proctab"));
+    args.push_back("--run-dir");
+    args.push_back((dir.dir / "run").string());
+    return args;
+}
+
 inline nlohmann::json program(const fs::path& socket, const std::string& name) {
     for (const auto& p : programs(socket))
         if (p["name"] == name) return p;

@@ -80,7 +80,7 @@ TEST_CASE("a request that says no command is refused with its status and what to
     CHECK(refusal("DELETE", "/v1/programs/api/output") == "405 DELETE /v1/programs/api/output: use GET");
     CHECK(refusal("GET", "/v1/programs/api/stop") == "405 GET /v1/programs/api/stop: use POST");
     CHECK(refusal("GET", "/v2/programs") ==
-          "404 no such path: /v2/programs (the API is /v1/programs[/NAME[/start|stop|restart|signal|output]] and /v1/reload)");
+          "404 no such path: /v2/programs (the API is /v1/programs[/NAME[/start|stop|restart|signal|output]], /v1/events and /v1/reload)");
     CHECK(refusal("GET", "/v1/programs/a/b/c").starts_with("404 no such path: /v1/programs/a/b/c "));
     CHECK(refusal("POST", "/v1/programs/api/explode") == "404 no action 'explode': use start, stop, restart, signal or output");
     CHECK(refusal("POST", "/v1/programs/api/signal?signal=STOP") ==
@@ -94,7 +94,7 @@ TEST_CASE("a request that says no command is refused with its status and what to
     CHECK(refusal("GET", "/v1/programs/api/output?from=1:2:3x") == "400 from=1:2:3x: give the cursor a reply returned");
     // Bytes a client sent are shown escaped, never raw.
     CHECK(refusal("GET", "/v2/\x1b[2J\xff") ==
-          "404 no such path: /v2/\\x1b[2J\\xff (the API is /v1/programs[/NAME[/start|stop|restart|signal|output]] and /v1/reload)");
+          "404 no such path: /v2/\\x1b[2J\\xff (the API is /v1/programs[/NAME[/start|stop|restart|signal|output]], /v1/events and /v1/reload)");
     CHECK(refusal("POST", "/v1/programs/api/\xe2\x80\xae") == "404 no action '\\xe2\\x80\\xae': use start, stop, restart, signal or output");
     // One rendering of every refusal: {"error": message}, with its status, valid JSON whatever the bytes.
     const auto reply = ControlError{409, "the stack is stopping"}.reply();

@@ -48,8 +48,12 @@ std::string read_file(const std::string& path) {
 
 struct Reports {
     std::vector<std::string> lines;
+    int droppings = 0;  // lines that began a stretch of dropped output
     OutputFile::Report sink() {
-        return [this](const std::string& line) { lines.push_back(line); };
+        return [this](const std::string& line, bool dropping) {
+            lines.push_back(line);
+            if (dropping) ++droppings;
+        };
     }
 };
 

@@ -308,14 +308,6 @@ TEST_CASE("a program whose cgroup cgroup.kill struck starts again and keeps runn
 
 namespace {
 
-// The stack's run_dir for proctab.
-std::vector<std::string> proctab(const Scratch& dir, std::vector<std::string> args) {
-    args.insert(args.begin(), hbtest::bin("proctab"));
-    args.push_back("--run-dir");
-    args.push_back((dir.dir / "run").string());
-    return args;
-}
-
 int pid_of(const fs::path& socket, const std::string& name) {
     const auto p = program(socket, name);
     return p.is_null() || p["pid"].is_null() ? 0 : p["pid"].get<int>();

@@ -22,6 +22,7 @@ using hbwatch::tool::Effect;
 using hbwatch::tool::Facts;
 using hbwatch::tool::Goal;
 using hbwatch::tool::Phase;
+using hbwatch::tool::Change;
 using hbwatch::tool::Unit;
 using hbwatch::tool::UnitEvent;
 using Kind = UnitEvent::Kind;
@@ -45,7 +46,9 @@ struct Driven {
     Unit unit;
     std::vector<std::pair<Phase, Phase>> transitions;
     explicit Driven(std::shared_ptr<const ProgramConfig> p, Goal goal = Goal::up) : unit(std::move(p), "svc", goal) {
-        unit.set_observer([this](const Unit&, Phase from, Phase to) { transitions.emplace_back(from, to); });
+        unit.set_observer([this](const Unit&, const Change& change) {
+            if (change.from != change.to) transitions.emplace_back(change.from, change.to);
+        });
     }
     std::vector<Effect> on(Kind kind, std::uint64_t now, Facts facts = {}) { return unit.on(UnitEvent(kind), now, facts); }
     std::vector<Effect> tick(std::uint64_t now, Facts facts = {}) { return on(Kind::tick, now, facts); }

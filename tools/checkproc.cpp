@@ -2,8 +2,10 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <optional>
 
 #include "engine/checker.h"
+#include "engine/event_outlet.h"
 #include "engine/watcher.h"
 #include "core/duration.h"
 #include <hbwatch/error.h>
@@ -23,13 +25,16 @@ int main(int argc, char** argv) {
         "                                             the classic setup: a scan every 10s\n"
         "  checkproc --watch --grace 10s              stay resident: event-driven, acts about 1ms after a deadline\n"
         "  checkproc --dry-run -v                     show every decision, change nothing\n"
+        "  checkproc --watch --events /var/log/hbwatch/events.jsonl --on-event '/usr/local/bin/page-oncall'\n"
+        "                                             every hang stop as a JSON line, and a hook run for it\n"
+        "                                             (HBWATCH_EVENT, HBWATCH_PROGRAM, HBWATCH_PID, HBWATCH_DETAILS...)\n"
         "\n"
         "Durations: 500ms, 5s, 2m, or a number of seconds. The key comes from --key, else HBWATCH_KEY,\n"
         "else 0x48425754. A missing table is not an error: there is nothing to watch.\n"
         "\n"
         "Exit status: 0 done (including no table); 1 the table cannot be read (permission, foreign\n"
         "segment); 2 bad arguments.");
-    std::string key, grace = "5s", log_file, log_positional;
+    std::string key, grace = "5s", log_file, log_positional, events_file, on_event;
     bool dry_run = false, watch = false, verbose = false;
     app.add_option("--key", key, "table key, hex or decimal")->check(tool::key_validator());
     app.add_option("--grace", grace, "time between SIGTERM and SIGKILL (default 5s)")->check(tool::duration_validator());
@@ -38,6 +43,8 @@ int main(int argc, char** argv) {
     auto* log_option = app.add_option("--log", log_file, "log to FILE (rotated) instead of stderr");
     app.add_option("LOGFILE", log_positional, "same as --log FILE")->excludes(log_option);
     app.add_flag("-v,--verbose", verbose, "also log healthy entries");
+    app.add_option("--events", events_file, "append each event (heartbeat_hung, hang_stopped, exited) to FILE as a JSON line");
+    app.add_option("--on-event", on_event, "run COMMAND (split on spaces, no shell) for each event, the event in its environment");
     if (auto done = tool::parse(app, argc, argv)) return *done;
     try {
         // Blocked in both modes: a TERM from procctl must not cut a stop short.
@@ -48,11 +55,17 @@ int main(int argc, char** argv) {
         options.dry_run = dry_run;
         options.log_healthy = verbose;
         const auto table = tool::table_options(key);
+        std::optional<tool::EventOutlet> events;
+        if (!events_file.empty() || !on_event.empty()) {
+            events.emplace(events_file, on_event, *logger);
+            options.on_event = [&events](hbwatch::tool::Event event) { events->publish(std::move(event)); };
+        }
         if (watch) {
             hbwatch::tool::watch(table, options, tool::sink_for(logger), stop_fd);
         } else {
             hbwatch::tool::check_once(table, options, tool::sink_for(logger));
         }
+        if (events) events->finish();
         return tool::kExitOk;
     } catch (const hbwatch::Error& e) {
         std::fprintf(stderr, "checkproc: %s\n", e.what());

@@ -337,7 +337,7 @@ struct Cli {
     std::string signal;
     unsigned tail_lines = 10;
     bool follow = false, stderr_stream = false;
-    CLI::App *beat_cmd = nullptr, *run_cmd = nullptr, *remove_cmd = nullptr, *init_cmd = nullptr, *destroy_cmd = nullptr, *ps_cmd = nullptr, *health_cmd = nullptr, *kill_cmd = nullptr, *zombies_cmd = nullptr, *status_cmd = nullptr, *start_cmd = nullptr, *stop_cmd = nullptr, *restart_cmd = nullptr, *signal_cmd = nullptr, *reload_cmd = nullptr, *tail_cmd = nullptr;
+    CLI::App *beat_cmd = nullptr, *run_cmd = nullptr, *remove_cmd = nullptr, *init_cmd = nullptr, *destroy_cmd = nullptr, *ps_cmd = nullptr, *health_cmd = nullptr, *kill_cmd = nullptr, *zombies_cmd = nullptr, *status_cmd = nullptr, *start_cmd = nullptr, *stop_cmd = nullptr, *restart_cmd = nullptr, *signal_cmd = nullptr, *reload_cmd = nullptr, *tail_cmd = nullptr, *events_cmd = nullptr;
 
     // Every option and sub-command, bound to the fields above.
     void add_to(CLI::App& app) {
@@ -401,7 +401,11 @@ struct Cli {
         tail_cmd->add_option("-n,--lines", tail_lines, "how many (default 10)")->check(CLI::Range(0u, 10000u));
         tail_cmd->add_flag("-f,--follow", follow, "then print what it writes, until interrupted");
         tail_cmd->add_flag("--stderr", stderr_stream, "its stderr: file instead");
-        for (auto* cmd : {status_cmd, start_cmd, stop_cmd, restart_cmd, signal_cmd, reload_cmd, tail_cmd})
+        events_cmd = app.add_subcommand("events", "what happened to the stack's programs (starts, exits and why, hangs, "
+                                                  "restarts, reloads), oldest first");
+        events_cmd->add_flag("-f,--follow", follow, "then each new event as it happens, until interrupted");
+        events_cmd->add_flag("--json", as_json, "one JSON object per line (NDJSON)");
+        for (auto* cmd : {status_cmd, start_cmd, stop_cmd, restart_cmd, signal_cmd, reload_cmd, tail_cmd, events_cmd})
             cmd->add_option("--run-dir", run_dir, "the stack's run_dir, where its control.sock is (default /run/hbwatch)");
     }
 
@@ -422,6 +426,7 @@ struct Cli {
             if (signal_cmd->parsed()) return tool::stack_signal(run_dir, name, signal);
             if (reload_cmd->parsed()) return tool::stack_reload(run_dir);
             if (tail_cmd->parsed()) return tool::stack_tail(run_dir, name, tail_lines, follow, stderr_stream);
+            if (events_cmd->parsed()) return tool::stack_events(run_dir, follow, as_json);
             if (ps_cmd->parsed() || zombies_cmd->parsed()) {
                 const auto found = ps_cmd->parsed() ? hbwatch::tool::find_processes(name, path) : hbwatch::tool::find_zombies();
                 if (as_json) std::cout << processes_json(found).dump(2, ' ', false, json::error_handler_t::replace) << "\n";
@@ -452,6 +457,7 @@ int main(int argc, char** argv) {
         "  proctab restart main-app                   restart one program of the stack by name\n"
         "  proctab reload                             apply the edited config: only what changed restarts\n"
         "  proctab tail main-app -f                   its output file, then what it writes\n"
+        "  proctab events -f                          every start, exit (and why), hang and restart, live\n"
         "\n"
         "Exit status: 0 done (or healthy, or every program ready); 1 failed, unhealthy or nothing\n"
         "matched (or a reload refused: the running config is kept); 2 bad arguments, no table at the key, or no such program or stack; 3 (status) a\n"

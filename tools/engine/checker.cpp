@@ -279,10 +279,27 @@ void Checker::stop_hung(const SlotSnapshot& slot, const std::string& who, const 
         log_(LogLevel::error, who + ": " + hung + "; " + why + "; slot kept");
         return;
     }
-    pending_.emplace(slot.token, Pending{slot.index, who});
+    pending_.emplace(slot.token, Pending{slot.index, who, slot});
     ++summary.stopping;
+    const auto age = slot.since_beat(monotonic_now_ns());
+    const nlohmann::json facts{{"slot", slot.index},
+                               {"last_beat_seconds", static_cast<double>(age.count()) / 1000.0},
+                               {"timeout_seconds", static_cast<double>(slot.timeout.count()) / 1000.0}};
+    tell(EventKind::heartbeat_hung, slot, who + ": " + hung, facts);
+    nlohmann::json term = facts;
+    term["signal"] = "SIGTERM";
+    term["grace_seconds"] = static_cast<double>(options_.grace.count()) / 1000.0;
+    tell(EventKind::hang_stopped, slot,
+          "stopped " + who + ": hung, last beat " + human_duration(age) + " ago, timeout " + human_duration(slot.timeout) +
+              ": SIGTERM sent, SIGKILL in " + human_duration(options_.grace) + " unless it exits",
+          term);
     log_(LogLevel::warn, who + ": " + hung + ": SIGTERM sent, SIGKILL in " + human_duration(options_.grace) +
                              " unless it exits");
+}
+
+void Checker::tell(EventKind kind, const SlotSnapshot& slot, std::string message, nlohmann::json details) const {
+    if (!options_.on_event) return;
+    options_.on_event(make_event(kind, escaped(slot.name(), name_char), slot.process.pid, std::move(message), std::move(details)));
 }
 
 void Checker::on_stop_event(const StopEvent& event) {
@@ -293,6 +310,9 @@ void Checker::on_stop_event(const StopEvent& event) {
         case StopEvent::Kind::kill_sent:
             log_(LogLevel::warn, pending.who + ": did not exit within the " + human_duration(options_.grace) +
                                      " grace after SIGTERM: SIGKILL sent");
+            tell(EventKind::hang_stopped, pending.slot,
+                        "stopped " + pending.who + ": still running " + human_duration(options_.grace) + " after SIGTERM: SIGKILL sent",
+                        {{"slot", pending.index}, {"signal", "SIGKILL"}, {"timeout_seconds", static_cast<double>(pending.slot.timeout.count()) / 1000.0}});
             return;
         case StopEvent::Kind::exited: {
             table_.count_kill();
@@ -300,6 +320,12 @@ void Checker::on_stop_event(const StopEvent& event) {
             log_(LogLevel::info, pending.who + ": exited " + human_duration(event.elapsed) + " after SIGTERM" +
                                      (event.killed ? " (SIGKILL was needed)" : "") +
                                      (freed ? "; slot freed" : "; slot already freed (by the process itself or its supervisor)"));
+            tell(EventKind::exited, pending.slot,
+                        pending.who + ": exited " + human_duration(event.elapsed) + " after checkproc's SIGTERM" +
+                            (event.killed ? " (SIGKILL was needed)" : ""),
+                        {{"reason", "checkproc_hang_stop"},
+                         {"after_term_seconds", static_cast<double>(event.elapsed.count()) / 1000.0},
+                         {"killed", event.killed}});
             break;
         }
         case StopEvent::Kind::kill_skipped:

@@ -16,6 +16,7 @@
 
 #include "core/stopper.h"
 #include "core/table.h"
+#include "engine/event.h"
 
 namespace hbwatch::tool {
 
@@ -34,6 +35,9 @@ struct CheckOptions {
     std::chrono::milliseconds kill_wait{std::chrono::seconds(5)};  // SIGKILL to giving up
     bool dry_run = false;  // log what would be done; signal and change nothing
     bool log_healthy = false;  // a debug line per healthy entry (costly: off unless -v)
+    // Hears every hang stop as events: heartbeat_hung and hang_stopped (SIGTERM) when one
+    // begins, hang_stopped (SIGKILL) when the grace runs out, exited when it ends.
+    std::function<void(Event)> on_event;
 };
 
 /// When `slot` turns hung: its last beat plus its timeout plus beat_lag_bound_ns() (how long
@@ -79,7 +83,9 @@ private:
     struct Pending {
         std::uint32_t index;
         std::string who;
+        SlotSnapshot slot;  // as judged: its name, pid, timeout and last beat for the events
     };
+    void tell(EventKind kind, const SlotSnapshot& slot, std::string message, nlohmann::json details) const;
     void note_healthy(const SlotSnapshot& slot, std::uint64_t now_ns, ScanSummary& summary);
     // What may be done to a hung entry's process: signal it; free its slot without a signal
     // (it is gone, another process, or the entry is garbage); or leave both (it cannot be

@@ -22,6 +22,7 @@
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <nlohmann/json.hpp>
 
 #include <hbwatch/error.h>
 
@@ -41,12 +42,24 @@ constexpr std::size_t kRequestsPerServe = 8;
 constexpr auto kServeTime = std::chrono::milliseconds(20);
 constexpr std::uint32_t kHeaderLimit = 8 * 1024;
 constexpr std::uint64_t kBodyLimit = 64 * 1024;
+constexpr std::size_t kStreamBacklog = 1 << 20;  // unread bytes a following client may owe: then it is dropped
+
+// One HTTP/1.1 chunk.
+std::string chunk(const std::string& data) {
+    char size[20];
+    std::snprintf(size, sizeof size, "%zx\r\n", data.size());
+    return size + data + "\r\n";
+}
 
 struct Pending {
     ControlRequest request;
     std::function<void(ControlReply)> answer;  // posts the reply back to the server's thread
 };
 
+}  // namespace
+
+namespace {
+class Session;
 }  // namespace
 
 struct ControlServer::State {
@@ -60,6 +73,7 @@ struct ControlServer::State {
     int wake = -1;
     std::mutex mutex;
     std::deque<Pending> pending;
+    std::vector<std::weak_ptr<Session>> followers;  // on the server's thread only
     std::thread thread;
 };
 
@@ -94,6 +108,7 @@ public:
     }
 
     void reply(const ControlReply& reply) {
+        if (reply.stream && reply.status == 200) return stream(reply.body);
         response_.result(static_cast<unsigned>(reply.status));
         response_.set(http::field::content_type, "application/json");
         response_.keep_alive(false);
@@ -108,7 +123,52 @@ public:
         });
     }
 
+    // Follows with what broadcast() sends: queued, written one chunk at a time, each write
+    // with its deadline; a client that falls 1 MiB behind is dropped.
+    void push(const std::string& lines) {
+        if (!following_) return;
+        backlog_ += lines.size();
+        if (backlog_ > kStreamBacklog) return close();
+        outbox_.push_back(chunk(lines));
+        if (outbox_.size() == 1) write_next();
+    }
+
 private:
+    void stream(const std::string& first) {
+        following_ = true;
+        state_->followers.push_back(weak_from_this());
+        outbox_.push_back("HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n"
+                          "Cache-Control: no-store\r\nConnection: close\r\n\r\n");
+        if (!first.empty()) outbox_.push_back(chunk(first));
+        backlog_ = first.size();
+        write_next();
+        watch_for_leaving();
+    }
+    void write_next() {
+        if (outbox_.empty()) return;
+        arm(kWriteDeadline);
+        asio::async_write(socket_, asio::buffer(outbox_.front()), [self = shared_from_this()](beast::error_code ec, std::size_t n) {
+            self->timer_.cancel();
+            if (ec) return self->close();
+            self->backlog_ -= std::min(self->backlog_, n);
+            self->outbox_.pop_front();
+            self->write_next();
+        });
+    }
+    // A following client says nothing more: any read that ends (EOF, reset) means it left.
+    void watch_for_leaving() {
+        socket_.async_read_some(asio::buffer(discard_), [self = shared_from_this()](beast::error_code ec, std::size_t) {
+            if (ec) return self->close();
+            self->watch_for_leaving();
+        });
+    }
+    void close() {
+        following_ = false;
+        beast::error_code ignored;
+        timer_.cancel();
+        socket_.close(ignored);
+    }
+
     void arm(std::chrono::seconds deadline) {
         timer_.expires_after(deadline);
         timer_.async_wait([weak = weak_from_this()](beast::error_code ec) {
@@ -147,6 +207,10 @@ private:
     beast::flat_buffer buffer_;
     http::request_parser<http::empty_body> parser_;
     http::response<http::string_body> response_;
+    bool following_ = false;
+    std::deque<std::string> outbox_;  // a stream's chunks, the front one being written
+    std::size_t backlog_ = 0;
+    char discard_[64];
     ControlServer::State* state_;  // outlives every session: they run on its thread, joined first
     uid_t uid_;
 };
@@ -232,6 +296,22 @@ ControlServer::~ControlServer() {
 
 int ControlServer::wake_fd() const noexcept { return state_->wake; }
 
+void ControlServer::broadcast(std::string lines) {
+    // On the server's thread, after every reply posted before it: a follower registered by an
+    // earlier reply sees every later event, and none twice.
+    asio::post(state_->io, [state = state_.get(), lines = std::move(lines)] {
+        auto& followers = state->followers;
+        for (auto it = followers.begin(); it != followers.end();) {
+            if (auto session = it->lock()) {
+                session->push(lines);
+                ++it;
+            } else {
+                it = followers.erase(it);
+            }
+        }
+    });
+}
+
 void ControlServer::serve(const std::function<ControlReply(const ControlRequest&)>& handler) {
     std::uint64_t count;
     (void)!::read(state_->wake, &count, sizeof count);
@@ -281,6 +361,52 @@ ControlReply control_request(const std::string& socket_path, const std::string& 
     if (!ec) http::read(socket, buffer, response, ec);
     if (ec) throw Error(EIO, "the control socket " + socket_path + " did not answer: " + ec.message());
     return ControlReply{static_cast<int>(response.result_int()), response.body()};
+}
+
+void control_stream(const std::string& socket_path, const std::string& target, const std::function<bool(const std::string&)>& line) {
+    if (socket_path.size() >= sizeof(sockaddr_un{}.sun_path))
+        throw Error(ENAMETOOLONG, "the control socket path " + socket_path + " is too long for a unix socket");
+    asio::io_context io;
+    local::socket socket(io);
+    beast::error_code ec;
+    socket.connect(local::endpoint(socket_path), ec);
+    if (ec)
+        throw Error(ENOENT, "cannot reach the stack's control socket " + socket_path + ": " + ec.message() +
+                                ". Is procctl --config running with this run_dir? (--run-dir DIR)");
+    http::request<http::empty_body> request{http::verb::get, target, 11};
+    request.set(http::field::host, "localhost");
+    http::write(socket, request, ec);
+    if (ec) throw Error(EIO, "the control socket " + socket_path + " did not take the request: " + ec.message());
+    beast::flat_buffer buffer;
+    http::response_parser<http::string_body> parser;
+    parser.body_limit(boost::none);
+    std::string pending;
+    bool stop = false;
+    auto on_chunk = [&](std::uint64_t, beast::string_view body, beast::error_code&) -> std::size_t {
+        pending.append(body.data(), body.size());
+        std::size_t newline;
+        while (!stop && (newline = pending.find('\n')) != std::string::npos) {
+            stop = !line(pending.substr(0, newline));
+            pending.erase(0, newline + 1);
+        }
+        return body.size();
+    };
+    parser.on_chunk_body(on_chunk);
+    http::read_header(socket, buffer, parser, ec);
+    if (ec) throw Error(EIO, "the control socket " + socket_path + " did not answer: " + ec.message());
+    if (parser.get().result_int() != 200 || !parser.chunked()) {
+        http::read(socket, buffer, parser, ec);
+        const std::string body = parser.get().body();
+        const auto parsed = nlohmann::json::parse(body, nullptr, false);
+        throw Error(parser.get().result_int() == 404 ? ENOENT : EIO,
+                    parsed.is_object() && parsed.contains("error") && parsed["error"].is_string() ? parsed["error"].get<std::string>()
+                                                                                                    : body);
+    }
+    while (!stop && !parser.is_done()) {
+        http::read(socket, buffer, parser, ec);
+        if (ec == http::error::end_of_chunk) continue;
+        if (ec) break;  // procctl went away: the stream is over
+    }
 }
 
 }  // namespace hbwatch::tool

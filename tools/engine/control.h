@@ -21,7 +21,10 @@ struct ControlRequest {
 
 struct ControlReply {
     int status = 200;
-    std::string body;  // JSON
+    std::string body;  // JSON; with `stream`, NDJSON lines (each ending in a newline)
+    // The connection stays open after `body`: what broadcast() sends follows it, as NDJSON in
+    // HTTP chunks, until the client leaves (or stops reading).
+    bool stream = false;
 };
 
 class ControlServer {
@@ -39,6 +42,10 @@ public:
     /// wake fd stays readable while more wait).
     void serve(const std::function<ControlReply(const ControlRequest&)>& handler);
 
+    /// Sends `lines` (NDJSON, each ending in a newline) to every client a `stream` reply is
+    /// following. Never blocks: a client that has more than 1 MiB unread is dropped.
+    void broadcast(std::string lines);
+
     struct State;
 
 private:
@@ -48,5 +55,10 @@ private:
 /// A client's request to the socket at `socket_path`: the reply, or throws hbwatch::Error
 /// (no socket: is procctl --config running with this run_dir?).
 ControlReply control_request(const std::string& socket_path, const std::string& method, const std::string& target);
+
+/// A GET whose reply is a stream (ControlReply::stream): calls `line` with each NDJSON line as
+/// it comes, until procctl ends the stream (returns normally) or `line` returns false. A reply
+/// that is not 200 throws hbwatch::Error with procctl's message.
+void control_stream(const std::string& socket_path, const std::string& target, const std::function<bool(const std::string&)>& line);
 
 }  // namespace hbwatch::tool

@@ -15,7 +15,13 @@
 namespace hbwatch::tool {
 namespace {
 
-constexpr const char* kVerbs[] = {"", "start", "stop", "restart", "signal", "output", ""};
+constexpr const char* kVerbs[] = {"", "start", "stop", "restart", "signal", "output", "", ""};
+
+bool whole_number(const std::string& text, std::uint64_t high, std::uint64_t& out) {
+    if (text.empty() || text.size() > 19 || !std::all_of(text.begin(), text.end(), ::isdigit)) return false;
+    out = std::stoull(text);
+    return out <= high;
+}
 
 }  // namespace
 
@@ -70,9 +76,26 @@ std::variant<ControlCommand, ControlError> parse_command(const ControlRequest& r
         command.verb = ControlCommand::Verb::reload;
         return command;
     }
+    if (parts.size() == 2 && parts[0] == "v1" && parts[1] == "events") {
+        if (auto wrong = method("GET")) return *wrong;
+        command.verb = ControlCommand::Verb::events;
+        if (query.count("since") && !whole_number(query["since"], UINT64_MAX / 2, command.since))
+            return ControlError{400, "since=" + shown_name(query["since"]) + ": give the cursor (`next`) a reply returned, or 0"};
+        std::uint64_t limit = command.limit;
+        if (query.count("limit") && (!whole_number(query["limit"], kMaxEventsPerReply, limit) || limit == 0))
+            return ControlError{400, "limit=" + shown_name(query["limit"]) + ": give a number of events from 1 to " +
+                                         std::to_string(kMaxEventsPerReply)};
+        command.limit = static_cast<std::size_t>(limit);
+        if (query.count("follow")) {
+            if (query["follow"] != "1" && query["follow"] != "0") return ControlError{400, "follow=" + shown_name(query["follow"]) + ": give 1 or 0"};
+            command.follow = query["follow"] == "1";
+        }
+        return command;
+    }
     if (parts.size() < 2 || parts[0] != "v1" || parts[1] != "programs" || parts.size() > 4)
         return ControlError{404, "no such path: " + shown +
-                                     " (the API is /v1/programs[/NAME[/start|stop|restart|signal|output]] and /v1/reload)"};
+                                     " (the API is /v1/programs[/NAME[/start|stop|restart|signal|output]], /v1/events and "
+                                     "/v1/reload)"};
     if (parts.size() >= 3) command.name = parts[2];
     if (parts.size() <= 3) {
         if (auto wrong = method("GET")) return *wrong;
@@ -116,6 +139,9 @@ std::variant<ControlCommand, ControlError> parse_command(const ControlRequest& r
 ControlRequest to_request(const ControlCommand& command) {
     using Verb = ControlCommand::Verb;
     if (command.verb == Verb::reload) return ControlRequest{"POST", "/v1/reload"};
+    if (command.verb == Verb::events)
+        return ControlRequest{"GET", "/v1/events?since=" + std::to_string(command.since) + "&limit=" + std::to_string(command.limit) +
+                                         (command.follow ? "&follow=1" : "")};
     std::string target = "/v1/programs";
     if (command.name != "all" || command.verb != Verb::list) target += "/" + command.name;
     switch (command.verb) {

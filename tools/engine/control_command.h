@@ -16,17 +16,21 @@
 namespace hbwatch::tool {
 
 struct ControlCommand {
-    enum class Verb { list, start, stop, restart, signal, output, reload };
+    enum class Verb { list, start, stop, restart, signal, output, reload, events };
     Verb verb = Verb::list;
     std::string name = "all";  // a program, an instance NAME@I, or all; unused by reload
     int signal = 0;            // signal: one of TERM, INT, HUP, QUIT, USR1, USR2, KILL
     bool stderr_stream = false;  // output: stderr instead of stdout
     std::size_t tail = 10;       // output: the last lines, 0 to kMaxTailLines
     std::optional<OutputFile::Cursor> from;  // output: what came after this cursor instead
+    std::uint64_t since = 0;     // events: from this cursor on (0: the oldest kept)
+    std::size_t limit = 1000;    // events: at most this many in the reply
+    bool follow = false;         // events: then stream new ones as NDJSON until the client leaves
     bool operator==(const ControlCommand&) const = default;
 };
 
 inline constexpr std::size_t kMaxTailLines = 10000;
+inline constexpr std::size_t kMaxEventsPerReply = 10000;
 
 /// A refusal: an HTTP status and what to say. The one rendering of every error reply.
 struct ControlError {

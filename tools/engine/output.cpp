@@ -132,7 +132,7 @@ void OutputFile::raw_write(std::string_view data) noexcept {
     }
     if (failing_ != 0) {
         report_("writing " + path_ + " again; " + human_size(dropped_ - dropped_at_failure_) + " (" +
-                std::to_string(dropped_ - dropped_at_failure_) + " bytes) of output were dropped meanwhile");
+                std::to_string(dropped_ - dropped_at_failure_) + " bytes) of output were dropped meanwhile", false);
         failing_ = 0;
     }
 }
@@ -141,7 +141,7 @@ void OutputFile::fail(const std::string& what, int error, std::size_t bytes) noe
     if (failing_ != error) {
         if (failing_ == 0) dropped_at_failure_ = dropped_;
         failing_ = error;
-        report_(what + "; dropping output (supervision goes on) until it can be written");
+        report_(what + "; dropping output (supervision goes on) until it can be written", true);
     }
     dropped_ += bytes;
 }
@@ -150,7 +150,7 @@ void OutputFile::rotate() noexcept {
     // Oldest first: path.(keep-1) -> path.keep ... path -> path.1. A failed rename (a directory
     // planted in the way, a read-only disk) keeps writing past the cap rather than lose data.
     auto cannot = [&](int error, const std::string& why) {
-        if (rotate_failing_ != error) report_("cannot rotate " + path_ + ": " + why + "; writing on past the cap");
+        if (rotate_failing_ != error) report_("cannot rotate " + path_ + ": " + why + "; writing on past the cap", false);
         rotate_failing_ = error;
         size_ = 0;  // try again a cap later
     };
@@ -171,7 +171,7 @@ void OutputFile::rotate() noexcept {
     }
     ++rotations_;  // the file that was current is now rotated file 1
     if (rotate_failing_ != 0) {
-        report_("rotating " + path_ + " works again");
+        report_("rotating " + path_ + " works again", false);
         rotate_failing_ = 0;
     }
     ::close(fd_);

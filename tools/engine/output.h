@@ -38,8 +38,9 @@ std::string rotated_name(const std::string& name, std::size_t index);
 /// or kMaxHeldLine (then it is written out in pieces). Each write scans only its own bytes.
 class OutputFile {
 public:
-    /// Receives one line per problem (and per recovery): "cannot write FILE: No space left ...".
-    using Report = std::function<void(const std::string&)>;
+    /// Receives one line per problem (and per recovery): "cannot write FILE: No space left ...",
+    /// and whether that line begins a stretch of dropped output.
+    using Report = std::function<void(const std::string& line, bool dropping)>;
 
     /// Opens the file now (throws hbwatch::Error as open_for_append); `max_size` 0 never rotates.
     OutputFile(std::string path, std::uint64_t max_size, std::size_t keep, Report report);

@@ -24,8 +24,12 @@ bool clone_into_cgroup = true;
 // fork(), straight into `cgroup` when there is one and the kernel may be trusted with it (see
 // Cgroup::clone_safe): no migration afterwards, which costs milliseconds. The child only makes system calls before exec, so bypassing glibc's fork
 // handlers is safe. `joined` says whether the child is in its cgroup already.
-pid_t fork_into(const Cgroup* cgroup, bool& joined) {
+pid_t fork_into(const Cgroup* cgroup, bool& joined, int* pidfd) {
     joined = false;
+    // Exit signal 0: a "clone child" that waitpid(-1) does not report (only __WALL waits do),
+    // so that a supervision loop reaping every child leaves it to its own waiter; its pidfd
+    // comes with it (x86-64 argument order: flags, stack, parent_tid, child_tid, tls).
+    if (pidfd != nullptr) return static_cast<pid_t>(::syscall(SYS_clone, static_cast<unsigned long>(CLONE_PIDFD), nullptr, pidfd, nullptr, 0UL));
     if (cgroup != nullptr && clone_into_cgroup && cgroup->clone_safe()) {
         clone_args args{};
         args.flags = CLONE_INTO_CGROUP;
@@ -110,7 +114,7 @@ pid_t spawn(const SpawnPlan& plan, std::optional<SpawnFailure>& failure) {
     }
     const pid_t parent = ::getpid();
     bool joined = false;
-    const pid_t pid = fork_into(plan.cgroup, joined);
+    const pid_t pid = fork_into(plan.pidfd != nullptr ? nullptr : plan.cgroup, joined, plan.pidfd);
     if (pid == 0) become(plan, joined, parent, report[1]);
     const int fork_error = errno;
     ::close(report[1]);
@@ -127,7 +131,11 @@ pid_t spawn(const SpawnPlan& plan, std::optional<SpawnFailure>& failure) {
     ::close(report[0]);
     if (n != sizeof reported) return pid;
     int status;
-    ::waitpid(pid, &status, 0);
+    ::waitpid(pid, &status, __WALL);
+    if (plan.pidfd != nullptr) {
+        ::close(*plan.pidfd);
+        *plan.pidfd = -1;
+    }
     failure = reported;
     return -1;
 }

@@ -25,6 +25,10 @@ struct SpawnPlan {
     int stdout_fd = -1;              // -1: see keep_stdio
     int stderr_fd = -1;
     bool keep_stdio = false;  // with no fd given: the parent's own stdout/stderr, else /dev/null
+    // Set: the child sends no SIGCHLD and waitpid(-1) does not see it; its pidfd is stored here,
+    // and the caller waits on it (waitid P_PIDFD with __WALL). For helpers run beside a loop
+    // that reaps every child. Not with `cgroup`.
+    int* pidfd = nullptr;
 };
 
 /// What a child could not do before exec, as it reports it on its CLOEXEC pipe.

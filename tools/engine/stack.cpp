@@ -36,7 +36,11 @@ key_t table_key(const ProgramConfig& program) {
     return key != program.environment.end() ? parse_key(key->second) : key_from_environment();
 }
 
-Stack::Stack(StackConfig config, spdlog::logger& log, int signal_fd) : config_(std::move(config)), log_(log), signal_fd_(signal_fd) {
+Stack::Stack(StackConfig config, spdlog::logger& log, int signal_fd)
+    : config_(std::move(config)), log_(log), signal_fd_(signal_fd), events_(config_.events.keep) {
+    const auto& events = config_.events;
+    if (!events.hooks.empty() || !events.webhooks.empty() || events.alertmanager)
+        sinks_ = std::make_unique<EventSinks>(events, "procctl");  // throws Error for a hook user it may not take
     for (auto& p : config_.programs) {
         programs_.push_back(std::make_shared<const ProgramConfig>(std::move(p)));
         for (auto& member : make_members(programs_.back(), config_.log_dir, std::nullopt)) members_.push_back(std::move(member));
@@ -56,6 +60,7 @@ std::optional<gid_t> Stack::control_group() const {
 
 int Stack::run(ControlServer& control) {
     ::prctl(PR_SET_CHILD_SUBREAPER, 1);
+    control_ = &control;
     for (auto& member : members_) take_cgroup(*member);
     log_.info("running the stack of {} ({} programs): start order {}; control socket {}/control.sock; SIGHUP reloads it", config_.path,
               members_.size(), start_order(), config_.run_dir);
@@ -70,15 +75,19 @@ int Stack::run(ControlServer& control) {
             step(now);
             if (!dropped && phases() == before) break;
         }
+        check_heartbeats(now);
         if (stopping_all_ && everything_stopped()) {
             drain_to_end();
             log_.info("every program is stopped; exiting");
+            finish_sinks();
+            control_ = nullptr;
             return 0;
         }
-        std::uint64_t wake = now + to_ns(std::chrono::seconds(1));
+        std::uint64_t wake = std::min(now + to_ns(std::chrono::seconds(1)), std::max(next_beat_check_ns_, now));
         fds.clear();
         fds.push_back(pollfd{signal_fd_, POLLIN, 0});
         fds.push_back(pollfd{control.wake_fd(), POLLIN, 0});
+        fds.push_back(pollfd{sinks_ ? sinks_->log_fd() : -1, POLLIN, 0});
         for (auto& member : members_) {
             if (member->pidfd) fds.push_back(pollfd{member->pidfd->fd(), POLLIN, 0});
             if (member->probe_fd >= 0) fds.push_back(pollfd{member->probe_fd, POLLOUT, 0});
@@ -90,6 +99,7 @@ int Stack::run(ControlServer& control) {
         if (!poll_events(fds, poll_timeout_ms(wake, monotonic_now_ns()), log_)) continue;
         if (fds[0].revents & POLLIN) read_signals();
         if (fds[1].revents & POLLIN) control.serve([this](const ControlRequest& request) { return handle(request, monotonic_now_ns()); });
+        if (fds[2].revents & POLLIN) sinks_->write_log(log_);
         pipes_.drain(fds);
         reap();
         auto has_event = [&](int fd) {
@@ -150,10 +160,6 @@ void Stack::carry_out(Member& member, const Effect& effect, std::uint64_t now) {
 
 // Every change of a unit's phase comes through here, and only here: the one place that sees
 // the stack's whole story.
-void Stack::on_transition(const Unit& unit, Phase from, Phase to) {
-    log_.debug("{}: {} -> {}", unit.name(), to_string(from), to_string(to));
-}
-
 // How a unit's program (or its readiness check: `argv`) starts: as the program, with its
 // environment, directory, user and cgroup; output to /dev/null unless the caller says otherwise.
 SpawnPlan Stack::plan_for(const Member& member, const std::vector<char*>& argv) {
@@ -413,6 +419,7 @@ void Stack::reap() {
                 apply(member, answer, now);
             } else if (pid == member.unit.pid()) {
                 member.pidfd.reset();
+                read_hang_stop(member);  // before its slots are freed below
                 ended_.push_back(member.identity);
                 release_slots_of(ended_, member.env_storage, log_);
                 UnitEvent exited{UnitEvent::Kind::exited};

@@ -106,6 +106,7 @@ ControlReply Stack::handle(const ControlRequest& request, std::uint64_t now) {
             return ControlError{400, std::string(e.what()) + " (the running config is kept)"}.reply();
         }
     }
+    if (command.verb == Verb::events) return events_reply(command);
     const bool acting = command.verb != Verb::list && command.verb != Verb::output;
     std::vector<Member*> chosen;
     for (auto& member : members_)

@@ -204,4 +204,50 @@ int stack_tail(const std::string& run_dir, const std::string& name, unsigned lin
     return kExitOk;
 }
 
+// One event as an operator reads it: local time, kind, unit, pid, and what happened.
+std::string event_line(const json& event) {
+    if (event.contains("missed"))
+        return "(" + std::to_string(event["missed"].get<std::uint64_t>()) + " earlier events were no longer kept)";
+    std::string time = event.value("time", "");
+    if (time.size() >= 23) time = time.substr(0, 10) + " " + time.substr(11, 12);  // 2026-12-06 02:24:57.123 (UTC)
+    std::string unit = event.value("instance", "");
+    if (unit.empty()) unit = "procctl";
+    char head[160];
+    std::snprintf(head, sizeof head, "%s  %-19s %-14s", time.c_str(), event.value("kind", "?").c_str(), shown_name(unit).c_str());
+    return terminal_safe(std::string(head) + " " + event.value("message", ""));
+}
+
+// proctab events [-f] [--json]: the events procctl kept, oldest first; with -f, then each new
+// one as it happens, until interrupted or procctl stops.
+int stack_events(const std::string& run_dir, bool follow, bool as_json) {
+    auto show = [&](const json& event) {
+        if (as_json) std::printf("%s\n", event.dump(-1, ' ', false, json::error_handler_t::replace).c_str());
+        else std::printf("%s\n", event_line(event).c_str());
+        std::fflush(stdout);
+        return true;
+    };
+    ControlCommand events = command(ControlCommand::Verb::events);
+    events.limit = kMaxEventsPerReply;
+    events.follow = follow;
+    const ControlRequest request = to_request(events);
+    if (follow) {
+        control_stream(run_dir + "/control.sock", request.target, [&](const std::string& line) {
+            const json event = json::parse(line, nullptr, false);
+            if (event.is_object()) show(event);
+            return true;
+        });
+        std::fprintf(stderr, "proctab: procctl ended the stream (it stopped)\n");
+        return kExitOk;
+    }
+    const auto reply = control_request(run_dir + "/control.sock", request.method, request.target);
+    const json body = json::parse(reply.body, nullptr, false);
+    if (reply.status != 200 || !body.is_object() || !body["events"].is_array()) {
+        const std::string why = body.is_object() && body.contains("error") ? body["error"].get<std::string>() : reply.body;
+        throw Error(EIO, why);
+    }
+    if (body.value("missed", 0) > 0) show(json{{"missed", body["missed"]}});
+    for (const auto& event : body["events"]) show(event);
+    return kExitOk;
+}
+
 }  // namespace hbwatch::tool

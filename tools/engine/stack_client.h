@@ -24,4 +24,7 @@ int stack_reload(const std::string& run_dir);
 /// proctab tail NAME [-n N] [-f] [--stderr]
 int stack_tail(const std::string& run_dir, const std::string& name, unsigned lines, bool follow, bool stderr_stream);
 
+/// proctab events [-f] [--json]: what happened to the stack's programs, oldest first.
+int stack_events(const std::string& run_dir, bool follow, bool as_json);
+
 }  // namespace hbwatch::tool

@@ -23,6 +23,7 @@
 
 #include "core/duration.h"
 #include "core/table.h"
+#include "engine/http_url.h"
 #include "engine/output.h"
 #include "engine/safe_path.h"
 
@@ -340,6 +341,89 @@ ProgramConfig read_program(const Reader& reader, const YAML::Node& key, const YA
     return p;
 }
 
+EventFilter read_filter(const Reader& reader, const YAML::Node& node, const std::string& where) {
+    EventFilter filter;
+    if (auto n = node["kinds"]) {
+        for (const auto& name : reader.words(n, where + "kinds")) {
+            const auto kind = event_kind_named(name);
+            if (!kind) reader.fail(n, where + "kinds: '" + name + "' is not an event kind: the kinds are " + event_kind_names());
+            filter.kinds.insert(*kind);
+        }
+    }
+    if (auto n = node["programs"])
+        for (const auto& name : reader.words(n, where + "programs")) filter.programs.insert(name);
+    return filter;
+}
+
+// The `events:` section: where events go (hooks, webhooks, Alertmanager) and the storm rule.
+EventsConfig read_events(const Reader& reader, const YAML::Node& node) {
+    EventsConfig events;
+    if (!node.IsMap()) reader.fail(node, "events: give a map with hooks, webhooks, alertmanager, keep and restart_storm");
+    reader.only_keys(node, "events: ", {"keep", "restart_storm", "hooks", "webhooks", "alertmanager"});
+    if (auto n = node["keep"]) events.keep = reader.number(n, "events.keep", 10, 100'000);
+    if (auto n = node["restart_storm"]) {
+        if (!n.IsMap()) reader.fail(n, "events.restart_storm: give {restarts: N, window: DURATION}");
+        reader.only_keys(n, "events.restart_storm: ", {"restarts", "window"});
+        if (auto r = n["restarts"]) events.storm_restarts = reader.number(r, "events.restart_storm.restarts", 2, 1'000'000);
+        if (auto w = n["window"]) events.storm_window = reader.duration(w, "events.restart_storm.window", kRestartWindowRange);
+    }
+    if (auto list = node["hooks"]) {
+        if (!list.IsSequence()) reader.fail(list, "events.hooks: give a list of {command: [...], kinds: [...], programs: [...]}");
+        for (std::size_t i = 0; i < list.size(); ++i) {
+            const YAML::Node h = list[i];
+            const std::string where = "events.hooks[" + std::to_string(i) + "]: ";
+            if (!h.IsMap()) reader.fail(h, where + "give a map with at least command: [program, args...]");
+            reader.only_keys(h, where, {"command", "kinds", "programs", "timeout", "max_running", "user"});
+            if (!h["command"]) reader.fail(h, where + "command is missing: give command: [program, args...] (run without a shell)");
+            HookConfig hook;
+            hook.command = reader.words(h["command"], where + "command");
+            hook.filter = read_filter(reader, h, where);
+            if (auto n = h["timeout"]) hook.timeout = reader.duration(n, where + "timeout", kHookTimeoutRange);
+            if (auto n = h["max_running"]) hook.max_running = reader.number(n, where + "max_running", 1, 64);
+            if (auto n = h["user"]) hook.user = reader.text(n, where + "user");
+            events.hooks.push_back(std::move(hook));
+        }
+    }
+    auto read_url = [&](const YAML::Node& n, const std::string& key) {
+        const std::string url = reader.text(n, key);
+        try {
+            (void)parse_http_url(url, key);
+        } catch (const Error& e) {
+            reader.fail(n, e.what());
+        }
+        return url;
+    };
+    if (auto list = node["webhooks"]) {
+        if (!list.IsSequence()) reader.fail(list, "events.webhooks: give a list of {url: http://..., kinds: [...]}");
+        for (std::size_t i = 0; i < list.size(); ++i) {
+            const YAML::Node w = list[i];
+            const std::string where = "events.webhooks[" + std::to_string(i) + "]: ";
+            if (!w.IsMap()) reader.fail(w, where + "give a map with at least url: http://HOST:PORT/PATH");
+            reader.only_keys(w, where, {"url", "kinds", "programs", "queue", "retries", "timeout"});
+            if (!w["url"]) reader.fail(w, where + "url is missing");
+            WebhookConfig hook;
+            hook.url = read_url(w["url"], where + "url");
+            hook.filter = read_filter(reader, w, where);
+            if (auto n = w["queue"]) hook.queue = reader.number(n, where + "queue", 1, 100'000);
+            if (auto n = w["retries"]) hook.retries = reader.number(n, where + "retries", 0, 20);
+            if (auto n = w["timeout"]) hook.timeout = reader.duration(n, where + "timeout", kHttpTimeoutRange);
+            events.webhooks.push_back(std::move(hook));
+        }
+    }
+    if (auto a = node["alertmanager"]) {
+        const std::string where = "events.alertmanager: ";
+        if (!a.IsMap()) reader.fail(a, where + "give a map with at least url: http://HOST:9093");
+        reader.only_keys(a, where, {"url", "resend", "timeout"});
+        if (!a["url"]) reader.fail(a, where + "url is missing");
+        AlertmanagerConfig am;
+        am.url = read_url(a["url"], where + "url");
+        if (auto n = a["resend"]) am.resend = reader.duration(n, where + "resend", kAlertResendRange);
+        if (auto n = a["timeout"]) am.timeout = reader.duration(n, where + "timeout", kHttpTimeoutRange);
+        events.alertmanager = am;
+    }
+    return events;
+}
+
 // The programs in start order: each after those it names in `after`, otherwise in file order.
 // A cycle is an error that names it whole.
 std::vector<ProgramConfig> in_start_order(std::vector<ProgramConfig> programs, const Reader& reader,
@@ -414,7 +498,7 @@ StackConfig parse_stack_config(const std::string& text, const std::string& path)
     }
     const Reader reader(path);
     if (!root.IsMap()) reader.fail(root, "give a map with run_dir, log_dir and programs");
-    reader.only_keys(root, "", {"run_dir", "log_dir", "socket_group", "programs"});
+    reader.only_keys(root, "", {"run_dir", "log_dir", "socket_group", "events", "programs"});
     StackConfig config;
     config.path = path;
     if (auto n = root["run_dir"]) {
@@ -436,6 +520,7 @@ StackConfig parse_stack_config(const std::string& text, const std::string& path)
         if (::getgrnam(config.socket_group.c_str()) == nullptr)
             reader.fail(n, "socket_group: '" + config.socket_group + "' is not a group on this host");
     }
+    if (auto n = root["events"]) config.events = read_events(reader, n);
     const YAML::Node programs = root["programs"];
     if (!programs) reader.fail(root, "programs is missing: give at least one program with its command");
     if (!programs.IsMap() || programs.size() == 0) reader.fail(programs, "programs: give a map of NAME: {command: [...]}");

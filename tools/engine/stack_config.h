@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/duration.h"
+#include "engine/event_config.h"
 
 namespace hbwatch::tool {
 
@@ -24,6 +25,11 @@ inline constexpr DurationRange kStopGraceRange{std::chrono::milliseconds(0), std
 inline constexpr DurationRange kMaxBackoffRange{std::chrono::seconds(1), std::chrono::hours(24)};
 inline constexpr DurationRange kRestartWindowRange{std::chrono::seconds(1), std::chrono::hours(24 * 30)};
 inline constexpr DurationRange kReadyTimeoutRange{std::chrono::milliseconds(100), std::chrono::hours(24)};
+// The events section: how long a hook may run, an HTTP exchange may take, and how often a
+// firing alert is sent again (Alertmanager's resolve_timeout is 5 minutes by default).
+inline constexpr DurationRange kHookTimeoutRange{std::chrono::milliseconds(100), std::chrono::hours(1)};
+inline constexpr DurationRange kHttpTimeoutRange{std::chrono::milliseconds(100), std::chrono::minutes(1)};
+inline constexpr DurationRange kAlertResendRange{std::chrono::seconds(1), std::chrono::minutes(4)};
 
 /// When a program counts as ready, so that the programs `after` it may start.
 struct ReadyCheck {
@@ -76,6 +82,7 @@ struct StackConfig {
     std::string run_dir = "/run/hbwatch";
     std::string log_dir = "/var/log/hbwatch";
     std::string socket_group;            // empty: the supervisor's group
+    EventsConfig events;                  // where events go; a reload keeps the sinks procctl started with
     std::vector<ProgramConfig> programs;  // in start order: each after the programs it names in `after`
 };
 

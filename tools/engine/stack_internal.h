@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <optional>
@@ -20,8 +21,11 @@
 #include "core/pidfd.h"
 #include "core/process.h"
 #include "engine/cgroup.h"
+#include "engine/checker.h"
 #include "engine/control.h"
 #include "engine/control_command.h"
+#include "engine/event.h"
+#include "engine/event_sinks.h"
 #include "engine/output.h"
 #include "engine/spawn.h"
 #include "engine/stack_config.h"
@@ -53,6 +57,12 @@ struct Member {
     pid_t probe_pid = 0;       // exec readiness: the check command, an unreaped child of ours
     unsigned probe_start = 0;  // the start it checks: a late answer about an earlier start is ignored
     std::vector<char*> probe_argv;
+    // What its events need (stack_events.cpp).
+    Health beat_health = Health::ok;  // the worst of its registrations when last looked at
+    std::deque<std::uint64_t> recent_starts;  // within the restart-storm window
+    bool storming = false;
+    std::optional<Table::StopRecord> hang_stop;  // a checkproc's hang stop, read from the table when it was reaped
+    std::string stop_for;  // why the stop in progress began: "an operator's stop", ...
 
     [[nodiscard]] const std::string& name() const noexcept { return unit.name(); }
     [[nodiscard]] const ProgramConfig& program() const noexcept { return unit.program(); }
@@ -75,7 +85,6 @@ private:
     void carry_out(Member& member, const Effect& effect, std::uint64_t now);
     UnitEvent start_process(Member& member);
     static SpawnPlan plan_for(const Member& member, const std::vector<char*>& argv);
-    void on_transition(const Unit& unit, Phase from, Phase to);
     void step(std::uint64_t now);
     [[nodiscard]] bool everything_stopped() const;
     [[nodiscard]] std::vector<const Member*> unready_dependencies(const Member& member) const;
@@ -100,11 +109,26 @@ private:
     class Heartbeats;
     nlohmann::json describe(const Member& member, std::uint64_t now, Heartbeats& beats) const;
 
+    // stack_events.cpp: the events every change makes, where they go, and the control API's view.
+    void on_transition(const Unit& unit, const Change& change);
+    void emit(Event event);
+    void emit_for(const Member& member, EventKind kind, std::string message, nlohmann::json details = nlohmann::json::object());
+    [[nodiscard]] Member* member_of(const Unit& unit) const;
+    void exited_event(Member& member, const UnitEvent& cause);
+    void started_event(Member& member);
+    void check_heartbeats(std::uint64_t now);
+    void set_beat_health(Member& member, Health health, const std::string& how);
+    void read_hang_stop(Member& member);
+    void output_dropped(const std::string& path, const std::string& problem);
+    nlohmann::json reload();  // reload_config(), said as an event either way
+    ControlReply events_reply(const ControlCommand& command) const;
+    void finish_sinks();
+
     // stack_reload.cpp: units from the config, and reload.
     std::vector<std::unique_ptr<Member>> make_members(const std::shared_ptr<const ProgramConfig>& program, const std::string& log_dir,
                                                       std::optional<bool> wanted);
     void prepare(Member& member, unsigned instance, const std::string& log_dir);
-    nlohmann::json reload();
+    nlohmann::json reload_config();
     void build_reload(StackConfig& next, nlohmann::json& report, std::vector<std::shared_ptr<const ProgramConfig>>& programs,
                       std::vector<std::unique_ptr<Member>>& fresh);
     void finish_reload(const StackConfig& next, const nlohmann::json& report, std::vector<std::shared_ptr<const ProgramConfig>> programs,
@@ -122,6 +146,10 @@ private:
     std::vector<ProcessIdentity> ended_;
     bool stopping_all_ = false;
     bool said_no_cgroup_ = false;
+    EventRing events_;
+    std::unique_ptr<EventSinks> sinks_;  // none when the config names no sink
+    ControlServer* control_ = nullptr;   // while run() runs: followers of /v1/events
+    std::uint64_t next_beat_check_ns_ = 0;
 };
 
 /// The heartbeat table a program registers in: its HBWATCH_KEY, else procctl's.

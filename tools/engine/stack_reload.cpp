@@ -61,7 +61,7 @@ std::vector<std::unique_ptr<Member>> Stack::make_members(const std::shared_ptr<c
         const std::string name = copies > 1 ? program->name + "@" + std::to_string(i) : program->name;
         auto member = std::make_unique<Member>(Unit(program, name, wanted.value_or(program->autostart) ? Goal::up : Goal::down));
         if (wanted) member->unit.keep_operator_choice();
-        member->unit.set_observer([this](const Unit& unit, Phase from, Phase to) { on_transition(unit, from, to); });
+        member->unit.set_observer([this](const Unit& unit, const Change& change) { on_transition(unit, change); });
         prepare(*member, copies > 1 ? i : 0, log_dir);
         members.push_back(std::move(member));
     }
@@ -121,7 +121,10 @@ void Stack::prepare(Member& member, unsigned instance, const std::string& log_di
         auto& file = outputs_[path];
         if (!file)
             file = std::make_unique<OutputFile>(path, p.log_max_size, p.log_files,
-                                                [this](const std::string& problem) { log_.error("{}", problem); });
+                                                [this, path](const std::string& problem, bool dropping) {
+                                                    log_.error("{}", problem);
+                                                    if (dropping) output_dropped(path, problem);
+                                                });
         return file.get();
     };
     member.out = open_output(p.stdout_path);
@@ -132,7 +135,7 @@ void Stack::prepare(Member& member, unsigned instance, const std::string& log_di
 // removed ones stopped, changed ones (any key) stopped and started anew; the others keep
 // running untouched. A config that does not load, or changes what a running procctl cannot
 // (run_dir, socket_group), throws hbwatch::Error, and nothing changes.
-nlohmann::json Stack::reload() {
+nlohmann::json Stack::reload_config() {
     StackConfig next;
     try {
         next = load_stack_config(config_.path);
@@ -162,6 +165,14 @@ nlohmann::json Stack::reload() {
         drop_unused_outputs();  // what the refused config opened
         if (dynamic_cast<const Error*>(&e) != nullptr) throw;
         throw Error(ENOMEM, config_.path + ": the reload failed while building its programs (" + e.what() + ")");
+    }
+    if (!(next.events == config_.events)) {
+        // Sinks hold threads, hooks in flight and queues: swapping them mid-run could lose
+        // events, and finishing them would stall the loop. Said, not silently ignored.
+        report["events"] = "unchanged: the events section changed, which takes effect when procctl starts again";
+        log_.warn("{}: the events section changed; it takes effect when procctl starts again (the sinks it started with go on)",
+                  config_.path);
+        next.events = config_.events;
     }
     finish_reload(next, report, std::move(programs), std::move(fresh));
     return report;

@@ -58,7 +58,7 @@ public:
         for (const auto& file : {options.stdout_file, options.stderr_file}) {
             if (file.empty() || outputs_.count(file)) continue;
             outputs_[file] = std::make_unique<OutputFile>(file, options.output_max_size, options.output_files,
-                                                          [this](const std::string& problem) { log_.error("{}", problem); });
+                                                          [this](const std::string& problem, bool) { log_.error("{}", problem); });
         }
         // argv and envp are built once here: the child between fork and exec only calls
         // async-signal-safe functions.

@@ -29,7 +29,7 @@ namespace {
 class SafeFileSink final : public spdlog::sinks::base_sink<spdlog::details::null_mutex> {
 public:
     explicit SafeFileSink(const std::string& path)
-        : file_(path, 10u << 20, 5, [](const std::string& problem) { ::syslog(LOG_ERR, "%s", problem.c_str()); }) {}
+        : file_(path, 10u << 20, 5, [](const std::string& problem, bool) { ::syslog(LOG_ERR, "%s", problem.c_str()); }) {}
 
 protected:
     void sink_it_(const spdlog::details::log_msg& msg) override {

@@ -68,7 +68,7 @@ std::uint64_t Unit::next_wake() const noexcept {
 void Unit::enter(Phase next) {
     const Phase from = phase_;
     phase_ = next;
-    if (observer_ && from != next) observer_(*this, from, next);
+    if (observer_ && from != next && cause_ != nullptr) observer_(*this, Change{from, next, *cause_});
 }
 
 void Unit::log(Effects& out, Effect::Level level, std::string text) const {
@@ -77,6 +77,7 @@ void Unit::log(Effects& out, Effect::Level level, std::string text) const {
 
 std::vector<Effect> Unit::on(const UnitEvent& event, std::uint64_t now, const Facts& facts) {
     Effects out;
+    cause_ = &event;
     using Kind = UnitEvent::Kind;
     switch (event.kind) {
         case Kind::tick:
@@ -149,7 +150,10 @@ std::vector<Effect> Unit::on(const UnitEvent& event, std::uint64_t now, const Fa
         case Kind::probe_failed:
             if (phase_ == Phase::starting) due_ns_ = now + kExecRetryNs;
             break;
-        case Kind::exited: on_exit(out, now, event.status, facts); break;
+        case Kind::exited:
+            if (observer_ && running()) observer_(*this, Change{phase_, phase_, event});  // the exit itself, pid still known
+            on_exit(out, now, event.status, facts);
+            break;
         case Kind::rss: {
             if (phase_ != Phase::ready || program_->max_rss == 0) break;
             if (event.bytes <= program_->max_rss) {
@@ -171,6 +175,7 @@ std::vector<Effect> Unit::on(const UnitEvent& event, std::uint64_t now, const Fa
         case Kind::retire:
         case Kind::stop_all: on_command(event.kind); break;
     }
+    cause_ = nullptr;
     return out;
 }
 

@@ -10,7 +10,9 @@
 //   stopping --grace over--> killing --kill wait over--> (abandoned)   stopping|killing --gone--> stopped | waiting | backoff
 //   backoff --due--> (spawn), or waiting again when a dependency went   too many starts: gave_up
 //
-// Every change of phase passes through one observer (set_observer): nothing else writes it.
+// Every change of phase, and every exit of its main process, passes through one observer
+// (set_observer), with the event that caused it: nothing else writes the phase. The stack's
+// events (event.h) are made there and nowhere else.
 
 #include <sys/types.h>
 
@@ -86,10 +88,17 @@ struct Effect {
     std::string text;
 };
 
+/// What the observer sees: a change of phase, or an exit of the main process (`from` == `to`
+/// when the exit alone changed nothing yet), with the event that caused it.
+struct Change {
+    Phase from;
+    Phase to;
+    const UnitEvent& cause;
+};
+
 class Unit {
 public:
-    /// Sees every change of phase, with the event that caused it.
-    using Observer = std::function<void(const Unit&, Phase from, Phase to)>;
+    using Observer = std::function<void(const Unit&, const Change&)>;
 
     Unit(std::shared_ptr<const ProgramConfig> program, std::string name, Goal goal);
 
@@ -108,6 +117,10 @@ public:
     [[nodiscard]] std::uint64_t started_ns() const noexcept { return started_ns_; }
     [[nodiscard]] unsigned starts() const noexcept { return starts_; }
     [[nodiscard]] const std::string& last_exit() const noexcept { return last_exit_; }
+    /// backoff: when the next start is due (CLOCK_MONOTONIC ns).
+    [[nodiscard]] std::uint64_t due_ns() const noexcept { return due_ns_; }
+    /// How many starts the restart limit has counted within its window.
+    [[nodiscard]] std::size_t recent_starts() const noexcept { return policy_.recent_starts(); }
     /// Whether a tick now would look at starting it (then the stack says whether it may).
     [[nodiscard]] bool start_check_due(std::uint64_t now) const noexcept;
     /// The earliest instant it needs a tick at, 0 for none (it waits for an event).
@@ -142,6 +155,7 @@ private:
     Phase phase_;
     Goal goal_;
     Observer observer_;
+    const UnitEvent* cause_ = nullptr;  // the event on() is handling, for the observer
     // What follows the stop in progress: nothing, a start at once (an operator's restart), or
     // a start after the crash backoff (a ready timeout, max_rss).
     enum class AfterStop { nothing, start_now, start_later } after_stop_ = AfterStop::nothing;

@@ -48,6 +48,8 @@ public:
     /// A pidfd for whatever process holds `pid` now: nothing is verified. nullopt with the
     /// errno in `error` when pidfd_open fails.
     static std::optional<Pidfd> open_pid(pid_t pid, int* error = nullptr);
+    /// Takes ownership of `fd`, a pidfd of `pid` made elsewhere (clone's CLONE_PIDFD).
+    static Pidfd adopt(int fd, pid_t pid) noexcept { return Pidfd(fd, pid); }
 
     /// Pins the process holding `pid`: opens a pidfd, then reads /proc/PID/stat, then checks
     /// that the pidfd is still alive, so the stat belongs to the pidfd's process. Refuses

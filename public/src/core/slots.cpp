@@ -428,6 +428,34 @@ StopClaim Table::take_stop(std::uint32_t index, std::uint64_t token, const Proce
     return {StopClaim::Result::taken, 0};
 }
 
+std::optional<Table::StopRecord> Table::stop_record(const ProcessIdentity& who) const {
+    constexpr auto relaxed = std::memory_order_relaxed;
+    for (std::uint32_t index = 0; index < segment_->slot_count; ++index) {
+        const Slot& slot = segment_->slots[index];
+        const std::uint64_t before = slot.state.load(detail::order::read_word);
+        // A released slot keeps its fields but not its pid; a claim in progress is another registration.
+        if (phase_of(before) == SlotPhase::claiming || (phase_of(before) != SlotPhase::free && pid_of(before) != who.pid)) continue;
+        const std::uint64_t stopper = slot.stopper.load(relaxed);
+        if (stopper == 0 || slot.start_time.load(relaxed) != who.start_time) continue;
+        const std::uint64_t inode = slot.pidfs_inode.load(relaxed);
+        if (inode != 0 && who.pidfs_inode != 0 && inode != who.pidfs_inode) continue;
+        StopRecord record;
+        record.stopper_pid = static_cast<pid_t>(static_cast<std::uint32_t>(stopper));
+        record.timeout = std::chrono::milliseconds(slot.timeout_ms.load(relaxed));
+        record.last_beat_ns = slot.last_beat_ns.load(relaxed);
+        std::array<char, kMaxNameLength + 1> name{};
+        for (std::size_t w = 0; w < detail::kNameWords; ++w) {
+            const std::uint64_t word = slot.name[w].load(relaxed);
+            std::memcpy(name.data() + w * 8, &word, 8);
+        }
+        std::atomic_thread_fence(detail::order::read_fence);
+        if (slot.state.load(relaxed) != before) continue;  // claimed meanwhile: no longer about `who`
+        record.name = escaped(std::string_view(name.data(), ::strnlen(name.data(), name.size())), name_char);
+        return record;
+    }
+    return std::nullopt;
+}
+
 void Table::drop_stop(std::uint32_t index, const ProcessIdentity& stopper) noexcept {
     if (index >= segment_->slot_count || !segment_->writable) return;
     std::uint64_t expected = stopper_word(stopper);

@@ -228,6 +228,18 @@ public:
     /// Gives the right back (after a stop that did not happen).
     void drop_stop(std::uint32_t index, const ProcessIdentity& stopper) noexcept;
 
+    /// What a slot still says of a checkproc's hang stop of process `who`: the stopper word
+    /// and the registration's fields outlive the release of the slot until its next claim, so
+    /// a supervisor that reaps `who` learns why it died from the table itself. Anyone who can
+    /// write the table can forge one: it explains an exit, it never causes a signal.
+    struct StopRecord {
+        pid_t stopper_pid = 0;
+        std::string name;
+        std::chrono::milliseconds timeout{0};
+        std::uint64_t last_beat_ns = 0;  // CLOCK_MONOTONIC
+    };
+    [[nodiscard]] std::optional<StopRecord> stop_record(const ProcessIdentity& who) const;
+
     /// What read_journal() found.
     enum class JournalRead {
         caught_up,  // every record up to the head was read
