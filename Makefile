@@ -35,6 +35,7 @@ bench: build
 	$(BUILD)/bin/bench_checkproc
 	$(BUILD)/bin/bench_procctl
 	$(BUILD)/bin/bench_stack
+	$(BUILD)/bin/bench_events
 
 # ASan+UBSan over every test, then TSan over the concurrency tests; both with clang, so that CI
 # also builds the whole tree warning-free with the second compiler.

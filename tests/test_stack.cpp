@@ -230,6 +230,23 @@ TEST_CASE("a program above its max_rss for three checks in a row is restarted") 
     Process stack({hbtest::bin("procctl"), "-f", "-c", config.string()});
     REQUIRE(stack.wait_for_output("above its max_rss of 16 MiB for 3 checks in a row: restarting it", 30s));
     REQUIRE(stack.wait_for_output_count("started hog as pid", 2, 30s));
+    // The same as an event, with the figures as data, before the stop it caused.
+    const auto events = run({"curl", "-sS", "--max-time", "10", "--unix-socket", (dir.dir / "run" / "control.sock").string(),
+                             "http://stack/v1/events?since=0"});
+    REQUIRE(events.first == 0);
+    std::vector<std::string> kinds;
+    const auto page = nlohmann::json::parse(events.second);  // named: a temporary would end before the loop
+    for (const auto& event : page["events"]) {
+        kinds.push_back(event["kind"]);
+        if (event["kind"] == "max_rss_exceeded") {
+            CHECK(event["details"]["max_rss_bytes"] == 16u << 20);
+            CHECK(event["details"]["rss_bytes"].get<std::uint64_t>() > 16u << 20);
+        }
+    }
+    const auto at = std::find(kinds.begin(), kinds.end(), "max_rss_exceeded");
+    REQUIRE(at != kinds.end());
+    REQUIRE(at + 1 != kinds.end());
+    CHECK(*(at + 1) == "stopping");
     ::kill(stack.pid(), SIGTERM);
     REQUIRE(stack.wait_exit(30s));
     CHECK(WEXITSTATUS(stack.wait()) == 0);

@@ -136,7 +136,9 @@ public:
 private:
     void stream(const std::string& first) {
         following_ = true;
-        state_->followers.push_back(weak_from_this());
+        auto& followers = state_->followers;  // those that left are dropped here too: a quiet stack never broadcasts
+        std::erase_if(followers, [](const std::weak_ptr<Session>& f) { return f.expired(); });
+        followers.push_back(weak_from_this());
         outbox_.push_back("HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n"
                           "Cache-Control: no-store\r\nConnection: close\r\n\r\n");
         if (!first.empty()) outbox_.push_back(chunk(first));
@@ -277,7 +279,17 @@ ControlServer::ControlServer(const std::string& socket_path, std::optional<gid_t
     if (::chmod(socket_path.c_str(), 0660) != 0 || (group && ::chown(socket_path.c_str(), static_cast<uid_t>(-1), *group) != 0))
         throw Error(errno, "cannot set the mode or group of " + socket_path + ": " + std::strerror(errno));
     accept_next(&s);
-    s.thread = std::thread([state = state_.get()] { state->io.run(); });
+    s.thread = std::thread([state = state_.get()] {
+        for (;;) {
+            try {
+                state->io.run();
+                return;
+            } catch (const std::exception&) {
+                // A handler failed (std::bad_alloc, under a memory limit): its connection is
+                // lost, and the server goes on serving the others. It must never take procctl down.
+            }
+        }
+    });
 }
 
 ControlServer::~ControlServer() {

@@ -23,52 +23,10 @@
 
 namespace hbwatch::tool {
 
-/// http://user:password@host/path shown as http://user:***@host/path: credentials never reach a log.
-[[nodiscard]] std::string redacted_url(const std::string& url);
-
 /// What a hook's environment says of `event`: HBWATCH_EVENT, HBWATCH_PROGRAM, HBWATCH_INSTANCE,
-/// HBWATCH_PID, HBWATCH_MESSAGE, HBWATCH_DETAILS (JSON), HBWATCH_SEQ, HBWATCH_TIME, HBWATCH_HOST
-/// and HBWATCH_EVENT_JSON (the whole event).
+/// HBWATCH_PID, HBWATCH_MESSAGE, HBWATCH_DETAILS (JSON), HBWATCH_SEQ, HBWATCH_TIME,
+/// HBWATCH_MONOTONIC_NS, HBWATCH_HOST and HBWATCH_EVENT_JSON (the whole event).
 [[nodiscard]] std::vector<std::string> hook_environment(const Event& event);
-
-/// The alerts Alertmanager should hold at `now` (the sink's state, for tests and for the
-/// sink itself): one per condition that holds.
-class AlertBook {
-public:
-    explicit AlertBook(std::chrono::milliseconds quiet_window) : quiet_ns_(to_ns(quiet_window)) {}
-    struct Alert {
-        std::string name;  // alertname: HbwatchProgramHung, ...
-        std::string unit;
-        std::string program;
-        std::string severity;
-        std::string summary;
-        std::string description;
-        std::uint64_t starts_wall_ns = 0;
-        std::uint64_t last_mono_ns = 0;  // the last event that kept it firing
-        bool quiet_resolves = false;      // resolved once quiet_window passes without such an event
-        bool resolved = false;
-        std::uint64_t ends_wall_ns = 0;
-    };
-    /// Fires, refreshes or resolves alerts for `event`; returns whether anything changed.
-    bool on(const Event& event);
-    /// Resolves the quiet ones whose window has passed; returns whether any was.
-    bool expire(std::uint64_t now_mono_ns, std::uint64_t now_wall_ns);
-    /// The Alertmanager payload: every alert, firing ones with endsAt `valid_ns` ahead,
-    /// resolved ones with their end. Then forgets the resolved ones once `delivered`.
-    [[nodiscard]] nlohmann::json payload(std::uint64_t now_wall_ns, std::uint64_t valid_ns) const;
-    void forget_resolved();
-    [[nodiscard]] const std::vector<Alert>& alerts() const noexcept { return alerts_; }
-    /// The next instant a quiet alert resolves (0: none).
-    [[nodiscard]] std::uint64_t next_expiry() const noexcept;
-
-private:
-    static constexpr std::uint64_t to_ns(std::chrono::milliseconds d) { return static_cast<std::uint64_t>(d.count()) * 1'000'000u; }
-    Alert* find(const std::string& name, const std::string& unit);
-    void fire(const Event& event, const char* name, const char* severity, const std::string& summary, bool quiet);
-    bool resolve(const std::string& unit, std::initializer_list<const char*> names, std::uint64_t wall_ns);
-    std::uint64_t quiet_ns_;
-    std::vector<Alert> alerts_;
-};
 
 class EventSinks {
 public:

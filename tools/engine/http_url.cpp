@@ -4,9 +4,19 @@
 
 #include <hbwatch/error.h>
 
-#include "engine/event_sinks.h"
 
 namespace hbwatch::tool {
+
+std::string redacted_url(const std::string& url) {
+    // Everything from the scheme to the last '@' goes: whatever way a URL splits its user info
+    // (a '@' or '/' in a password, a token with no password), none of it shows.
+    const auto scheme = url.find("://");
+    const auto start = scheme == std::string::npos ? 0 : scheme + 3;
+    const auto at = url.rfind('@');
+    if (at == std::string::npos || at < start) return url;
+    return url.substr(0, start) + "***" + url.substr(at);
+}
+
 
 std::string HttpUrl::basic_auth() const {
     static constexpr char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -47,9 +57,13 @@ HttpUrl parse_http_url(const std::string& url, const std::string& what) {
         if (static_cast<unsigned char>(c) <= ' ' || c == 0x7f) return fail("holds a space or a control character");
     HttpUrl out;
     std::string rest = url.substr(scheme.size());
-    const auto slash = rest.find('/');
+    const auto slash = rest.find_first_of("/?#");
     std::string authority = rest.substr(0, slash);
-    if (slash != std::string::npos) out.target = rest.substr(slash);
+    if (slash != std::string::npos) {
+        out.target = rest.substr(slash);
+        if (out.target.front() != '/') out.target.insert(0, 1, '/');  // in steps: g++ 12 warns falsely (-Wrestrict) on "/" + ...
+    }
+    if (out.target.find('#') != std::string::npos) out.target.erase(out.target.find('#'));
     if (const auto at = authority.rfind('@'); at != std::string::npos) {
         out.credentials = authority.substr(0, at);
         authority = authority.substr(at + 1);

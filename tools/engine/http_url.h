@@ -17,6 +17,9 @@ struct HttpUrl {
     [[nodiscard]] std::string target_under(const std::string& path) const;
 };
 
+/// http://user:password@host/path shown as http://***@host/path: credentials never reach a log.
+[[nodiscard]] std::string redacted_url(const std::string& url);
+
 /// Throws hbwatch::Error(EINVAL) naming `what` and the URL (credentials hidden) for anything
 /// but http://HOST[:PORT][/PATH].
 [[nodiscard]] HttpUrl parse_http_url(const std::string& url, const std::string& what);

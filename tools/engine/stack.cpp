@@ -49,7 +49,12 @@ Stack::Stack(StackConfig config, spdlog::logger& log, int signal_fd)
     default_signal_dispositions();
 }
 
-Stack::~Stack() = default;
+Stack::~Stack() {
+    // Output files report their last problems as events while they close: before the ring and
+    // the sinks go.
+    control_ = nullptr;
+    outputs_.clear();
+}
 
 std::optional<gid_t> Stack::control_group() const {
     if (config_.socket_group.empty()) return std::nullopt;
@@ -61,6 +66,10 @@ std::optional<gid_t> Stack::control_group() const {
 int Stack::run(ControlServer& control) {
     ::prctl(PR_SET_CHILD_SUBREAPER, 1);
     control_ = &control;
+    struct Forget {  // however run() ends, the control server is not used after it
+        ControlServer*& control;
+        ~Forget() { control = nullptr; }
+    } forget{control_};
     for (auto& member : members_) take_cgroup(*member);
     log_.info("running the stack of {} ({} programs): start order {}; control socket {}/control.sock; SIGHUP reloads it", config_.path,
               members_.size(), start_order(), config_.run_dir);

@@ -231,11 +231,22 @@ int stack_events(const std::string& run_dir, bool follow, bool as_json) {
     events.follow = follow;
     const ControlRequest request = to_request(events);
     if (follow) {
-        control_stream(run_dir + "/control.sock", request.target, [&](const std::string& line) {
+        const std::string socket = run_dir + "/control.sock";
+        control_stream(socket, request.target, [&](const std::string& line) {
             const json event = json::parse(line, nullptr, false);
             if (event.is_object()) show(event);
             return true;
         });
+        // The stream ends when procctl stops, or when it drops a reader that fell behind.
+        bool still_there = true;
+        try {
+            (void)control_request(socket, "GET", "/v1/events?since=0&limit=1");
+        } catch (const Error&) {
+            still_there = false;
+        }
+        if (still_there)
+            throw Error(EIO, "procctl ended the stream while it runs: this reader fell over 1 MiB behind, or did not read for 5 s. "
+                             "Run proctab events -f again");
         std::fprintf(stderr, "proctab: procctl ended the stream (it stopped)\n");
         return kExitOk;
     }

@@ -2,6 +2,7 @@
 // units' one observer), which says it as typed events (event.h); emit() keeps each in the ring
 // the control API pages through, streams it to /v1/events followers, and hands it to the
 // sinks. Heartbeat health is looked at here too, at the instants it can change.
+#include <malloc.h>
 #include <signal.h>
 #include <sys/wait.h>
 
@@ -190,6 +191,20 @@ void Stack::set_beat_health(Member& member, Health health, const std::string& ho
     const Health before = member.beat_health;
     if (health == before) return;
     member.beat_health = health;
+    // A heartbeat that flaps (or a table writer who makes it flap) says so at most 20 times a
+    // minute: the ring and the sinks' queues keep room for everything else.
+    const std::uint64_t now = monotonic_now_ns();
+    if (now >= member.beat_events_window_ns + to_ns(std::chrono::minutes(1))) {
+        if (member.beat_events_suppressed > 0)
+            log_.warn("{}: {} heartbeat changes were not said as events in the last minute (more than 20)", member.name(),
+                      member.beat_events_suppressed);
+        member.beat_events_window_ns = now;
+        member.beat_events = member.beat_events_suppressed = 0;
+    }
+    if (++member.beat_events > 20) {
+        ++member.beat_events_suppressed;
+        return;
+    }
     const std::string& name = member.name();
     if (health == Health::ok) {
         emit_for(member, EventKind::heartbeat_recovered, name + "'s heartbeat is back: " + how, {{"was", to_string(before)}});
@@ -207,16 +222,22 @@ void Stack::set_beat_health(Member& member, Health health, const std::string& ho
 void Stack::check_heartbeats(std::uint64_t now) {
     if (now < next_beat_check_ns_) return;
     next_beat_check_ns_ = now + to_ns(std::chrono::seconds(1));
+    // Never sooner than this: the table's writers choose the beats and timeouts the next look
+    // is timed by, and must not make procctl spin on it.
+    const std::uint64_t soonest = now + to_ns(std::chrono::milliseconds(250));
     std::map<key_t, std::vector<Member*>> by_table;
     for (auto& member : members_) {
         const Phase phase = member->unit.phase();
-        if (!member->unit.running() || (phase != Phase::starting && phase != Phase::ready)) continue;
+        // Only a ready unit's heartbeat is judged: a starting one is judged by its readiness check.
+        if (!member->unit.running() || phase != Phase::ready) continue;
         try {
             by_table[table_key(member->program())].push_back(member.get());
         } catch (const Error&) {
         }
     }
-    for (auto& [key, members] : by_table) {
+    for (auto& entry : by_table) {  // not a structured binding: clang 14 cannot capture one in the lambda below
+        const key_t key = entry.first;
+        const std::vector<Member*>& members = entry.second;
         std::optional<Table> table;
         try {
             TableOptions options;
@@ -237,7 +258,7 @@ void Stack::check_heartbeats(std::uint64_t now) {
                 if (!same_process(members[i]->identity, slot.process)) continue;
                 const Health health = health_of(slot, now);
                 const std::uint64_t next = health == Health::ok ? slot.last_beat_ns + to_ns(slot.timeout) / 2 : deadline_ns(slot) + 1;
-                if (health != Health::hung && next > now) next_beat_check_ns_ = std::min(next_beat_check_ns_, next);
+                if (health != Health::hung) next_beat_check_ns_ = std::max(soonest, std::min(next_beat_check_ns_, next));
                 Worst& w = worst[i];
                 if (!w.seen || health > w.health) {
                     w.health = health;
@@ -258,30 +279,44 @@ void Stack::output_dropped(const std::string& path, const std::string& problem) 
 }
 
 json Stack::reload() {
+    std::optional<Error> refused;
     try {
         json report = reload_config();
         emit(make_event(EventKind::reload_applied, "", 0, "reloaded " + config_.path, report));
         return report;
+    } catch (const Error& e) {
+        refused.emplace(e.code(), e.what());
     } catch (const std::exception& e) {
-        emit(make_event(EventKind::reload_refused, "", 0, std::string("reload refused, the running config is kept: ") + e.what(),
-                        {{"error", e.what()}}));
-        throw;
+        refused.emplace(EINVAL, e.what());
     }
+    // A config that ran procctl out of memory left its heap at its peak. Given back here, once
+    // the exception (allocated last, at the heap's top) is gone: under a memory limit the next
+    // request would otherwise find no room, though nothing is held.
+    ::malloc_trim(0);
+    emit(make_event(EventKind::reload_refused, "", 0, std::string("reload refused, the running config is kept: ") + refused->what(),
+                    {{"error", refused->what()}}));
+    throw Error(*refused);
 }
 
 // GET /v1/events?since=CURSOR[&limit=N][&follow=1]: a page of the ring, with the cursor for
 // the next; with follow, the page as NDJSON and then every new event as it happens.
 ControlReply Stack::events_reply(const ControlCommand& command) const {
-    const auto page = events_.since(command.since, command.follow ? config_.events.keep : command.limit);
     if (!command.follow) {
+        const auto page = events_.since(command.since, command.limit);
         json list = json::array();
         for (const auto& event : page.events) list.push_back(to_json(event));
         return ControlReply{200, json{{"events", std::move(list)}, {"next", page.next}, {"missed", page.missed}}.dump(
                                      -1, ' ', false, json::error_handler_t::replace)};
     }
+    // Following: the newest `limit` events after the cursor, then every new one.
+    auto first = events_.since(command.since, config_.events.keep);
+    if (first.events.size() > command.limit) {
+        first.missed += first.events.size() - command.limit;
+        first.events.erase(first.events.begin(), first.events.end() - static_cast<std::ptrdiff_t>(command.limit));
+    }
     std::string lines;
-    if (page.missed > 0) lines += json{{"missed", page.missed}}.dump() + "\n";
-    for (const auto& event : page.events) lines += to_json(event).dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
+    if (first.missed > 0) lines += json{{"missed", first.missed}}.dump() + "\n";
+    for (const auto& event : first.events) lines += to_json(event).dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
     return ControlReply{200, std::move(lines), true};
 }
 

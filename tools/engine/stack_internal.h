@@ -59,6 +59,8 @@ struct Member {
     std::vector<char*> probe_argv;
     // What its events need (stack_events.cpp).
     Health beat_health = Health::ok;  // the worst of its registrations when last looked at
+    std::uint64_t beat_events_window_ns = 0;  // heartbeat events said in the minute from here
+    unsigned beat_events = 0, beat_events_suppressed = 0;
     std::deque<std::uint64_t> recent_starts;  // within the restart-storm window
     bool storming = false;
     std::optional<Table::StopRecord> hang_stop;  // a checkproc's hang stop, read from the table when it was reaped

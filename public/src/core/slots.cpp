@@ -437,8 +437,10 @@ std::optional<Table::StopRecord> Table::stop_record(const ProcessIdentity& who) 
         if (phase_of(before) == SlotPhase::claiming || (phase_of(before) != SlotPhase::free && pid_of(before) != who.pid)) continue;
         const std::uint64_t stopper = slot.stopper.load(relaxed);
         if (stopper == 0 || slot.start_time.load(relaxed) != who.start_time) continue;
+        // With pidfs the inode names one process for the boot: a released slot's start time alone
+        // could be another's that started in the same tick.
         const std::uint64_t inode = slot.pidfs_inode.load(relaxed);
-        if (inode != 0 && who.pidfs_inode != 0 && inode != who.pidfs_inode) continue;
+        if (who.pidfs_inode != 0 ? inode != who.pidfs_inode : inode != 0) continue;
         StopRecord record;
         record.stopper_pid = static_cast<pid_t>(static_cast<std::uint32_t>(stopper));
         record.timeout = std::chrono::milliseconds(slot.timeout_ms.load(relaxed));
