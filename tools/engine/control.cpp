@@ -63,17 +63,18 @@ class Session;
 }  // namespace
 
 struct ControlServer::State {
-    std::atomic<std::size_t> connections{0};  // first: sessions destroyed with `io` still count down
-    std::map<uid_t, std::size_t> per_user;    // open connections by peer uid, under `mutex`: a session
-                                              // may end on either thread
+    // Before `io`: the sessions destroyed with it count down and lock.
+    std::atomic<std::size_t> connections{0};
+    std::map<uid_t, std::size_t> per_user;  // open connections by peer uid, under `mutex`: a session
+                                            // may end on either thread
+    std::mutex mutex;
+    std::deque<Pending> pending;
+    std::vector<std::weak_ptr<Session>> followers;  // on the server's thread only
     asio::io_context io;
     local::acceptor acceptor{io};
     asio::steady_timer retry{io};  // after a failed accept (EMFILE): wait, do not spin
     std::string path;
     int wake = -1;
-    std::mutex mutex;
-    std::deque<Pending> pending;
-    std::vector<std::weak_ptr<Session>> followers;  // on the server's thread only
     std::thread thread;
 };
 
@@ -246,9 +247,20 @@ void accept_next(ControlServer::State* state) {
             socket.close(ignored);  // too many at once: the newest is turned away
         } else {
             ++state->connections;
-            std::make_shared<Session>(std::move(socket), state, peer.uid)->start();
+            std::shared_ptr<Session> session;
+            try {
+                session = std::make_shared<Session>(std::move(socket), state, peer.uid);
+            } catch (const std::exception&) {  // no memory for it: turned away, and counted out again
+                --state->connections;
+                std::lock_guard lock(state->mutex);
+                if (--state->per_user[peer.uid] == 0) state->per_user.erase(peer.uid);
+            }
+            try {
+                if (session) session->start();
+            } catch (const std::exception&) {  // dropped: its destructor counts it out
+            }
         }
-        accept_next(state);
+        accept_next(state);  // always: the server must go on accepting
     });
 }
 

@@ -272,7 +272,8 @@ private:
         siginfo_t info{};
         if (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(r.pidfd.fd()), &info, WEXITED | __WALL | WNOHANG) != 0)
             return 0;
-        return info.si_code == CLD_EXITED ? (info.si_status & 0xff) << 8 : info.si_status & 0x7f;
+        if (info.si_code == CLD_EXITED) return (info.si_status & 0xff) << 8;
+        return (info.si_status & 0x7f) | (info.si_code == CLD_DUMPED ? 0x80 : 0);  // as waitpid's status
     }
 
     HookConfig config_;

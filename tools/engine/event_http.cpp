@@ -172,16 +172,19 @@ private:
             std::string body;
             std::uint64_t version = 0, expiry = 0;
             std::size_t count = 0;
+            std::optional<AlertBook> snapshot;
             {
                 std::lock_guard lock(book_mutex_);
                 book_.expire(now, realtime_now_ns());
                 version = book_.version();
                 count = book_.alerts().size();
                 dirty = version != delivered && count > 0;
-                if (count > 0 && (dirty || now >= next_send) && now >= retry_at)
-                    body = book_.payload(realtime_now_ns(), 4 * resend_ns).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+                if (count > 0 && (dirty || now >= next_send) && now >= retry_at) snapshot = book_;
                 expiry = book_.next_expiry();
             }
+            // Made outside the lock: offer(), on the supervision loop, waits for nothing long.
+            if (snapshot) body = snapshot->payload(realtime_now_ns(), 4 * resend_ns).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+            snapshot.reset();
             if (!body.empty()) {
                 std::string error;
                 const auto status =

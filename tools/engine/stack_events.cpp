@@ -104,7 +104,7 @@ void Stack::on_transition(const Unit& unit, const Change& change) {
             break;
         }
         case Phase::stopped:
-            if (member.beat_health != Health::ok) member.beat_health = Health::ok;  // stopped: nothing to watch
+            member.beat_health = member.said_health = Health::ok;  // stopped: nothing to watch
             emit_for(member, EventKind::stopped, unit.name() + " stopped", {{"last_exit", unit.last_exit()}});
             break;
         case Phase::gave_up:
@@ -188,24 +188,34 @@ void Stack::read_hang_stop(Member& member) {
 }
 
 void Stack::set_beat_health(Member& member, Health health, const std::string& how) {
-    const Health before = member.beat_health;
-    if (health == before) return;
     member.beat_health = health;
-    // A heartbeat that flaps (or a table writer who makes it flap) says so at most 20 times a
-    // minute: the ring and the sinks' queues keep room for everything else.
+    member.beat_how = how;
+    say_beat_health(member);
+}
+
+// Says the heartbeat's health when it differs from what was said last. A heartbeat that flaps
+// (or a table writer who makes it flap) is said at most 20 times a minute, so the ring and the
+// sinks' queues keep room for everything else; what was held back is said once the minute is
+// over (check_heartbeats calls this again), so a hang that came while held back is never lost.
+void Stack::say_beat_health(Member& member) {
+    const Health before = member.said_health, health = member.beat_health;
+    if (health == before) return;
     const std::uint64_t now = monotonic_now_ns();
     if (now >= member.beat_events_window_ns + to_ns(std::chrono::minutes(1))) {
         if (member.beat_events_suppressed > 0)
-            log_.warn("{}: {} heartbeat changes were not said as events in the last minute (more than 20)", member.name(),
+            log_.warn("{}: {} heartbeat changes were held back in the last minute (more than 20 said)", member.name(),
                       member.beat_events_suppressed);
         member.beat_events_window_ns = now;
         member.beat_events = member.beat_events_suppressed = 0;
     }
-    if (++member.beat_events > 20) {
+    if (member.beat_events >= 20) {
         ++member.beat_events_suppressed;
         return;
     }
+    ++member.beat_events;
+    member.said_health = health;
     const std::string& name = member.name();
+    const std::string& how = member.beat_how;
     if (health == Health::ok) {
         emit_for(member, EventKind::heartbeat_recovered, name + "'s heartbeat is back: " + how, {{"was", to_string(before)}});
         return;
@@ -272,6 +282,7 @@ void Stack::check_heartbeats(std::uint64_t now) {
         for (std::size_t i = 0; i < members.size(); ++i)
             if (worst[i].seen) set_beat_health(*members[i], worst[i].health, worst[i].how);
     }
+    for (auto& member : members_) say_beat_health(*member);  // what a full minute held back
 }
 
 void Stack::output_dropped(const std::string& path, const std::string& problem) {

@@ -59,6 +59,8 @@ struct Member {
     std::vector<char*> probe_argv;
     // What its events need (stack_events.cpp).
     Health beat_health = Health::ok;  // the worst of its registrations when last looked at
+    Health said_health = Health::ok;  // what its last heartbeat event said
+    std::string beat_how;             // the words for beat_health
     std::uint64_t beat_events_window_ns = 0;  // heartbeat events said in the minute from here
     unsigned beat_events = 0, beat_events_suppressed = 0;
     std::deque<std::uint64_t> recent_starts;  // within the restart-storm window
@@ -120,6 +122,7 @@ private:
     void started_event(Member& member);
     void check_heartbeats(std::uint64_t now);
     void set_beat_health(Member& member, Health health, const std::string& how);
+    void say_beat_health(Member& member);
     void read_hang_stop(Member& member);
     void output_dropped(const std::string& path, const std::string& problem);
     nlohmann::json reload();  // reload_config(), said as an event either way
