@@ -105,6 +105,7 @@ TEST_CASE("a full device drops output, says so once with the path and errno, and
     REQUIRE(reports.lines.size() == 1);
     CHECK(reports.lines[0] == "cannot write /dev/full: No space left on device; dropping output (supervision goes on) "
                               "until it can be written");
+    CHECK(reports.droppings == 1);  // the line that procctl turns into an output_dropped event
     CHECK(file.dropped_bytes() == 100 * 30);
 }
 
@@ -127,6 +128,7 @@ TEST_CASE("a full tmpfs drops output, then writes again once space is freed, cou
     REQUIRE(reports.lines.size() == 2);
     CHECK(reports.lines[1].starts_with("writing " + scratch.file("out") + " again; "));
     CHECK(reports.lines[1].ends_with("of output were dropped meanwhile"));
+    CHECK(reports.droppings == 1);  // the recovery begins no new stretch
     CHECK(read_file(scratch.file("out")).ends_with("after\n"));
 }
 
