@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -375,6 +376,40 @@ TEST_CASE("a hung program stopped by checkproc: every event in order, its exit s
     // The stop itself went out before procctl exited.
     CHECK(joined(kinds_in(recorded)).find("heartbeat_recovered stopping exited stopped") != std::string::npos);
     CHECK_MESSAGE(stack.output().find("every event was delivered") != std::string::npos, stack.output());
+}
+
+TEST_CASE("what a hook leaves running is killed with it, even a process that left its session") {
+    if (::geteuid() != 0) {
+        MESSAGE("SKIPPED: needs root (a cgroup for each hook run)");
+        return;
+    }
+    Scratch dir;
+    const fs::path config = dir.dir / "stack.yaml";
+    std::ofstream(config) << "run_dir: " << (dir.dir / "run").string() << "\n"
+                          << "events:\n"
+                          << "  hooks:\n"
+                          // The hook starts a sleeper in a session of its own, says its pid, and exits.
+                          << "    - {command: [sh, -c, \"setsid sleep 777 </dev/null >/dev/null 2>&1 & echo escaped $!\"], "
+                          << "kinds: [started]}\n"
+                          << "programs:\n"
+                          << "  quiet:\n"
+                          << "    command: [sleep, \"1000\"]\n";
+    Process stack({hbtest::bin("procctl"), "-f", "-c", config.string()});
+    REQUIRE(stack.wait_for_output("says: escaped ", 30s));
+    std::smatch found;
+    const std::string log = stack.output_so_far();
+    REQUIRE(std::regex_search(log, found, std::regex("says: escaped ([0-9]+)")));
+    const pid_t sleeper = std::stoi(found[1]);
+    // Gone once the hook has exited: its pidfd (or its absence) says so, no sleep.
+    const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, sleeper, 0));
+    if (pidfd >= 0) {
+        pollfd p{pidfd, POLLIN, 0};
+        CHECK_MESSAGE(::poll(&p, 1, 30000) == 1, "the sleeper the hook left behind is still running");
+        ::close(pidfd);
+    }
+    ::kill(stack.pid(), SIGTERM);
+    REQUIRE(stack.wait_exit(30s));
+    CHECK(WEXITSTATUS(stack.wait()) == 0);
 }
 
 TEST_CASE("sinks never stall supervision: a hook that never ends and a webhook that never answers leave restarts and the socket as fast") {

@@ -59,6 +59,8 @@ int main(int argc, char** argv) {
         if (!events_file.empty() || !on_event.empty()) {
             events.emplace(events_file, on_event, *logger);
             options.on_event = [&events](hbwatch::tool::Event event) { events->publish(std::move(event)); };
+            options.event_log_fd = events->log_fd();
+            options.on_event_log = [&events] { events->write_log(); };
         }
         if (watch) {
             hbwatch::tool::watch(table, options, tool::sink_for(logger), stop_fd);

@@ -38,6 +38,10 @@ struct CheckOptions {
     // Hears every hang stop as events: heartbeat_hung and hang_stopped (SIGTERM) when one
     // begins, hang_stopped (SIGKILL) when the grace runs out, exited when it ends.
     std::function<void(Event)> on_event;
+    // --watch polls this fd too, and calls on_event_log when it is readable (the event hooks'
+    // log lines, handed over from their thread). -1: none.
+    int event_log_fd = -1;
+    std::function<void()> on_event_log;
 };
 
 /// When `slot` turns hung: its last beat plus its timeout plus beat_lag_bound_ns() (how long

@@ -12,6 +12,7 @@
 #include "core/duration.h"
 #include "core/pidfd.h"
 #include "core/process.h"
+#include "engine/cgroup.h"
 #include "engine/event_sink.h"
 #include "engine/spawn.h"
 #include "engine/terminal_text.h"
@@ -41,7 +42,7 @@ constexpr std::size_t kHookOutputBytes = 64 * 1024;  // per run, to the log; the
 // SIGKILL to every process of the session `leader` leads, each through a pidfd checked to be
 // in that session after it was opened. The leader is our unreaped child, so its pid (and the
 // session id) cannot pass to another process meanwhile; a descendant that left the session
-// with setsid() is out of reach, which the log line says.
+// with setsid() is out of reach: where procctl may make cgroups, each run has one instead.
 void kill_session(const Pidfd& leader) {
     leader.send(SIGKILL);
     DIR* proc = ::opendir("/proc");
@@ -116,10 +117,41 @@ private:
         Pidfd pidfd;
         int out_fd;
         std::uint64_t deadline_ns;
-        std::string pending;  // a partial line of its output
+        std::unique_ptr<Cgroup> group;  // its own, when procctl may make cgroups: its whole tree
+        std::string pending;          // a partial line of its output
         std::size_t logged = 0;
         bool timed_out = false;
     };
+
+    // A hook run's cgroup, or none (no cgroup v2 here, or not ours to use: said once).
+    std::unique_ptr<Cgroup> cgroup_for_run() {
+        if (!use_cgroups_) return nullptr;
+        std::string why;
+        auto group = Cgroup::take("events-hook", &why);
+        if (!group) {
+            use_cgroups_ = false;
+            say(spdlog::level::info, "hooks run without a cgroup of their own (" + why +
+                                         "): what a hook leaves running outside its session outlives it");
+            return nullptr;
+        }
+        return std::make_unique<Cgroup>(std::move(*group));
+    }
+
+    // SIGKILL to the run's tree: its cgroup, whatever left the session; else its session.
+    static void kill_tree(Run& r) {
+        if (r.group && r.group->kill()) return;
+        kill_session(r.pidfd);
+    }
+    // Waits (5 s at most) for its cgroup to empty, so that the directory is removed after it.
+    static void release_group(Run& r) {
+        if (!r.group) return;
+        const std::uint64_t until = monotonic_now_ns() + 5'000'000'000ull;
+        while (r.group->populated() && monotonic_now_ns() < until) {
+            pollfd p{r.group->events_fd(), POLLPRI, 0};
+            (void)::poll(&p, 1, 50);
+        }
+        r.group.reset();
+    }
 
     void run() override {
         std::vector<pollfd> fds;
@@ -146,14 +178,14 @@ private:
                 if (!r.timed_out && now >= r.deadline_ns) {
                     r.timed_out = true;
                     say(spdlog::level::warn, "still running " + human_duration(config_.timeout) + " after it started for event #" +
-                                                 std::to_string(r.seq) + " (" + r.kind + "): SIGKILL to it and its session");
-                    kill_session(r.pidfd);
+                                                 std::to_string(r.seq) + " (" + r.kind + "): SIGKILL to it and all it started");
+                    kill_tree(r);
                 }
             }
             finish_exited(false);
         }
         for (auto& r : runs_) {  // procctl is exiting: what still runs is cut off
-            kill_session(r.pidfd);
+            kill_tree(r);
             failed_one();
         }
         finish_exited(true);
@@ -186,6 +218,8 @@ private:
         plan.stderr_fd = pipe_fds[1];
         int pidfd = -1;
         plan.pidfd = &pidfd;  // the supervision loop's waitpid(-1) must not take its exit
+        std::unique_ptr<Cgroup> group = cgroup_for_run();
+        plan.cgroup = group.get();
         std::optional<SpawnFailure> failure;
         const pid_t pid = spawn(plan, failure);
         ::close(pipe_fds[1]);
@@ -198,7 +232,8 @@ private:
             return;
         }
         runs_.push_back(Run{event.seq, to_string(event.kind), Pidfd::adopt(pidfd, pid), pipe_fds[0],
-                            monotonic_now_ns() + static_cast<std::uint64_t>(config_.timeout.count()) * 1'000'000u, {}, 0, false});
+                            monotonic_now_ns() + static_cast<std::uint64_t>(config_.timeout.count()) * 1'000'000u, std::move(group), {},
+                            0, false});
     }
 
     // What it wrote since the last look, 64 KiB at most a turn (a hook that writes without end
@@ -244,7 +279,7 @@ private:
                 ++it;
                 continue;
             }
-            kill_session(it->pidfd);  // descendants it left running (a background job, say)
+            kill_tree(*it);  // descendants it left running (a background job, say)
             read_output(*it);
             if (!it->pending.empty()) log_line(*it, it->pending);
             if (it->logged > kHookOutputBytes)
@@ -252,6 +287,7 @@ private:
                                              " bytes of its output were not logged (" + std::to_string(kHookOutputBytes) +
                                              " bytes per run at most)");
             const auto status = reap(*it);
+            release_group(*it);
             if (!status) {
                 say(spdlog::level::err, "event #" + std::to_string(it->seq) + ": the hook is still there 5s after SIGKILL; left behind");
                 failed_one();
@@ -280,6 +316,7 @@ private:
     HookUser user_;
     std::vector<std::string> base_env_;
     std::vector<Run> runs_;
+    bool use_cgroups_ = true;  // until a cgroup could not be taken
 };
 
 }  // namespace

@@ -25,6 +25,11 @@ public:
     ~EventOutlet();
 
     void publish(Event event);
+    /// Readable when the hook's log lines wait (-1 without a hook); write_log() writes them.
+    [[nodiscard]] int log_fd() const noexcept { return sinks_ ? sinks_->log_fd() : -1; }
+    void write_log() {
+        if (sinks_) sinks_->write_log(log_);
+    }
     /// Gives hooks in flight and queued 2 s, then says what was not delivered.
     void finish();
 

@@ -29,11 +29,11 @@ pid_t fork_into(const Cgroup* cgroup, bool& joined, int* pidfd) {
     // Exit signal 0: a "clone child" that waitpid(-1) does not report (only __WALL waits do),
     // so that a supervision loop reaping every child leaves it to its own waiter; its pidfd
     // comes with it (x86-64 argument order: flags, stack, parent_tid, child_tid, tls).
-    if (pidfd != nullptr) return static_cast<pid_t>(::syscall(SYS_clone, static_cast<unsigned long>(CLONE_PIDFD), nullptr, pidfd, nullptr, 0UL));
     if (cgroup != nullptr && clone_into_cgroup && cgroup->clone_safe()) {
         clone_args args{};
-        args.flags = CLONE_INTO_CGROUP;
-        args.exit_signal = SIGCHLD;
+        args.flags = CLONE_INTO_CGROUP | (pidfd != nullptr ? CLONE_PIDFD : 0);
+        args.exit_signal = pidfd != nullptr ? 0 : SIGCHLD;
+        args.pidfd = reinterpret_cast<std::uint64_t>(pidfd);
         args.cgroup = static_cast<std::uint64_t>(cgroup->dir_fd());
         const long pid = ::syscall(SYS_clone3, &args, sizeof args);
         if (pid >= 0) {
@@ -43,6 +43,7 @@ pid_t fork_into(const Cgroup* cgroup, bool& joined, int* pidfd) {
         if (errno != ENOSYS && errno != E2BIG && errno != EINVAL) return -1;
         clone_into_cgroup = false;  // an older kernel: fork, and the child joins by itself
     }
+    if (pidfd != nullptr) return static_cast<pid_t>(::syscall(SYS_clone, static_cast<unsigned long>(CLONE_PIDFD), nullptr, pidfd, nullptr, 0UL));
     return ::fork();
 }
 
@@ -114,7 +115,7 @@ pid_t spawn(const SpawnPlan& plan, std::optional<SpawnFailure>& failure) {
     }
     const pid_t parent = ::getpid();
     bool joined = false;
-    const pid_t pid = fork_into(plan.pidfd != nullptr ? nullptr : plan.cgroup, joined, plan.pidfd);
+    const pid_t pid = fork_into(plan.cgroup, joined, plan.pidfd);
     if (pid == 0) become(plan, joined, parent, report[1]);
     const int fork_error = errno;
     ::close(report[1]);

@@ -27,7 +27,7 @@ struct SpawnPlan {
     bool keep_stdio = false;  // with no fd given: the parent's own stdout/stderr, else /dev/null
     // Set: the child sends no SIGCHLD and waitpid(-1) does not see it; its pidfd is stored here,
     // and the caller waits on it (waitid P_PIDFD with __WALL). For helpers run beside a loop
-    // that reaps every child. Not with `cgroup`.
+    // that reaps every child.
     int* pidfd = nullptr;
 };
 

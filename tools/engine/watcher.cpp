@@ -388,6 +388,7 @@ void watch(const TableOptions& table_options, const CheckOptions& options, const
         std::uint64_t wake = next_table_check;
         fds.clear();
         fds.push_back(pollfd{stop_fd, POLLIN, 0});
+        fds.push_back(pollfd{options.event_log_fd, POLLIN, 0});  // -1: poll skips it
         auto each_watch = [&](const auto& fn) {
             if (current) fn(*current);
             for (auto& watch : draining) fn(*watch);
@@ -411,6 +412,7 @@ void watch(const TableOptions& table_options, const CheckOptions& options, const
             stopping = true;
             log(LogLevel::info, "stop requested: finishing the stops in flight, then exiting");
         }
+        if ((fds[1].revents & POLLIN) && options.on_event_log) options.on_event_log();
         now = monotonic_now_ns();
         if (current && epoll_at < fds.size() && (fds[epoll_at].revents & POLLIN)) current->on_exits(now);
         each_watch([&](TableWatch& watch) { watch.checker().advance(now); });
