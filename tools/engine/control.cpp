@@ -365,16 +365,27 @@ void ControlServer::serve(const std::function<ControlReply(const ControlRequest&
     }
 }
 
-ControlReply control_request(const std::string& socket_path, const std::string& method, const std::string& target) {
+namespace {
+
+// A client's connection to the socket at `socket_path`; throws hbwatch::Error saying what to check.
+local::socket connect_control(asio::io_context& io, const std::string& socket_path) {
     if (socket_path.size() >= sizeof(sockaddr_un{}.sun_path))
         throw Error(ENAMETOOLONG, "the control socket path " + socket_path + " is too long for a unix socket");
-    asio::io_context io;
     local::socket socket(io);
     beast::error_code ec;
     socket.connect(local::endpoint(socket_path), ec);
     if (ec)
         throw Error(ENOENT, "cannot reach the stack's control socket " + socket_path + ": " + ec.message() +
                                 ". Is procctl --config running with this run_dir? (--run-dir DIR)");
+    return socket;
+}
+
+}  // namespace
+
+ControlReply control_request(const std::string& socket_path, const std::string& method, const std::string& target) {
+    asio::io_context io;
+    local::socket socket = connect_control(io, socket_path);
+    beast::error_code ec;
     const timeval patience{30, 0};  // a procctl that does not answer is reported, not waited on forever
     ::setsockopt(socket.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &patience, sizeof patience);
     http::request<http::empty_body> request{http::string_to_verb(method), target, 11};
@@ -388,15 +399,9 @@ ControlReply control_request(const std::string& socket_path, const std::string& 
 }
 
 void control_stream(const std::string& socket_path, const std::string& target, const std::function<bool(const std::string&)>& line) {
-    if (socket_path.size() >= sizeof(sockaddr_un{}.sun_path))
-        throw Error(ENAMETOOLONG, "the control socket path " + socket_path + " is too long for a unix socket");
     asio::io_context io;
-    local::socket socket(io);
+    local::socket socket = connect_control(io, socket_path);
     beast::error_code ec;
-    socket.connect(local::endpoint(socket_path), ec);
-    if (ec)
-        throw Error(ENOENT, "cannot reach the stack's control socket " + socket_path + ": " + ec.message() +
-                                ". Is procctl --config running with this run_dir? (--run-dir DIR)");
     http::request<http::empty_body> request{http::verb::get, target, 11};
     request.set(http::field::host, "localhost");
     http::write(socket, request, ec);
