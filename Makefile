@@ -37,7 +37,7 @@ bench: build
 	$(BUILD)/bin/bench_stack
 	$(BUILD)/bin/bench_events
 
-# ASan+UBSan over every test, then TSan over the concurrency and event tests (threads); both with clang, so that CI
+# ASan+UBSan over every test, then TSan over the concurrency, event and HTTP tests (threads); both with clang, so that CI
 # also builds the whole tree warning-free with the second compiler.
 sanitize: asan tsan
 
@@ -51,7 +51,7 @@ tsan: deps
 	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_C_COMPILER=clang \
 	  -DHBWATCH_SANITIZE=thread $(CMAKE_ARGS)
 	cmake --build build-tsan -j $(JOBS)
-	cd build-tsan && ctest --output-on-failure -j $(JOBS) -L 'concurrency|events'
+	cd build-tsan && ctest --output-on-failure -j $(JOBS) -L 'concurrency|events|http'
 
 install: build
 	cmake --install $(BUILD) --prefix $(or $(PREFIX),/usr/local)

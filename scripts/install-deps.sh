@@ -16,6 +16,7 @@ packages=(
   libcli11-dev                         # argument parsing in the tools
   nlohmann-json3-dev                   # JSON output
   libyaml-cpp-dev                      # the stack supervisor's config (YAML, which also reads JSON)
+  libssl-dev                           # TLS and token digests for the control API over TCP
 )
 if [ "$what" = all ]; then
   packages+=(
@@ -24,6 +25,8 @@ if [ "$what" = all ]; then
     libbenchmark-dev                   # benchmarks
     faketime                           # wall-clock step tests
     curl                               # a real client of the stack's control socket
+    openssl                            # test certificates for the TLS listener
+    chromium                           # the status page, rendered headless
   )
 fi
 
@@ -51,7 +54,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: done" >&2
 fi
 
-# promtool, Alertmanager and amtool come in packages whose install starts a server: take the
+# promtool, Prometheus, Alertmanager and amtool come in packages whose install starts a server: take the
 # binaries out of the packages instead (tests start their own on loopback ports).
 extract() {  # PACKAGE FILE_IN_PACKAGE DESTINATION (under .deps/bin, or an absolute path)
   local to=$3
@@ -73,6 +76,7 @@ extract() {  # PACKAGE FILE_IN_PACKAGE DESTINATION (under .deps/bin, or an absol
 }
 if [ "$what" = all ]; then
   extract prometheus usr/bin/promtool promtool
+  extract prometheus usr/bin/prometheus prometheus  # the real server that scrapes procctl in test_http
   extract prometheus-alertmanager usr/bin/prometheus-alertmanager alertmanager
   extract prometheus-alertmanager usr/bin/amtool amtool
   # Debian's Alertmanager reads its notification templates from this fixed path (a Debian

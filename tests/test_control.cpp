@@ -58,6 +58,16 @@ TEST_CASE("every command proctab builds is the command procctl parses, with the 
     ControlCommand follow = make(Verb::output, "api");
     follow.from = OutputFile::Cursor{1234, 3, 99};
     cases.push_back({follow, {"GET", "/v1/programs/api/output?stream=stdout&from=1234:3:99"}});
+    cases.push_back({make(Verb::page), {"GET", "/"}});
+    cases.push_back({make(Verb::metrics), {"GET", "/metrics"}});
+    cases.push_back({make(Verb::heartbeats), {"GET", "/v1/heartbeats"}});
+    cases.push_back({make(Verb::ports), {"GET", "/v1/ports"}});
+    ControlCommand kill = make(Verb::port_kill);
+    kill.port = 8080;
+    cases.push_back({kill, {"POST", "/v1/ports/8080/kill"}});
+    kill.any = true;
+    kill.grace = std::chrono::milliseconds(2500);
+    cases.push_back({kill, {"POST", "/v1/ports/8080/kill?any=1&grace=2500ms"}});
     for (const auto& entry : cases) {  // not a structured binding: clang 14 cannot capture one in doctest's macros
         const ControlCommand& command = entry.first;
         const ControlRequest& request = entry.second;
@@ -72,6 +82,25 @@ TEST_CASE("every command proctab builds is the command procctl parses, with the 
     CHECK(std::get<ControlCommand>(parse_command({"GET", "/v1/programs/all"})) == make(Verb::list));
     CHECK(std::get<ControlCommand>(parse_command({"GET", "/v1/programs/api/output"})).tail == 10);
     CHECK(std::get<ControlCommand>(parse_command({"POST", "/v1/programs/api/signal?signal=SIGKILL"})).signal == SIGKILL);
+    // The seed's names for the same resources.
+    CHECK(std::get<ControlCommand>(parse_command({"GET", "/api/heartbeat/status"})) == make(Verb::heartbeats));
+    CHECK(std::get<ControlCommand>(parse_command({"GET", "/api/ports/status"})) == make(Verb::ports));
+    CHECK(std::get<ControlCommand>(parse_command({"POST", "/api/ports/8080/kill"})).port == 8080);
+    CHECK(std::get<ControlCommand>(parse_command({"GET", "/index.html"})) == make(Verb::page));
+}
+
+TEST_CASE("each command needs its role: none for the page, read to look, operate to act") {
+    using hbwatch::tool::Role;
+    using hbwatch::tool::required_role;
+    CHECK(required_role(Verb::page) == Role::none);
+    for (Verb verb : {Verb::list, Verb::output, Verb::events, Verb::heartbeats, Verb::ports, Verb::metrics}) CHECK(required_role(verb) == Role::read);
+    for (Verb verb : {Verb::start, Verb::stop, Verb::restart, Verb::signal, Verb::reload, Verb::port_kill})
+        CHECK(required_role(verb) == Role::operate);
+    CHECK(refusal("POST", "/v1/ports/0/kill") == "400 port 0: give a TCP port from 1 to 65535");
+    CHECK(refusal("POST", "/v1/ports/70000/kill") == "400 port 70000: give a TCP port from 1 to 65535");
+    CHECK(refusal("GET", "/v1/ports/80/kill") == "405 GET /v1/ports/80/kill: use POST");
+    CHECK(refusal("POST", "/v1/ports/80/kill?any=yes") == "400 any=yes: give 1 or 0");
+    CHECK(refusal("POST", "/metrics") == "405 POST /metrics: use GET");
 }
 
 TEST_CASE("a request that says no command is refused with its status and what to do, and never echoes raw bytes") {
@@ -80,7 +109,7 @@ TEST_CASE("a request that says no command is refused with its status and what to
     CHECK(refusal("DELETE", "/v1/programs/api/output") == "405 DELETE /v1/programs/api/output: use GET");
     CHECK(refusal("GET", "/v1/programs/api/stop") == "405 GET /v1/programs/api/stop: use POST");
     CHECK(refusal("GET", "/v2/programs") ==
-          "404 no such path: /v2/programs (the API is /v1/programs[/NAME[/start|stop|restart|signal|output]], /v1/events and /v1/reload)");
+          "404 no such path: /v2/programs (the API is /v1/programs[/NAME[/start|stop|restart|signal|output]], /v1/events, /v1/reload, /v1/heartbeats, /v1/ports[/N/kill] and /metrics)");
     CHECK(refusal("GET", "/v1/programs/a/b/c").starts_with("404 no such path: /v1/programs/a/b/c "));
     CHECK(refusal("POST", "/v1/programs/api/explode") == "404 no action 'explode': use start, stop, restart, signal or output");
     CHECK(refusal("POST", "/v1/programs/api/signal?signal=STOP") ==
@@ -94,7 +123,7 @@ TEST_CASE("a request that says no command is refused with its status and what to
     CHECK(refusal("GET", "/v1/programs/api/output?from=1:2:3x") == "400 from=1:2:3x: give the cursor a reply returned");
     // Bytes a client sent are shown escaped, never raw.
     CHECK(refusal("GET", "/v2/\x1b[2J\xff") ==
-          "404 no such path: /v2/\\x1b[2J\\xff (the API is /v1/programs[/NAME[/start|stop|restart|signal|output]], /v1/events and /v1/reload)");
+          "404 no such path: /v2/\\x1b[2J\\xff (the API is /v1/programs[/NAME[/start|stop|restart|signal|output]], /v1/events, /v1/reload, /v1/heartbeats, /v1/ports[/N/kill] and /metrics)");
     CHECK(refusal("POST", "/v1/programs/api/\xe2\x80\xae") == "404 no action '\\xe2\\x80\\xae': use start, stop, restart, signal or output");
     // One rendering of every refusal: {"error": message}, with its status, valid JSON whatever the bytes.
     const auto reply = ControlError{409, "the stack is stopping"}.reply();

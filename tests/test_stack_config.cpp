@@ -146,7 +146,7 @@ TEST_CASE("config errors name the file, line, column and key, and say what is al
     CHECK(error_of([] { (void)parse_stack_config("run_dir: /x\n", "s.yaml"); }) ==
           "s.yaml:1:1: programs is missing: give at least one program with its command");
     CHECK(error_of([] { (void)parse_stack_config("programs:\n  a:\n    command: [x]\nlogdir: /x\n", "s.yaml"); }) ==
-          "s.yaml:4:1: unknown key 'logdir': the keys allowed here are run_dir, log_dir, socket_group, events, programs");
+          "s.yaml:4:1: unknown key 'logdir': the keys allowed here are run_dir, log_dir, socket_group, events, http, programs");
     const std::string long_dir = "/" + std::string(100, 'r');
     CHECK(error_of([&] { (void)parse_stack_config("run_dir: " + long_dir + "\nprograms:\n  a:\n    command: [x]\n", "s.yaml"); }) ==
           "s.yaml:1:10: run_dir: '" + long_dir + "' is empty or too long: run_dir/control.sock must be under 108 bytes");

@@ -25,6 +25,7 @@
 
 #include "core/table.h"
 #include "engine/inspect.h"
+#include "engine/ports.h"
 #include "core/pidfd.h"
 #include "core/stopper.h"
 
@@ -293,6 +294,50 @@ int health(const std::string& name, const std::string& path, const std::string& 
     return report.healthy() ? tool::kExitOk : tool::kExitFailure;
 }
 
+int ports(bool as_json) {
+    const auto sockets = tool::listening_sockets();
+    if (as_json) {
+        std::cout << tool::ports_json(sockets).dump(2, ' ', false, json::error_handler_t::replace) << "\n";
+        return tool::kExitOk;
+    }
+    std::printf("%5s  %-39s  %s\n", "PORT", "ADDRESS", "HELD BY");
+    for (const auto& socket : sockets) {
+        std::string holders;
+        for (const auto& h : socket.holders)
+            holders += (holders.empty() ? "" : ", ") + std::to_string(h.pid) + " " + tool::terminal_safe(h.exe.empty() ? h.comm : h.exe);
+        std::printf("%5u  %-39s  %s\n", socket.port, socket.address.c_str(),
+                    holders.empty() ? "(no process of yours: run as root to see it)" : holders.c_str());
+    }
+    return tool::kExitOk;
+}
+
+// Whatever holds TCP port `port`: SIGTERM, then SIGKILL after the grace, through pidfds pinned
+// before the fds that matched them were read. Never pid 1, a kernel thread, proctab or its
+// ancestors; the kernel refuses what the caller may not signal.
+int kill_port(unsigned port, const std::string& grace, bool as_json) {
+    tool::PortKillRules rules;
+    rules.any = true;  // the operator's own command, with the operator's own rights
+    rules.grace = hbwatch::parse_duration(grace);
+    const auto report = tool::kill_port_holders(static_cast<std::uint16_t>(port), rules);
+    if (as_json) {
+        std::cout << report.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
+    } else {
+        if (report["holders"].empty()) std::fprintf(stderr, "proctab: nothing listens on TCP port %u\n", port);
+        for (const auto& h : report["holders"]) {
+            std::string line = "pid " + std::to_string(h["pid"].get<int>()) + " (" + tool::terminal_safe(h.value("comm", "")) + "): ";
+            line += h.value("outcome", "?");
+            if (h.contains("seconds")) line += " after " + std::to_string(h["seconds"].get<double>()).substr(0, 5) + "s";
+            if (h.contains("detail")) line += ": " + tool::terminal_safe(h["detail"].get<std::string>());
+            std::printf("  %s\n", line.c_str());
+        }
+        if (!report["holders"].empty())
+            std::printf("port %u: %d stopped, %d refused\n", port, report["stopped"].get<int>(), report["refused"].get<int>());
+    }
+    const bool all = !report["holders"].empty() && report["refused"].get<int>() == 0 &&
+                     report["stopped"].get<std::size_t>() == report["holders"].size();
+    return all ? tool::kExitOk : tool::kExitFailure;
+}
+
 int kill_matching(const std::string& name, const std::string& path, const std::string& grace) {
     // Signalled through the pidfds pinned at the read that matched them: a pid that changed
     // hands since is never reached.
@@ -328,6 +373,7 @@ struct Cli {
     std::string name, timeout, path, max_rss, grace = "10s", mode, group;
     std::optional<pid_t> pid;
     std::optional<std::uint32_t> slot;
+    std::optional<unsigned> port;
     std::uint32_t slots = hbwatch::kDefaultSlots;
     std::vector<std::string> command;
     std::string run_grace = "10s";
@@ -337,7 +383,7 @@ struct Cli {
     std::string signal;
     unsigned tail_lines = 10;
     bool follow = false, stderr_stream = false;
-    CLI::App *beat_cmd = nullptr, *run_cmd = nullptr, *remove_cmd = nullptr, *init_cmd = nullptr, *destroy_cmd = nullptr, *ps_cmd = nullptr, *health_cmd = nullptr, *kill_cmd = nullptr, *zombies_cmd = nullptr, *status_cmd = nullptr, *start_cmd = nullptr, *stop_cmd = nullptr, *restart_cmd = nullptr, *signal_cmd = nullptr, *reload_cmd = nullptr, *tail_cmd = nullptr, *events_cmd = nullptr;
+    CLI::App *beat_cmd = nullptr, *run_cmd = nullptr, *remove_cmd = nullptr, *init_cmd = nullptr, *destroy_cmd = nullptr, *ps_cmd = nullptr, *health_cmd = nullptr, *kill_cmd = nullptr, *zombies_cmd = nullptr, *status_cmd = nullptr, *start_cmd = nullptr, *stop_cmd = nullptr, *restart_cmd = nullptr, *signal_cmd = nullptr, *reload_cmd = nullptr, *tail_cmd = nullptr, *events_cmd = nullptr, *ports_cmd = nullptr;
 
     // Every option and sub-command, bound to the fields above.
     void add_to(CLI::App& app) {
@@ -374,14 +420,18 @@ struct Cli {
         health_cmd = app.add_subcommand("health", "running? several? zombies? memory above --max-rss?");
         kill_cmd = app.add_subcommand("kill", "stop every matching process: SIGTERM, then SIGKILL after --grace");
         for (auto* cmd : {ps_cmd, health_cmd, kill_cmd}) {
-            cmd->add_option("NAME", name, "the program's whole name: base name of its executable or of argv[0]")
-                ->required()
-                ->check(CLI::Validator([](std::string& v) { return v.empty() ? std::string("an empty NAME matches nothing") : std::string(); },
+            auto* option = cmd->add_option("NAME", name, "the program's whole name: base name of its executable or of argv[0]");
+            if (cmd != kill_cmd) option->required();
+            option->check(CLI::Validator([](std::string& v) { return v.empty() ? std::string("an empty NAME matches nothing") : std::string(); },
                                        "NAME"));
             cmd->add_option("--path", path, "only processes running this executable");
         }
         health_cmd->add_option("--max-rss", max_rss, "memory limit, such as 512M or 1G");
         kill_cmd->add_option("--grace", grace, "SIGTERM to SIGKILL (default 10s)")->check(tool::duration_validator());
+        kill_cmd->add_option("--port", port, "instead of NAME: whatever holds this listening TCP port")->check(CLI::Range(1u, 65535u));
+        kill_cmd->add_flag("--json", as_json, "with --port: what happened to each holder, as JSON");
+        ports_cmd = app.add_subcommand("ports", "every listening TCP socket on the host, with the processes that hold it");
+        ports_cmd->add_flag("--json", as_json, "one JSON array");
         zombies_cmd = app.add_subcommand("zombies", "every zombie on the host, with its parent");
         status_cmd = app.add_subcommand("status", "the stack's programs: state, pid, uptime, restarts, last exit");
         status_cmd->add_option("NAME", programs, "programs (or instances, NAME@I); default: all");
@@ -419,7 +469,13 @@ struct Cli {
             if (init_cmd->parsed()) return init(options, slots, mode, group);
             if (destroy_cmd->parsed()) return destroy(options, force);
             if (health_cmd->parsed()) return health(name, path, max_rss, as_json);
-            if (kill_cmd->parsed()) return kill_matching(name, path, grace);
+            if (ports_cmd->parsed()) return ports(as_json);
+            if (kill_cmd->parsed()) {
+                if (port && !name.empty()) throw Error(EINVAL, "kill: give NAME or --port N, not both");
+                if (port) return kill_port(*port, grace, as_json);
+                if (name.empty()) throw Error(EINVAL, "kill: give NAME (a program's name) or --port N");
+                return kill_matching(name, path, grace);
+            }
             if (status_cmd->parsed()) return tool::stack_status(run_dir, programs, as_json);
             for (auto* cmd : {start_cmd, stop_cmd, restart_cmd})
                 if (cmd->parsed()) return tool::stack_action(run_dir, cmd->get_name(), programs);
@@ -453,6 +509,8 @@ int main(int argc, char** argv) {
         "  proctab run nightly-backup --timeout 10m -- ./backup.sh   (backup.sh calls: proctab beat nightly-backup)\n"
         "  proctab health order-svc --max-rss 1G      exit 0 when healthy, 1 when not\n"
         "  proctab kill order-svc --grace 10s         SIGTERM, then SIGKILL, through pidfds\n"
+        "  proctab ports                              every listening TCP port and who holds it\n"
+        "  proctab kill --port 8080 --grace 5s        stop whatever holds port 8080\n"
         "  proctab status --run-dir /run/hbwatch      the stack's programs (procctl --config)\n"
         "  proctab restart main-app                   restart one program of the stack by name\n"
         "  proctab reload                             apply the edited config: only what changed restarts\n"

@@ -18,67 +18,30 @@
 #include <thread>
 #include <utility>  // before Asio: Boost 1.74's awaitable.hpp uses std::exchange without including it
 
-#include <boost/asio.hpp>
-#include <boost/asio/local/stream_protocol.hpp>
-#include <boost/beast/core.hpp>
-#include <boost/beast/http.hpp>
 #include <nlohmann/json.hpp>
+
+#include "engine/control_session.h"
 
 #include <hbwatch/error.h>
 
 namespace hbwatch::tool {
-namespace {
 
-namespace asio = boost::asio;
-namespace beast = boost::beast;
-namespace http = beast::http;
-using local = asio::local::stream_protocol;
+const char* to_string(Role role) noexcept {
+    switch (role) {
+        case Role::none: return "none";
+        case Role::read: return "read";
+        case Role::operate: return "operate";
+    }
+    return "?";
+}
 
-constexpr auto kReadDeadline = std::chrono::seconds(5);   // a client that sends too slowly is dropped
-constexpr auto kWriteDeadline = std::chrono::seconds(5);  // and one that does not read its reply
-constexpr std::size_t kMaxConnections = 64;
-constexpr std::size_t kMaxConnectionsPerUser = 16;  // one user's silent clients leave room for the others
-constexpr std::size_t kRequestsPerServe = 8;
-constexpr auto kServeTime = std::chrono::milliseconds(20);
-constexpr std::uint32_t kHeaderLimit = 8 * 1024;
-constexpr std::uint64_t kBodyLimit = 64 * 1024;
-constexpr std::size_t kStreamBacklog = 1 << 20;  // unread bytes a following client may owe: then it is dropped
+namespace control_detail {
 
-// One HTTP/1.1 chunk.
 std::string chunk(const std::string& data) {
     char size[20];
     std::snprintf(size, sizeof size, "%zx\r\n", data.size());
     return size + data + "\r\n";
 }
-
-struct Pending {
-    ControlRequest request;
-    std::function<void(ControlReply)> answer;  // posts the reply back to the server's thread
-};
-
-}  // namespace
-
-namespace {
-class Session;
-}  // namespace
-
-struct ControlServer::State {
-    // Before `io`: the sessions destroyed with it count down and lock.
-    std::atomic<std::size_t> connections{0};
-    std::map<uid_t, std::size_t> per_user;  // open connections by peer uid, under `mutex`: a session
-                                            // may end on either thread
-    std::mutex mutex;
-    std::deque<Pending> pending;
-    std::vector<std::weak_ptr<Session>> followers;  // on the server's thread only
-    asio::io_context io;
-    local::acceptor acceptor{io};
-    asio::steady_timer retry{io};  // after a failed accept (EMFILE): wait, do not spin
-    std::string path;
-    int wake = -1;
-    std::thread thread;
-};
-
-namespace {
 
 std::string error_json(const std::string& message) {
     std::string out = "{\"error\": \"";
@@ -89,134 +52,26 @@ std::string error_json(const std::string& message) {
     return out + "\"}";
 }
 
-// One connection: one request, one reply, then closed. Every wait has a deadline.
-class Session : public std::enable_shared_from_this<Session> {
-public:
-    Session(local::socket socket, ControlServer::State* state, uid_t uid)
-        : socket_(std::move(socket)), timer_(socket_.get_executor()), state_(state), uid_(uid) {}
-    ~Session() {
-        --state_->connections;
-        std::lock_guard lock(state_->mutex);
-        if (--state_->per_user[uid_] == 0) state_->per_user.erase(uid_);
+void queue_request(ControlServer::State* state, Pending pending) {
+    {
+        std::lock_guard lock(state->mutex);
+        state->pending.push_back(std::move(pending));
     }
+    const std::uint64_t one = 1;
+    (void)!::write(state->wake, &one, sizeof one);
+}
 
-    void start() {
-        parser_.header_limit(kHeaderLimit);
-        parser_.body_limit(kBodyLimit);
-        arm(kReadDeadline);
-        http::async_read(socket_, buffer_, parser_,
-                         [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_read(ec); });
-    }
+}  // namespace control_detail
 
-    void reply(const ControlReply& reply) {
-        if (reply.stream && reply.status == 200) return stream(reply.body);
-        response_.result(static_cast<unsigned>(reply.status));
-        response_.set(http::field::content_type, "application/json");
-        response_.keep_alive(false);
-        response_.body() = reply.body + "\n";
-        response_.prepare_payload();
-        arm(kWriteDeadline);
-        http::async_write(socket_, response_, [self = shared_from_this()](beast::error_code, std::size_t) {
-            beast::error_code ignored;
-            self->timer_.cancel();
-            self->socket_.shutdown(local::socket::shutdown_both, ignored);
-            self->socket_.close(ignored);
-        });
-    }
+namespace {
 
-    // Follows with what broadcast() sends: queued, written one chunk at a time, each write
-    // with its deadline; a client that falls 1 MiB behind is dropped.
-    void push(const std::string& lines) {
-        if (!following_) return;
-        backlog_ += lines.size();
-        if (backlog_ > kStreamBacklog) return close();
-        outbox_.push_back(chunk(lines));
-        if (outbox_.size() == 1) write_next();
-    }
+using namespace control_detail;
 
-private:
-    void stream(const std::string& first) {
-        following_ = true;
-        auto& followers = state_->followers;  // those that left are dropped here too: a quiet stack never broadcasts
-        std::erase_if(followers, [](const std::weak_ptr<Session>& f) { return f.expired(); });
-        followers.push_back(weak_from_this());
-        outbox_.push_back("HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n"
-                          "Cache-Control: no-store\r\nConnection: close\r\n\r\n");
-        if (!first.empty()) outbox_.push_back(chunk(first));
-        backlog_ = first.size();
-        write_next();
-        watch_for_leaving();
-    }
-    void write_next() {
-        if (outbox_.empty()) return;
-        arm(kWriteDeadline);
-        asio::async_write(socket_, asio::buffer(outbox_.front()), [self = shared_from_this()](beast::error_code ec, std::size_t n) {
-            self->timer_.cancel();
-            if (ec) return self->close();
-            self->backlog_ -= std::min(self->backlog_, n);
-            self->outbox_.pop_front();
-            self->write_next();
-        });
-    }
-    // A following client says nothing more: any read that ends (EOF, reset) means it left.
-    void watch_for_leaving() {
-        socket_.async_read_some(asio::buffer(discard_), [self = shared_from_this()](beast::error_code ec, std::size_t) {
-            if (ec) return self->close();
-            self->watch_for_leaving();
-        });
-    }
-    void close() {
-        following_ = false;
-        beast::error_code ignored;
-        timer_.cancel();
-        socket_.close(ignored);
-    }
-
-    void arm(std::chrono::seconds deadline) {
-        timer_.expires_after(deadline);
-        timer_.async_wait([weak = weak_from_this()](beast::error_code ec) {
-            if (ec) return;  // cancelled: the read or write finished
-            if (auto self = weak.lock()) {
-                beast::error_code ignored;
-                self->socket_.close(ignored);
-            }
-        });
-    }
-
-    void on_read(beast::error_code ec) {
-        if (ec == http::error::end_of_stream || ec == asio::error::operation_aborted || ec == asio::error::bad_descriptor)
-            return;  // gone, or dropped at its deadline
-        timer_.cancel();
-        if (ec) {
-            reply(ControlReply{400, error_json("bad request: " + ec.message())});
-            return;
-        }
-        const auto& request = parser_.get();
-        Pending pending{ControlRequest{std::string(request.method_string()), std::string(request.target())},
-                        [self = shared_from_this()](ControlReply answer) {
-                            asio::post(self->socket_.get_executor(),
-                                       [self, answer = std::move(answer)] { self->reply(answer); });
-                        }};
-        {
-            std::lock_guard lock(state_->mutex);
-            state_->pending.push_back(std::move(pending));
-        }
-        const std::uint64_t one = 1;
-        (void)!::write(state_->wake, &one, sizeof one);
-    }
-
-    local::socket socket_;
-    asio::steady_timer timer_;
-    beast::flat_buffer buffer_;
-    http::request_parser<http::empty_body> parser_;
-    http::response<http::string_body> response_;
-    bool following_ = false;
-    std::deque<std::string> outbox_;  // a stream's chunks, the front one being written
-    std::size_t backlog_ = 0;
-    char discard_[64];
-    ControlServer::State* state_;  // outlives every session: they run on its thread, joined first
-    uid_t uid_;
-};
+constexpr std::size_t kMaxConnections = 64;
+constexpr std::size_t kMaxConnectionsPerUser = 16;  // one user's silent clients leave room for the others
+constexpr std::size_t kRequestsPerServe = 8;
+constexpr auto kServeTime = std::chrono::milliseconds(20);
+constexpr std::size_t kMaxJobs = 4;  // replies with `later` being made at once; more are told to come back
 
 void accept_next(ControlServer::State* state) {
     state->acceptor.async_accept([state](beast::error_code ec, local::socket socket) {
@@ -243,21 +98,27 @@ void accept_next(ControlServer::State* state) {
             else if (mine == 0) state->per_user.erase(peer.uid);
         }
         if (!admitted) {
+            ++state->counters.turned_away;
             beast::error_code ignored;
             socket.close(ignored);  // too many at once: the newest is turned away
         } else {
             ++state->connections;
-            std::shared_ptr<Session> session;
+            const uid_t uid = peer.uid;
             try {
-                session = std::make_shared<Session>(std::move(socket), state, peer.uid);
-            } catch (const std::exception&) {  // no memory for it: turned away, and counted out again
-                --state->connections;
-                std::lock_guard lock(state->mutex);
-                if (--state->per_user[peer.uid] == 0) state->per_user.erase(peer.uid);
-            }
-            try {
-                if (session) session->start();
-            } catch (const std::exception&) {  // dropped: its destructor counts it out
+                auto admission = std::make_unique<Admission>([state, uid] {
+                    --state->connections;
+                    std::lock_guard lock(state->mutex);
+                    if (--state->per_user[uid] == 0) state->per_user.erase(uid);
+                });
+                // The socket's mode and group admitted the caller: it operates, as itself.
+                auto authorize = [uid](const http::request<http::empty_body>&, ControlRequest& request) -> std::optional<ControlReply> {
+                    request.role = Role::operate;
+                    request.uid = uid;
+                    request.caller = "uid " + std::to_string(uid);
+                    return std::nullopt;
+                };
+                std::make_shared<Session<local::socket>>(std::move(socket), state, std::move(admission), authorize)->start();
+            } catch (const std::exception&) {  // no memory for it: turned away, and counted out by its admission
             }
         }
         accept_next(state);  // always: the server must go on accepting
@@ -309,16 +170,30 @@ ControlServer::~ControlServer() {
     s.io.stop();
     if (s.thread.joinable()) s.thread.join();
     {
+        // A job's reply is posted to the stopped server and dropped with it.
+        std::lock_guard lock(s.jobs_mutex);
+        for (auto& job : s.jobs) job.thread.join();
+        s.jobs.clear();
+    }
+    {
         std::lock_guard lock(s.mutex);
         s.pending.clear();
     }
     beast::error_code ignored;
     s.acceptor.close(ignored);
+    // Before the io_context goes (State's destructor): an I/O object never outlives it.
+    s.tcp_acceptors.clear();
+    s.retired_acceptors.clear();
     ::unlink(s.path.c_str());
     ::close(s.wake);
 }
 
 int ControlServer::wake_fd() const noexcept { return state_->wake; }
+
+ControlServer::Counters ControlServer::counters() const {
+    const auto& c = state_->counters;
+    return Counters{c.auth_failures.load(), c.rate_limited.load(), c.turned_away.load()};
+}
 
 void ControlServer::broadcast(std::string lines) {
     // On the server's thread, after every reply posted before it: a follower registered by an
@@ -334,6 +209,42 @@ void ControlServer::broadcast(std::string lines) {
             }
         }
     });
+}
+
+// A reply's long work, on a thread of its own: at most kMaxJobs at once, so a client cannot
+// make procctl start threads without end. Finished threads are joined here, on the loop's turn.
+void ControlServer::start_job(std::function<ControlReply()> work, std::function<void(ControlReply)> answer) {
+    State& s = *state_;
+    std::lock_guard lock(s.jobs_mutex);
+    for (auto it = s.jobs.begin(); it != s.jobs.end();) {
+        if (it->done->load()) {
+            it->thread.join();
+            it = s.jobs.erase(it);
+        } else {
+            ++it;
+        }
+    }
+    if (s.jobs.size() >= kMaxJobs) {
+        answer(ControlReply{503, error_json("procctl is busy with " + std::to_string(s.jobs.size()) +
+                                            " long requests (port kills, whole-table reads): ask again in a few seconds")});
+        return;
+    }
+    auto done = std::make_shared<std::atomic<bool>>(false);
+    try {
+        std::thread thread([work = std::move(work), answer, done] {
+            ControlReply reply;
+            try {
+                reply = work();
+            } catch (const std::exception& e) {
+                reply = ControlReply{500, error_json(std::string("internal error: ") + e.what())};
+            }
+            answer(std::move(reply));
+            done->store(true);
+        });
+        s.jobs.push_back(State::Job{std::move(thread), done});
+    } catch (const std::exception& e) {  // no thread to be had (EAGAIN): said, not thrown into the loop
+        answer(ControlReply{503, error_json(std::string("procctl cannot start a thread for this request: ") + e.what())});
+    }
 }
 
 void ControlServer::serve(const std::function<ControlReply(const ControlRequest&)>& handler) {
@@ -356,7 +267,8 @@ void ControlServer::serve(const std::function<ControlReply(const ControlRequest&
         } catch (const std::exception& e) {  // a bad request must never take supervision down
             reply = ControlReply{500, error_json(std::string("internal error: ") + e.what())};
         }
-        pending->answer(std::move(reply));
+        if (reply.later) start_job(std::move(reply.later), std::move(pending->answer));
+        else pending->answer(std::move(reply));
     }
     std::lock_guard lock(state_->mutex);
     if (!state_->pending.empty()) {

@@ -1,31 +1,56 @@
 #pragma once
-// The stack supervisor's control socket: HTTP/1.1 with JSON over a unix socket in run_dir
-// (Boost.Beast over Boost.Asio's local sockets). The server runs on a thread of its own and
-// hands each request to the supervision loop through a queue and an eventfd, so that a slow,
-// malformed or hostile client can never stall supervision: reads and writes have deadlines,
-// requests have size limits, and the loop only ever takes finished requests off the queue.
+// The stack supervisor's control API: HTTP/1.1 with JSON over a unix socket in run_dir, and,
+// when the config has an `http:` section, over TCP (optionally TLS) with bearer tokens (Boost.
+// Beast over Boost.Asio). One server thread serves every listener and hands each request to
+// the supervision loop through one queue and an eventfd, so that a slow, malformed or hostile
+// client can never stall supervision: reads and writes have deadlines, requests have size
+// limits, connections have caps per user and per address, unauthenticated requests are
+// answered on the server's thread, and the loop only ever takes finished requests off the queue.
 
 #include <sys/types.h>
 
+#include <chrono>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 
 namespace hbwatch::tool {
 
+/// What a caller may do: read (status, heartbeats, ports, metrics, events, output) or operate
+/// (also start, stop, restart, signal, reload and port kill). The unix socket's users (its mode
+/// and group admit them) operate; a TCP caller has its token's role.
+enum class Role { none, read, operate };
+[[nodiscard]] const char* to_string(Role role) noexcept;
+
 struct ControlRequest {
+    ControlRequest() = default;
+    ControlRequest(std::string verb, std::string path) : method(std::move(verb)), target(std::move(path)) {}
     std::string method;  // "GET", "POST"
     std::string target;  // "/v1/programs/api/restart"
+    Role role = Role::operate;
+    std::optional<uid_t> uid;  // a local caller's uid (SO_PEERCRED); none over TCP
+    std::string caller;        // for log lines: "uid 1000", "token 'grafana' from 10.0.0.7"
 };
 
 struct ControlReply {
+    ControlReply() = default;
+    ControlReply(int status_code, std::string text, bool streamed = false, std::string type = "application/json")
+        : status(status_code), body(std::move(text)), stream(streamed), content_type(std::move(type)) {}
     int status = 200;
     std::string body;  // JSON; with `stream`, NDJSON lines (each ending in a newline)
     // The connection stays open after `body`: what broadcast() sends follows it, as NDJSON in
     // HTTP chunks, until the client leaves (or stops reading).
     bool stream = false;
+    std::string content_type = "application/json";
+    // Work too long for the supervision loop (a port's holders stopped, 65,536 table entries
+    // read): run on a worker thread of the server, and its reply sent instead of this one.
+    std::function<ControlReply()> later;
 };
+
+struct HttpConfig;
 
 class ControlServer {
 public:
@@ -46,9 +71,23 @@ public:
     /// following. Never blocks: a client that has more than 1 MiB unread is dropped.
     void broadcast(std::string lines);
 
+    /// Listens on TCP as `http` says (no addresses: not at all), keeping the listeners whose
+    /// address stays, closing the others, and taking the tokens and certificate anew. Throws
+    /// hbwatch::Error (an address it cannot bind, a tokens file or key it refuses) with every
+    /// listener as it was.
+    void listen_http(const HttpConfig& http);
+
+    struct Counters {
+        std::uint64_t auth_failures = 0;  // TCP requests answered 401
+        std::uint64_t rate_limited = 0;   // and 429
+        std::uint64_t turned_away = 0;    // connections over a cap (either listener)
+    };
+    [[nodiscard]] Counters counters() const;
+
     struct State;
 
 private:
+    void start_job(std::function<ControlReply()> work, std::function<void(ControlReply)> answer);
     std::shared_ptr<State> state_;
 };
 

@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/duration.h"
 #include "core/table.h"
 #include "engine/stack_config.h"
 #include "engine/terminal_text.h"
@@ -15,7 +16,7 @@
 namespace hbwatch::tool {
 namespace {
 
-constexpr const char* kVerbs[] = {"", "start", "stop", "restart", "signal", "output", "", ""};
+constexpr const char* kVerbs[] = {"", "start", "stop", "restart", "signal", "output", "", "", "", "", "", "", ""};
 
 bool whole_number(const std::string& text, std::uint64_t high, std::uint64_t& out) {
     if (text.empty() || text.size() > 19 || !std::all_of(text.begin(), text.end(), ::isdigit)) return false;
@@ -45,6 +46,26 @@ std::string cursor_text(const OutputFile::Cursor& cursor) {
     return std::to_string(cursor.inode) + ":" + std::to_string(cursor.generation) + ":" + std::to_string(cursor.offset);
 }
 
+Role required_role(ControlCommand::Verb verb) noexcept {
+    using Verb = ControlCommand::Verb;
+    switch (verb) {
+        case Verb::page: return Role::none;
+        case Verb::list:
+        case Verb::output:
+        case Verb::events:
+        case Verb::heartbeats:
+        case Verb::ports:
+        case Verb::metrics: return Role::read;
+        case Verb::start:
+        case Verb::stop:
+        case Verb::restart:
+        case Verb::signal:
+        case Verb::reload:
+        case Verb::port_kill: return Role::operate;
+    }
+    return Role::operate;
+}
+
 std::variant<ControlCommand, ControlError> parse_command(const ControlRequest& request) {
     const std::string shown = shown_target(request.target);
     const auto question = request.target.find('?');
@@ -71,6 +92,50 @@ std::variant<ControlCommand, ControlError> parse_command(const ControlRequest& r
         return ControlError{405, request.method + " " + shown + ": use " + wanted};
     };
     ControlCommand command;
+    auto is = [&](std::initializer_list<const char*> words) {
+        return parts.size() == words.size() && std::equal(words.begin(), words.end(), parts.begin());
+    };
+    if (parts.empty() || is({"index.html"})) {
+        if (auto wrong = method("GET")) return *wrong;
+        command.verb = ControlCommand::Verb::page;
+        return command;
+    }
+    if (is({"metrics"})) {
+        if (auto wrong = method("GET")) return *wrong;
+        command.verb = ControlCommand::Verb::metrics;
+        return command;
+    }
+    // The seed's names (api/...) beside the API's own.
+    if (is({"v1", "heartbeats"}) || is({"api", "heartbeat", "status"})) {
+        if (auto wrong = method("GET")) return *wrong;
+        command.verb = ControlCommand::Verb::heartbeats;
+        return command;
+    }
+    if (is({"v1", "ports"}) || is({"api", "ports", "status"})) {
+        if (auto wrong = method("GET")) return *wrong;
+        command.verb = ControlCommand::Verb::ports;
+        return command;
+    }
+    if (parts.size() == 4 && (parts[0] == "v1" || parts[0] == "api") && parts[1] == "ports" && parts[3] == "kill") {
+        if (auto wrong = method("POST")) return *wrong;
+        command.verb = ControlCommand::Verb::port_kill;
+        std::uint64_t port = 0;
+        if (!whole_number(parts[2], 65535, port) || port == 0)
+            return ControlError{400, "port " + shown_name(parts[2]) + ": give a TCP port from 1 to 65535"};
+        command.port = static_cast<std::uint16_t>(port);
+        if (query.count("any")) {
+            if (query["any"] != "1" && query["any"] != "0") return ControlError{400, "any=" + shown_name(query["any"]) + ": give 1 or 0"};
+            command.any = query["any"] == "1";
+        }
+        if (query.count("grace")) {
+            try {
+                command.grace = parse_duration_in(query["grace"], "grace", kStopGraceRange);
+            } catch (const std::exception& e) {
+                return ControlError{400, "grace=" + shown_name(query["grace"]) + ": " + e.what()};
+            }
+        }
+        return command;
+    }
     if (parts.size() == 2 && parts[0] == "v1" && parts[1] == "reload") {
         if (auto wrong = method("POST")) return *wrong;
         command.verb = ControlCommand::Verb::reload;
@@ -94,8 +159,8 @@ std::variant<ControlCommand, ControlError> parse_command(const ControlRequest& r
     }
     if (parts.size() < 2 || parts[0] != "v1" || parts[1] != "programs" || parts.size() > 4)
         return ControlError{404, "no such path: " + shown +
-                                     " (the API is /v1/programs[/NAME[/start|stop|restart|signal|output]], /v1/events and "
-                                     "/v1/reload)"};
+                                     " (the API is /v1/programs[/NAME[/start|stop|restart|signal|output]], /v1/events, /v1/reload, "
+                                     "/v1/heartbeats, /v1/ports[/N/kill] and /metrics)"};
     if (parts.size() >= 3) command.name = parts[2];
     if (parts.size() <= 3) {
         if (auto wrong = method("GET")) return *wrong;
@@ -139,6 +204,18 @@ std::variant<ControlCommand, ControlError> parse_command(const ControlRequest& r
 ControlRequest to_request(const ControlCommand& command) {
     using Verb = ControlCommand::Verb;
     if (command.verb == Verb::reload) return ControlRequest{"POST", "/v1/reload"};
+    if (command.verb == Verb::page) return ControlRequest{"GET", "/"};
+    if (command.verb == Verb::metrics) return ControlRequest{"GET", "/metrics"};
+    if (command.verb == Verb::heartbeats) return ControlRequest{"GET", "/v1/heartbeats"};
+    if (command.verb == Verb::ports) return ControlRequest{"GET", "/v1/ports"};
+    if (command.verb == Verb::port_kill) {
+        std::string target = "/v1/ports/" + std::to_string(command.port) + "/kill";
+        std::string query;
+        if (command.any) query += "&any=1";
+        if (command.grace) query += "&grace=" + std::to_string(command.grace->count()) + "ms";
+        if (!query.empty()) target += "?" + query.substr(1);
+        return ControlRequest{"POST", target};
+    }
     if (command.verb == Verb::events)
         return ControlRequest{"GET", "/v1/events?since=" + std::to_string(command.since) + "&limit=" + std::to_string(command.limit) +
                                          (command.follow ? "&follow=1" : "")};

@@ -4,6 +4,7 @@
 // into commands with parse_command; proctab builds its requests with to_request. A transport
 // (the unix socket with SO_PEERCRED today) only authenticates and hands requests over.
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -16,7 +17,7 @@
 namespace hbwatch::tool {
 
 struct ControlCommand {
-    enum class Verb { list, start, stop, restart, signal, output, reload, events };
+    enum class Verb { list, start, stop, restart, signal, output, reload, events, heartbeats, ports, port_kill, metrics, page };
     Verb verb = Verb::list;
     std::string name = "all";  // a program, an instance NAME@I, or all; unused by reload
     int signal = 0;            // signal: one of TERM, INT, HUP, QUIT, USR1, USR2, KILL
@@ -26,6 +27,9 @@ struct ControlCommand {
     std::uint64_t since = 0;     // events: from this cursor on (0: the oldest kept)
     std::size_t limit = 1000;    // events: at most this many in the reply
     bool follow = false;         // events: then stream new ones as NDJSON until the client leaves
+    std::uint16_t port = 0;      // port_kill: the port whose holders are stopped
+    bool any = false;            // port_kill: holders outside the stack too
+    std::optional<std::chrono::milliseconds> grace;  // port_kill: SIGTERM to SIGKILL (default 10s)
     bool operator==(const ControlCommand&) const = default;
 };
 
@@ -38,6 +42,9 @@ struct ControlError {
     std::string message;
     [[nodiscard]] ControlReply reply() const;
 };
+
+/// The role a caller needs for `verb`: none for the page, read to look, operate to act.
+[[nodiscard]] Role required_role(ControlCommand::Verb verb) noexcept;
 
 /// The command a request says, or why it says none (its method, path or parameters).
 /// Whether its program exists is for the one who answers it.

@@ -444,10 +444,24 @@ void Stack::drain_to_end() {
     for (auto& [path, file] : outputs_) file->finish();
 }
 
+namespace {
+std::string join_words(const std::vector<std::string>& words) {
+    std::string text;
+    for (const auto& word : words) text.append(text.empty() ? "" : ", ").append(word);
+    return text;
+}
+}  // namespace
+
 int run_stack(StackConfig config, spdlog::logger& log, int signal_fd, const std::function<void()>& ready) {
     const std::string socket = config.run_dir + "/control.sock";
+    const HttpConfig http = config.http;
     Stack stack(std::move(config), log, signal_fd);         // throws Error when an output file cannot be opened
     ControlServer control(socket, stack.control_group());  // and when it cannot listen
+    if (http.enabled()) {
+        control.listen_http(http);  // or refuses its tokens file, certificate or addresses
+        log.info("the control API also listens on {} ({}), with the tokens of {}", join_words(http.listen),
+                 http.cert.empty() ? "plain HTTP: tokens cross the network readable unless it is loopback" : "TLS", http.tokens_file);
+    }
     if (ready) ready();
     return stack.run(control);
 }

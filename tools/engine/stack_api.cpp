@@ -97,6 +97,20 @@ ControlReply Stack::handle(const ControlRequest& request, std::uint64_t now) {
     if (const auto* refused = std::get_if<ControlError>(&parsed)) return refused->reply();
     const auto& command = std::get<ControlCommand>(parsed);
     using Verb = ControlCommand::Verb;
+    if (static_cast<int>(request.role) < static_cast<int>(required_role(command.verb)))
+        return ControlError{403, request.caller + " has the " + to_string(request.role) + " role; " + request.method + " " +
+                                     shown_target(request.target.substr(0, request.target.find('?'))) + " needs " +
+                                     to_string(required_role(command.verb)) + " (a token of that role in the tokens file)"}.reply();
+    switch (command.verb) {
+        case Verb::page: return page_reply();
+        case Verb::metrics: return metrics_reply(now);
+        case Verb::heartbeats: return heartbeats_reply();
+        case Verb::ports: return ports_reply();
+        case Verb::port_kill:
+            if (stopping_all_) return ControlError{409, "the stack is stopping"}.reply();
+            return port_kill_reply(command, request);
+        default: break;
+    }
     if (command.verb == Verb::reload) {
         if (stopping_all_) return ControlError{409, "the stack is stopping"}.reply();
         try {
@@ -128,13 +142,13 @@ ControlReply Stack::handle(const ControlRequest& request, std::uint64_t now) {
             return ControlError{409, escaped(command.name, name_char) + " is not running: nothing to signal"}.reply();
         for (Member* member : chosen) {
             if (!member->unit.running()) continue;
-            log_.info("{}: {} to pid {}, as asked through the control socket", member->name(), signal_name(command.signal),
-                      member->unit.pid());
+            log_.info("{}: {} to pid {}, as asked by {}", member->name(), signal_name(command.signal), member->unit.pid(),
+                      request.caller);
             send(*member, command.signal);
         }
         return described();
     }
-    for (Member* member : chosen) act(*member, command.verb, now);
+    for (Member* member : chosen) act(*member, command.verb, request.caller, now);
     return described();
 }
 
@@ -167,10 +181,10 @@ ControlReply Stack::output(const std::vector<Member*>& chosen, const ControlComm
 
 // start, stop, restart by name. A stop (and the stop of a restart) waits for the programs that
 // wait for this one and are being stopped too: `stop all` goes in reverse order.
-void Stack::act(Member& member, ControlCommand::Verb verb, std::uint64_t now) {
+void Stack::act(Member& member, ControlCommand::Verb verb, const std::string& caller, std::uint64_t now) {
     using Verb = ControlCommand::Verb;
     const char* action = verb == Verb::stop ? "stop" : verb == Verb::restart ? "restart" : "start";
-    log_.info("{}: {} requested through the control socket", member.name(), action);
+    log_.info("{}: {} requested by {}", member.name(), action, caller);
     apply(member, UnitEvent(verb == Verb::stop ? UnitEvent::Kind::stop : verb == Verb::restart ? UnitEvent::Kind::restart : UnitEvent::Kind::start), now);
 }
 

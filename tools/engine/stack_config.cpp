@@ -424,6 +424,44 @@ EventsConfig read_events(const Reader& reader, const YAML::Node& node) {
     return events;
 }
 
+// The `http:` section: the control API over TCP (README, "The network view").
+HttpConfig read_http(const Reader& reader, const YAML::Node& node) {
+    HttpConfig http;
+    const std::string where = "http: ";
+    if (!node.IsMap()) reader.fail(node, "http: give a map with listen: 127.0.0.1:9500 and tokens_file: /etc/hbwatch/tokens");
+    reader.only_keys(node, where, {"listen", "tokens_file", "cert", "key", "anonymous_metrics"});
+    const YAML::Node listen = node["listen"];
+    if (!listen) reader.fail(node, where + "listen is missing: give ADDRESS:PORT, or a list of them");
+    auto add = [&](const YAML::Node& item) {
+        const std::string text = reader.text(item, "http.listen");
+        if (!parse_listen_address(text))
+            reader.fail(item, "http.listen: '" + text + "' is not ADDRESS:PORT with a literal address: 127.0.0.1:9500, [::1]:9500, "
+                              "or 0.0.0.0:9500 for every interface");
+        http.listen.push_back(text);
+    };
+    if (listen.IsSequence()) {
+        if (listen.size() == 0) reader.fail(listen, "http.listen: the list is empty (leave out the http section to turn it off)");
+        for (const auto& item : listen) add(item);
+    } else {
+        add(listen);
+    }
+    auto absolute = [&](const char* key) {
+        const YAML::Node n = node[key];
+        if (!n) return std::string();
+        std::string value = reader.text(n, std::string("http.") + key);
+        if (value.empty() || value.front() != '/') reader.fail(n, std::string("http.") + key + ": '" + value + "' is not an absolute path");
+        return value;
+    };
+    http.tokens_file = absolute("tokens_file");
+    if (http.tokens_file.empty())
+        reader.fail(node, where + "tokens_file is missing: every request but the page needs a token (README, \"Tokens\")");
+    http.cert = absolute("cert");
+    http.key = absolute("key");
+    if (http.cert.empty() != http.key.empty()) reader.fail(node, where + "give both cert and key for TLS, or neither");
+    if (auto n = node["anonymous_metrics"]) http.anonymous_metrics = reader.flag(n, "http.anonymous_metrics");
+    return http;
+}
+
 // The programs in start order: each after those it names in `after`, otherwise in file order.
 // A cycle is an error that names it whole.
 std::vector<ProgramConfig> in_start_order(std::vector<ProgramConfig> programs, const Reader& reader,
@@ -498,7 +536,7 @@ StackConfig parse_stack_config(const std::string& text, const std::string& path)
     }
     const Reader reader(path);
     if (!root.IsMap()) reader.fail(root, "give a map with run_dir, log_dir and programs");
-    reader.only_keys(root, "", {"run_dir", "log_dir", "socket_group", "events", "programs"});
+    reader.only_keys(root, "", {"run_dir", "log_dir", "socket_group", "events", "http", "programs"});
     StackConfig config;
     config.path = path;
     if (auto n = root["run_dir"]) {
@@ -521,6 +559,7 @@ StackConfig parse_stack_config(const std::string& text, const std::string& path)
             reader.fail(n, "socket_group: '" + config.socket_group + "' is not a group on this host");
     }
     if (auto n = root["events"]) config.events = read_events(reader, n);
+    if (auto n = root["http"]) config.http = read_http(reader, n);
     const YAML::Node programs = root["programs"];
     if (!programs) reader.fail(root, "programs is missing: give at least one program with its command");
     if (!programs.IsMap() || programs.size() == 0) reader.fail(programs, "programs: give a map of NAME: {command: [...]}");

@@ -13,6 +13,7 @@
 
 #include "core/duration.h"
 #include "engine/event_config.h"
+#include "engine/http_config.h"
 
 namespace hbwatch::tool {
 
@@ -83,6 +84,7 @@ struct StackConfig {
     std::string log_dir = "/var/log/hbwatch";
     std::string socket_group;            // empty: the supervisor's group
     EventsConfig events;                  // where events go; a reload keeps the sinks procctl started with
+    HttpConfig http;                      // the control API over TCP; a reload applies it
     std::vector<ProgramConfig> programs;  // in start order: each after the programs it names in `after`
 };
 

@@ -44,6 +44,7 @@ Member* Stack::member_of(const Unit& unit) const {
 }
 
 void Stack::emit(Event event) {
+    ++event_counts_[static_cast<std::size_t>(event.kind)];
     events_.push(event);
     if (sinks_) sinks_->publish(event);
     if (control_ != nullptr) control_->broadcast(to_json(event).dump(-1, ' ', false, json::error_handler_t::replace) + "\n");

@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 
+#include <array>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -27,6 +28,7 @@
 #include "engine/event.h"
 #include "engine/event_sinks.h"
 #include "engine/output.h"
+#include "engine/ports.h"
 #include "engine/spawn.h"
 #include "engine/stack_config.h"
 #include "engine/unit.h"
@@ -109,9 +111,18 @@ private:
     // stack_api.cpp: the control API (README, "The control API").
     ControlReply handle(const ControlRequest& request, std::uint64_t now);
     ControlReply output(const std::vector<Member*>& chosen, const ControlCommand& command);
-    void act(Member& member, ControlCommand::Verb verb, std::uint64_t now);
+    void act(Member& member, ControlCommand::Verb verb, const std::string& caller, std::uint64_t now);
     class Heartbeats;
     nlohmann::json describe(const Member& member, std::uint64_t now, Heartbeats& beats) const;
+
+    // stack_views.cpp: what the network view adds: metrics, the table, ports, the page.
+    [[nodiscard]] ControlReply metrics_reply(std::uint64_t now) const;
+    [[nodiscard]] ControlReply heartbeats_reply() const;
+    [[nodiscard]] ControlReply ports_reply() const;
+    ControlReply port_kill_reply(const ControlCommand& command, const ControlRequest& request);
+    static ControlReply page_reply();
+    [[nodiscard]] StackMembership membership() const;
+    [[nodiscard]] std::vector<key_t> table_keys() const;
 
     // stack_events.cpp: the events every change makes, where they go, and the control API's view.
     void on_transition(const Unit& unit, const Change& change);
@@ -152,6 +163,7 @@ private:
     bool stopping_all_ = false;
     bool said_no_cgroup_ = false;
     EventRing events_;
+    std::array<std::uint64_t, kEventKinds> event_counts_{};  // every event emitted, by kind (for /metrics)
     std::unique_ptr<EventSinks> sinks_;  // none when the config names no sink
     ControlServer* control_ = nullptr;   // while run() runs: followers of /v1/events
     std::uint64_t next_beat_check_ns_ = 0;

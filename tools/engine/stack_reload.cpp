@@ -166,6 +166,18 @@ nlohmann::json Stack::reload_config() {
         if (dynamic_cast<const Error*>(&e) != nullptr) throw;
         throw Error(ENOMEM, config_.path + ": the reload failed while building its programs (" + e.what() + ")");
     }
+    if (control_ != nullptr) {
+        // Always: the tokens file is read again too, so a reload rotates tokens.
+        try {
+            control_->listen_http(next.http);
+        } catch (const std::exception&) {
+            fresh.clear();
+            drop_unused_outputs();
+            throw;
+        }
+        if (!(next.http == config_.http))
+            report["http"] = next.http.enabled() ? "listening on " + nlohmann::json(next.http.listen).dump() : "off";
+    }
     if (!(next.events == config_.events)) {
         // Sinks hold threads, hooks in flight and queues: swapping them mid-run could lose
         // events, and finishing them would stall the loop. Said, not silently ignored.
@@ -224,6 +236,7 @@ void Stack::finish_reload(const StackConfig& next, const nlohmann::json& report,
     members_ = std::move(ordered);
     programs_ = std::move(programs);
     config_.log_dir = next.log_dir;
+    config_.http = next.http;
     for (const auto& member : members_)  // a file shared with what retires takes the new limits
         for (OutputFile* file : {member->out, member->err})
             if (file != nullptr && member->unit.goal() != Goal::retire) file->set_limits(member->program().log_max_size, member->program().log_files);

@@ -15,6 +15,7 @@
 #include "core/clock.h"
 #include "core/duration.h"
 #include "core/table.h"
+#include "engine/prometheus_text.h"
 #include "engine/terminal_text.h"
 
 namespace hbwatch::tool {
@@ -30,14 +31,6 @@ static std::string printable(std::string_view text) {
 }
 
 // The Prometheus text format's label value escapes: backslash, quote, newline.
-static std::string label_value(const std::string& text) {
-    std::string out;
-    for (char c : text) {
-        if (c == '\\' || c == '"') out += '\\';
-        out += c;
-    }
-    return out;
-}
 
 static bool colour() {
     static const bool on = ::isatty(1) && std::getenv("NO_COLOR") == nullptr;
@@ -117,16 +110,33 @@ json entries_json(const hbwatch::Table& table) {
     return array;
 }
 
-// The Prometheus text format, for node_exporter's textfile collector.
-std::string prometheus(const hbwatch::Table& table) {
-    const auto entries = inspect(table, hbwatch::monotonic_now_ns());
-    const auto info = table.info();
-    std::ostringstream out;
-    auto family = [&](const char* name, const char* type, const char* help, auto value_of) {
-        out << "# HELP " << name << " " << help << "\n# TYPE " << name << " " << type << "\n";
-        for (const auto& e : entries) {
-            out << name << "{name=\"" << label_value(shown_name(e.slot.name())) << "\",pid=\"" << e.slot.process.pid << "\"} " << value_of(e) << "\n";
+// The Prometheus text format, for node_exporter's textfile collector and procctl's /metrics.
+std::string prometheus(const hbwatch::Table& table) { return prometheus_tables({&table}); }
+
+std::string prometheus_tables(const std::vector<const hbwatch::Table*>& tables) {
+    struct Read {
+        std::string key;
+        std::vector<Entry> entries;
+        TableInfo info;
+    };
+    std::vector<Read> reads;
+    const auto now = hbwatch::monotonic_now_ns();
+    for (const Table* table : tables) reads.push_back(Read{hbwatch::format_key(table->key()), inspect(*table, now), table->info()});
+    const bool keyed = reads.size() > 1;  // one table (the usual): no key label
+    PrometheusText out;
+    auto labels = [&](const Read& read, const Entry* e) {
+        PrometheusText::Labels list;
+        if (e != nullptr) {
+            list.emplace_back("name", shown_name(e->slot.name()));
+            list.emplace_back("pid", std::to_string(e->slot.process.pid));
         }
+        if (keyed) list.emplace_back("key", read.key);
+        return list;
+    };
+    auto family = [&](const char* name, const char* type, const char* help, auto value_of) {
+        out.family(name, type, help);
+        for (const auto& read : reads)
+            for (const auto& e : read.entries) out.sample(name, labels(read, &e), value_of(e));
     };
     family("hbwatch_entry_timeout_seconds", "gauge", "Heartbeat timeout of the entry.",
            [](const Entry& e) { return static_cast<double>(e.slot.timeout.count()) / 1000.0; });
@@ -142,17 +152,18 @@ std::string prometheus(const hbwatch::Table& table) {
            [](const Entry& e) { return e.usage ? static_cast<double>(e.usage->rss_bytes) : 0.0; });
     family("hbwatch_entry_cpu_ratio", "gauge", "CPU used by the entry's process over its lifetime, 1 = one core.",
            [](const Entry& e) { return e.usage ? e.usage->cpu_percent / 100.0 : 0.0; });
-    auto total = [&](const char* name, const char* type, const char* help, double value) {
-        out << "# HELP " << name << " " << help << "\n# TYPE " << name << " " << type << "\n" << name << " " << value << "\n";
+    auto total = [&](const char* name, const char* type, const char* help, auto value_of) {
+        out.family(name, type, help);
+        for (const auto& read : reads) out.sample(name, labels(read, nullptr), static_cast<double>(value_of(read)));
     };
-    total("hbwatch_table_slots", "gauge", "Slots in the table.", info.slot_count);
-    total("hbwatch_table_entries", "gauge", "Slots holding an entry.", static_cast<double>(entries.size()));
+    total("hbwatch_table_slots", "gauge", "Slots in the table.", [](const Read& r) { return r.info.slot_count; });
+    total("hbwatch_table_entries", "gauge", "Slots holding an entry.", [](const Read& r) { return r.entries.size(); });
     total("hbwatch_table_registrations_total", "counter", "Registrations since the table was created.",
-          static_cast<double>(info.registrations));
-    total("hbwatch_table_kills_total", "counter", "Processes checkproc signalled to stop.", static_cast<double>(info.kills));
+          [](const Read& r) { return r.info.registrations; });
+    total("hbwatch_table_kills_total", "counter", "Processes checkproc signalled to stop.", [](const Read& r) { return r.info.kills; });
     total("hbwatch_table_reclaims_total", "counter", "Slots of dead owners taken back by registrations.",
-          static_cast<double>(info.reclaims));
-    return out.str();
+          [](const Read& r) { return r.info.reclaims; });
+    return out.take();
 }
 
 void print_processes(const std::vector<HostProcess>& processes, bool with_parent) {

@@ -20,6 +20,8 @@ void print_table(const Table& table, std::ostream& out);
 [[nodiscard]] nlohmann::json entries_json(const Table& table);
 /// The Prometheus text format, for node_exporter's textfile collector.
 [[nodiscard]] std::string prometheus(const Table& table);
+/// The same over several tables: their entries with a `key` label when there is more than one.
+[[nodiscard]] std::string prometheus_tables(const std::vector<const Table*>& tables);
 void print_processes(const std::vector<HostProcess>& processes, bool with_parent);
 [[nodiscard]] nlohmann::json processes_json(const std::vector<HostProcess>& processes);
 

@@ -1,0 +1,298 @@
+#pragma once
+// Inside the control server (control.cpp: the unix socket, the queue, the clients;
+// http_listener.cpp: TCP and TLS, tokens, limits per address): its state, and one connection,
+// whatever stream carries it. Not for other files.
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>  // before Asio: Boost 1.74's awaitable.hpp uses std::exchange without including it
+#include <vector>
+
+#include <boost/asio.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+
+#include "engine/control.h"
+#include "engine/tokens.h"
+
+namespace hbwatch::tool::control_detail {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using local = asio::local::stream_protocol;
+using tcp = asio::ip::tcp;
+
+inline constexpr auto kHandshakeDeadline = std::chrono::seconds(5);
+inline constexpr auto kReadDeadline = std::chrono::seconds(5);   // a client that sends too slowly is dropped
+inline constexpr auto kWriteDeadline = std::chrono::seconds(5);  // and one that does not read its reply
+inline constexpr std::uint32_t kHeaderLimit = 8 * 1024;
+inline constexpr std::size_t kStreamBacklog = 1 << 20;  // unread bytes a following client may owe: then it is dropped
+
+struct Pending {
+    ControlRequest request;
+    std::function<void(ControlReply)> answer;  // posts the reply back to the server's thread
+};
+
+/// A client following a stream reply (GET /v1/events?follow=1): broadcast() pushes to it.
+class Follower {
+public:
+    virtual ~Follower() = default;
+    virtual void push(const std::string& lines) = 0;
+};
+
+/// A connection's place under the caps: given back when the connection ends, on either thread.
+struct Admission {
+    std::function<void()> release;
+    Admission() = default;
+    explicit Admission(std::function<void()> r) : release(std::move(r)) {}
+    Admission(const Admission&) = delete;
+    Admission& operator=(const Admission&) = delete;
+    ~Admission() {
+        if (release) release();
+    }
+};
+
+/// What the TCP listeners check a request against. Replaced whole by listen_http().
+struct HttpAuth {
+    TokenBook tokens;
+    bool anonymous_metrics = false;
+};
+
+/// Failed authentications per address (an IPv6 /64): past the limit in a minute, an address
+/// is answered 429 without its token being looked at, until the minute is over.
+class FailureLimiter {
+public:
+    static constexpr unsigned kFailuresPerMinute = 30;
+    static constexpr std::size_t kAddresses = 10000;
+    [[nodiscard]] bool blocked(const std::string& address, std::chrono::steady_clock::time_point now);
+    void failed(const std::string& address, std::chrono::steady_clock::time_point now);
+
+private:
+    struct Window {
+        std::chrono::steady_clock::time_point start;
+        unsigned failures = 0;
+    };
+    std::map<std::string, Window> windows_;
+};
+
+struct Counters {
+    std::atomic<std::uint64_t> auth_failures{0};     // 401s
+    std::atomic<std::uint64_t> rate_limited{0};      // 429s
+    std::atomic<std::uint64_t> turned_away{0};       // connections over a cap
+};
+
+}  // namespace hbwatch::tool::control_detail
+
+namespace hbwatch::tool {
+
+struct ControlServer::State {
+    // Before `io`: the sessions destroyed with it count down and lock.
+    std::atomic<std::size_t> connections{0};  // the unix socket's
+    std::map<uid_t, std::size_t> per_user;     // open connections by peer uid, under `mutex`
+    std::atomic<std::size_t> tcp_connections{0};
+    std::map<std::string, std::size_t> per_address;  // open TCP connections by address (/64), under `mutex`
+    std::mutex mutex;
+    std::deque<control_detail::Pending> pending;
+    std::vector<std::weak_ptr<control_detail::Follower>> followers;  // on the server's thread only
+    control_detail::Counters counters;
+    // The TCP side, on the server's thread only (listen_http runs there too).
+    std::shared_ptr<const control_detail::HttpAuth> auth;
+    std::shared_ptr<boost::asio::ssl::context> tls;
+    std::map<std::string, std::unique_ptr<boost::asio::ip::tcp::acceptor>> tcp_acceptors;  // by "HOST:PORT"
+    std::vector<std::unique_ptr<boost::asio::ip::tcp::acceptor>> retired_acceptors;        // closed by a reload
+    control_detail::FailureLimiter failures;
+    // Worker threads for replies with `later`.
+    std::mutex jobs_mutex;
+    struct Job {
+        std::thread thread;
+        std::shared_ptr<std::atomic<bool>> done;
+    };
+    std::list<Job> jobs;
+    boost::asio::io_context io;
+    control_detail::local::acceptor acceptor{io};
+    boost::asio::steady_timer retry{io};  // after a failed accept (EMFILE): wait, do not spin
+    std::string path;
+    int wake = -1;
+    std::thread thread;
+};
+
+namespace control_detail {
+
+std::string error_json(const std::string& message);
+std::string chunk(const std::string& data);
+void queue_request(ControlServer::State* state, Pending pending);
+
+template <class Stream>
+inline constexpr bool kIsTls = false;
+template <class Next>
+inline constexpr bool kIsTls<asio::ssl::stream<Next>> = true;
+
+/// One connection: one request, one reply, then closed (or, for a stream reply, followed).
+/// Every wait has a deadline. `authorize` says who asks (filling the request's role and
+/// caller) or answers at once (401, 429) without the request reaching the loop.
+template <class Stream>
+class Session : public Follower, public std::enable_shared_from_this<Session<Stream>> {
+public:
+    using Authorize = std::function<std::optional<ControlReply>(const http::request<http::empty_body>&, ControlRequest&)>;
+
+    Session(Stream stream, ControlServer::State* state, std::unique_ptr<Admission> admission, Authorize authorize)
+        : stream_(std::move(stream)),
+          timer_(stream_.get_executor()),
+          state_(state),
+          admission_(std::move(admission)),
+          authorize_(std::move(authorize)) {}
+
+    void start() {
+        if constexpr (kIsTls<Stream>) {
+            arm(kHandshakeDeadline);
+            stream_.async_handshake(asio::ssl::stream_base::server, [self = this->shared_from_this()](beast::error_code ec) {
+                self->timer_.cancel();
+                if (ec) return self->close();
+                self->read();
+            });
+        } else {
+            read();
+        }
+    }
+
+    void reply(const ControlReply& reply) {
+        if (reply.stream && reply.status == 200) return stream(reply.body);
+        response_.result(static_cast<unsigned>(reply.status));
+        response_.set(http::field::content_type, reply.content_type);
+        response_.set(http::field::cache_control, "no-store");
+        response_.set("X-Content-Type-Options", "nosniff");
+        if (reply.status == 401) response_.set(http::field::www_authenticate, "Bearer realm=\"hbwatch\"");
+        if (reply.status == 429) response_.set(http::field::retry_after, "60");
+        if (reply.content_type.rfind("text/html", 0) == 0) {
+            // The page's own script and style only; it talks to this origin and nothing else.
+            response_.set("Content-Security-Policy",
+                          "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
+                          "img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'");
+            response_.set("Referrer-Policy", "no-referrer");
+            response_.set("X-Frame-Options", "DENY");
+        }
+        response_.keep_alive(false);
+        const bool json = reply.content_type == "application/json";
+        response_.body() = json ? reply.body + "\n" : reply.body;
+        response_.prepare_payload();
+        arm(kWriteDeadline);
+        http::async_write(stream_, response_, [self = this->shared_from_this()](beast::error_code, std::size_t) {
+            self->timer_.cancel();
+            self->close();
+        });
+    }
+
+    // Follows with what broadcast() sends: queued, written one chunk at a time, each write
+    // with its deadline; a client that falls 1 MiB behind is dropped.
+    void push(const std::string& lines) override {
+        if (!following_) return;
+        backlog_ += lines.size();
+        if (backlog_ > kStreamBacklog) return close();
+        outbox_.push_back(chunk(lines));
+        if (outbox_.size() == 1) write_next();
+    }
+
+private:
+    void read() {
+        parser_.header_limit(kHeaderLimit);
+        parser_.body_limit(64 * 1024);
+        arm(kReadDeadline);
+        http::async_read(stream_, buffer_, parser_,
+                         [self = this->shared_from_this()](beast::error_code ec, std::size_t) { self->on_read(ec); });
+    }
+
+    void stream(const std::string& first) {
+        following_ = true;
+        auto& followers = state_->followers;  // those that left are dropped here too: a quiet stack never broadcasts
+        std::erase_if(followers, [](const std::weak_ptr<Follower>& f) { return f.expired(); });
+        followers.push_back(this->weak_from_this());
+        outbox_.push_back("HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n"
+                          "Cache-Control: no-store\r\nConnection: close\r\n\r\n");
+        if (!first.empty()) outbox_.push_back(chunk(first));
+        backlog_ = first.size();
+        write_next();
+        watch_for_leaving();
+    }
+    void write_next() {
+        if (outbox_.empty()) return;
+        arm(kWriteDeadline);
+        asio::async_write(stream_, asio::buffer(outbox_.front()), [self = this->shared_from_this()](beast::error_code ec, std::size_t n) {
+            self->timer_.cancel();
+            if (ec) return self->close();
+            self->backlog_ -= std::min(self->backlog_, n);
+            self->outbox_.pop_front();
+            self->write_next();
+        });
+    }
+    // A following client says nothing more: any read that ends (EOF, reset) means it left.
+    void watch_for_leaving() {
+        stream_.async_read_some(asio::buffer(discard_), [self = this->shared_from_this()](beast::error_code ec, std::size_t) {
+            if (ec) return self->close();
+            self->watch_for_leaving();
+        });
+    }
+    void close() {
+        following_ = false;
+        beast::error_code ignored;
+        timer_.cancel();
+        auto& socket = beast::get_lowest_layer(stream_);
+        socket.shutdown(std::decay_t<decltype(socket)>::shutdown_both, ignored);
+        socket.close(ignored);
+    }
+
+    void arm(std::chrono::seconds deadline) {
+        timer_.expires_after(deadline);
+        timer_.async_wait([weak = this->weak_from_this()](beast::error_code ec) {
+            if (ec) return;  // cancelled: the read or write finished
+            if (auto self = weak.lock()) {
+                beast::error_code ignored;
+                beast::get_lowest_layer(self->stream_).close(ignored);
+            }
+        });
+    }
+
+    void on_read(beast::error_code ec) {
+        if (ec == http::error::end_of_stream || ec == asio::error::operation_aborted || ec == asio::error::bad_descriptor)
+            return;  // gone, or dropped at its deadline
+        timer_.cancel();
+        if (ec) return reply(ControlReply{400, error_json("bad request: " + ec.message())});
+        const auto& request = parser_.get();
+        ControlRequest asked{std::string(request.method_string()), std::string(request.target())};
+        if (auto refused = authorize_(request, asked)) return reply(*refused);
+        queue_request(state_, Pending{std::move(asked), [self = this->shared_from_this()](ControlReply answer) {
+                                          asio::post(self->stream_.get_executor(),
+                                                     [self, answer = std::move(answer)] { self->reply(answer); });
+                                      }});
+    }
+
+    Stream stream_;
+    asio::steady_timer timer_;
+    beast::flat_buffer buffer_;
+    http::request_parser<http::empty_body> parser_;
+    http::response<http::string_body> response_;
+    bool following_ = false;
+    std::deque<std::string> outbox_;  // a stream's chunks, the front one being written
+    std::size_t backlog_ = 0;
+    char discard_[64];
+    ControlServer::State* state_;  // outlives every session: they run on its thread, joined first
+    std::unique_ptr<Admission> admission_;
+    Authorize authorize_;
+};
+
+}  // namespace control_detail
+}  // namespace hbwatch::tool
