@@ -109,6 +109,10 @@ ControlReply Stack::metrics_reply(std::uint64_t now) const {
         if (const auto stat = read_proc_stat(member->unit.pid()))
             out.sample("hbwatch_program_resident_memory_bytes", {{"program", member->name()}}, static_cast<double>(stat->rss_pages) * page);
     }
+    out.family("hbwatch_program_max_rss_bytes", "gauge", "The program's max_rss: procctl restarts it above this (programs that set one).");
+    for (const auto& member : members_)
+        if (member->program().max_rss > 0)
+            out.sample("hbwatch_program_max_rss_bytes", {{"program", member->name()}}, static_cast<double>(member->program().max_rss));
     out.family("hbwatch_events_total", "counter", "Events the stack emitted, by kind.");
     for (std::size_t kind = 0; kind < kEventKinds; ++kind)
         out.sample("hbwatch_events_total", {{"kind", to_string(static_cast<EventKind>(kind))}}, static_cast<double>(event_counts_[kind]));
