@@ -3,6 +3,7 @@
 // http_listener.cpp: TCP and TLS, tokens, limits per address): its state, and one connection,
 // whatever stream carries it. Not for other files.
 
+#include <malloc.h>
 #include <sys/types.h>
 
 #include <atomic>
@@ -42,6 +43,7 @@ inline constexpr auto kReadDeadline = std::chrono::seconds(5);   // a client tha
 inline constexpr auto kWriteDeadline = std::chrono::seconds(5);  // and one that does not read its reply
 inline constexpr std::uint32_t kHeaderLimit = 8 * 1024;
 inline constexpr std::size_t kStreamBacklog = 1 << 20;  // unread bytes a following client may owe: then it is dropped
+inline constexpr std::size_t kLargeReply = 1 << 20;     // a reply this large is given back to the system once sent
 
 struct Pending {
     ControlRequest request;
@@ -170,7 +172,7 @@ public:
         }
     }
 
-    void reply(const ControlReply& reply) {
+    void reply(ControlReply reply) {
         if (reply.stream && reply.status == 200) return stream(reply.body);
         response_.result(static_cast<unsigned>(reply.status));
         response_.set(http::field::content_type, reply.content_type);
@@ -187,13 +189,18 @@ public:
             response_.set("X-Frame-Options", "DENY");
         }
         response_.keep_alive(false);
-        const bool json = reply.content_type == "application/json";
-        response_.body() = json ? reply.body + "\n" : reply.body;
+        if (reply.content_type == "application/json") reply.body += '\n';
+        const bool large = reply.body.size() > kLargeReply;
+        response_.body() = std::move(reply.body);  // a scrape of a large table is tens of MiB: never copied
         response_.prepare_payload();
         arm(kWriteDeadline);
-        http::async_write(stream_, response_, [self = this->shared_from_this()](beast::error_code, std::size_t) {
+        http::async_write(stream_, response_, [self = this->shared_from_this(), large](beast::error_code, std::size_t) {
             self->timer_.cancel();
             self->close();
+            if (large) {
+                self->response_.body() = std::string();
+                ::malloc_trim(0);  // what it took goes back to the system, not kept for years
+            }
         });
     }
 
@@ -276,7 +283,7 @@ private:
         if (auto refused = authorize_(request, asked)) return reply(*refused);
         queue_request(state_, Pending{std::move(asked), [self = this->shared_from_this()](ControlReply answer) {
                                           asio::post(self->stream_.get_executor(),
-                                                     [self, answer = std::move(answer)] { self->reply(answer); });
+                                                     [self, answer = std::move(answer)]() mutable { self->reply(std::move(answer)); });
                                       }});
     }
 

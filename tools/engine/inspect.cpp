@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <fstream>
+#include <unordered_map>
 
 #include "engine/checker.h"
 #include "core/duration.h"
@@ -96,21 +97,31 @@ const char* to_string(EntryState state) noexcept {
 
 std::vector<Entry> inspect(const Table& table, std::uint64_t now_ns, const std::function<bool(const SlotSnapshot&)>& wanted) {
     std::vector<Entry> entries;
+    // One read of /proc per process, however many entries it holds: one pass is one instant.
+    struct Read {
+        std::optional<ProcStat> stat;
+        std::optional<Usage> usage;
+    };
+    std::unordered_map<pid_t, Read> reads;
     table.for_each([&](const SlotSnapshot& slot) {
         if (slot.phase == SlotPhase::claiming || (wanted && !wanted(slot))) return;
         Entry e;
         e.slot = slot;
         e.since_beat = slot.since_beat(now_ns);
-        const auto stat = read_proc_stat(slot.process.pid);  // for liveness and for usage
-        const Liveness life = liveness(slot.process, stat);
+        auto [found, fresh] = reads.try_emplace(slot.process.pid);
+        Read& read = found->second;
+        if (fresh) read.stat = read_proc_stat(slot.process.pid);  // for liveness and for usage
+        const Liveness life = liveness(slot.process, read.stat);
         if (life != Liveness::alive) {
             e.state = EntryState::dead;
             e.dead_reason = to_string(life);
         } else if (slot.phase == SlotPhase::revoked) {
-            e.usage = usage_of(*stat);
+            if (!read.usage) read.usage = usage_of(*read.stat);
+            e.usage = read.usage;
             e.state = EntryState::revoked;
         } else {
-            e.usage = usage_of(*stat);
+            if (!read.usage) read.usage = usage_of(*read.stat);
+            e.usage = read.usage;
             switch (health_of(slot, now_ns)) {
                 case Health::ok: e.state = EntryState::ok; break;
                 case Health::late: e.state = EntryState::late; break;

@@ -4,6 +4,7 @@
 // table answers with. Dependency order lives here; a unit's life lives in unit.cpp.
 #include "engine/stack.h"
 
+#include <malloc.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <poll.h>
@@ -453,6 +454,12 @@ std::string join_words(const std::vector<std::string>& words) {
 }  // namespace
 
 int run_stack(StackConfig config, spdlog::logger& log, int signal_fd, const std::function<void()>& ready) {
+    // A supervisor runs for years: memory a large answer took (a scrape of a 65,536-entry
+    // table is tens of MiB) must go back. Large blocks are mmapped and unmapped when freed
+    // (a fixed threshold: glibc's dynamic one would keep them in the heap), and the server's
+    // threads share two arenas instead of one each.
+    ::mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+    ::mallopt(M_ARENA_MAX, 2);
     const std::string socket = config.run_dir + "/control.sock";
     const HttpConfig http = config.http;
     Stack stack(std::move(config), log, signal_fd);         // throws Error when an output file cannot be opened
