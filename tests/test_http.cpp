@@ -53,7 +53,9 @@ struct Answer {
 // curl, a real client: the status and the body.
 Answer curl(std::vector<std::string> args) {
     args.insert(args.begin(), {"curl", "-sS", "--max-time", "20", "-w", "\n%{http_code}"});
-    auto [code, out] = run(args);
+    int code = 0;
+    std::string out;
+    std::tie(code, out) = run(args);
     Answer answer;
     answer.curl_exit = code;
     const auto newline = out.rfind('\n');
@@ -200,7 +202,9 @@ TEST_CASE("http config: listen addresses are literal ADDRESS:PORT, and tokens_fi
     Scratch dir;
     const fs::path config = dir.dir / "stack.yaml";
     std::ofstream(config) << "http: {listen: 127.0.0.1:9500}\nprograms: {a: {command: [sleep, '1']}}\n";
-    auto [code, out] = run({hbtest::bin("procctl"), "--check", "-c", config.string()});
+    int code = 0;
+    std::string out;
+    std::tie(code, out) = run({hbtest::bin("procctl"), "--check", "-c", config.string()});
     CHECK(code == 1);
     CHECK_MESSAGE(out.find("tokens_file is missing") != std::string::npos, out);
     std::ofstream(config) << "http: {listen: 'localhost:9500', tokens_file: /etc/t}\nprograms: {a: {command: [sleep, '1']}}\n";
@@ -261,7 +265,9 @@ TEST_CASE("failed authentications are limited per address: the 31st in a minute 
 TEST_CASE("TLS: curl reaches the API with a certificate openssl made for the test, and plain HTTP to it gets nothing") {
     Scratch certs;
     const fs::path cert = certs.dir / "cert.pem", key = certs.dir / "key.pem";
-    auto [code, out] = run({"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+    int code = 0;
+    std::string out;
+    std::tie(code, out) = run({"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
                             "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key.string(), "-out",
                             cert.string()});
     REQUIRE_MESSAGE(code == 0, out);
@@ -288,7 +294,9 @@ TEST_CASE("GET /metrics passes promtool check metrics and has the stack's, the t
     CHECK(stack.get("/v1/programs", "").status == 401);
     const fs::path scrape = stack.dir.dir / "scrape.txt";
     std::ofstream(scrape) << answer.body;
-    auto [code, out] = run({"sh", "-c", std::string(HBWATCH_PROMTOOL) + " check metrics < " + scrape.string()});
+    int code = 0;
+    std::string out;
+    std::tie(code, out) = run({"sh", "-c", std::string(HBWATCH_PROMTOOL) + " check metrics < " + scrape.string()});
     CHECK_MESSAGE(code == 0, out << "\n" << answer.body);
     const std::string& text = answer.body;
     for (const char* line : {"hbwatch_program_state{program=\"beater\",state=\"ready\"} 1", "hbwatch_program_state{program=\"beater\",state=\"stopped\"} 0",
@@ -350,7 +358,9 @@ TEST_CASE("headless Chromium renders the status page with a row for each program
                                          "--user-data-dir=" + (stack.dir.dir / "chromium").string(), "--virtual-time-budget=10000"};
     auto dump = chromium;
     dump.insert(dump.end(), {"--dump-dom", page});
-    auto [code, dom] = run(dump);
+    int code = 0;
+    std::string dom;
+    std::tie(code, dom) = run(dump);
     REQUIRE_MESSAGE(code == 0, dom);
     CHECK_MESSAGE(dom.find("<tr data-program=\"alpha\">") != std::string::npos, dom);
     CHECK(dom.find("<tr data-program=\"beta\">") != std::string::npos);
@@ -417,7 +427,9 @@ TEST_CASE("proctab kill --port: TERM for a holder that obeys it, KILL after the 
     const int obeys = hbtest::free_port();
     Process first({hbtest::bin("tcp_listen"), std::to_string(obeys), "0"});
     REQUIRE(first.wait_for_output("listening", 10s));
-    auto [code, out] = run({hbtest::bin("proctab"), "ports", "--json"});
+    int code = 0;
+    std::string out;
+    std::tie(code, out) = run({hbtest::bin("proctab"), "ports", "--json"});
     REQUIRE(code == 0);
     bool listed = false;
     for (const auto& socket : nlohmann::json::parse(out))
