@@ -87,6 +87,11 @@ TEST_CASE("every command proctab builds is the command procctl parses, with the 
     CHECK(std::get<ControlCommand>(parse_command({"GET", "/api/ports/status"})) == make(Verb::ports));
     CHECK(std::get<ControlCommand>(parse_command({"POST", "/api/ports/8080/kill"})).port == 8080);
     CHECK(std::get<ControlCommand>(parse_command({"GET", "/index.html"})) == make(Verb::page));
+    // As a browser writes names: %-escapes decoded.
+    CHECK(std::get<ControlCommand>(parse_command({"POST", "/v1/programs/pool%402/restart"})) == make(Verb::restart, "pool@2"));
+    CHECK(refusal("GET", "/v1/programs/a%2Fb") == "400 a broken %-escape (or an escaped '/') in /v1/programs/a%2Fb");
+    CHECK(refusal("GET", "/v1/programs/a%zz") == "400 a broken %-escape (or an escaped '/') in /v1/programs/a%zz");
+    CHECK(refusal("GET", "/v1/programs/a%00") == "400 a broken %-escape (or an escaped '/') in /v1/programs/a%00");
 }
 
 TEST_CASE("each command needs its role: none for the page, read to look, operate to act") {

@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstring>
 #include <deque>
+#include <algorithm>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -71,55 +72,62 @@ constexpr std::size_t kMaxConnections = 64;
 constexpr std::size_t kMaxConnectionsPerUser = 16;  // one user's silent clients leave room for the others
 constexpr std::size_t kRequestsPerServe = 8;
 constexpr auto kServeTime = std::chrono::milliseconds(20);
-constexpr std::size_t kMaxJobs = 4;  // replies with `later` being made at once; more are told to come back
+constexpr std::size_t kMaxJobs = 2;  // unshared `later` replies (port kills) being made at once; more are told to come back
+constexpr auto kShareFor = std::chrono::seconds(1);
+constexpr std::size_t kShareAtMost = 64 << 20;  // a shared answer larger than this is made anew for each
+
+void admit_local(ControlServer::State* state, local::socket socket) {
+    ucred peer{};
+    socklen_t length = sizeof peer;
+    if (::getsockopt(socket.native_handle(), SOL_SOCKET, SO_PEERCRED, &peer, &length) != 0) return;
+    const uid_t uid = peer.uid;
+    // Made before anything is counted: nothing below can throw with a count taken.
+    auto admission = std::make_unique<Admission>();
+    std::function<void()> release = [state, uid] {
+        --state->connections;
+        std::lock_guard lock(state->mutex);
+        if (--state->per_user[uid] == 0) state->per_user.erase(uid);
+    };
+    // Root and procctl's own user always get in (up to their own cap): a flood by a group
+    // member never locks the operator out.
+    const bool privileged = uid == 0 || uid == ::geteuid();
+    bool admitted = false;
+    if (privileged || state->connections.load() < kMaxConnections) {
+        std::lock_guard lock(state->mutex);
+        auto& mine = state->per_user[uid];  // may throw: then nothing was counted
+        admitted = mine < kMaxConnectionsPerUser;
+        if (admitted) ++mine;
+        else if (mine == 0) state->per_user.erase(uid);
+    }
+    if (!admitted) {
+        ++state->counters.turned_away;
+        return;  // too many at once: the newest is turned away (the socket closes as it goes)
+    }
+    ++state->connections;
+    admission->release = std::move(release);
+    // The socket's mode and group admitted the caller: it operates, as itself.
+    auto authorize = [uid](const http::request<http::empty_body>&, ControlRequest& request, Credential&) -> std::optional<ControlReply> {
+        request.role = Role::operate;
+        request.uid = uid;
+        request.caller = "uid " + std::to_string(uid);
+        return std::nullopt;
+    };
+    std::make_shared<Session<local::socket>>(std::move(socket), state, std::move(admission), authorize)->start();
+}
 
 void accept_next(ControlServer::State* state) {
     state->acceptor.async_accept([state](beast::error_code ec, local::socket socket) {
         if (ec == asio::error::operation_aborted) return;
-        if (ec) {
+        if (ec) {  // EMFILE: wait, do not spin
             state->retry.expires_after(std::chrono::milliseconds(100));
             state->retry.async_wait([state](beast::error_code wait) {
                 if (!wait) accept_next(state);
             });
             return;
         }
-        ucred peer{};
-        socklen_t length = sizeof peer;
-        const bool known = ::getsockopt(socket.native_handle(), SOL_SOCKET, SO_PEERCRED, &peer, &length) == 0;
-        // Root and procctl's own user always get in (up to their own cap): a flood by a group
-        // member never locks the operator out.
-        const bool privileged = known && (peer.uid == 0 || peer.uid == ::geteuid());
-        bool admitted = false;
-        if (known && (privileged || state->connections.load() < kMaxConnections)) {
-            std::lock_guard lock(state->mutex);
-            auto& mine = state->per_user[peer.uid];
-            admitted = mine < kMaxConnectionsPerUser;
-            if (admitted) ++mine;
-            else if (mine == 0) state->per_user.erase(peer.uid);
-        }
-        if (!admitted) {
-            ++state->counters.turned_away;
-            beast::error_code ignored;
-            socket.close(ignored);  // too many at once: the newest is turned away
-        } else {
-            ++state->connections;
-            const uid_t uid = peer.uid;
-            try {
-                auto admission = std::make_unique<Admission>([state, uid] {
-                    --state->connections;
-                    std::lock_guard lock(state->mutex);
-                    if (--state->per_user[uid] == 0) state->per_user.erase(uid);
-                });
-                // The socket's mode and group admitted the caller: it operates, as itself.
-                auto authorize = [uid](const http::request<http::empty_body>&, ControlRequest& request) -> std::optional<ControlReply> {
-                    request.role = Role::operate;
-                    request.uid = uid;
-                    request.caller = "uid " + std::to_string(uid);
-                    return std::nullopt;
-                };
-                std::make_shared<Session<local::socket>>(std::move(socket), state, std::move(admission), authorize)->start();
-            } catch (const std::exception&) {  // no memory for it: turned away, and counted out by its admission
-            }
+        try {
+            admit_local(state, std::move(socket));
+        } catch (const std::exception&) {  // no memory for it: turned away, counted out by its admission
         }
         accept_next(state);  // always: the server must go on accepting
     });
@@ -138,7 +146,8 @@ ControlServer::ControlServer(const std::string& socket_path, std::optional<gid_t
         ::unlink(socket_path.c_str());
     }
     s.wake = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (s.wake < 0) throw Error(errno, std::string("eventfd failed: ") + std::strerror(errno));
+    s.cancel = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (s.wake < 0 || s.cancel < 0) throw Error(errno, std::string("eventfd failed: ") + std::strerror(errno));
     if (socket_path.size() >= sizeof(sockaddr_un{}.sun_path))
         throw Error(ENAMETOOLONG, "the control socket path " + socket_path + " is too long for a unix socket: use a shorter run_dir");
     beast::error_code ec;
@@ -152,6 +161,7 @@ ControlServer::ControlServer(const std::string& socket_path, std::optional<gid_t
     if (::chmod(socket_path.c_str(), 0660) != 0 || (group && ::chown(socket_path.c_str(), static_cast<uid_t>(-1), *group) != 0))
         throw Error(errno, "cannot set the mode or group of " + socket_path + ": " + std::strerror(errno));
     accept_next(&s);
+    s.work.emplace(s.io.get_executor());  // run() returns only when the server stops, never when idle
     s.thread = std::thread([state = state_.get()] {
         for (;;) {
             try {
@@ -170,7 +180,10 @@ ControlServer::~ControlServer() {
     s.io.stop();
     if (s.thread.joinable()) s.thread.join();
     {
-        // A job's reply is posted to the stopped server and dropped with it.
+        // Jobs that wait (a port kill's grace) end now; a reply is posted to the stopped
+        // server and dropped with it.
+        const std::uint64_t one = 1;
+        (void)!::write(s.cancel, &one, sizeof one);
         std::lock_guard lock(s.jobs_mutex);
         for (auto& job : s.jobs) job.thread.join();
         s.jobs.clear();
@@ -186,6 +199,7 @@ ControlServer::~ControlServer() {
     s.retired_acceptors.clear();
     ::unlink(s.path.c_str());
     ::close(s.wake);
+    ::close(s.cancel);
 }
 
 int ControlServer::wake_fd() const noexcept { return state_->wake; }
@@ -211,11 +225,14 @@ void ControlServer::broadcast(std::string lines) {
     });
 }
 
-// A reply's long work, on a thread of its own: at most kMaxJobs at once, so a client cannot
-// make procctl start threads without end. Finished threads are joined here, on the loop's turn.
-void ControlServer::start_job(std::function<ControlReply()> work, std::function<void(ControlReply)> answer) {
+// A reply's long work, on a thread of its own. Replies that say `share_as` are made once for
+// everyone who asks while they are made, and reused for a second after: a flood of scrapes
+// costs one scrape a second. The others (a port's holders stopped) run at most kMaxJobs at
+// once. So a client can never make procctl start threads without end. Finished threads are
+// joined here, on the loop's turn.
+void ControlServer::start_job(std::function<ControlReply()> work, std::function<void(ControlReply)> answer, const std::string& share_as) {
     State& s = *state_;
-    std::lock_guard lock(s.jobs_mutex);
+    std::unique_lock lock(s.jobs_mutex);
     for (auto it = s.jobs.begin(); it != s.jobs.end();) {
         if (it->done->load()) {
             it->thread.join();
@@ -224,28 +241,67 @@ void ControlServer::start_job(std::function<ControlReply()> work, std::function<
             ++it;
         }
     }
-    if (s.jobs.size() >= kMaxJobs) {
-        answer(ControlReply{503, error_json("procctl is busy with " + std::to_string(s.jobs.size()) +
-                                            " long requests (port kills, whole-table reads): ask again in a few seconds")});
-        return;
+    const auto now = std::chrono::steady_clock::now();
+    if (!share_as.empty()) {
+        auto& shared = s.shared[share_as];
+        if (shared.answer && now - shared.made < kShareFor) {
+            ControlReply copy = *shared.answer;
+            lock.unlock();
+            return answer(std::move(copy));
+        }
+        shared.answer.reset();
+        shared.waiting.push_back(std::move(answer));
+        if (shared.running) return;  // answered with the one being made
+        shared.running = true;
+    } else if (std::count_if(s.jobs.begin(), s.jobs.end(), [](const State::Job& j) { return !j.shared; }) >= static_cast<long>(kMaxJobs)) {
+        lock.unlock();
+        return answer(ControlReply{503, error_json("procctl is already stopping the holders of " + std::to_string(kMaxJobs) +
+                                                   " ports: ask again when one is done")});
     }
     auto done = std::make_shared<std::atomic<bool>>(false);
+    auto finish = [state = &s, share_as, answer = share_as.empty() ? std::move(answer) : nullptr](ControlReply reply) {
+        if (share_as.empty()) return answer(std::move(reply));
+        std::vector<std::function<void(ControlReply)>> waiting;
+        {
+            std::lock_guard guard(state->jobs_mutex);
+            auto& shared = state->shared[share_as];
+            waiting.swap(shared.waiting);
+            shared.running = false;
+            if (reply.status == 200 && reply.body.size() <= kShareAtMost) {
+                shared.answer = reply;
+                shared.made = std::chrono::steady_clock::now();
+            }
+        }
+        for (std::size_t i = 0; i < waiting.size(); ++i) waiting[i](i + 1 == waiting.size() ? std::move(reply) : ControlReply(reply));
+    };
     try {
-        std::thread thread([work = std::move(work), answer, done] {
+        std::thread thread([work = std::move(work), finish, done] {
             ControlReply reply;
             try {
                 reply = work();
             } catch (const std::exception& e) {
                 reply = ControlReply{500, error_json(std::string("internal error: ") + e.what())};
             }
-            answer(std::move(reply));
+            finish(std::move(reply));
             done->store(true);
         });
-        s.jobs.push_back(State::Job{std::move(thread), done});
+        s.jobs.push_back(State::Job{std::move(thread), done, !share_as.empty()});
     } catch (const std::exception& e) {  // no thread to be had (EAGAIN): said, not thrown into the loop
-        answer(ControlReply{503, error_json(std::string("procctl cannot start a thread for this request: ") + e.what())});
+        lock.unlock();
+        finish(ControlReply{503, error_json(std::string("procctl cannot start a thread for this request: ") + e.what())});
     }
 }
+
+// Shared answers older than kShareFor are let go (a scrape of a large table is tens of MiB).
+void ControlServer::forget_old_answers() {
+    State& s = *state_;
+    std::lock_guard lock(s.jobs_mutex);
+    const auto now = std::chrono::steady_clock::now();
+    for (auto& [key, shared] : s.shared)
+        if (shared.answer && now - shared.made >= kShareFor) shared.answer.reset();
+}
+
+int ControlServer::cancel_fd() const noexcept { return state_->cancel; }
 
 void ControlServer::serve(const std::function<ControlReply(const ControlRequest&)>& handler) {
     std::uint64_t count;
@@ -267,7 +323,7 @@ void ControlServer::serve(const std::function<ControlReply(const ControlRequest&
         } catch (const std::exception& e) {  // a bad request must never take supervision down
             reply = ControlReply{500, error_json(std::string("internal error: ") + e.what())};
         }
-        if (reply.later) start_job(std::move(reply.later), std::move(pending->answer));
+        if (reply.later) start_job(std::move(reply.later), std::move(pending->answer), reply.share_as);
         else pending->answer(std::move(reply));
     }
     std::lock_guard lock(state_->mutex);

@@ -48,6 +48,9 @@ struct ControlReply {
     // Work too long for the supervision loop (a port's holders stopped, 65,536 table entries
     // read): run on a worker thread of the server, and its reply sent instead of this one.
     std::function<ControlReply()> later;
+    // With `later`: the name of what it makes (`metrics`). Everyone who asks while it is made,
+    // or within a second after, gets that one answer.
+    std::string share_as;
 };
 
 struct HttpConfig;
@@ -77,6 +80,12 @@ public:
     /// listener as it was.
     void listen_http(const HttpConfig& http);
 
+    /// Readable once the server is stopping: a job that waits (a port kill's grace) polls it
+    /// and ends. Valid until the server is destroyed, which joins the jobs first.
+    [[nodiscard]] int cancel_fd() const noexcept;
+    /// Lets go of shared answers older than a second; the loop calls it on each turn.
+    void forget_old_answers();
+
     struct Counters {
         std::uint64_t auth_failures = 0;  // TCP requests answered 401
         std::uint64_t rate_limited = 0;   // and 429
@@ -87,7 +96,7 @@ public:
     struct State;
 
 private:
-    void start_job(std::function<ControlReply()> work, std::function<void(ControlReply)> answer);
+    void start_job(std::function<ControlReply()> work, std::function<void(ControlReply)> answer, const std::string& share_as);
     std::shared_ptr<State> state_;
 };
 

@@ -24,6 +24,26 @@ bool whole_number(const std::string& text, std::uint64_t high, std::uint64_t& ou
     return out <= high;
 }
 
+// A path segment or query value with its %XX escapes decoded (a browser writes "api@1" as
+// "api%401"); nullopt for a broken escape, or one that decodes to '/' or NUL.
+std::optional<std::string> percent_decoded(const std::string& text) {
+    std::string out;
+    for (std::size_t i = 0; i < text.size(); ++i) {
+        if (text[i] != '%') {
+            out += text[i];
+            continue;
+        }
+        if (i + 2 >= text.size() || !std::isxdigit(static_cast<unsigned char>(text[i + 1])) ||
+            !std::isxdigit(static_cast<unsigned char>(text[i + 2])))
+            return std::nullopt;
+        const char c = static_cast<char>(std::stoi(text.substr(i + 1, 2), nullptr, 16));
+        if (c == '/' || c == '\0') return std::nullopt;
+        out += c;
+        i += 2;
+    }
+    return out;
+}
+
 }  // namespace
 
 ControlReply ControlError::reply() const {
@@ -77,14 +97,20 @@ std::variant<ControlCommand, ControlError> parse_command(const ControlRequest& r
             if (end == std::string::npos) end = request.target.size();
             const std::string pair = request.target.substr(at, end - at);
             const auto equals = pair.find('=');
-            if (!pair.empty()) query[pair.substr(0, equals)] = equals == std::string::npos ? "" : pair.substr(equals + 1);
+            const auto value = percent_decoded(equals == std::string::npos ? "" : pair.substr(equals + 1));
+            if (!value) return ControlError{400, "a broken %-escape in the query of " + shown};
+            if (!pair.empty()) query[pair.substr(0, equals)] = *value;
             at = end + 1;
         }
     std::vector<std::string> parts;
     for (std::size_t at = 0; at <= path.size();) {
         const auto slash = path.find('/', at);
         const auto end = slash == std::string::npos ? path.size() : slash;
-        if (end > at) parts.push_back(path.substr(at, end - at));
+        if (end > at) {
+            auto part = percent_decoded(path.substr(at, end - at));
+            if (!part) return ControlError{400, "a broken %-escape (or an escaped '/') in " + shown};
+            parts.push_back(std::move(*part));
+        }
         at = end + 1;
     }
     auto method = [&](const char* wanted) -> std::optional<ControlError> {
@@ -129,7 +155,7 @@ std::variant<ControlCommand, ControlError> parse_command(const ControlRequest& r
         }
         if (query.count("grace")) {
             try {
-                command.grace = parse_duration_in(query["grace"], "grace", kStopGraceRange);
+                command.grace = parse_duration_in(query["grace"], "grace", kPortKillGraceRange);
             } catch (const std::exception& e) {
                 return ControlError{400, "grace=" + shown_name(query["grace"]) + ": " + e.what()};
             }

@@ -6,6 +6,7 @@
 #include <malloc.h>
 #include <sys/types.h>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -43,6 +44,7 @@ inline constexpr auto kReadDeadline = std::chrono::seconds(5);   // a client tha
 inline constexpr auto kWriteDeadline = std::chrono::seconds(5);  // and one that does not read its reply
 inline constexpr std::uint32_t kHeaderLimit = 8 * 1024;
 inline constexpr std::size_t kStreamBacklog = 1 << 20;  // unread bytes a following client may owe: then it is dropped
+inline constexpr const char* kHtml = "text/html; charset=utf-8";
 inline constexpr std::size_t kLargeReply = 1 << 20;     // a reply this large is given back to the system once sent
 
 struct Pending {
@@ -50,12 +52,22 @@ struct Pending {
     std::function<void(ControlReply)> answer;  // posts the reply back to the server's thread
 };
 
+/// How a connection proved who it is: over TCP, the digest of its token (none on the unix
+/// socket, whose mode and group admitted it).
+struct Credential {
+    std::optional<std::array<unsigned char, 32>> token;
+};
+
 /// A client following a stream reply (GET /v1/events?follow=1): broadcast() pushes to it.
 class Follower {
 public:
     virtual ~Follower() = default;
     virtual void push(const std::string& lines) = 0;
+    [[nodiscard]] virtual const Credential& credential() const = 0;
+    virtual void end() = 0;  // its token was taken away
 };
+
+inline constexpr std::size_t kMaxFollowers = 64;  // streams at once, each owed at most kStreamBacklog
 
 /// A connection's place under the caps: given back when the connection ends, on either thread.
 struct Admission {
@@ -123,9 +135,19 @@ struct ControlServer::State {
     struct Job {
         std::thread thread;
         std::shared_ptr<std::atomic<bool>> done;
+        bool shared = false;
     };
     std::list<Job> jobs;
+    struct Shared {
+        bool running = false;
+        std::vector<std::function<void(ControlReply)>> waiting;
+        std::optional<ControlReply> answer;  // the last one made, for a second
+        std::chrono::steady_clock::time_point made;
+    };
+    std::map<std::string, Shared> shared;  // by share_as, under jobs_mutex
+    int cancel = -1;  // eventfd, readable once the server stops: jobs that wait end
     boost::asio::io_context io;
+    std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> work;
     control_detail::local::acceptor acceptor{io};
     boost::asio::steady_timer retry{io};  // after a failed accept (EMFILE): wait, do not spin
     std::string path;
@@ -150,7 +172,7 @@ inline constexpr bool kIsTls<asio::ssl::stream<Next>> = true;
 template <class Stream>
 class Session : public Follower, public std::enable_shared_from_this<Session<Stream>> {
 public:
-    using Authorize = std::function<std::optional<ControlReply>(const http::request<http::empty_body>&, ControlRequest&)>;
+    using Authorize = std::function<std::optional<ControlReply>(const http::request<http::empty_body>&, ControlRequest&, Credential&)>;
 
     Session(Stream stream, ControlServer::State* state, std::unique_ptr<Admission> admission, Authorize authorize)
         : stream_(std::move(stream)),
@@ -173,7 +195,12 @@ public:
     }
 
     void reply(ControlReply reply) {
-        if (reply.stream && reply.status == 200) return stream(reply.body);
+        if (reply.stream && reply.status == 200) {
+            std::erase_if(state_->followers, [](const std::weak_ptr<Follower>& f) { return f.expired(); });
+            if (state_->followers.size() < kMaxFollowers) return stream(reply.body);
+            reply = ControlReply{503, error_json("procctl already streams to " + std::to_string(kMaxFollowers) +
+                                                 " clients: close one (proctab events -f, a page) and ask again")};
+        }
         response_.result(static_cast<unsigned>(reply.status));
         response_.set(http::field::content_type, reply.content_type);
         response_.set(http::field::cache_control, "no-store");
@@ -206,6 +233,9 @@ public:
 
     // Follows with what broadcast() sends: queued, written one chunk at a time, each write
     // with its deadline; a client that falls 1 MiB behind is dropped.
+    [[nodiscard]] const Credential& credential() const override { return credential_; }
+    void end() override { close(); }
+
     void push(const std::string& lines) override {
         if (!following_) return;
         backlog_ += lines.size();
@@ -225,9 +255,7 @@ private:
 
     void stream(const std::string& first) {
         following_ = true;
-        auto& followers = state_->followers;  // those that left are dropped here too: a quiet stack never broadcasts
-        std::erase_if(followers, [](const std::weak_ptr<Follower>& f) { return f.expired(); });
-        followers.push_back(this->weak_from_this());
+        state_->followers.push_back(this->weak_from_this());
         outbox_.push_back("HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n"
                           "Cache-Control: no-store\r\nConnection: close\r\n\r\n");
         if (!first.empty()) outbox_.push_back(chunk(first));
@@ -280,7 +308,7 @@ private:
         if (ec) return reply(ControlReply{400, error_json("bad request: " + ec.message())});
         const auto& request = parser_.get();
         ControlRequest asked{std::string(request.method_string()), std::string(request.target())};
-        if (auto refused = authorize_(request, asked)) return reply(*refused);
+        if (auto refused = authorize_(request, asked, credential_)) return reply(std::move(*refused));
         queue_request(state_, Pending{std::move(asked), [self = this->shared_from_this()](ControlReply answer) {
                                           asio::post(self->stream_.get_executor(),
                                                      [self, answer = std::move(answer)]() mutable { self->reply(std::move(answer)); });
@@ -299,6 +327,7 @@ private:
     ControlServer::State* state_;  // outlives every session: they run on its thread, joined first
     std::unique_ptr<Admission> admission_;
     Authorize authorize_;
+    Credential credential_;
 };
 
 }  // namespace control_detail

@@ -9,11 +9,13 @@
 #include <cerrno>
 #include <cstring>
 #include <future>
+#include <sstream>
 
 #include <hbwatch/error.h>
 
 #include "engine/control_session.h"
 #include "engine/http_config.h"
+#include "engine/status_page.h"
 
 namespace hbwatch::tool {
 namespace control_detail {
@@ -71,9 +73,13 @@ std::optional<std::string> bearer_token(const http::request<http::empty_body>& r
     return token;
 }
 
-// Who asks over TCP, from its token; or the answer it gets at once.
+// Who asks over TCP, from its token; or the answer it gets at once. A valid token always
+// passes: the limit on failures from an address never locks out a neighbour sharing it (a
+// NAT, every local user on loopback), and guessing a token of 20 characters or more is not
+// what it must stop. Failures past the limit are answered 429, cheaply, and counted.
 std::optional<ControlReply> authorize_tcp(ControlServer::State* state, const std::string& address, const std::string& counted_as,
-                                          const http::request<http::empty_body>& http_request, ControlRequest& request) {
+                                          const http::request<http::empty_body>& http_request, ControlRequest& request,
+                                          Credential& credential) {
     const auto auth = state->auth;
     const std::string path = request.target.substr(0, request.target.find('?'));
     const bool get = http_request.method() == http::verb::get;
@@ -82,78 +88,91 @@ std::optional<ControlReply> authorize_tcp(ControlServer::State* state, const std
     request.caller = "an anonymous client at " + address;
     const auto token = bearer_token(http_request);
     if (!token) {
-        // The page holds no data (it asks for a token); /metrics only when the config opens it.
-        if (get && (path == "/" || path == "/index.html")) return std::nullopt;
+        // The page holds no data (it asks for a token), and is answered here, never queued;
+        // /metrics only when the config opens it.
+        if (get && (path == "/" || path == "/index.html")) return ControlReply(200, std::string(status_page_html()), false, kHtml);
         if (get && path == "/metrics" && auth && auth->anonymous_metrics) {
             request.role = Role::read;
             return std::nullopt;
         }
+    }
+    const TokenBook::Token* found = token && auth ? auth->tokens.find(*token) : nullptr;
+    if (found != nullptr) {
+        request.role = found->role;
+        request.caller = "token '" + found->name + "' from " + address;
+        credential.token = found->digest;
+        return std::nullopt;
     }
     const auto now = std::chrono::steady_clock::now();
     if (state->failures.blocked(counted_as, now)) {
         ++state->counters.rate_limited;
         return ControlReply{429, error_json("too many failed authentications from " + address + ": wait a minute")};
     }
-    const TokenBook::Token* found = token && auth ? auth->tokens.find(*token) : nullptr;
-    if (found == nullptr) {
-        state->failures.failed(counted_as, now);
-        ++state->counters.auth_failures;
-        return ControlReply{401, error_json(token ? "this token is not in procctl's tokens file"
-                                                  : "give a token: Authorization: Bearer TOKEN (a line of the tokens file)")};
+    state->failures.failed(counted_as, now);
+    ++state->counters.auth_failures;
+    return ControlReply{401, error_json(token ? "this token is not in procctl's tokens file"
+                                              : "give a token: Authorization: Bearer TOKEN (a line of the tokens file)")};
+}
+
+void admit_tcp(ControlServer::State* state, tcp::socket socket) {
+    beast::error_code peer_error;
+    const auto peer = socket.remote_endpoint(peer_error);
+    if (peer_error) return;  // gone already
+    const std::string address = address_key(peer.address());
+    const std::string shown = peer.address().to_string();
+    // Made before anything is counted: nothing below can throw with a count taken.
+    auto admission = std::make_unique<Admission>();
+    std::function<void()> release = [state, address] {
+        --state->tcp_connections;
+        std::lock_guard lock(state->mutex);
+        if (--state->per_address[address] == 0) state->per_address.erase(address);
+    };
+    bool admitted = false;
+    if (state->tcp_connections.load() < kMaxTcpConnections) {
+        std::lock_guard lock(state->mutex);
+        auto& mine = state->per_address[address];  // may throw: then nothing was counted
+        admitted = mine < kMaxConnectionsPerAddress;
+        if (admitted) ++mine;
+        else if (mine == 0) state->per_address.erase(address);
     }
-    request.role = found->role;
-    request.caller = "token '" + found->name + "' from " + address;
-    return std::nullopt;
+    if (!admitted) {
+        ++state->counters.turned_away;
+        return;  // the socket closes as it goes
+    }
+    ++state->tcp_connections;
+    admission->release = std::move(release);
+    ::fcntl(socket.native_handle(), F_SETFD, FD_CLOEXEC);
+    auto authorize = [state, shown, address](const http::request<http::empty_body>& http_request, ControlRequest& request,
+                                             Credential& credential) {
+        return authorize_tcp(state, shown, address, http_request, request, credential);
+    };
+    if (state->tls) {
+        using Tls = asio::ssl::stream<tcp::socket>;
+        std::make_shared<Session<Tls>>(Tls(std::move(socket), *state->tls), state, std::move(admission), authorize)->start();
+    } else {
+        std::make_shared<Session<tcp::socket>>(std::move(socket), state, std::move(admission), authorize)->start();
+    }
 }
 
 void accept_tcp(ControlServer::State* state, tcp::acceptor* acceptor) {
     acceptor->async_accept([state, acceptor](beast::error_code ec, tcp::socket socket) {
         if (ec == asio::error::operation_aborted || !acceptor->is_open()) return;
         if (ec) {  // EMFILE: wait, do not spin
-            auto timer = std::make_shared<asio::steady_timer>(state->io, std::chrono::milliseconds(100));
-            timer->async_wait([state, acceptor, timer](beast::error_code wait) {
-                if (!wait && acceptor->is_open()) accept_tcp(state, acceptor);
-            });
-            return;
-        }
-        beast::error_code peer_error;
-        const auto peer = socket.remote_endpoint(peer_error);
-        const std::string address = peer_error ? std::string("?") : address_key(peer.address());
-        const std::string shown = peer_error ? std::string("?") : peer.address().to_string();
-        bool admitted = false;
-        if (!peer_error && state->tcp_connections.load() < kMaxTcpConnections) {
-            std::lock_guard lock(state->mutex);
-            auto& mine = state->per_address[address];
-            admitted = mine < kMaxConnectionsPerAddress;
-            if (admitted) ++mine;
-            else if (mine == 0) state->per_address.erase(address);
-        }
-        if (!admitted) {
-            ++state->counters.turned_away;
-            beast::error_code ignored;
-            socket.close(ignored);
-        } else {
-            ++state->tcp_connections;
             try {
-                ::fcntl(socket.native_handle(), F_SETFD, FD_CLOEXEC);
-                auto admission = std::make_unique<Admission>([state, address] {
-                    --state->tcp_connections;
-                    std::lock_guard lock(state->mutex);
-                    if (--state->per_address[address] == 0) state->per_address.erase(address);
+                auto timer = std::make_shared<asio::steady_timer>(state->io, std::chrono::milliseconds(100));
+                timer->async_wait([state, acceptor, timer](beast::error_code wait) {
+                    if (!wait && acceptor->is_open()) accept_tcp(state, acceptor);
                 });
-                auto authorize = [state, shown, address](const http::request<http::empty_body>& http_request, ControlRequest& request) {
-                    return authorize_tcp(state, shown, address, http_request, request);
-                };
-                if (state->tls) {
-                    using Tls = asio::ssl::stream<tcp::socket>;
-                    std::make_shared<Session<Tls>>(Tls(std::move(socket), *state->tls), state, std::move(admission), authorize)->start();
-                } else {
-                    std::make_shared<Session<tcp::socket>>(std::move(socket), state, std::move(admission), authorize)->start();
-                }
+                return;
+            } catch (const std::exception&) {  // no memory even for a timer: accept again at once
+            }
+        } else {
+            try {
+                admit_tcp(state, std::move(socket));
             } catch (const std::exception&) {  // no memory for it: turned away, counted out by its admission
             }
         }
-        accept_tcp(state, acceptor);
+        accept_tcp(state, acceptor);  // always: the listener must go on accepting
     });
 }
 
@@ -163,11 +182,17 @@ std::shared_ptr<asio::ssl::context> tls_context(const HttpConfig& http) {
     auto context = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
     context->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 | asio::ssl::context::no_sslv3 |
                          asio::ssl::context::no_tlsv1 | asio::ssl::context::no_tlsv1_1 | asio::ssl::context::single_dh_use);
+    ::SSL_CTX_set_options(context->native_handle(), SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+    ::SSL_CTX_set_cipher_list(context->native_handle(), "ECDHE+AESGCM:ECDHE+CHACHA20");  // TLS 1.2; 1.3's are all AEAD
+    // An encrypted key would make OpenSSL ask on the terminal, from the loop: refused instead.
+    context->set_password_callback([](std::size_t, asio::ssl::context::password_purpose) { return std::string(); });
     beast::error_code ec;
     context->use_certificate_chain_file(http.cert, ec);
     if (ec) throw Error(EINVAL, "http: cannot use the certificate " + http.cert + ": " + ec.message());
     context->use_private_key_file(http.key, asio::ssl::context::pem, ec);
-    if (ec) throw Error(EINVAL, "http: cannot use the private key " + http.key + ": " + ec.message() + " (is it the certificate's key, in PEM?)");
+    if (ec)
+        throw Error(EINVAL, "http: cannot use the private key " + http.key + ": " + ec.message() +
+                                " (is it the certificate's key, in PEM, without a passphrase?)");
     return context;
 }
 
@@ -200,27 +225,40 @@ void ControlServer::listen_http(const HttpConfig& http) {
     // Read and checked here, on the caller's thread: a refusal changes nothing.
     std::shared_ptr<const HttpAuth> auth;
     std::shared_ptr<asio::ssl::context> tls;
+    std::vector<std::pair<std::string, tcp::endpoint>> wanted;  // as written, and the endpoint it means
     if (http.enabled()) {
         if (http.tokens_file.empty()) throw Error(EINVAL, "http: tokens_file is required (every request but the page needs a token)");
-        auto made = std::make_shared<HttpAuth>(HttpAuth{TokenBook::load(http.tokens_file), http.anonymous_metrics});
-        auth = std::move(made);
+        auth = std::make_shared<HttpAuth>(HttpAuth{TokenBook::load(http.tokens_file), http.anonymous_metrics});
         tls = tls_context(http);
+        for (const auto& text : http.listen) {
+            const auto parsed = parse_listen_address(text);
+            if (!parsed) throw Error(EINVAL, "http: listen '" + text + "' is not ADDRESS:PORT (127.0.0.1:9500, [::1]:9500)");
+            wanted.emplace_back(text, tcp::endpoint(asio::ip::make_address(parsed->first), parsed->second));
+        }
     }
     State* state = state_.get();
-    // The acceptors live on the server's thread: the change is made there, and waited for.
-    auto change = [state, &http, auth, tls] {
+    // The acceptors live on the server's thread: the change is made there, and waited for. They
+    // are keyed by endpoint, so "127.0.0.1:09500" is the listener "127.0.0.1:9500" already is.
+    auto change = [state, wanted = std::move(wanted), auth, tls] {
         std::map<std::string, std::unique_ptr<tcp::acceptor>> next;
         std::vector<std::string> fresh;
-        for (const auto& text : http.listen) {
-            if (next.count(text)) continue;
-            if (auto kept = state->tcp_acceptors.find(text); kept != state->tcp_acceptors.end()) {
-                next.emplace(text, std::move(kept->second));
+        auto undo = [&] {
+            beast::error_code ignored;
+            for (auto& [key, acceptor] : next) {
+                if (std::find(fresh.begin(), fresh.end(), key) != fresh.end()) acceptor->close(ignored);
+                else state->tcp_acceptors.emplace(key, std::move(acceptor));
+            }
+        };
+        for (const auto& [text, endpoint] : wanted) {
+            std::ostringstream key_text;
+            key_text << endpoint;
+            const std::string key = key_text.str();
+            if (next.count(key)) continue;
+            if (auto kept = state->tcp_acceptors.find(key); kept != state->tcp_acceptors.end()) {
+                next.emplace(key, std::move(kept->second));
                 state->tcp_acceptors.erase(kept);
                 continue;
             }
-            const auto parsed = parse_listen_address(text);
-            if (!parsed) throw Error(EINVAL, "http: listen '" + text + "' is not ADDRESS:PORT (127.0.0.1:9500, [::1]:9500)");
-            const tcp::endpoint endpoint(asio::ip::make_address(parsed->first), parsed->second);
             auto acceptor = std::make_unique<tcp::acceptor>(state->io);
             beast::error_code ec;
             acceptor->open(endpoint.protocol(), ec);
@@ -229,15 +267,17 @@ void ControlServer::listen_http(const HttpConfig& http) {
             if (!ec) acceptor->bind(endpoint, ec);
             if (!ec) acceptor->listen(128, ec);
             if (ec) {
-                // Those already moved go back: the listeners stay as they were.
-                for (auto& [address, kept] : next)
-                    if (kept) state->tcp_acceptors.emplace(address, std::move(kept));
-                throw Error(EADDRINUSE, "http: cannot listen on " + text + ": " + ec.message() +
-                                            (ec == asio::error::address_in_use ? " (another process holds the port: proctab ports)" : ""));
+                undo();  // the listeners stay as they were; those opened here are closed
+                const bool in_use = ec == asio::error::address_in_use;
+                throw Error(in_use ? EADDRINUSE : EINVAL,
+                            "http: cannot listen on " + text + ": " + ec.message() +
+                                (in_use ? " (another process holds the port: proctab ports; or procctl itself on another address of "
+                                          "it, which a reload cannot move in one step: restart procctl)"
+                                        : ""));
             }
             ::fcntl(acceptor->native_handle(), F_SETFD, FD_CLOEXEC);
-            next.emplace(text, std::move(acceptor));
-            fresh.push_back(text);
+            next.emplace(key, std::move(acceptor));
+            fresh.push_back(key);
         }
         beast::error_code ignored;
         for (auto& [address, gone] : state->tcp_acceptors) {
@@ -248,19 +288,27 @@ void ControlServer::listen_http(const HttpConfig& http) {
         state->tcp_acceptors = std::move(next);
         state->auth = auth;
         state->tls = tls;
-        for (const auto& address : fresh) accept_tcp(state, state->tcp_acceptors.at(address).get());
+        for (const auto& key : fresh) accept_tcp(state, state->tcp_acceptors.at(key).get());
+        // A stream opened with a token the file no longer holds ends now.
+        for (const auto& weak : state->followers)
+            if (auto follower = weak.lock())
+                if (const auto& token = follower->credential().token; token && !(auth && auth->tokens.holds(*token))) follower->end();
     };
     // (A std::packaged_task would be taken by Asio as a completion token: a promise instead.)
-    std::promise<void> done;
-    asio::post(state->io, [&] {
+    auto done = std::make_shared<std::promise<void>>();
+    auto result = done->get_future();
+    asio::post(state->io, [change = std::move(change), done]() mutable {
         try {
             change();
-            done.set_value();
+            done->set_value();
         } catch (...) {
-            done.set_exception(std::current_exception());
+            done->set_exception(std::current_exception());
         }
     });
-    done.get_future().get();
+    // The server's thread answers in microseconds; should it not, the loop goes on and says so.
+    if (result.wait_for(std::chrono::seconds(10)) != std::future_status::ready)
+        throw Error(ETIMEDOUT, "http: the control server did not take the new listeners within 10 s; the running ones are kept");
+    result.get();
 }
 
 }  // namespace hbwatch::tool

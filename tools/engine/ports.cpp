@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <set>
 #include <sstream>
 
+#include "core/clock.h"
 #include "core/process.h"
 #include "core/stopper.h"
 
@@ -126,6 +128,17 @@ nlohmann::json holder_json(const PortHolder& holder) {
                           {"part_of", holder.part_of.empty() ? nlohmann::json(nullptr) : nlohmann::json(holder.part_of)}};
 }
 
+// The listening sockets, without their holders.
+std::vector<ListeningSocket> sockets_only(std::optional<std::uint16_t> only_port) {
+    std::vector<ListeningSocket> sockets;
+    read_table("/proc/net/tcp", false, only_port, sockets);
+    read_table("/proc/net/tcp6", true, only_port, sockets);
+    std::sort(sockets.begin(), sockets.end(), [](const ListeningSocket& a, const ListeningSocket& b) {
+        return std::tie(a.port, a.ipv6, a.address) < std::tie(b.port, b.ipv6, b.address);
+    });
+    return sockets;
+}
+
 }  // namespace
 
 std::vector<pid_t> ancestors_of(pid_t pid) {
@@ -141,12 +154,7 @@ std::vector<pid_t> ancestors_of(pid_t pid) {
 }
 
 std::vector<ListeningSocket> listening_sockets(const StackMembership& membership, std::optional<std::uint16_t> only_port) {
-    std::vector<ListeningSocket> sockets;
-    read_table("/proc/net/tcp", false, only_port, sockets);
-    read_table("/proc/net/tcp6", true, only_port, sockets);
-    std::sort(sockets.begin(), sockets.end(), [](const ListeningSocket& a, const ListeningSocket& b) {
-        return std::tie(a.port, a.ipv6, a.address) < std::tie(b.port, b.ipv6, b.address);
-    });
+    auto sockets = sockets_only(only_port);
     if (sockets.empty()) return sockets;
     std::set<std::uint64_t> wanted;
     std::map<std::uint64_t, std::vector<ListeningSocket*>> by_inode;
@@ -187,7 +195,7 @@ nlohmann::json ports_json(const std::vector<ListeningSocket>& sockets) {
 
 nlohmann::json kill_port_holders(std::uint16_t port, const PortKillRules& rules, const StackMembership& membership) {
     nlohmann::json report{{"port", port}, {"holders", nlohmann::json::array()}, {"stopped", 0}, {"refused", 0}};
-    const auto sockets = listening_sockets({}, port);
+    const auto sockets = sockets_only(port);
     std::set<std::uint64_t> wanted;
     for (const auto& socket : sockets) wanted.insert(socket.inode);
     if (wanted.empty()) return report;
@@ -200,8 +208,14 @@ nlohmann::json kill_port_holders(std::uint16_t port, const PortKillRules& rules,
         rows.push_back(std::move(row));
         targets.emplace_back();
     };
+    std::size_t pinned_count = 0;
     for (const pid_t pid : all_pids()) {
         if (held_sockets(pid, wanted).empty()) continue;
+        if (pinned_count == kMaxPortHolders) {  // each holds a pidfd until the stop ends: bounded
+            refuse(nlohmann::json{{"pid", pid}}, "more than " + std::to_string(kMaxPortHolders) +
+                                                     " processes hold the port: ask again once these are stopped");
+            continue;
+        }
         Refusal refusal{};
         auto pinned = Pidfd::pin(pid, &refusal, /*for_signal=*/true);
         if (!pinned) {
@@ -222,7 +236,12 @@ nlohmann::json kill_port_holders(std::uint16_t port, const PortKillRules& rules,
         const bool holds = !held_sockets(pid, wanted).empty();
         const PortHolder holder = describe_holder(pid, pinned->stat, membership);
         const auto uids = read_uids(pid);
-        if (!holds || !pinned->pidfd.still_running()) continue;  // let go of the port, or exited, meanwhile
+        if (!pinned->pidfd.still_running()) {  // exited meanwhile
+            rows.push_back(nlohmann::json{{"pid", pid}, {"comm", holder.comm}, {"outcome", "already_gone"}, {"detail", "exited"}});
+            targets.emplace_back();
+            continue;
+        }
+        if (!holds) continue;  // let go of the port meanwhile: not a holder
         nlohmann::json row = holder_json(holder);
         if (!rules.any && holder.part_of.empty()) {
             refuse(std::move(row), "not part of the stack (neither a program nor one of their descendants): ask with any=1 to stop it anyway");
@@ -239,6 +258,7 @@ nlohmann::json kill_port_holders(std::uint16_t port, const PortKillRules& rules,
         }
         rows.push_back(std::move(row));
         targets.emplace_back(std::move(pinned->pidfd));
+        ++pinned_count;
     }
 
     Stopper stopper(rules.grace, [&](const StopEvent& event) {
@@ -253,19 +273,47 @@ nlohmann::json kill_port_holders(std::uint16_t port, const PortKillRules& rules,
                 row["outcome"] = "kill_failed";
                 row["detail"] = event.detail;
                 break;
-            case StopEvent::Kind::kill_sent:
-            case StopEvent::Kind::kill_skipped: break;
+            case StopEvent::Kind::kill_skipped:
+                row["outcome"] = "kill_failed";
+                row["detail"] = "not SIGKILLed: it no longer runs as a user the caller could signal";
+                break;
+            case StopEvent::Kind::kill_sent: break;
         }
     });
+    const std::uint64_t kill_at = monotonic_now_ns() + to_ns(rules.grace);
     for (std::size_t i = 0; i < targets.size(); ++i) {
         if (!targets[i]) continue;
         std::string why;
-        if (!stopper.start(i, std::move(*targets[i]), &why)) {
+        // A local caller's right is checked again right before SIGKILL: a holder that became
+        // another user's since (a setuid program) is not killed for it.
+        std::function<bool()> may_kill;
+        if (rules.caller_uid)
+            may_kill = [pid = targets[i]->pid(), caller = *rules.caller_uid] {
+                const auto uids = read_uids(pid);
+                return uids && user_may_signal(caller, *uids);
+            };
+        if (!stopper.start(i, std::move(*targets[i]), kill_at, &why, std::move(may_kill))) {
             rows[i]["outcome"] = "kill_failed";
             rows[i]["detail"] = why;
         }
     }
-    stopper.run_until_idle();
+    std::vector<pollfd> fds;
+    while (!stopper.idle()) {
+        fds.clear();
+        stopper.add_pollfds(fds);
+        if (rules.cancel_fd >= 0) fds.push_back(pollfd{rules.cancel_fd, POLLIN, 0});
+        const auto next = stopper.next_deadline_ns();
+        const int ready = ::poll(fds.data(), fds.size(), next ? poll_timeout_ms(*next, monotonic_now_ns()) : -1);
+        if (ready > 0 && rules.cancel_fd >= 0 && (fds.back().revents & POLLIN)) {
+            for (auto& row : rows)
+                if (!row.contains("outcome")) {
+                    row["outcome"] = "abandoned";
+                    row["detail"] = "procctl is stopping: SIGTERM was sent, SIGKILL was not";
+                }
+            break;
+        }
+        stopper.advance(monotonic_now_ns());
+    }
     for (auto& row : rows) {
         const std::string outcome = row.value("outcome", "");
         if (outcome == "refused") report["refused"] = report["refused"].get<int>() + 1;

@@ -55,11 +55,15 @@ struct PortKillRules {
     bool any = false;                 // false: only holders that are part of the stack
     std::optional<uid_t> caller_uid;  // a local caller's uid: only processes it could signal itself
     std::chrono::milliseconds grace{std::chrono::seconds(10)};
+    int cancel_fd = -1;  // readable: stop waiting (procctl is stopping); SIGKILL is then not sent
 };
+
+inline constexpr std::size_t kMaxPortHolders = 1024;  // pidfds one port kill may hold at once
 
 /// What happened to each holder of `port`: {"port", "holders": [{pid, comm, exe, uid, part_of,
 /// outcome, detail}], "stopped", "refused"}. outcome is one of exited_on_term, killed,
-/// already_gone, refused, kill_failed. Blocks for up to the grace (and 5 s more after SIGKILL).
+/// already_gone, refused, kill_failed, abandoned (cancelled). Blocks for up to the grace (and
+/// 5 s more after SIGKILL), or until `cancel_fd` is readable.
 [[nodiscard]] nlohmann::json kill_port_holders(std::uint16_t port, const PortKillRules& rules,
                                                const StackMembership& membership = {});
 

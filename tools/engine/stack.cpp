@@ -109,6 +109,7 @@ int Stack::run(ControlServer& control) {
         if (!poll_events(fds, poll_timeout_ms(wake, monotonic_now_ns()), log_)) continue;
         if (fds[0].revents & POLLIN) read_signals();
         if (fds[1].revents & POLLIN) control.serve([this](const ControlRequest& request) { return handle(request, monotonic_now_ns()); });
+        control.forget_old_answers();
         if (fds[2].revents & POLLIN) sinks_->write_log(log_);
         pipes_.drain(fds);
         reap();
@@ -466,8 +467,13 @@ int run_stack(StackConfig config, spdlog::logger& log, int signal_fd, const std:
     ControlServer control(socket, stack.control_group());  // and when it cannot listen
     if (http.enabled()) {
         control.listen_http(http);  // or refuses its tokens file, certificate or addresses
-        log.info("the control API also listens on {} ({}), with the tokens of {}", join_words(http.listen),
-                 http.cert.empty() ? "plain HTTP: tokens cross the network readable unless it is loopback" : "TLS", http.tokens_file);
+        log.info("the control API also listens on {} ({}), with the tokens of {}", join_words(http.listen), http.cert.empty() ? "plain HTTP" : "TLS",
+                 http.tokens_file);
+        for (const auto& address : http.listen)
+            if (http.cert.empty() && address.rfind("127.", 0) != 0 && address.rfind("[::1]", 0) != 0)
+                log.warn("http: {} is not a loopback address and there is no cert and key: tokens cross the network readable "
+                         "(give cert and key in the http section for TLS)",
+                         address);
     }
     if (ready) ready();
     return stack.run(control);

@@ -30,6 +30,8 @@ inline constexpr DurationRange kReadyTimeoutRange{std::chrono::milliseconds(100)
 // firing alert is sent again (Alertmanager's resolve_timeout is 5 minutes by default).
 inline constexpr DurationRange kHookTimeoutRange{std::chrono::milliseconds(100), std::chrono::hours(1)};
 inline constexpr DurationRange kHttpTimeoutRange{std::chrono::milliseconds(100), std::chrono::minutes(1)};
+// A port kill through the API: its worker thread, and procctl's exit, wait at most this.
+inline constexpr DurationRange kPortKillGraceRange{std::chrono::milliseconds(0), std::chrono::minutes(1)};
 inline constexpr DurationRange kAlertResendRange{std::chrono::seconds(1), std::chrono::minutes(4)};
 
 /// When a program counts as ready, so that the programs `after` it may start.

@@ -67,13 +67,21 @@ std::vector<key_t> Stack::table_keys() const {
 // procctl is an ancestor (a daemon that left its program's tree is reparented to procctl,
 // the subreaper).
 StackMembership Stack::membership() const {
-    std::map<pid_t, std::string> programs;
+    std::map<pid_t, std::pair<std::string, std::uint64_t>> programs;  // pid: name, start time
     for (const auto& member : members_)
-        if (member->unit.running()) programs.emplace(member->unit.pid(), member->name());
+        if (member->unit.running()) programs.emplace(member->unit.pid(), std::pair{member->name(), member->identity.start_time});
     return [programs = std::move(programs), self = ::getpid()](pid_t pid, const std::vector<pid_t>& ancestors) -> std::string {
-        if (auto found = programs.find(pid); found != programs.end()) return found->second;
+        // A pid is a program's only while it is that very process (its start time): a pid
+        // reused since procctl looked makes nothing part of the stack.
+        auto program = [&](pid_t candidate) -> const std::string* {
+            const auto found = programs.find(candidate);
+            if (found == programs.end()) return nullptr;
+            const auto stat = read_proc_stat(candidate);
+            return stat && stat->start_time == found->second.second ? &found->second.first : nullptr;
+        };
+        if (const auto* name = program(pid)) return *name;
         for (const pid_t ancestor : ancestors) {
-            if (auto found = programs.find(ancestor); found != programs.end()) return found->second;
+            if (const auto* name = program(ancestor)) return *name;
             if (ancestor == self) return "procctl";
         }
         return "";
@@ -81,36 +89,41 @@ StackMembership Stack::membership() const {
 }
 
 ControlReply Stack::metrics_reply(std::uint64_t now) const {
+    // A unit a reload retires shares its name with the one replacing it: only the latter is
+    // shown, so that no series appears twice.
+    std::vector<const Member*> shown;
+    for (const auto& member : members_)
+        if (member->unit.goal() != Goal::retire) shown.push_back(member.get());
     PrometheusText out;
     out.family("hbwatch_build_info", "gauge", "hbwatch's version, always 1.");
     out.sample("hbwatch_build_info", {{"version", HBWATCH_VERSION}}, 1);
     out.family("hbwatch_program_state", "gauge", "The program's state, one-hot over its possible states.");
-    for (const auto& member : members_)
+    for (const Member* member : shown)
         for (const Phase phase : kShownPhases)
             out.sample("hbwatch_program_state", {{"program", member->name()}, {"state", to_string(phase)}},
                        std::string_view(to_string(member->unit.phase())) == to_string(phase) ? 1 : 0);
     out.family("hbwatch_program_ready", "gauge", "1 when the program is ready (its dependents may start).");
-    for (const auto& member : members_) out.sample("hbwatch_program_ready", {{"program", member->name()}}, member->unit.is_ready() ? 1 : 0);
+    for (const Member* member : shown) out.sample("hbwatch_program_ready", {{"program", member->name()}}, member->unit.is_ready() ? 1 : 0);
     out.family("hbwatch_program_restarts_total", "counter", "Starts of the program after its first.");
-    for (const auto& member : members_)
+    for (const Member* member : shown)
         out.sample("hbwatch_program_restarts_total", {{"program", member->name()}},
                    member->unit.starts() > 0 ? member->unit.starts() - 1 : 0);
     const std::uint64_t wall = realtime_now_ns();
     out.family("hbwatch_program_start_time_seconds", "gauge", "When the program's running process started, in Unix time.");
-    for (const auto& member : members_) {
+    for (const Member* member : shown) {
         if (!member->unit.running()) continue;
         const std::uint64_t age = now > member->unit.started_ns() ? now - member->unit.started_ns() : 0;
         out.sample("hbwatch_program_start_time_seconds", {{"program", member->name()}}, static_cast<double>((wall - age) / 1'000'000) / 1000.0);
     }
     out.family("hbwatch_program_resident_memory_bytes", "gauge", "Resident memory of the program's main process.");
     const auto page = static_cast<double>(::sysconf(_SC_PAGESIZE));
-    for (const auto& member : members_) {
+    for (const Member* member : shown) {
         if (!member->unit.running()) continue;
         if (const auto stat = read_proc_stat(member->unit.pid()))
             out.sample("hbwatch_program_resident_memory_bytes", {{"program", member->name()}}, static_cast<double>(stat->rss_pages) * page);
     }
     out.family("hbwatch_program_max_rss_bytes", "gauge", "The program's max_rss: procctl restarts it above this (programs that set one).");
-    for (const auto& member : members_)
+    for (const Member* member : shown)
         if (member->program().max_rss > 0)
             out.sample("hbwatch_program_max_rss_bytes", {{"program", member->name()}}, static_cast<double>(member->program().max_rss));
     out.family("hbwatch_events_total", "counter", "Events the stack emitted, by kind.");
@@ -134,6 +147,7 @@ ControlReply Stack::metrics_reply(std::uint64_t now) const {
         if (!pointers.empty()) text += prometheus_tables(pointers);
         return ControlReply(200, std::move(text), false, kPrometheusContentType);
     };
+    reply.share_as = "metrics";
     return reply;
 }
 
@@ -148,12 +162,14 @@ ControlReply Stack::heartbeats_reply() const {
             }
         return ControlReply{200, json_text(all)};
     };
+    reply.share_as = "heartbeats";
     return reply;
 }
 
 ControlReply Stack::ports_reply() const {
     ControlReply reply;
     reply.later = [membership = membership()] { return ControlReply{200, json_text(ports_json(listening_sockets(membership)))}; };
+    reply.share_as = "ports";
     return reply;
 }
 
@@ -165,6 +181,7 @@ ControlReply Stack::port_kill_reply(const ControlCommand& command, const Control
     rules.any = command.any;
     rules.caller_uid = request.uid;
     rules.grace = command.grace.value_or(std::chrono::seconds(10));
+    rules.cancel_fd = control_ != nullptr ? control_->cancel_fd() : -1;
     log_.info("port {}: stopping what holds it{} (SIGTERM, SIGKILL after {}), as asked by {}", command.port,
               command.any ? ", in the stack or not" : " among the stack's processes", human_duration(rules.grace), request.caller);
     ControlReply reply;

@@ -129,6 +129,7 @@ std::string prometheus_tables(const std::vector<const hbwatch::Table*>& tables) 
         if (e != nullptr) {
             list.emplace_back("name", shown_name(e->slot.name()));
             list.emplace_back("pid", std::to_string(e->slot.process.pid));
+            list.emplace_back("slot", std::to_string(e->slot.index));  // a process may hold one name twice
         }
         if (keyed) list.emplace_back("key", read.key);
         return list;

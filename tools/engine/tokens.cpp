@@ -103,4 +103,10 @@ const TokenBook::Token* TokenBook::find(std::string_view presented) const {
     return found;
 }
 
+bool TokenBook::holds(const std::array<unsigned char, 32>& digest) const {
+    bool found = false;
+    for (const auto& token : tokens_) found = CRYPTO_memcmp(token.digest.data(), digest.data(), digest.size()) == 0 || found;
+    return found;
+}
+
 }  // namespace hbwatch::tool

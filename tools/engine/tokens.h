@@ -26,6 +26,8 @@ public:
     static TokenBook load(const std::string& path);
     /// The token `presented` is, or null. Takes the same time whichever token matches.
     [[nodiscard]] const Token* find(std::string_view presented) const;
+    /// Whether a token with this digest is in the book (a reload's check of open streams).
+    [[nodiscard]] bool holds(const std::array<unsigned char, 32>& digest) const;
     [[nodiscard]] std::size_t size() const noexcept { return tokens_.size(); }
 
 private:
