@@ -106,6 +106,12 @@ TEST_CASE("each command needs its role: none for the page, read to look, operate
     CHECK(refusal("GET", "/v1/ports/80/kill") == "405 GET /v1/ports/80/kill: use POST");
     CHECK(refusal("POST", "/v1/ports/80/kill?any=yes") == "400 any=yes: give 1 or 0");
     CHECK(refusal("POST", "/metrics") == "405 POST /metrics: use GET");
+    // What the server may answer from a shared answer, as the stack names its answers.
+    CHECK(hbwatch::tool::share_key(make(Verb::metrics)) == "metrics");
+    CHECK(hbwatch::tool::share_key(make(Verb::heartbeats)) == "heartbeats");
+    CHECK(hbwatch::tool::share_key(make(Verb::ports)) == "ports");
+    CHECK(hbwatch::tool::share_key(make(Verb::list)).empty());
+    CHECK(hbwatch::tool::share_key(make(Verb::port_kill)).empty());
 }
 
 TEST_CASE("a request that says no command is refused with its status and what to do, and never echoes raw bytes") {

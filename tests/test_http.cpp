@@ -95,7 +95,7 @@ struct HttpStack {
     ~HttpStack() {
         if (procctl && procctl->running()) {
             ::kill(procctl->pid(), SIGTERM);
-            (void)procctl->wait_exit(30s);
+            CHECK_MESSAGE(procctl->wait_exit(30s), "procctl did not stop on SIGTERM");
         }
     }
     [[nodiscard]] std::string url(const std::string& path) const { return "http://127.0.0.1:" + std::to_string(port) + path; }
@@ -491,6 +491,15 @@ TEST_CASE("a flood from 32 unauthenticated clients does not delay an authorised 
     std::atomic<bool> stop{false};
     std::atomic<long> sent{0};
     std::vector<std::thread> flood;
+    struct Joiner {  // however the test ends (a failed REQUIRE throws), the flood stops first
+        std::atomic<bool>& stop;
+        std::vector<std::thread>& threads;
+        ~Joiner() {
+            stop = true;
+            for (auto& t : threads)
+                if (t.joinable()) t.join();
+        }
+    } joiner{stop, flood};
     for (int i = 0; i < 32; ++i)
         flood.emplace_back([&, i] {
             // Each from an address of its own (127.0.1.N): no token, or a wrong one.
@@ -577,19 +586,21 @@ TEST_CASE("a stream opened with a token ends when a reload takes the token away"
     std::ofstream(stack.tokens) << "admin operate " << kAdmin << "\n";  // the viewer's line is gone
     REQUIRE(hbwatch::tool::control_request(stack.socket().string(), "POST", "/v1/reload").status == 200);
     CHECK(follower.wait_exit(10s));
-    // The admin's own stream goes on.
+    // The admin's own stream goes on: it sees what happens after the reload.
     Process admin({"curl", "-sSN", "-H", "Authorization: Bearer " + kAdmin, stack.url("/v1/events?follow=1")});
     REQUIRE(admin.wait_for_output("started sleeper", 10s));
     REQUIRE(hbwatch::tool::control_request(stack.socket().string(), "POST", "/v1/reload").status == 200);
-    CHECK(admin.running());
+    REQUIRE(hbwatch::tool::control_request(stack.socket().string(), "POST", "/v1/programs/sleeper/restart").status == 200);
+    CHECK(admin.wait_for_output_count("started sleeper", 2, 10s));
 }
 
 TEST_CASE("many scrapes at once share one answer, and procctl does not wait out a port kill's grace to stop") {
     HttpStack stack("  sleeper: {command: [sleep, '1000']}\n");
     std::vector<std::unique_ptr<Process>> scrapes;
-    for (int i = 0; i < 12; ++i)
-        scrapes.push_back(std::make_unique<Process>(std::vector<std::string>{
-            "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Authorization: Bearer " + kViewer, stack.url("/metrics")}));
+    for (int i = 0; i < 12; ++i)  // each from an address of its own: the cap per address is not what is tested
+        scrapes.push_back(std::make_unique<Process>(std::vector<std::string>{"curl", "-sS", "--interface", "127.0.2." + std::to_string(i + 1),
+                                                                             "-o", "/dev/null", "-w", "%{http_code}", "-H",
+                                                                             "Authorization: Bearer " + kViewer, stack.url("/metrics")}));
     for (auto& scrape : scrapes) {
         REQUIRE(scrape->wait_exit(30s));
         CHECK(scrape->output() == "200");  // none turned away as busy
@@ -607,4 +618,34 @@ TEST_CASE("many scrapes at once share one answer, and procctl does not wait out 
     REQUIRE(stack.procctl->wait_exit(30s));
     CHECK(std::chrono::steady_clock::now() - asked < 20s);
     CHECK(stubborn.running());  // SIGTERM only: the KILL was never due
+}
+
+TEST_CASE("procctl stops promptly while clients keep scraping it") {
+    HttpStack stack("  sleeper: {command: [sleep, '1000']}\n");
+    std::atomic<bool> stop{false};
+    std::vector<std::thread> scrapers;
+    struct Joiner {
+        std::atomic<bool>& stop;
+        std::vector<std::thread>& threads;
+        ~Joiner() {
+            stop = true;
+            for (auto& t : threads)
+                if (t.joinable()) t.join();
+        }
+    } joiner{stop, scrapers};
+    std::atomic<long> answered{0};
+    for (int i = 0; i < 4; ++i)
+        scrapers.emplace_back([&, i] {
+            const std::string source = "127.0.3." + std::to_string(i + 1);
+            const std::string request = "GET " + std::string(i % 2 ? "/metrics" : "/v1/ports") + " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                                        kViewer + "\r\n\r\n";
+            while (!stop.load())
+                if (raw_request(source.c_str(), stack.port, request) == 200) ++answered;
+        });
+    REQUIRE(hbtest::eventually([&] { return answered.load() > 20; }, 30s));
+    const auto asked = std::chrono::steady_clock::now();
+    ::kill(stack.procctl->pid(), SIGTERM);
+    REQUIRE(stack.procctl->wait_exit(30s));
+    CHECK(std::chrono::steady_clock::now() - asked < 15s);
+    CHECK(WEXITSTATUS(stack.procctl->wait()) == 0);
 }

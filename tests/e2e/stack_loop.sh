@@ -61,7 +61,7 @@ wait_until "'stubborn' ignored SIGTERM and was killed by SIGKILL" grep -Eq "'stu
 wait_until "procctl restarted 'hangs'" sh -c "[ \$(grep -c 'started hangs as pid' '$run/procctl.log') -ge 2 ]"
 new_hangs=$(grep 'started hangs as pid' "$run/procctl.log" | sed -n 2p | sed 's/.* as pid \([0-9]*\).*/\1/')
 [ "$new_hangs" != "$first_hangs" ] || fail "the restarted service has the old pid"
-wait_until "the new pid $new_hangs beats again" sh -c "'$bin/proctab' --prometheus | grep -q '^hbwatch_entry_beats_total{name=\"hangs\",pid=\"$new_hangs\"} [1-9]'"
+wait_until "the new pid $new_hangs beats again" sh -c "'$bin/proctab' --prometheus | grep -q '^hbwatch_entry_beats_total{name=\"hangs\",pid=\"$new_hangs\",slot=\"[0-9]*\"} [1-9]'"
 
 # 5. after stop, nothing of the stack is left: no process, no slot, no socket. A logged pid may
 # have been reused by anything since (a compiler, another test): only the processes of the

@@ -74,7 +74,6 @@ constexpr std::size_t kRequestsPerServe = 8;
 constexpr auto kServeTime = std::chrono::milliseconds(20);
 constexpr std::size_t kMaxJobs = 2;  // unshared `later` replies (port kills) being made at once; more are told to come back
 constexpr auto kShareFor = std::chrono::seconds(1);
-constexpr std::size_t kShareAtMost = 64 << 20;  // a shared answer larger than this is made anew for each
 
 void admit_local(ControlServer::State* state, local::socket socket) {
     ucred peer{};
@@ -135,6 +134,11 @@ void accept_next(ControlServer::State* state) {
 
 }  // namespace
 
+ControlServer::State::~State() {
+    if (wake >= 0) ::close(wake);
+    if (cancel >= 0) ::close(cancel);
+}
+
 ControlServer::ControlServer(const std::string& socket_path, std::optional<gid_t> group) : state_(std::make_shared<State>()) {
     State& s = *state_;
     s.path = socket_path;
@@ -184,22 +188,34 @@ ControlServer::~ControlServer() {
         // server and dropped with it.
         const std::uint64_t one = 1;
         (void)!::write(s.cancel, &one, sizeof one);
-        std::lock_guard lock(s.jobs_mutex);
-        for (auto& job : s.jobs) job.thread.join();
-        s.jobs.clear();
+        // Joined outside the lock: a finishing shared job takes it to hand out its answer.
+        std::list<State::Job> jobs;
+        {
+            std::lock_guard lock(s.jobs_mutex);
+            jobs.swap(s.jobs);
+        }
+        for (auto& job : jobs) job.thread.join();
     }
+    // What still waits for an answer holds its session: let go outside the locks (a session's
+    // end takes `mutex` to count itself out), and before the io_context goes.
+    std::deque<Pending> pending;
+    std::map<std::string, State::Shared> shared;
     {
         std::lock_guard lock(s.mutex);
-        s.pending.clear();
+        pending.swap(s.pending);
     }
+    {
+        std::lock_guard lock(s.jobs_mutex);
+        shared.swap(s.shared);
+    }
+    pending.clear();
+    shared.clear();
     beast::error_code ignored;
     s.acceptor.close(ignored);
     // Before the io_context goes (State's destructor): an I/O object never outlives it.
     s.tcp_acceptors.clear();
     s.retired_acceptors.clear();
     ::unlink(s.path.c_str());
-    ::close(s.wake);
-    ::close(s.cancel);
 }
 
 int ControlServer::wake_fd() const noexcept { return state_->wake; }
@@ -245,7 +261,7 @@ void ControlServer::start_job(std::function<ControlReply()> work, std::function<
     if (!share_as.empty()) {
         auto& shared = s.shared[share_as];
         if (shared.answer && now - shared.made < kShareFor) {
-            ControlReply copy = *shared.answer;
+            ControlReply copy = *shared.answer;  // the body is shared, not copied
             lock.unlock();
             return answer(std::move(copy));
         }
@@ -258,24 +274,31 @@ void ControlServer::start_job(std::function<ControlReply()> work, std::function<
         return answer(ControlReply{503, error_json("procctl is already stopping the holders of " + std::to_string(kMaxJobs) +
                                                    " ports: ask again when one is done")});
     }
-    auto done = std::make_shared<std::atomic<bool>>(false);
     auto finish = [state = &s, share_as, answer = share_as.empty() ? std::move(answer) : nullptr](ControlReply reply) {
         if (share_as.empty()) return answer(std::move(reply));
+        // One body for every waiter and for the next second's askers: handed out, never copied.
+        if (!reply.body.empty()) reply.shared_body = std::make_shared<const std::string>(std::move(reply.body));
+        reply.body.clear();
         std::vector<std::function<void(ControlReply)>> waiting;
         {
             std::lock_guard guard(state->jobs_mutex);
             auto& shared = state->shared[share_as];
             waiting.swap(shared.waiting);
             shared.running = false;
-            if (reply.status == 200 && reply.body.size() <= kShareAtMost) {
+            if (reply.status == 200) {
                 shared.answer = reply;
                 shared.made = std::chrono::steady_clock::now();
             }
         }
-        for (std::size_t i = 0; i < waiting.size(); ++i) waiting[i](i + 1 == waiting.size() ? std::move(reply) : ControlReply(reply));
+        for (auto& waiter : waiting) waiter(reply);
     };
+    // The job's place is made first: once its thread runs, nothing here may throw.
+    s.jobs.emplace_back();
+    State::Job& job = s.jobs.back();
+    job.done = std::make_shared<std::atomic<bool>>(false);
+    job.shared = !share_as.empty();
     try {
-        std::thread thread([work = std::move(work), finish, done] {
+        job.thread = std::thread([work = std::move(work), finish, done = job.done] {
             ControlReply reply;
             try {
                 reply = work();
@@ -285,20 +308,38 @@ void ControlServer::start_job(std::function<ControlReply()> work, std::function<
             finish(std::move(reply));
             done->store(true);
         });
-        s.jobs.push_back(State::Job{std::move(thread), done, !share_as.empty()});
     } catch (const std::exception& e) {  // no thread to be had (EAGAIN): said, not thrown into the loop
+        s.jobs.pop_back();
         lock.unlock();
         finish(ControlReply{503, error_json(std::string("procctl cannot start a thread for this request: ") + e.what())});
     }
 }
 
+std::optional<ControlReply> ControlServer::State::fresh_answer(const std::string& share_as) {
+    std::lock_guard lock(jobs_mutex);
+    const auto found = shared.find(share_as);
+    if (found == shared.end() || !found->second.answer || std::chrono::steady_clock::now() - found->second.made >= kShareFor)
+        return std::nullopt;
+    return *found->second.answer;
+}
+
 // Shared answers older than kShareFor are let go (a scrape of a large table is tens of MiB).
 void ControlServer::forget_old_answers() {
     State& s = *state_;
-    std::lock_guard lock(s.jobs_mutex);
-    const auto now = std::chrono::steady_clock::now();
-    for (auto& [key, shared] : s.shared)
-        if (shared.answer && now - shared.made >= kShareFor) shared.answer.reset();
+    std::vector<ControlReply> old;  // let go outside the lock
+    {
+        std::lock_guard lock(s.jobs_mutex);
+        const auto now = std::chrono::steady_clock::now();
+        for (auto& [key, shared] : s.shared)
+            if (shared.answer && now - shared.made >= kShareFor) {
+                old.push_back(std::move(*shared.answer));
+                shared.answer.reset();
+            }
+    }
+    bool large = false;
+    for (auto& reply : old) large = large || (reply.shared_body && reply.shared_body.use_count() == 1 && reply.shared_body->size() > kLargeReply);
+    old.clear();
+    if (large) ::malloc_trim(0);  // a scrape of a large table is tens of MiB: given back, not kept
 }
 
 int ControlServer::cancel_fd() const noexcept { return state_->cancel; }

@@ -51,6 +51,8 @@ struct ControlReply {
     // With `later`: the name of what it makes (`metrics`). Everyone who asks while it is made,
     // or within a second after, gets that one answer.
     std::string share_as;
+    // Set instead of `body` for an answer handed to many (a shared scrape): sent from here.
+    std::shared_ptr<const std::string> shared_body;
 };
 
 struct HttpConfig;

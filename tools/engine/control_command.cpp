@@ -86,6 +86,16 @@ Role required_role(ControlCommand::Verb verb) noexcept {
     return Role::operate;
 }
 
+std::string share_key(const ControlCommand& command) {
+    using Verb = ControlCommand::Verb;
+    switch (command.verb) {
+        case Verb::metrics: return "metrics";
+        case Verb::heartbeats: return "heartbeats";
+        case Verb::ports: return "ports";
+        default: return "";
+    }
+}
+
 std::variant<ControlCommand, ControlError> parse_command(const ControlRequest& request) {
     const std::string shown = shown_target(request.target);
     const auto question = request.target.find('?');

@@ -46,6 +46,10 @@ struct ControlError {
 /// The role a caller needs for `verb`: none for the page, read to look, operate to act.
 [[nodiscard]] Role required_role(ControlCommand::Verb verb) noexcept;
 
+/// What answers to `command` may be shared as (one made for all who ask within a second):
+/// "metrics", "heartbeats", "ports"; empty for the rest.
+[[nodiscard]] std::string share_key(const ControlCommand& command);
+
 /// The command a request says, or why it says none (its method, path or parameters).
 /// Whether its program exists is for the one who answers it.
 [[nodiscard]] std::variant<ControlCommand, ControlError> parse_command(const ControlRequest& request);

@@ -17,8 +17,10 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <utility>  // before Asio: Boost 1.74's awaitable.hpp uses std::exchange without including it
 #include <vector>
 
@@ -29,6 +31,7 @@
 #include <boost/beast/http.hpp>
 
 #include "engine/control.h"
+#include "engine/control_command.h"
 #include "engine/tokens.h"
 
 namespace hbwatch::tool::control_detail {
@@ -65,9 +68,12 @@ public:
     virtual void push(const std::string& lines) = 0;
     [[nodiscard]] virtual const Credential& credential() const = 0;
     virtual void end() = 0;  // its token was taken away
+    [[nodiscard]] virtual bool local() const = 0;  // on the unix socket
 };
 
-inline constexpr std::size_t kMaxFollowers = 64;  // streams at once, each owed at most kStreamBacklog
+// Streams at once, each owed at most kStreamBacklog: so many on the unix socket and so many
+// over TCP, so that remote clients never take the operator's `proctab events -f` away.
+inline constexpr std::size_t kMaxFollowersEach = 32;
 
 /// A connection's place under the caps: given back when the connection ends, on either thread.
 struct Admission {
@@ -146,6 +152,12 @@ struct ControlServer::State {
     };
     std::map<std::string, Shared> shared;  // by share_as, under jobs_mutex
     int cancel = -1;  // eventfd, readable once the server stops: jobs that wait end
+    /// A shared answer made less than a second ago for `share_as`, if any (any thread).
+    std::optional<ControlReply> fresh_answer(const std::string& share_as);
+    State() = default;
+    State(const State&) = delete;
+    State& operator=(const State&) = delete;
+    ~State();
     boost::asio::io_context io;
     std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> work;
     control_detail::local::acceptor acceptor{io};
@@ -196,10 +208,15 @@ public:
 
     void reply(ControlReply reply) {
         if (reply.stream && reply.status == 200) {
-            std::erase_if(state_->followers, [](const std::weak_ptr<Follower>& f) { return f.expired(); });
-            if (state_->followers.size() < kMaxFollowers) return stream(reply.body);
-            reply = ControlReply{503, error_json("procctl already streams to " + std::to_string(kMaxFollowers) +
-                                                 " clients: close one (proctab events -f, a page) and ask again")};
+            auto& followers = state_->followers;
+            std::erase_if(followers, [](const std::weak_ptr<Follower>& f) { return f.expired(); });
+            const auto alike = std::count_if(followers.begin(), followers.end(), [&](const std::weak_ptr<Follower>& f) {
+                const auto other = f.lock();
+                return other && other->local() == local();
+            });
+            if (static_cast<std::size_t>(alike) < kMaxFollowersEach) return stream(reply.body);
+            reply = ControlReply{503, error_json("procctl already streams to " + std::to_string(kMaxFollowersEach) +
+                                                 " clients here: close one (proctab events -f) and ask again")};
         }
         response_.result(static_cast<unsigned>(reply.status));
         response_.set(http::field::content_type, reply.content_type);
@@ -216,6 +233,7 @@ public:
             response_.set("X-Frame-Options", "DENY");
         }
         response_.keep_alive(false);
+        if (reply.shared_body) return send_shared(std::move(reply.shared_body));
         if (reply.content_type == "application/json") reply.body += '\n';
         const bool large = reply.body.size() > kLargeReply;
         response_.body() = std::move(reply.body);  // a scrape of a large table is tens of MiB: never copied
@@ -235,6 +253,7 @@ public:
     // with its deadline; a client that falls 1 MiB behind is dropped.
     [[nodiscard]] const Credential& credential() const override { return credential_; }
     void end() override { close(); }
+    [[nodiscard]] bool local() const override { return std::is_same_v<Stream, local::socket>; }
 
     void push(const std::string& lines) override {
         if (!following_) return;
@@ -245,6 +264,25 @@ public:
     }
 
 private:
+    // A shared answer: the head as for any reply, then the body from the one buffer every
+    // waiter holds (a scrape of a large table is tens of MiB: never copied per client).
+    void send_shared(std::shared_ptr<const std::string> body) {
+        response_.content_length(body->size());
+        std::ostringstream head;
+        head << response_.base();
+        shared_head_ = head.str();
+        shared_body_ = std::move(body);
+        arm(kWriteDeadline);
+        const std::array<asio::const_buffer, 2> buffers{asio::buffer(shared_head_), asio::buffer(*shared_body_)};
+        asio::async_write(stream_, buffers, [self = this->shared_from_this()](beast::error_code, std::size_t) {
+            self->timer_.cancel();
+            self->close();
+            const bool last_large = self->shared_body_.use_count() == 1 && self->shared_body_->size() > kLargeReply;
+            self->shared_body_.reset();
+            if (last_large) ::malloc_trim(0);  // the last holder of a large answer gives it back to the system
+        });
+    }
+
     void read() {
         parser_.header_limit(kHeaderLimit);
         parser_.body_limit(64 * 1024);
@@ -309,6 +347,14 @@ private:
         const auto& request = parser_.get();
         ControlRequest asked{std::string(request.method_string()), std::string(request.target())};
         if (auto refused = authorize_(request, asked, credential_)) return reply(std::move(*refused));
+        // A scrape, the table or the ports made less than a second ago for someone else: sent
+        // from here, so a flood of them never reaches the supervision loop.
+        const auto parsed = parse_command(asked);
+        if (const auto* command = std::get_if<ControlCommand>(&parsed)) {
+            const std::string key = share_key(*command);
+            if (!key.empty() && static_cast<int>(asked.role) >= static_cast<int>(required_role(command->verb)))
+                if (auto fresh = state_->fresh_answer(key)) return reply(std::move(*fresh));
+        }
         queue_request(state_, Pending{std::move(asked), [self = this->shared_from_this()](ControlReply answer) {
                                           asio::post(self->stream_.get_executor(),
                                                      [self, answer = std::move(answer)]() mutable { self->reply(std::move(answer)); });
@@ -328,6 +374,8 @@ private:
     std::unique_ptr<Admission> admission_;
     Authorize authorize_;
     Credential credential_;
+    std::string shared_head_;
+    std::shared_ptr<const std::string> shared_body_;
 };
 
 }  // namespace control_detail

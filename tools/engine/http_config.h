@@ -24,4 +24,7 @@ struct HttpConfig {
 /// a missing or zero port).
 [[nodiscard]] std::optional<std::pair<std::string, std::uint16_t>> parse_listen_address(const std::string& text);
 
+/// What an operator should hear about `http` (plain HTTP on an address that is not loopback).
+[[nodiscard]] std::vector<std::string> http_warnings(const HttpConfig& http);
+
 }  // namespace hbwatch::tool

@@ -48,7 +48,7 @@ namespace {
 
 using namespace control_detail;
 
-constexpr std::size_t kMaxTcpConnections = 256;
+constexpr std::size_t kMaxTcpConnections = 128;  // with the unix socket's 64 and a stack's own fds, within 1024
 constexpr std::size_t kMaxConnectionsPerAddress = 8;
 
 // The key an address is counted under: an IPv6 client holds a whole /64.
@@ -198,6 +198,16 @@ std::shared_ptr<asio::ssl::context> tls_context(const HttpConfig& http) {
 
 }  // namespace
 
+std::vector<std::string> http_warnings(const HttpConfig& http) {
+    std::vector<std::string> warnings;
+    if (!http.cert.empty()) return warnings;
+    for (const auto& text : http.listen)
+        if (const auto parsed = parse_listen_address(text); parsed && !asio::ip::make_address(parsed->first).is_loopback())
+            warnings.push_back("http: " + text + " is not a loopback address and there is no cert and key: tokens cross the network "
+                               "readable (give cert and key in the http section for TLS)");
+    return warnings;
+}
+
 std::optional<std::pair<std::string, std::uint16_t>> parse_listen_address(const std::string& text) {
     std::string host, port;
     if (!text.empty() && text.front() == '[') {
@@ -305,10 +315,7 @@ void ControlServer::listen_http(const HttpConfig& http) {
             done->set_exception(std::current_exception());
         }
     });
-    // The server's thread answers in microseconds; should it not, the loop goes on and says so.
-    if (result.wait_for(std::chrono::seconds(10)) != std::future_status::ready)
-        throw Error(ETIMEDOUT, "http: the control server did not take the new listeners within 10 s; the running ones are kept");
-    result.get();
+    result.get();  // the server's thread never blocks: this takes microseconds
 }
 
 }  // namespace hbwatch::tool

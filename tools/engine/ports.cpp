@@ -277,9 +277,25 @@ nlohmann::json kill_port_holders(std::uint16_t port, const PortKillRules& rules,
                 row["outcome"] = "kill_failed";
                 row["detail"] = "not SIGKILLed: it no longer runs as a user the caller could signal";
                 break;
-            case StopEvent::Kind::kill_sent: break;
+            case StopEvent::Kind::kill_sent: row["kill_sent"] = true; break;
         }
     });
+    auto cancelled = [&](int timeout_ms) {
+        if (rules.cancel_fd < 0) return false;
+        pollfd p{rules.cancel_fd, POLLIN, 0};
+        return ::poll(&p, 1, timeout_ms) == 1;
+    };
+    auto abandon = [&](const char* why) {
+        for (auto& row : rows)
+            if (!row.contains("outcome")) {
+                row["outcome"] = "abandoned";
+                row["detail"] = why;
+            }
+    };
+    if (cancelled(0)) {  // procctl began to stop while the holders were looked for: nothing is sent
+        abandon("procctl is stopping: nothing was sent");
+        targets.clear();
+    }
     const std::uint64_t kill_at = monotonic_now_ns() + to_ns(rules.grace);
     for (std::size_t i = 0; i < targets.size(); ++i) {
         if (!targets[i]) continue;
@@ -306,15 +322,17 @@ nlohmann::json kill_port_holders(std::uint16_t port, const PortKillRules& rules,
         const int ready = ::poll(fds.data(), fds.size(), next ? poll_timeout_ms(*next, monotonic_now_ns()) : -1);
         if (ready > 0 && rules.cancel_fd >= 0 && (fds.back().revents & POLLIN)) {
             for (auto& row : rows)
-                if (!row.contains("outcome")) {
+                if (!row.contains("outcome") && row.value("kill_sent", false)) {
                     row["outcome"] = "abandoned";
-                    row["detail"] = "procctl is stopping: SIGTERM was sent, SIGKILL was not";
+                    row["detail"] = "procctl is stopping: SIGKILL was sent, its end was not waited for";
                 }
+            abandon("procctl is stopping: SIGTERM was sent, SIGKILL was not");
             break;
         }
         stopper.advance(monotonic_now_ns());
     }
     for (auto& row : rows) {
+        row.erase("kill_sent");
         const std::string outcome = row.value("outcome", "");
         if (outcome == "refused") report["refused"] = report["refused"].get<int>() + 1;
         if (outcome == "killed" || outcome == "exited_on_term" || outcome == "already_gone")

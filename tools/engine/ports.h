@@ -58,7 +58,7 @@ struct PortKillRules {
     int cancel_fd = -1;  // readable: stop waiting (procctl is stopping); SIGKILL is then not sent
 };
 
-inline constexpr std::size_t kMaxPortHolders = 1024;  // pidfds one port kill may hold at once
+inline constexpr std::size_t kMaxPortHolders = 128;  // pidfds one port kill may hold at once (two may run)
 
 /// What happened to each holder of `port`: {"port", "holders": [{pid, comm, exe, uid, part_of,
 /// outcome, detail}], "stopped", "refused"}. outcome is one of exited_on_term, killed,

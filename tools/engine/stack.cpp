@@ -4,7 +4,6 @@
 // table answers with. Dependency order lives here; a unit's life lives in unit.cpp.
 #include "engine/stack.h"
 
-#include <malloc.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <poll.h>
@@ -455,12 +454,6 @@ std::string join_words(const std::vector<std::string>& words) {
 }  // namespace
 
 int run_stack(StackConfig config, spdlog::logger& log, int signal_fd, const std::function<void()>& ready) {
-    // A supervisor runs for years: memory a large answer took (a scrape of a 65,536-entry
-    // table is tens of MiB) must go back. Large blocks are mmapped and unmapped when freed
-    // (a fixed threshold: glibc's dynamic one would keep them in the heap), and the server's
-    // threads share two arenas instead of one each.
-    ::mallopt(M_MMAP_THRESHOLD, 256 * 1024);
-    ::mallopt(M_ARENA_MAX, 2);
     const std::string socket = config.run_dir + "/control.sock";
     const HttpConfig http = config.http;
     Stack stack(std::move(config), log, signal_fd);         // throws Error when an output file cannot be opened
@@ -469,11 +462,7 @@ int run_stack(StackConfig config, spdlog::logger& log, int signal_fd, const std:
         control.listen_http(http);  // or refuses its tokens file, certificate or addresses
         log.info("the control API also listens on {} ({}), with the tokens of {}", join_words(http.listen), http.cert.empty() ? "plain HTTP" : "TLS",
                  http.tokens_file);
-        for (const auto& address : http.listen)
-            if (http.cert.empty() && address.rfind("127.", 0) != 0 && address.rfind("[::1]", 0) != 0)
-                log.warn("http: {} is not a loopback address and there is no cert and key: tokens cross the network readable "
-                         "(give cert and key in the http section for TLS)",
-                         address);
+        for (const auto& warning : http_warnings(http)) log.warn("{}", warning);
     }
     if (ready) ready();
     return stack.run(control);

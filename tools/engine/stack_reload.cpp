@@ -175,8 +175,10 @@ nlohmann::json Stack::reload_config() {
             drop_unused_outputs();
             throw;
         }
-        if (!(next.http == config_.http))
+        if (!(next.http == config_.http)) {
             report["http"] = next.http.enabled() ? "listening on " + nlohmann::json(next.http.listen).dump() : "off";
+            for (const auto& warning : http_warnings(next.http)) log_.warn("{}", warning);
+        }
     }
     if (!(next.events == config_.events)) {
         // Sinks hold threads, hooks in flight and queues: swapping them mid-run could lose

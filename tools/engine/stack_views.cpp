@@ -147,7 +147,7 @@ ControlReply Stack::metrics_reply(std::uint64_t now) const {
         if (!pointers.empty()) text += prometheus_tables(pointers);
         return ControlReply(200, std::move(text), false, kPrometheusContentType);
     };
-    reply.share_as = "metrics";
+    reply.share_as = "metrics";  // share_key() of each: the server answers from it before the loop sees a request
     return reply;
 }
 
