@@ -27,6 +27,7 @@ if [ "$what" = all ]; then
     curl                               # a real client of the stack's control socket
     openssl                            # test certificates for the TLS listener
     chromium                           # the status page, rendered headless
+    python3                            # drives Chromium's DevTools pipe to press the page's buttons
   )
 fi
 

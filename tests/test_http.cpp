@@ -379,6 +379,24 @@ TEST_CASE("headless Chromium renders the status page with a row for each program
     shot.insert(shot.end(), {"--hide-scrollbars", "--window-size=390,844", "--screenshot=" + (artifacts / "status-page-phone.png").string(), page});
     std::tie(code, dom) = run(shot);
     CHECK_MESSAGE(code == 0, dom);
+
+    // A button pressed in the page (through the DevTools protocol): a read token's press is
+    // refused and changes nothing; an operate token's restarts the program.
+    const int before = stack.program("beta")["pid"].get<int>();
+    const std::string press = std::string(HBWATCH_SOURCE_DIR) + "/tests/helpers/press_button.py";
+    const std::string button = "tr[data-program=\"beta\"] button.restart";
+    std::tie(code, dom) = run({"python3", press, "chromium", page, button, (stack.dir.dir / "press-read").string()});
+    CHECK_MESSAGE(code == 0, dom);
+    CHECK_MESSAGE(dom.find("beta: restart refused: token 'viewer' from 127.0.0.1 has the read role") != std::string::npos, dom);
+    CHECK(stack.program("beta")["pid"].get<int>() == before);
+    std::tie(code, dom) = run({"python3", press, "chromium", stack.url("/#token=" + kAdmin), button, (stack.dir.dir / "press-operate").string()});
+    CHECK_MESSAGE(code == 0, dom);
+    CHECK(dom.find("clicked: beta: restart requested") != std::string::npos);
+    CHECK(hbtest::eventually([&] {
+        const auto p = stack.program("beta");
+        return p["state"] == "ready" && p["pid"].get<int>() != before;
+    }, 30s));
+    CHECK(stack.procctl->wait_for_output("beta: restart requested by token 'admin' from 127.0.0.1", 10s));
 }
 
 TEST_CASE("ports: the API stops a stack program's listener, refuses an outsider's without any=1, and says how each ended") {
