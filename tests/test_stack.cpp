@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -10,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -669,4 +671,95 @@ TEST_CASE("scripts/stop.sh returns once procctl has exited, not merely unlocked 
     const auto [again, again_out] = run({hbtest::bin("procctl"), "--stop", (dir.dir / "run").string()});
     CHECK(again == 0);
     CHECK(again_out == "procctl --stop: no procctl runs with " + pidfile.string() + " (no pidfile)\n");
+}
+
+namespace {
+
+// A notify socket as systemd keeps one: AF_UNIX datagrams, one message each.
+class NotifySocket {
+public:
+    explicit NotifySocket(const fs::path& path) : path_(path) {
+        fd_ = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        sockaddr_un address{};
+        address.sun_family = AF_UNIX;
+        std::strncpy(address.sun_path, path.c_str(), sizeof address.sun_path - 1);
+        REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0);
+    }
+    ~NotifySocket() { ::close(fd_); }
+    // The next message, or "" when none came within `timeout`.
+    std::string next(std::chrono::milliseconds timeout) {
+        pollfd p{fd_, POLLIN, 0};
+        if (::poll(&p, 1, static_cast<int>(timeout.count())) != 1) return "";
+        char buffer[4096];
+        const ssize_t n = ::recv(fd_, buffer, sizeof buffer, 0);
+        return n > 0 ? std::string(buffer, static_cast<std::size_t>(n)) : "";
+    }
+    // Messages until one contains `needle` (returned), or "" after `timeout`.
+    std::string until(const std::string& needle, std::chrono::milliseconds timeout) {
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        for (;;) {
+            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+            if (left.count() <= 0) return "";
+            const std::string message = next(left);
+            if (message.find(needle) != std::string::npos) return message;
+        }
+    }
+
+private:
+    fs::path path_;
+    int fd_ = -1;
+};
+
+}  // namespace
+
+TEST_CASE("under systemd (Type=notify): READY=1 once the stack is up, STATUS, WATCHDOG=1 from the loop, RELOADING=1 then READY=1, STOPPING=1") {
+    Scratch dir;
+    NotifySocket notify(dir.dir / "notify.sock");
+    const fs::path seen = dir.dir / "child-saw";
+    const fs::path config = dir.dir / "stack.yaml";
+    std::ofstream(config) << "run_dir: " << (dir.dir / "run").string() << "\n"
+                          << "programs:\n"
+                          << "  db: {command: [sleep, '1000']}\n"
+                          // Even a program given procctl's whole environment never gets the socket.
+                          << "  api: {command: [sh, -c, 'echo \"${NOTIFY_SOCKET:-none} ${WATCHDOG_USEC:-none}\" > " << seen.string()
+                          << "; exec sleep 1000'], after: [db], inherit_environment: true}\n";
+    Process stack({"env", "NOTIFY_SOCKET=" + (dir.dir / "notify.sock").string(), "WATCHDOG_USEC=1000000", hbtest::bin("procctl"), "-f", "-c",
+                   config.string()});
+    const std::string ready = notify.until("READY=1", 30s);
+    REQUIRE_MESSAGE(!ready.empty(), stack.output_so_far());
+    CHECK_MESSAGE(ready.find("STATUS=2 of 2 programs ready") != std::string::npos, ready);
+    REQUIRE(hbtest::eventually([&] { return fs::exists(seen) && read_file(seen) == "none none\n"; }, 10s));
+
+    // WATCHDOG=1 every half of WATCHDOG_USEC: always within the deadline systemd holds it to.
+    std::vector<std::chrono::steady_clock::time_point> pings;
+    while (pings.size() < 5) {
+        const std::string message = notify.until("WATCHDOG=1", 5s);
+        REQUIRE_MESSAGE(!message.empty(), "no WATCHDOG=1 within 5 s");
+        pings.push_back(std::chrono::steady_clock::now());
+    }
+    for (std::size_t i = 1; i < pings.size(); ++i) CHECK(pings[i] - pings[i - 1] < 1s);
+
+    ::kill(stack.pid(), SIGHUP);
+    const std::string reloading = notify.until("RELOADING=1", 10s);
+    CHECK(std::regex_search(reloading, std::regex("MONOTONIC_USEC=[0-9]+")));
+    CHECK(!notify.until("READY=1", 10s).empty());
+    ::kill(stack.pid(), SIGTERM);
+    const std::string stopping = notify.until("STOPPING=1", 10s);
+    CHECK(stopping.find("STATUS=stopping every program") != std::string::npos);
+    REQUIRE(stack.wait_exit(30s));
+    CHECK(WEXITSTATUS(stack.wait()) == 0);
+}
+
+TEST_CASE("a watchdog set for another process (WATCHDOG_PID) is not pinged by procctl") {
+    Scratch dir;
+    NotifySocket notify(dir.dir / "notify.sock");
+    const fs::path config = dir.dir / "stack.yaml";
+    std::ofstream(config) << "run_dir: " << (dir.dir / "run").string() << "\nprograms:\n  db: {command: [sleep, '1000']}\n";
+    Process stack({"env", "NOTIFY_SOCKET=" + (dir.dir / "notify.sock").string(), "WATCHDOG_USEC=200000", "WATCHDOG_PID=1",
+                   hbtest::bin("procctl"), "-f", "-c", config.string()});
+    REQUIRE(!notify.until("READY=1", 30s).empty());
+    // A ping would come every 100 ms: none in 1 s.
+    CHECK(notify.until("WATCHDOG=1", 1s).empty());
+    ::kill(stack.pid(), SIGTERM);
+    REQUIRE(stack.wait_exit(30s));
 }

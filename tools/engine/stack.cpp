@@ -71,6 +71,13 @@ int Stack::run(ControlServer& control) {
         ~Forget() { control = nullptr; }
     } forget{control_};
     for (auto& member : members_) take_cgroup(*member);
+    if (notify_) {
+        log_.info("telling the supervisor at NOTIFY_SOCKET={} when the stack is ready{}", notify_->address(),
+                  notify_->watchdog_every() ? ", and pinging its watchdog every " +
+                                                  human_duration(std::chrono::duration_cast<std::chrono::milliseconds>(*notify_->watchdog_every()))
+                                            : std::string());
+        if (notify_->watchdog_every()) next_watchdog_ns_ = monotonic_now_ns();
+    }
     log_.info("running the stack of {} ({} programs): start order {}; control socket {}/control.sock; SIGHUP reloads it", config_.path,
               members_.size(), start_order(), config_.run_dir);
     std::vector<pollfd> fds;
@@ -85,6 +92,7 @@ int Stack::run(ControlServer& control) {
             if (!dropped && phases() == before) break;
         }
         check_heartbeats(now);
+        tell_supervisor(now);
         if (stopping_all_ && everything_stopped()) {
             drain_to_end();
             log_.info("every program is stopped; exiting");
@@ -93,6 +101,7 @@ int Stack::run(ControlServer& control) {
             return 0;
         }
         std::uint64_t wake = std::min(now + to_ns(std::chrono::seconds(1)), std::max(next_beat_check_ns_, now));
+        if (next_watchdog_ns_ != 0) wake = std::min(wake, std::max(next_watchdog_ns_, now));
         fds.clear();
         fds.push_back(pollfd{signal_fd_, POLLIN, 0});
         fds.push_back(pollfd{control.wake_fd(), POLLIN, 0});
@@ -399,6 +408,8 @@ void Stack::read_signals() {
             log_.info("SIG{} received from pid {}: stopping every program, in reverse order", sigabbrev_np(sig),
                       static_cast<int>(info.ssi_pid));
             stopping_all_ = true;
+            tell_supervisor_now("STOPPING=1\nSTATUS=stopping every program\n");
+            told_status_ = supervisor_status();
             const std::uint64_t now = monotonic_now_ns();
             for (auto& member : members_) apply(*member, UnitEvent{UnitEvent::Kind::stop_all}, now);
         } else if (sig == SIGHUP && !stopping_all_) {
@@ -456,7 +467,11 @@ std::string join_words(const std::vector<std::string>& words) {
 int run_stack(StackConfig config, spdlog::logger& log, int signal_fd, const std::function<void()>& ready) {
     const std::string socket = config.run_dir + "/control.sock";
     const HttpConfig http = config.http;
+    // Taken out of the environment before the programs' environments are made from it: no
+    // program can speak for procctl to systemd.
+    auto notify = NotifyClient::from_environment();
     Stack stack(std::move(config), log, signal_fd);         // throws Error when an output file cannot be opened
+    if (notify) stack.tell_supervisor_through(std::move(*notify));
     ControlServer control(socket, stack.control_group());  // and when it cannot listen
     if (http.enabled()) {
         control.listen_http(http);  // or refuses its tokens file, certificate or addresses

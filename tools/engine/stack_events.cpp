@@ -291,6 +291,15 @@ void Stack::output_dropped(const std::string& path, const std::string& problem) 
 }
 
 json Stack::reload() {
+    // systemd's Type=notify-reload protocol: RELOADING=1 with the time, then READY=1 when done.
+    tell_supervisor_now("RELOADING=1\nMONOTONIC_USEC=" + std::to_string(monotonic_now_ns() / 1000) + "\n");
+    struct Done {
+        Stack& stack;
+        ~Done() {
+            stack.told_status_ = stack.supervisor_status();
+            stack.tell_supervisor_now("READY=1\nSTATUS=" + stack.told_status_ + "\n");
+        }
+    } done{*this};
     std::optional<Error> refused;
     try {
         json report = reload_config();

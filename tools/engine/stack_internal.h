@@ -29,6 +29,7 @@
 #include "engine/event_sinks.h"
 #include "engine/output.h"
 #include "engine/ports.h"
+#include "engine/sd_notify.h"
 #include "engine/spawn.h"
 #include "engine/stack_config.h"
 #include "engine/unit.h"
@@ -82,6 +83,8 @@ public:
     Stack& operator=(const Stack&) = delete;
 
     [[nodiscard]] std::optional<gid_t> control_group() const;
+    /// Under systemd (Type=notify): READY, STATUS, WATCHDOG, RELOADING and STOPPING go there.
+    void tell_supervisor_through(NotifyClient client) { notify_.emplace(std::move(client)); }
     int run(ControlServer& control);
 
 private:
@@ -140,6 +143,11 @@ private:
     ControlReply events_reply(const ControlCommand& command) const;
     void finish_sinks();
 
+    // stack_notify.cpp: procctl telling its own supervisor (systemd's Type=notify) how it is.
+    void tell_supervisor(std::uint64_t now);
+    void tell_supervisor_now(const std::string& message);
+    [[nodiscard]] std::string supervisor_status() const;
+
     // stack_reload.cpp: units from the config, and reload.
     std::vector<std::unique_ptr<Member>> make_members(const std::shared_ptr<const ProgramConfig>& program, const std::string& log_dir,
                                                       std::optional<bool> wanted);
@@ -167,6 +175,10 @@ private:
     std::unique_ptr<EventSinks> sinks_;  // none when the config names no sink
     ControlServer* control_ = nullptr;   // while run() runs: followers of /v1/events
     std::uint64_t next_beat_check_ns_ = 0;
+    std::optional<NotifyClient> notify_;   // NOTIFY_SOCKET, when procctl runs under systemd (Type=notify)
+    bool told_ready_ = false;
+    std::string told_status_;
+    std::uint64_t next_watchdog_ns_ = 0;  // 0: no watchdog asked for
 };
 
 /// The heartbeat table a program registers in: its HBWATCH_KEY, else procctl's.

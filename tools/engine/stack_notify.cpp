@@ -1,0 +1,61 @@
+// procctl as a `Type=notify` service (README, "Under systemd"): READY=1 once the stack's first
+// wave has settled, STATUS= with the counts of ready and failing programs as they change,
+// WATCHDOG=1 from the loop itself when systemd set WatchdogSec=, STOPPING=1 and RELOADING=1.
+#include <algorithm>
+
+#include "core/clock.h"
+#include "engine/stack_internal.h"
+
+namespace hbwatch::tool {
+
+std::string Stack::supervisor_status() const {
+    std::size_t ready = 0, failing = 0, starting = 0, programs = 0;
+    for (const auto& member : members_) {
+        if (member->unit.goal() == Goal::retire) continue;
+        ++programs;
+        switch (member->unit.phase()) {
+            case Phase::ready: ++ready; break;
+            case Phase::backoff:
+            case Phase::exited:
+            case Phase::gave_up: ++failing; break;
+            case Phase::waiting:
+            case Phase::starting: ++starting; break;
+            default: break;
+        }
+    }
+    if (stopping_all_) return "stopping every program";
+    std::string text = std::to_string(ready) + " of " + std::to_string(programs) + " programs ready";
+    if (starting > 0) text += ", " + std::to_string(starting) + " starting";
+    if (failing > 0) text += ", " + std::to_string(failing) + " failing";
+    return text;
+}
+
+void Stack::tell_supervisor_now(const std::string& message) {
+    if (notify_ && !notify_->send(message)) log_.debug("NOTIFY_SOCKET {}: could not send {}", notify_->address(), message);
+}
+
+void Stack::tell_supervisor(std::uint64_t now) {
+    if (!notify_) return;
+    std::string message;
+    // Ready once nothing is waiting or starting any more: every program is up, or has had its
+    // try (a program in backoff is counted as failing in STATUS, not waited for).
+    if (!told_ready_ && !stopping_all_ &&
+        std::none_of(members_.begin(), members_.end(), [](const auto& m) {
+            return m->unit.phase() == Phase::waiting || m->unit.phase() == Phase::starting;
+        })) {
+        told_ready_ = true;
+        message += "READY=1\n";
+    }
+    if (const std::string status = supervisor_status(); status != told_status_) {
+        told_status_ = status;
+        message += "STATUS=" + status + "\n";
+    }
+    // From the loop itself: a loop that stops turning stops the pings, and systemd acts.
+    if (next_watchdog_ns_ != 0 && now >= next_watchdog_ns_) {
+        message += "WATCHDOG=1\n";
+        next_watchdog_ns_ = now + static_cast<std::uint64_t>(notify_->watchdog_every()->count()) * 1000;
+    }
+    if (!message.empty()) tell_supervisor_now(message);
+}
+
+}  // namespace hbwatch::tool
