@@ -140,6 +140,17 @@ int raw_request(const char* source, int port, const std::string& request) {
     return status;
 }
 
+// Client threads stopped and joined however a test ends (a failed REQUIRE throws past them).
+struct StopAndJoin {
+    std::atomic<bool>& stop;
+    std::vector<std::thread>& threads;
+    ~StopAndJoin() {
+        stop = true;
+        for (auto& t : threads)
+            if (t.joinable()) t.join();
+    }
+};
+
 double median_ms(std::vector<double> samples) {
     std::sort(samples.begin(), samples.end());
     return samples[samples.size() / 2];
@@ -512,15 +523,7 @@ TEST_CASE("a flood from 32 unauthenticated clients does not delay an authorised 
     std::atomic<bool> stop{false};
     std::atomic<long> sent{0};
     std::vector<std::thread> flood;
-    struct Joiner {  // however the test ends (a failed REQUIRE throws), the flood stops first
-        std::atomic<bool>& stop;
-        std::vector<std::thread>& threads;
-        ~Joiner() {
-            stop = true;
-            for (auto& t : threads)
-                if (t.joinable()) t.join();
-        }
-    } joiner{stop, flood};
+    const StopAndJoin joiner{stop, flood};
     for (int i = 0; i < 32; ++i)
         flood.emplace_back([&, i] {
             // Each from an address of its own (127.0.1.N): no token, or a wrong one.
@@ -645,15 +648,7 @@ TEST_CASE("procctl stops promptly while clients keep scraping it") {
     HttpStack stack("  sleeper: {command: [sleep, '1000']}\n");
     std::atomic<bool> stop{false};
     std::vector<std::thread> scrapers;
-    struct Joiner {
-        std::atomic<bool>& stop;
-        std::vector<std::thread>& threads;
-        ~Joiner() {
-            stop = true;
-            for (auto& t : threads)
-                if (t.joinable()) t.join();
-        }
-    } joiner{stop, scrapers};
+    const StopAndJoin joiner{stop, scrapers};
     std::atomic<long> answered{0};
     for (int i = 0; i < 4; ++i)
         scrapers.emplace_back([&, i] {

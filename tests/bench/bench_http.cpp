@@ -39,6 +39,22 @@ std::pair<int, std::size_t> exchange(int port, const std::string& target) {
     return {status, body == std::string::npos ? 0 : answer.size() - body - 4};
 }
 
+// `count` requests for `target` one after another: each one's answer time in ms.
+std::vector<double> timed(int port, const std::string& target, int count) {
+    std::vector<double> took;
+    for (int i = 0; i < count; ++i) {
+        const auto start = Clock::now();
+        (void)exchange(port, target);
+        took.push_back(ms_since(start));
+    }
+    return took;
+}
+
+// Until procctl answers `/v1/programs` over TCP (at most 2 s).
+void await_answers(int port) {
+    for (int tries = 0; tries < 200 && exchange(port, "/v1/programs").first != 200; ++tries) ::usleep(10000);
+}
+
 fs::path write_config(const fs::path& dir, int port, bool http) {
     std::ofstream(dir / "tokens") << "bench read " << kToken << "\n";
     fs::permissions(dir / "tokens", fs::perms::owner_read | fs::perms::owner_write);
@@ -63,14 +79,8 @@ int main() {
     {
         Stack stack(write_config(dir, port, true));
         if (!stack.await("running the stack")) return 1;
-        for (int tries = 0; tries < 200 && exchange(port, "/v1/programs").first != 200; ++tries) ::usleep(10000);
-        std::vector<double> one;
-        for (int i = 0; i < 200; ++i) {
-            const auto start = Clock::now();
-            (void)exchange(port, "/v1/programs");
-            one.push_back(ms_since(start));
-        }
-        report("GET /v1/programs over TCP, 64 programs, one client", one);
+        await_answers(port);
+        report("GET /v1/programs over TCP, 64 programs, one client", timed(port, "/v1/programs", 200));
         for (const int clients : {1, 4}) {
             std::atomic<long> done{0};
             std::atomic<bool> stop{false};
@@ -106,12 +116,12 @@ int main() {
     }
     Stack stack(write_config(dir, port, true));
     if (!stack.await("running the stack")) return 1;
-    for (int tries = 0; tries < 200 && exchange(port, "/v1/programs").first != 200; ++tries) ::usleep(10000);
+    await_answers(port);
     ::usleep(300000);
     stack.drain();
     // Each scrape made anew (more than a second apart: none is answered from the last one),
     // then scrapes in a burst, which share one.
-    std::vector<double> metrics, burst;
+    std::vector<double> metrics;
     std::size_t size = 0;
     for (int i = 0; i < 5; ++i) {
         ::usleep(1100000);
@@ -122,21 +132,11 @@ int main() {
         size = bytes;
         stack.drain();
     }
-    for (int i = 0; i < 10; ++i) {
-        const auto start = Clock::now();
-        (void)exchange(port, "/metrics");
-        burst.push_back(ms_since(start));
-    }
+    const auto burst = timed(port, "/metrics", 10);
     std::printf("GET /metrics, 64 programs and 65,536 table entries: %.1f MiB\n", static_cast<double>(size) / 1048576.0);
     report("GET /metrics answer time, each made anew", metrics);
     report("GET /metrics answer time, within a second of another", burst);
-    std::vector<double> programs;
-    for (int i = 0; i < 50; ++i) {
-        const auto start = Clock::now();
-        (void)exchange(port, "/v1/programs");
-        programs.push_back(ms_since(start));
-    }
-    report("GET /v1/programs, with the 65,536-entry table", programs);
+    report("GET /v1/programs, with the 65,536-entry table", timed(port, "/v1/programs", 50));
     ::usleep(2500000);  // the last shared answer let go (after a second, on the loop's next turn)
     const long rss_on = status_kib(stack.pid, "VmRSS"), anon_on = status_kib(stack.pid, "RssAnon");
     stack.stop();

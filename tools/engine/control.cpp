@@ -73,7 +73,6 @@ constexpr std::size_t kMaxConnectionsPerUser = 16;  // one user's silent clients
 constexpr std::size_t kRequestsPerServe = 8;
 constexpr auto kServeTime = std::chrono::milliseconds(20);
 constexpr std::size_t kMaxJobs = 2;  // unshared `later` replies (port kills) being made at once; more are told to come back
-constexpr auto kShareFor = std::chrono::seconds(1);
 
 void admit_local(ControlServer::State* state, local::socket socket) {
     ucred peer{};
@@ -84,20 +83,13 @@ void admit_local(ControlServer::State* state, local::socket socket) {
     auto admission = std::make_unique<Admission>();
     std::function<void()> release = [state, uid] {
         --state->connections;
-        std::lock_guard lock(state->mutex);
-        if (--state->per_user[uid] == 0) state->per_user.erase(uid);
+        give_place(state->mutex, state->per_user, uid);
     };
     // Root and procctl's own user always get in (up to their own cap): a flood by a group
     // member never locks the operator out.
     const bool privileged = uid == 0 || uid == ::geteuid();
-    bool admitted = false;
-    if (privileged || state->connections.load() < kMaxConnections) {
-        std::lock_guard lock(state->mutex);
-        auto& mine = state->per_user[uid];  // may throw: then nothing was counted
-        admitted = mine < kMaxConnectionsPerUser;
-        if (admitted) ++mine;
-        else if (mine == 0) state->per_user.erase(uid);
-    }
+    const bool admitted = (privileged || state->connections.load() < kMaxConnections) &&
+                          take_place(state->mutex, state->per_user, uid, kMaxConnectionsPerUser);
     if (!admitted) {
         ++state->counters.turned_away;
         return;  // too many at once: the newest is turned away (the socket closes as it goes)
@@ -260,7 +252,7 @@ void ControlServer::start_job(std::function<ControlReply()> work, std::function<
     const auto now = std::chrono::steady_clock::now();
     if (!share_as.empty()) {
         auto& shared = s.shared[share_as];
-        if (shared.answer && now - shared.made < kShareFor) {
+        if (shared.fresh(now)) {
             ControlReply copy = *shared.answer;  // the body is shared, not copied
             lock.unlock();
             return answer(std::move(copy));
@@ -318,8 +310,7 @@ void ControlServer::start_job(std::function<ControlReply()> work, std::function<
 std::optional<ControlReply> ControlServer::State::fresh_answer(const std::string& share_as) {
     std::lock_guard lock(jobs_mutex);
     const auto found = shared.find(share_as);
-    if (found == shared.end() || !found->second.answer || std::chrono::steady_clock::now() - found->second.made >= kShareFor)
-        return std::nullopt;
+    if (found == shared.end() || !found->second.fresh(std::chrono::steady_clock::now())) return std::nullopt;
     return *found->second.answer;
 }
 
@@ -331,7 +322,7 @@ void ControlServer::forget_old_answers() {
         std::lock_guard lock(s.jobs_mutex);
         const auto now = std::chrono::steady_clock::now();
         for (auto& [key, shared] : s.shared)
-            if (shared.answer && now - shared.made >= kShareFor) {
+            if (shared.answer && !shared.fresh(now)) {
                 old.push_back(std::move(*shared.answer));
                 shared.answer.reset();
             }

@@ -48,6 +48,7 @@ inline constexpr auto kWriteDeadline = std::chrono::seconds(5);  // and one that
 inline constexpr std::uint32_t kHeaderLimit = 8 * 1024;
 inline constexpr std::size_t kStreamBacklog = 1 << 20;  // unread bytes a following client may owe: then it is dropped
 inline constexpr const char* kHtml = "text/html; charset=utf-8";
+inline constexpr auto kShareFor = std::chrono::seconds(1);  // how long a shared answer is handed out
 inline constexpr std::size_t kLargeReply = 1 << 20;     // a reply this large is given back to the system once sent
 
 struct Pending {
@@ -86,6 +87,26 @@ struct Admission {
         if (release) release();
     }
 };
+
+/// Takes one of `key`'s `cap` places in `counts`, under `mutex`: false when all are taken.
+/// May throw (a map node) before anything is counted.
+template <class Key>
+bool take_place(std::mutex& mutex, std::map<Key, std::size_t>& counts, const Key& key, std::size_t cap) {
+    std::lock_guard lock(mutex);
+    auto& mine = counts[key];
+    if (mine < cap) {
+        ++mine;
+        return true;
+    }
+    if (mine == 0) counts.erase(key);
+    return false;
+}
+/// Gives a place take_place() took back (the connection ended, on either thread).
+template <class Key>
+void give_place(std::mutex& mutex, std::map<Key, std::size_t>& counts, const Key& key) {
+    std::lock_guard lock(mutex);
+    if (--counts[key] == 0) counts.erase(key);
+}
 
 /// What the TCP listeners check a request against. Replaced whole by listen_http().
 struct HttpAuth {
@@ -149,6 +170,9 @@ struct ControlServer::State {
         std::vector<std::function<void(ControlReply)>> waiting;
         std::optional<ControlReply> answer;  // the last one made, for a second
         std::chrono::steady_clock::time_point made;
+        [[nodiscard]] bool fresh(std::chrono::steady_clock::time_point now) const noexcept {
+            return answer && now - made < control_detail::kShareFor;
+        }
     };
     std::map<std::string, Shared> shared;  // by share_as, under jobs_mutex
     int cancel = -1;  // eventfd, readable once the server stops: jobs that wait end

@@ -124,17 +124,10 @@ void admit_tcp(ControlServer::State* state, tcp::socket socket) {
     auto admission = std::make_unique<Admission>();
     std::function<void()> release = [state, address] {
         --state->tcp_connections;
-        std::lock_guard lock(state->mutex);
-        if (--state->per_address[address] == 0) state->per_address.erase(address);
+        give_place(state->mutex, state->per_address, address);
     };
-    bool admitted = false;
-    if (state->tcp_connections.load() < kMaxTcpConnections) {
-        std::lock_guard lock(state->mutex);
-        auto& mine = state->per_address[address];  // may throw: then nothing was counted
-        admitted = mine < kMaxConnectionsPerAddress;
-        if (admitted) ++mine;
-        else if (mine == 0) state->per_address.erase(address);
-    }
+    const bool admitted = state->tcp_connections.load() < kMaxTcpConnections &&
+                          take_place(state->mutex, state->per_address, address, kMaxConnectionsPerAddress);
     if (!admitted) {
         ++state->counters.turned_away;
         return;  // the socket closes as it goes

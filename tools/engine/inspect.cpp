@@ -43,20 +43,6 @@ std::string base_name(const std::string& path) {
     return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
-std::vector<pid_t> all_pids() {
-    std::vector<pid_t> pids;
-    DIR* dir = ::opendir("/proc");
-    if (dir == nullptr) return pids;
-    while (const dirent* entry = ::readdir(dir)) {
-        char* end = nullptr;
-        const long pid = std::strtol(entry->d_name, &end, 10);
-        if (pid > 0 && end != nullptr && *end == '\0') pids.push_back(static_cast<pid_t>(pid));
-    }
-    ::closedir(dir);
-    std::sort(pids.begin(), pids.end());
-    return pids;
-}
-
 // `exe` when the caller has read it already; else it is read here.
 HostProcess host_process(const ProcStat& stat, std::optional<std::string> exe = std::nullopt) {
     HostProcess p;
@@ -93,6 +79,20 @@ const char* to_string(EntryState state) noexcept {
         case EntryState::revoked: return "revoked";
     }
     return "unknown";
+}
+
+std::vector<pid_t> all_pids() {
+    std::vector<pid_t> pids;
+    DIR* dir = ::opendir("/proc");
+    if (dir == nullptr) return pids;
+    while (const dirent* entry = ::readdir(dir)) {
+        char* end = nullptr;
+        const long pid = std::strtol(entry->d_name, &end, 10);
+        if (pid > 0 && end != nullptr && *end == '\0') pids.push_back(static_cast<pid_t>(pid));
+    }
+    ::closedir(dir);
+    std::sort(pids.begin(), pids.end());
+    return pids;
 }
 
 std::vector<Entry> inspect(const Table& table, std::uint64_t now_ns, const std::function<bool(const SlotSnapshot&)>& wanted) {

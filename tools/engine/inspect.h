@@ -45,6 +45,9 @@ struct Entry {
 [[nodiscard]] std::vector<Entry> inspect(const Table& table, std::uint64_t now_ns,
                                          const std::function<bool(const SlotSnapshot&)>& wanted = {});
 
+/// Every pid in /proc, ascending.
+[[nodiscard]] std::vector<pid_t> all_pids();
+
 /// A process on the host.
 struct HostProcess {
     pid_t pid = 0;

@@ -16,6 +16,7 @@
 #include "core/clock.h"
 #include "core/process.h"
 #include "core/stopper.h"
+#include "engine/inspect.h"
 
 namespace hbwatch::tool {
 namespace {
@@ -86,20 +87,6 @@ std::set<std::uint64_t> held_sockets(pid_t pid, const std::set<std::uint64_t>& w
     }
     ::closedir(dir);
     return held;
-}
-
-std::vector<pid_t> all_pids() {
-    std::vector<pid_t> pids;
-    DIR* dir = ::opendir("/proc");
-    if (dir == nullptr) return pids;
-    while (dirent* entry = ::readdir(dir)) {
-        char* end = nullptr;
-        const long pid = std::strtol(entry->d_name, &end, 10);
-        if (*end == '\0' && pid > 0) pids.push_back(static_cast<pid_t>(pid));
-    }
-    ::closedir(dir);
-    std::sort(pids.begin(), pids.end());
-    return pids;
 }
 
 std::string exe_of(pid_t pid) {
@@ -202,12 +189,14 @@ nlohmann::json kill_port_holders(std::uint16_t port, const PortKillRules& rules,
 
     std::vector<nlohmann::json> rows;
     std::vector<std::optional<Pidfd>> targets;
-    auto refuse = [&](nlohmann::json row, const std::string& why) {
-        row["outcome"] = "refused";
-        row["detail"] = why;
+    // A holder that is not stopped: its row, settled now, and no target.
+    auto settle = [&](nlohmann::json row, const char* outcome, const std::string& detail) {
+        row["outcome"] = outcome;
+        row["detail"] = detail;
         rows.push_back(std::move(row));
         targets.emplace_back();
     };
+    auto refuse = [&](nlohmann::json row, const std::string& why) { settle(std::move(row), "refused", why); };
     std::size_t pinned_count = 0;
     for (const pid_t pid : all_pids()) {
         if (held_sockets(pid, wanted).empty()) continue;
@@ -221,14 +210,8 @@ nlohmann::json kill_port_holders(std::uint16_t port, const PortKillRules& rules,
         if (!pinned) {
             const auto stat = read_proc_stat(pid);
             nlohmann::json row{{"pid", pid}, {"comm", stat ? stat->comm : ""}};
-            if (means_exited(refusal)) {
-                row["outcome"] = "already_gone";
-                row["detail"] = to_string(refusal);
-                rows.push_back(std::move(row));
-                targets.emplace_back();
-            } else {
-                refuse(std::move(row), std::string("never signalled: ") + to_string(refusal));
-            }
+            if (means_exited(refusal)) settle(std::move(row), "already_gone", to_string(refusal));
+            else refuse(std::move(row), std::string("never signalled: ") + to_string(refusal));
             continue;
         }
         // Read again after the pin: what is read now, confirmed by still_running() below, is of
@@ -237,8 +220,7 @@ nlohmann::json kill_port_holders(std::uint16_t port, const PortKillRules& rules,
         const PortHolder holder = describe_holder(pid, pinned->stat, membership);
         const auto uids = read_uids(pid);
         if (!pinned->pidfd.still_running()) {  // exited meanwhile
-            rows.push_back(nlohmann::json{{"pid", pid}, {"comm", holder.comm}, {"outcome", "already_gone"}, {"detail", "exited"}});
-            targets.emplace_back();
+            settle(nlohmann::json{{"pid", pid}, {"comm", holder.comm}}, "already_gone", "exited");
             continue;
         }
         if (!holds) continue;  // let go of the port meanwhile: not a holder

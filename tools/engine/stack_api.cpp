@@ -15,11 +15,6 @@
 #include "engine/stack_internal.h"
 
 namespace hbwatch::tool {
-namespace {
-
-std::string json_text(const nlohmann::json& value) { return value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }
-
-}  // namespace
 
 // The heartbeat entries of the units' processes, read once per request: one pass over each
 // table the programs use, and /proc read only for the entries of the stack's pids.

@@ -181,6 +181,9 @@ private:
     std::uint64_t next_watchdog_ns_ = 0;  // 0: no watchdog asked for
 };
 
+/// A control reply's JSON: invalid UTF-8 (a name, a path, output) replaced, never thrown on.
+inline std::string json_text(const nlohmann::json& value) { return value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }
+
 /// The heartbeat table a program registers in: its HBWATCH_KEY, else procctl's.
 key_t table_key(const ProgramConfig& program);
 

@@ -30,8 +30,6 @@ namespace {
 constexpr Phase kShownPhases[] = {Phase::waiting, Phase::starting, Phase::ready,  Phase::stopping,
                                   Phase::backoff, Phase::stopped,  Phase::exited, Phase::gave_up};
 
-std::string json_text(const nlohmann::json& value) { return value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }
-
 // The tables at `keys`, read whole: on a worker thread.
 std::vector<Table> open_tables(const std::vector<key_t>& keys) {
     std::vector<Table> tables;
