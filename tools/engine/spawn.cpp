@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 
 #include "engine/cgroup.h"
 
@@ -106,7 +107,24 @@ const char* SpawnFailure::what() const noexcept {
     return "exec";
 }
 
-pid_t spawn(const SpawnPlan& plan, std::optional<SpawnFailure>& failure) {
+Launch::~Launch() {
+    if (report_fd_ >= 0) ::close(report_fd_);
+}
+
+std::optional<SpawnFailure> Launch::outcome() {
+    SpawnFailure reported{};
+    ssize_t n;
+    do {
+        n = ::read(report_fd_, &reported, sizeof reported);  // EOF: exec succeeded
+    } while (n < 0 && errno == EINTR);
+    ::close(std::exchange(report_fd_, -1));
+    if (n != sizeof reported) return std::nullopt;
+    return reported;
+}
+
+namespace {
+// The fork, with the child's end of its report pipe closed in the parent: the read end, or -1.
+int fork_child(const SpawnPlan& plan, pid_t& pid, std::optional<SpawnFailure>& failure) {
     failure.reset();
     int report[2];
     if (::pipe2(report, O_CLOEXEC) != 0) {
@@ -115,7 +133,7 @@ pid_t spawn(const SpawnPlan& plan, std::optional<SpawnFailure>& failure) {
     }
     const pid_t parent = ::getpid();
     bool joined = false;
-    const pid_t pid = fork_into(plan.cgroup, joined, plan.pidfd);
+    pid = fork_into(plan.cgroup, joined, plan.pidfd);
     if (pid == 0) become(plan, joined, parent, report[1]);
     const int fork_error = errno;
     ::close(report[1]);
@@ -124,20 +142,29 @@ pid_t spawn(const SpawnPlan& plan, std::optional<SpawnFailure>& failure) {
         failure = SpawnFailure{SpawnFailure::Stage::fork, fork_error};
         return -1;
     }
-    SpawnFailure reported{};
-    ssize_t n;
-    do {
-        n = ::read(report[0], &reported, sizeof reported);  // EOF: exec succeeded
-    } while (n < 0 && errno == EINTR);
-    ::close(report[0]);
-    if (n != sizeof reported) return pid;
+    return report[0];
+}
+}  // namespace
+
+std::optional<Launch> launch(const SpawnPlan& plan, std::optional<SpawnFailure>& failure) {
+    pid_t pid = -1;
+    const int report = fork_child(plan, pid, failure);
+    if (report < 0) return std::nullopt;
+    return Launch(pid, report);
+}
+
+pid_t spawn(const SpawnPlan& plan, std::optional<SpawnFailure>& failure) {
+    pid_t pid = -1;
+    const int report = fork_child(plan, pid, failure);
+    if (report < 0) return -1;
+    failure = Launch(pid, report).outcome();
+    if (!failure) return pid;
     int status;
     ::waitpid(pid, &status, __WALL);
     if (plan.pidfd != nullptr) {
         ::close(*plan.pidfd);
         *plan.pidfd = -1;
     }
-    failure = reported;
     return -1;
 }
 

@@ -7,6 +7,7 @@
 
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace hbwatch::tool {
@@ -45,6 +46,33 @@ struct SpawnFailure {
 /// Called once by a supervisor before its first spawn; its own signals come through a
 /// signalfd, blocked.
 void default_signal_dispositions();
+
+/// A child forked and not yet known to have exec'd. Its report pipe becomes readable when it
+/// exec'd (EOF) or failed before (a SpawnFailure, then it exits 127): a supervision loop polls
+/// it, so that a child the kernel is slow to schedule never holds the loop up.
+class Launch {
+public:
+    Launch(pid_t pid, int report_fd) noexcept : pid_(pid), report_fd_(report_fd) {}
+    Launch(Launch&& other) noexcept : pid_(other.pid_), report_fd_(std::exchange(other.report_fd_, -1)) {}
+    Launch& operator=(Launch&&) = delete;
+    Launch(const Launch&) = delete;
+    ~Launch();
+
+    [[nodiscard]] pid_t pid() const noexcept { return pid_; }
+    /// Poll it for POLLIN.
+    [[nodiscard]] int report_fd() const noexcept { return report_fd_; }
+    /// Once report_fd() is readable: nothing when the child exec'd (or died before it said
+    /// anything: its exit tells the rest), else what it could not do. Reads the pipe.
+    [[nodiscard]] std::optional<SpawnFailure> outcome();
+
+private:
+    pid_t pid_;
+    int report_fd_;
+};
+
+/// Forks `plan`'s child and returns at once: the Launch, or the failure to fork. The child's
+/// set-up is spawn()'s. The caller reaps the child (it sends SIGCHLD).
+[[nodiscard]] std::optional<Launch> launch(const SpawnPlan& plan, std::optional<SpawnFailure>& failure);
 
 /// Starts `plan` and returns once the child has exec'd (its pid), or the failure (the child,
 /// if there was one, reaped). The child: in its cgroup, a session of its own, default signal

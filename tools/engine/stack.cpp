@@ -108,6 +108,7 @@ int Stack::run(ControlServer& control) {
         fds.push_back(pollfd{sinks_ ? sinks_->log_fd() : -1, POLLIN, 0});
         for (auto& member : members_) {
             if (member->pidfd) fds.push_back(pollfd{member->pidfd->fd(), POLLIN, 0});
+            if (member->launching) fds.push_back(pollfd{member->launching->launch.report_fd(), POLLIN, 0});
             if (member->probe_fd >= 0) fds.push_back(pollfd{member->probe_fd, POLLOUT, 0});
             if (member->cgroup && (member->unit.phase() == Phase::stopping || member->unit.phase() == Phase::killing))
                 fds.push_back(pollfd{member->cgroup->events_fd(), POLLPRI, 0});
@@ -120,10 +121,13 @@ int Stack::run(ControlServer& control) {
         control.forget_old_answers();
         if (fds[2].revents & POLLIN) sinks_->write_log(log_);
         pipes_.drain(fds);
-        reap();
         auto has_event = [&](int fd) {
             return fd >= 0 && std::any_of(fds.begin(), fds.end(), [&](const pollfd& p) { return p.fd == fd && p.revents != 0; });
         };
+        // Before reap(): a program that exec'd and exited at once is the unit's before its exit is.
+        for (auto& member : members_)
+            if (member->launching && has_event(member->launching->launch.report_fd())) settle_launch(*member, monotonic_now_ns());
+        reap();
         for (auto& member : members_) {
             if (has_event(member->probe_fd)) finish_tcp_probe(*member, monotonic_now_ns());
             // Reading cgroup.events re-arms it: unread, it stays ready and poll returns at once.
@@ -140,7 +144,7 @@ void Stack::apply(Member& member, const UnitEvent& event, std::uint64_t now) {
 
 Facts Stack::facts_for(Member& member, std::uint64_t now) {
     Facts facts;
-    facts.may_start = member.unit.start_check_due(now) && may_start(member);
+    facts.may_start = !member.launching && member.unit.start_check_due(now) && may_start(member);
     facts.dependents_stopping = member.unit.phase() == Phase::stop_queued && dependents_stopping(member);
     facts.cgroup_populated = member.cgroup && member.unit.is_stopping() && member.cgroup->populated();
     return facts;
@@ -148,7 +152,9 @@ Facts Stack::facts_for(Member& member, std::uint64_t now) {
 
 void Stack::carry_out(Member& member, const Effect& effect, std::uint64_t now) {
     switch (effect.kind) {
-        case Effect::Kind::spawn: apply(member, start_process(member), now); break;
+        case Effect::Kind::spawn:
+            if (auto failed = start_process(member)) apply(member, *failed, now);
+            break;
         case Effect::Kind::signal: send(member, effect.signal); break;
         case Effect::Kind::kill:
             if (!(member.cgroup && member.cgroup->kill())) send(member, SIGKILL);
@@ -193,7 +199,7 @@ SpawnPlan Stack::plan_for(const Member& member, const std::vector<char*>& argv) 
     return plan;
 }
 
-UnitEvent Stack::start_process(Member& member) {
+std::optional<UnitEvent> Stack::start_process(Member& member) {
     if (!member.cgroup_taken) take_cgroup(member);  // a unit a reload added
     auto ends = pipes_.open_for(member.out, member.err);
     SpawnPlan plan = plan_for(member, member.argv);
@@ -201,33 +207,85 @@ UnitEvent Stack::start_process(Member& member) {
     plan.stderr_fd = ends.err;
     plan.keep_stdio = true;  // without a stdout or stderr file: procctl's own
     std::optional<SpawnFailure> failure;
-    const pid_t pid = spawn(plan, failure);
-    ends.close();
-    if (failure) {
+    auto started = launch(plan, failure);
+    ends.close();  // the child has its copies since the fork
+    if (!started) {
         UnitEvent failed{UnitEvent::Kind::spawn_failed};
         failed.what = failure->what();
         failed.error = failure->error;
         return failed;
     }
     // Our unreaped child: its pid cannot change hands, so the pidfd and identity are its.
-    if (auto pinned = Pidfd::pin(pid, nullptr, /*for_signal=*/false)) {
+    auto pinned = Pidfd::pin(started->pid(), nullptr, /*for_signal=*/false);
+    member.launching.emplace(std::move(*started), std::move(pinned));
+    return std::nullopt;
+}
+
+// The child's report came: the unit hears that its program started, or could not. A unit that
+// no longer wants it (stopped meanwhile) never hears of it, and the child, never told to
+// anyone, is killed: it is milliseconds old and ours, unreaped.
+void Stack::settle_launch(Member& member, std::uint64_t now) {
+    auto& launching = *member.launching;
+    const pid_t pid = launching.launch.pid();
+    const auto failure = launching.launch.outcome();
+    auto pinned = std::move(launching.pinned);
+    const auto exit_status = launching.exit_status;
+    const std::uint64_t forked_ns = launching.forked_ns;
+    const bool killed = launching.killed;  // a start stopped, then asked for again: the next one
+    member.launching.reset();
+    const bool wanted = !killed && wants_launch(member);
+    if (failure) {  // the child exits 127 at once; reap() takes it as nobody's
+        if (!wanted) return;
+        UnitEvent failed{UnitEvent::Kind::spawn_failed};
+        failed.what = failure->what();
+        failed.error = failure->error;
+        apply(member, failed, now);
+        return;
+    }
+    if (!wanted) {
+        if (!killed && !exit_status && pinned) (void)pinned->pidfd.send(SIGKILL, nullptr);
+        log_.info("{}: not started after all (stopped while it was being started): pid {} killed before its exec", member.name(), pid);
+        return;
+    }
+    if (pinned) {
         member.identity = pinned->identity;
         member.pidfd.emplace(std::move(pinned->pidfd));
     }
     UnitEvent spawned{UnitEvent::Kind::spawned};
     spawned.pid = pid;
-    return spawned;
+    spawned.forked_ns = forked_ns;
+    apply(member, spawned, now);
+    if (exit_status) main_exited(member, *exit_status, now);
 }
 
-// Time passed: each unit looks at its deadlines, and at starting or stopping when due.
+// Where begin_start() left it (backoff until its next tick), or waiting, and still to run.
+bool Stack::wants_launch(const Member& member) {
+    const Phase phase = member.unit.phase();
+    return (phase == Phase::waiting || phase == Phase::backoff) && member.unit.goal() == Goal::up;
+}
+
+Phase Stack::shown_phase(const Member& member) {
+    return member.launching && wants_launch(member) ? Phase::starting : member.unit.phase();
+}
+
+// Time passed: each unit looks at its deadlines, and at starting or stopping when due. A start
+// in flight that its unit no longer wants (stopped meanwhile) is killed now, not at its exec:
+// a child the kernel holds (a frozen cgroup, a starved host) may not get there soon.
 void Stack::step(std::uint64_t now) {
-    for (auto& member : members_) apply(*member, UnitEvent{UnitEvent::Kind::tick}, now);
+    for (auto& member : members_) {
+        apply(*member, UnitEvent{UnitEvent::Kind::tick}, now);
+        auto& launching = member->launching;
+        if (launching && !launching->killed && !launching->exit_status && !wants_launch(*member) && launching->pinned) {
+            launching->killed = true;
+            (void)launching->pinned->pidfd.send(SIGKILL, nullptr);
+        }
+    }
 }
 
 bool Stack::everything_stopped() const {
     return std::none_of(members_.begin(), members_.end(), [](const auto& m) {
         const Phase phase = m->unit.phase();
-        return m->unit.running() || m->unit.is_stopping() || phase == Phase::starting || phase == Phase::ready ||
+        return m->launching || m->unit.running() || m->unit.is_stopping() || phase == Phase::starting || phase == Phase::ready ||
                phase == Phase::waiting || phase == Phase::backoff;
     });
 }
@@ -339,10 +397,11 @@ void Stack::probe(Member& member, std::uint64_t now) {
             if (member.probe_pid != 0) return;  // the check is running
             // The check runs as the program does: its user, directory and cgroup; its output goes
             // nowhere. One that cannot start is a check that did not pass.
+            // Not waited for: its exit status says it all. One that cannot start exits 127 (or
+            // by SIGPIPE, its report pipe closed here): a check that did not pass.
             std::optional<SpawnFailure> failure;
-            const pid_t pid = spawn(plan_for(member, member.probe_argv), failure);
-            if (pid > 0) {
-                member.probe_pid = pid;
+            if (const auto started = launch(plan_for(member, member.probe_argv), failure)) {
+                member.probe_pid = started->pid();
                 member.probe_start = member.unit.starts();
             }
             return;
@@ -439,16 +498,22 @@ void Stack::reap() {
                 answer.what = "its check command succeeded";
                 apply(member, answer, now);
             } else if (pid == member.unit.pid()) {
-                member.pidfd.reset();
-                read_hang_stop(member);  // before its slots are freed below
-                ended_.push_back(member.identity);
-                release_slots_of(ended_, member.env_storage, log_);
-                UnitEvent exited{UnitEvent::Kind::exited};
-                exited.status = status;
-                apply(member, exited, now);
+                main_exited(member, status, now);
+            } else if (member.launching && pid == member.launching->launch.pid()) {
+                member.launching->exit_status = status;  // told once its report is read
             }
         }
     }
+}
+
+void Stack::main_exited(Member& member, int status, std::uint64_t now) {
+    member.pidfd.reset();
+    read_hang_stop(member);  // before its slots are freed below
+    ended_.push_back(member.identity);
+    release_slots_of(ended_, member.env_storage, log_);
+    UnitEvent exited{UnitEvent::Kind::exited};
+    exited.status = status;
+    apply(member, exited, now);
 }
 
 void Stack::drain_to_end() {

@@ -69,7 +69,7 @@ nlohmann::json Stack::describe(const Member& member, std::uint64_t now, Heartbea
     const Unit& unit = member.unit;
     nlohmann::json o{{"name", unit.name()},
                      {"program", unit.program().name},
-                     {"state", to_string(unit.phase())},
+                     {"state", to_string(shown_phase(member))},
                      {"restarts", unit.starts() > 0 ? unit.starts() - 1 : 0}};
     o["pid"] = unit.running() ? nlohmann::json(unit.pid()) : nlohmann::json(nullptr);
     o["uptime_seconds"] = unit.running() ? nlohmann::json(static_cast<double>(ms_between(unit.started_ns(), now).count()) / 1000.0)
@@ -79,7 +79,7 @@ nlohmann::json Stack::describe(const Member& member, std::uint64_t now, Heartbea
     nlohmann::json waiting_for = nlohmann::json::array();
     if (unit.phase() == Phase::waiting)
         for (const Member* dependency : unready_dependencies(member))
-            waiting_for.push_back({{"name", dependency->name()}, {"state", to_string(dependency->unit.phase())}});
+            waiting_for.push_back({{"name", dependency->name()}, {"state", to_string(shown_phase(*dependency))}});
     o["waiting_for"] = std::move(waiting_for);
     if (unit.goal() == Goal::retire) o["retiring"] = true;  // a reload removed or replaced it: stopping, then gone
     return o;

@@ -120,9 +120,10 @@ void Stack::on_transition(const Unit& unit, const Change& change) {
 
 void Stack::started_event(Member& member) {
     const Unit& unit = member.unit;
-    emit_for(member, EventKind::started, "started " + unit.name() + " as pid " + std::to_string(unit.pid()),
-             {{"start", unit.starts()}});
     const std::uint64_t now = monotonic_now_ns();
+    // From the fork to the exec seen: long on a starved host, or a slow filesystem.
+    emit_for(member, EventKind::started, "started " + unit.name() + " as pid " + std::to_string(unit.pid()),
+             {{"start", unit.starts()}, {"exec_seconds", seconds(ms_between(unit.started_ns(), now))}});
     const std::uint64_t window = to_ns(config_.events.storm_window);
     member.recent_starts.push_back(now);
     while (!member.recent_starts.empty() && member.recent_starts.front() + window < now) member.recent_starts.pop_front();

@@ -53,6 +53,17 @@ struct Member {
     OutputFile* err = nullptr;
     std::optional<Pidfd> pidfd;  // of unit.pid(), opened while it was our unreaped child
     ProcessIdentity identity;
+    // A start in flight: forked, its exec not yet reported. The unit hears of it once the
+    // report comes (spawned, or spawn_failed), so the loop never waits on a child's first steps.
+    struct Launching {
+        Launching(Launch started, std::optional<Pinned> held) : launch(std::move(started)), pinned(std::move(held)) {}
+        Launch launch;
+        std::optional<Pinned> pinned;    // its pidfd and identity, taken while it was surely ours
+        std::optional<int> exit_status;  // reaped before its report was read
+        std::uint64_t forked_ns = monotonic_now_ns();
+        bool killed = false;  // SIGKILLed: its unit stopped meanwhile
+    };
+    std::optional<Launching> launching;
     std::string said_waiting;  // the last "waits for" said about it, not to repeat it
     sockaddr_storage probe_address{};  // tcp readiness: HOST:PORT, resolved when the config was read
     socklen_t probe_address_length = 0;
@@ -92,7 +103,14 @@ private:
     void apply(Member& member, const UnitEvent& event, std::uint64_t now);
     Facts facts_for(Member& member, std::uint64_t now);
     void carry_out(Member& member, const Effect& effect, std::uint64_t now);
-    UnitEvent start_process(Member& member);
+    /// Forks the unit's program (see Member::launching): the event to apply at once when it
+    /// cannot even fork, else nothing until settle_launch().
+    std::optional<UnitEvent> start_process(Member& member);
+    void settle_launch(Member& member, std::uint64_t now);
+    [[nodiscard]] static bool wants_launch(const Member& member);
+    /// Its phase as operators see it: starting while its start is in flight.
+    [[nodiscard]] static Phase shown_phase(const Member& member);
+    void main_exited(Member& member, int status, std::uint64_t now);
     static SpawnPlan plan_for(const Member& member, const std::vector<char*>& argv);
     void step(std::uint64_t now);
     [[nodiscard]] bool everything_stopped() const;

@@ -255,7 +255,7 @@ void Stack::finish_reload(const StackConfig& next, const nlohmann::json& report,
 // Drops the retired units that have stopped, and the output files nothing uses any more.
 // True when a unit was dropped.
 bool Stack::drop_retired() {
-    if (std::erase_if(members_, [](const auto& m) { return m->unit.retired(); }) == 0) return false;
+    if (std::erase_if(members_, [](const auto& m) { return m->unit.retired() && !m->launching; }) == 0) return false;
     drop_unused_outputs();
     return true;
 }

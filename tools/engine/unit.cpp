@@ -117,14 +117,15 @@ std::vector<Effect> Unit::on(const UnitEvent& event, std::uint64_t now, const Fa
             break;
         case Kind::spawned:
             pid_ = event.pid;
-            started_ns_ = now;
+            // Its uptime and its ready_timeout count from the fork: a slow exec is its start's.
+            started_ns_ = event.forked_ns != 0 && event.forked_ns <= now ? event.forked_ns : now;
             ++starts_;
             log(out, Effect::Level::info, "started " + name_ + " as pid " + std::to_string(pid_));
             if (program_->ready.kind == ReadyCheck::Kind::started) {
                 become_ready(out, now, "started");
             } else {
                 due_ns_ = now;
-                deadline_ns_ = now + to_ns(program_->ready_timeout);
+                deadline_ns_ = started_ns_ + to_ns(program_->ready_timeout);
                 enter(Phase::starting);
             }
             break;

@@ -46,7 +46,7 @@ struct Facts {
 struct UnitEvent {
     enum class Kind {
         tick,          // time passed: deadlines, due starts, due probes
-        spawned,       // the stack started it: `pid`
+        spawned,       // the stack started it: `pid`, exec'd; forked at `forked_ns`
         spawn_failed,  // it could not: `what`, `error`
         ready,         // its readiness check passed: `what` says how
         probe_failed,  // an exec check exited non-zero: try again later
@@ -64,6 +64,7 @@ struct UnitEvent {
     int status = 0;
     int error = 0;
     std::uint64_t bytes = 0;
+    std::uint64_t forked_ns = 0;  // spawned: 0 for now
     std::string what;
 };
 
