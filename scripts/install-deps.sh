@@ -28,6 +28,7 @@ if [ "$what" = all ]; then
     openssl                            # test certificates for the TLS listener
     chromium                           # the status page, rendered headless
     python3                            # drives Chromium's DevTools pipe to press the page's buttons
+    systemd libsystemd-dev             # sd_notify's real clients: systemd-notify, and libsystemd
   )
 fi
 

@@ -348,7 +348,7 @@ TEST_CASE("a start whose child the kernel holds before its exec holds nothing el
     Scratch dir;
     const fs::path config = dir.dir / "stack.yaml";
     std::ofstream(config) << "run_dir: " << (dir.dir / "run").string() << "\nprograms:\n"
-                          << "  held: {command: [sleep, '1000']}\n"
+                          << "  held: {command: [sleep, '1000'], ready_timeout: 2s}\n"
                           << "  other: {command: [sleep, '1000'], restart_delay: 0s}\n";
     Process stack({hbtest::bin("procctl"), "-f", "-c", config.string()});
     REQUIRE(stack.wait_for_output_count("is ready", 2, 30s));
@@ -408,6 +408,14 @@ TEST_CASE("a start whose child the kernel holds before its exec holds nothing el
     other_restarts();
     CHECK(program(socket, "held")["state"] == "stopped");
     CHECK(program(socket, "held")["pid"].is_null());
+
+    // Held past its ready_timeout: a failed start, killed, then tried again after its backoff.
+    freeze(true);
+    ask({"start", "held"});
+    REQUIRE(stack.wait_for_output("cannot start held: its exec within its ready_timeout (2.0s) failed", 30s));
+    CHECK(hbtest::eventually([&] { return read_file(cgroup / "cgroup.procs").empty(); }));
+    freeze(false);
+    CHECK(hbtest::eventually([&] { return program(socket, "held")["state"] == "ready"; }, 30s));
     ::kill(stack.pid(), SIGTERM);
     REQUIRE(stack.wait_exit(30s));
     CHECK(WEXITSTATUS(stack.wait()) == 0);

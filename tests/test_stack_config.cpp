@@ -120,7 +120,7 @@ TEST_CASE("config errors name the file, line, column and key, and say what is al
     CHECK(error_of([] { (void)parse_stack_config("programs:\n  a:\n    command: [x]\n    restrat: always\n", "stack.yaml"); }) ==
           "stack.yaml:4:5: program 'a': unknown key 'restrat': the keys allowed here are command, ready, ready_timeout, "
           "after, directory, environment, user, restart, restart_delay, max_restarts, stop_signal, stop_grace, stdout, "
-          "stderr, log_max_size, log_files, instances, max_rss, autostart, inherit_environment");
+          "stderr, log_max_size, log_files, instances, max_rss, autostart, inherit_environment, notify, watchdog");
     CHECK(error_of([] { (void)parse_stack_config("programs:\n  a:\n    command: [x]\n    stop_grace: soon\n", "stack.yaml"); }) ==
           "stack.yaml:4:17: program 'a': stop_grace: bad duration 'soon': it does not start with a whole, non-negative "
           "number; write it like 500ms, 5s, 2m, 1h, 7d or a number of seconds");
@@ -132,6 +132,21 @@ TEST_CASE("config errors name the file, line, column and key, and say what is al
           "s.yaml:3:5: program 'a': command is missing: give command: [program, args...]");
     CHECK(error_of([] { (void)parse_stack_config("programs:\n  a:\n    command: [x]\n    ready: tcp:localhost\n", "s.yaml"); }) ==
           "s.yaml:4:12: ready: 'tcp:localhost' is not tcp:HOST:PORT (for example tcp:127.0.0.1:8080)");
+    CHECK(error_of([] { (void)parse_stack_config("programs:\n  a:\n    command: [x]\n    watchdog: 2s\n    notify: false\n", "s.yaml"); }) ==
+          "s.yaml:5:13: program 'a': notify: false, but watchdog needs its NOTIFY_SOCKET: remove notify: false");
+    CHECK(error_of([] { (void)parse_stack_config("programs:\n  a:\n    command: [x]\n    watchdog: 10ms\n", "s.yaml"); })
+              .starts_with("s.yaml:4:15: program 'a': watchdog: "));
+    CHECK(error_of([] { (void)parse_stack_config("run_dir: /run/" + std::string(80, 'd') + "\nprograms:\n  abcdefghijklmnopqrstu:\n    command: [x]\n    ready: notify\n", "s.yaml"); })
+              .find("its NOTIFY_SOCKET /run/ddd") != std::string::npos);
+    {
+        const auto config = parse_stack_config("programs:\n  a: {command: [x], ready: notify}\n  b: {command: [x], watchdog: 30s}\n  c: {command: [x], notify: true}\n  d: {command: [x]}\n", "s.yaml");
+        CHECK(config.programs[0].notify);
+        CHECK(config.programs[0].ready.kind == hbwatch::tool::ReadyCheck::Kind::notify);
+        CHECK(config.programs[1].notify);
+        CHECK(config.programs[1].watchdog == 30s);
+        CHECK(config.programs[2].notify);
+        CHECK_FALSE(config.programs[3].notify);
+    }
     CHECK(error_of([] { (void)parse_stack_config("programs:\n  a:\n    command: [x]\n    stop_signal: STOP\n", "s.yaml"); }) ==
           "s.yaml:4:18: program 'a': stop_signal: 'STOP' is not one of TERM, INT, HUP, QUIT, USR1, USR2, KILL");
     CHECK(error_of([] { (void)parse_stack_config("programs:\n  a:\n    command: [x]\n    instances: 0\n", "s.yaml"); }) ==

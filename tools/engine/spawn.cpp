@@ -77,6 +77,13 @@ pid_t fork_into(const Cgroup* cgroup, bool& joined, int* pidfd) {
         if (::setgroups(count, count ? plan.groups->data() : nullptr) != 0 || ::setgid(plan.gid) != 0 || ::setuid(*plan.uid) != 0)
             fail(SpawnFailure::Stage::user);
     }
+    if (plan.own_pid != nullptr) {  // digits by hand: nothing that may allocate after a fork
+        char digits[kPidDigits];
+        std::size_t count = 0;
+        for (auto pid = static_cast<unsigned long>(::getpid()); pid > 0 && count < kPidDigits; pid /= 10) digits[count++] = static_cast<char>('0' + pid % 10);
+        for (std::size_t i = 0; i < count; ++i) plan.own_pid[i] = digits[count - 1 - i];
+        plan.own_pid[count] = '\0';
+    }
     // If procctl dies, even by SIGKILL, the program goes with it (the cgroup keeps the rest).
     // After setuid, which clears it; then a parent that died before it was set is caught.
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);

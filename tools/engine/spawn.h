@@ -5,6 +5,7 @@
 
 #include <sys/types.h>
 
+#include <cstddef>
 #include <optional>
 #include <string>
 #include <utility>
@@ -26,11 +27,16 @@ struct SpawnPlan {
     int stdout_fd = -1;              // -1: see keep_stdio
     int stderr_fd = -1;
     bool keep_stdio = false;  // with no fd given: the parent's own stdout/stderr, else /dev/null
+    // Set: the child writes its own pid there, in decimal and NUL-terminated, before its exec
+    // (room for kPidDigits + 1): an environment entry such as WATCHDOG_PID= that only the child knows.
+    char* own_pid = nullptr;
     // Set: the child sends no SIGCHLD and waitpid(-1) does not see it; its pidfd is stored here,
     // and the caller waits on it (waitid P_PIDFD with __WALL). For helpers run beside a loop
     // that reaps every child.
     int* pidfd = nullptr;
 };
+
+inline constexpr std::size_t kPidDigits = 10;
 
 /// What a child could not do before exec, as it reports it on its CLOEXEC pipe.
 struct SpawnFailure {

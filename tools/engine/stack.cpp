@@ -92,6 +92,7 @@ int Stack::run(ControlServer& control) {
             if (!dropped && phases() == before) break;
         }
         check_heartbeats(now);
+        check_watchdogs(now);
         tell_supervisor(now);
         if (stopping_all_ && everything_stopped()) {
             drain_to_end();
@@ -113,6 +114,13 @@ int Stack::run(ControlServer& control) {
             if (member->cgroup && (member->unit.phase() == Phase::stopping || member->unit.phase() == Phase::killing))
                 fds.push_back(pollfd{member->cgroup->events_fd(), POLLPRI, 0});
             if (const std::uint64_t at = member->unit.next_wake(); at > 0) wake = std::min(wake, std::max(at, now));
+            if (member->notify) fds.push_back(pollfd{member->notify->fd(), POLLIN, 0});
+            if (member->watchdog_due_ns != 0) wake = std::min(wake, std::max(member->watchdog_due_ns, now));
+            if (const auto& launching = member->launching) {
+                const std::uint64_t at = launching->killed ? launching->killed_ns + to_ns(kLaunchKillWait)
+                                                           : launching->forked_ns + to_ns(member->program().ready_timeout);
+                wake = std::min(wake, std::max(at, now));
+            }
         }
         pipes_.add_pollfds(fds);
         if (!poll_events(fds, poll_timeout_ms(wake, monotonic_now_ns()), log_)) continue;
@@ -127,6 +135,9 @@ int Stack::run(ControlServer& control) {
         // Before reap(): a program that exec'd and exited at once is the unit's before its exit is.
         for (auto& member : members_)
             if (member->launching && has_event(member->launching->launch.report_fd())) settle_launch(*member, monotonic_now_ns());
+        // And before reap(): what a program said before it exited is about that run.
+        for (auto& member : members_)
+            if (member->notify && has_event(member->notify->fd())) read_notifications(*member, monotonic_now_ns());
         reap();
         for (auto& member : members_) {
             if (has_event(member->probe_fd)) finish_tcp_probe(*member, monotonic_now_ns());
@@ -206,6 +217,12 @@ std::optional<UnitEvent> Stack::start_process(Member& member) {
     plan.stdout_fd = ends.out;
     plan.stderr_fd = ends.err;
     plan.keep_stdio = true;  // without a stdout or stderr file: procctl's own
+    plan.own_pid = member.watchdog_pid;
+    // What it says on its notify socket is about this start from here on.
+    member.said_ready = false;
+    member.said_status.clear();
+    member.said_state.clear();
+    member.said_errno = 0;
     std::optional<SpawnFailure> failure;
     auto started = launch(plan, failure);
     ends.close();  // the child has its copies since the fork
@@ -243,14 +260,22 @@ void Stack::settle_launch(Member& member, std::uint64_t now) {
         return;
     }
     if (!wanted) {
-        if (!killed && !exit_status && pinned) (void)pinned->pidfd.send(SIGKILL, nullptr);
-        log_.info("{}: not started after all (stopped while it was being started): pid {} killed before its exec", member.name(), pid);
+        if (!killed && !exit_status) {  // it exec'd as its unit was stopped: it and what it started go
+            if (!(pinned && pinned->pidfd.send(SIGKILL, nullptr))) ::kill(pid, SIGKILL);
+            if (member.cgroup && !member.unit.running()) member.cgroup->kill();
+        }
+        if (!killed) log_.info("{}: not started after all (stopped while it was being started): pid {} killed", member.name(), pid);
         return;
     }
     if (pinned) {
         member.identity = pinned->identity;
         member.pidfd.emplace(std::move(pinned->pidfd));
     }
+    // Its watchdog runs from its exec seen: a program cannot ping before it runs, and a host
+    // slow to run it (see README, Limits) must not make that a hang.
+    member.watchdog = member.program().watchdog;
+    member.last_ping_ns = 0;
+    member.watchdog_due_ns = member.watchdog.count() > 0 ? now + to_ns(member.watchdog) : 0;
     UnitEvent spawned{UnitEvent::Kind::spawned};
     spawned.pid = pid;
     spawned.forked_ns = forked_ns;
@@ -274,12 +299,39 @@ Phase Stack::shown_phase(const Member& member) {
 void Stack::step(std::uint64_t now) {
     for (auto& member : members_) {
         apply(*member, UnitEvent{UnitEvent::Kind::tick}, now);
-        auto& launching = member->launching;
-        if (launching && !launching->killed && !launching->exit_status && !wants_launch(*member) && launching->pinned) {
-            launching->killed = true;
-            (void)launching->pinned->pidfd.send(SIGKILL, nullptr);
-        }
+        if (member->launching) watch_launch(*member, now);
     }
+}
+
+// A start in flight that its unit no longer wants, or that has not reached its exec within
+// ready_timeout (a cgroup left frozen, an exec from a hung mount): killed, the latter a failed
+// start with its backoff. One that outlives SIGKILL (D state) is let go after kLaunchKillWait,
+// so that nothing waits on it forever; reap() takes it as nobody's if it ever ends.
+void Stack::watch_launch(Member& member, std::uint64_t now) {
+    auto& launching = *member.launching;
+    if (launching.exit_status) return;  // its report is at hand
+    if (launching.killed) {
+        if (now < launching.killed_ns + to_ns(kLaunchKillWait)) return;
+        log_.error("{}: pid {} is still there {} after SIGKILL, before its exec; leaving it", member.name(), launching.launch.pid(),
+                   human_duration(kLaunchKillWait));
+        member.launching.reset();
+        return;
+    }
+    // (`now` is the turn's: a fork in this very turn is later than it)
+    const bool timed_out = now >= launching.forked_ns + to_ns(member.program().ready_timeout);
+    if (wants_launch(member) && !timed_out) return;
+    launching.killed = true;
+    launching.killed_ns = now;
+    // Our unreaped child: without a pidfd its pid is still its own.
+    if (!(launching.pinned && launching.pinned->pidfd.send(SIGKILL, nullptr))) ::kill(launching.launch.pid(), SIGKILL);
+    if (!wants_launch(member)) {
+        log_.info("{}: not started after all (stopped while it was being started): pid {} killed", member.name(), launching.launch.pid());
+        return;
+    }
+    UnitEvent failed{UnitEvent::Kind::spawn_failed};
+    failed.what = "its exec within its ready_timeout (" + human_duration(member.program().ready_timeout) + ")";
+    failed.error = ETIME;
+    apply(member, failed, now);
 }
 
 bool Stack::everything_stopped() const {
@@ -374,6 +426,10 @@ void Stack::probe(Member& member, std::uint64_t now) {
     UnitEvent is_ready{UnitEvent::Kind::ready};
     switch (ready.kind) {
         case ReadyCheck::Kind::started: is_ready.what = "started"; break;
+        case ReadyCheck::Kind::notify:  // READY=1 that came before its exec was seen, else when it comes
+            if (!member.said_ready) return;
+            is_ready.what = "READY=1";
+            break;
         case ReadyCheck::Kind::beat:
             if (!beat_seen(member)) return;
             is_ready.what = "its first heartbeat";
@@ -508,6 +564,8 @@ void Stack::reap() {
 
 void Stack::main_exited(Member& member, int status, std::uint64_t now) {
     member.pidfd.reset();
+    member.watchdog_due_ns = 0;
+    member.exit_errno = member.said_errno;
     read_hang_stop(member);  // before its slots are freed below
     ended_.push_back(member.identity);
     release_slots_of(ended_, member.env_storage, log_);

@@ -74,10 +74,29 @@ nlohmann::json Stack::describe(const Member& member, std::uint64_t now, Heartbea
     o["pid"] = unit.running() ? nlohmann::json(unit.pid()) : nlohmann::json(nullptr);
     o["uptime_seconds"] = unit.running() ? nlohmann::json(static_cast<double>(ms_between(unit.started_ns(), now).count()) / 1000.0)
                                          : nlohmann::json(nullptr);
-    o["last_exit"] = unit.last_exit().empty() ? nlohmann::json(nullptr) : nlohmann::json(unit.last_exit());
+    std::string last_exit = unit.last_exit();
+    if (!last_exit.empty() && member.exit_errno != 0)
+        last_exit += " (it said ERRNO=" + std::to_string(member.exit_errno) + ": " + std::strerror(member.exit_errno) + ")";
+    o["last_exit"] = last_exit.empty() ? nlohmann::json(nullptr) : nlohmann::json(last_exit);
     o["heartbeats"] = beats.of(member, now);
+    o["status"] = member.said_status.empty() ? nlohmann::json(nullptr) : nlohmann::json(member.said_status);
+    if (member.program().notify) {
+        o["notify"] = {{"socket", member.notify ? member.notify->path() : std::string()},
+                       {"state", member.said_state.empty() ? nlohmann::json(nullptr) : nlohmann::json(member.said_state)},
+                       {"refused", member.notify_refused},
+                       {"dropped", member.notify_drops.truncated + member.notify_drops.malformed}};
+        // Its WATCHDOG=1 pings, in the same column as the table's heartbeats: one kind of heartbeat.
+        if (member.watchdog.count() > 0 && unit.running()) {
+            const std::uint64_t since = now - std::min(now, member.last_ping_ns != 0 ? member.last_ping_ns : unit.started_ns());
+            const bool overdue = member.watchdog_due_ns != 0 && now >= member.watchdog_due_ns;
+            o["heartbeats"].push_back({{"name", "sd_notify watchdog"},
+                                       {"state", overdue ? "hung" : since * 2 > to_ns(member.watchdog) ? "late" : "ok"},
+                                       {"since_beat_seconds", static_cast<double>(since / 1'000'000) / 1000.0},
+                                       {"timeout_seconds", static_cast<double>(member.watchdog.count()) / 1000.0}});
+        }
+    }
     nlohmann::json waiting_for = nlohmann::json::array();
-    if (unit.phase() == Phase::waiting)
+    if (shown_phase(member) == Phase::waiting)
         for (const Member* dependency : unready_dependencies(member))
             waiting_for.push_back({{"name", dependency->name()}, {"state", to_string(shown_phase(*dependency))}});
     o["waiting_for"] = std::move(waiting_for);

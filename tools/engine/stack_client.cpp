@@ -73,6 +73,8 @@ std::string note_column(const json& program) {
         return text;
     }
     std::string text = program["last_exit"].is_null() ? "-" : program["last_exit"].get<std::string>();
+    if (program.contains("status") && program["status"].is_string())  // what it said (sd_notify STATUS=)
+        text = "\"" + program["status"].get<std::string>() + "\"" + (program["last_exit"].is_null() ? "" : "; last exit: " + text);
     if (program.value("retiring", false)) text = "(removed or replaced by a reload) " + text;
     return text;
 }
@@ -99,7 +101,7 @@ int stack_status(const std::string& run_dir, const std::vector<std::string>& nam
         std::cout << programs.dump(2) << "\n";
     } else {
         std::printf("%-20s %-9s %8s %10s %8s  %-16s %s\n", "PROGRAM", "STATE", "PID", "UPTIME", "RESTARTS", "HEARTBEAT",
-                    "LAST EXIT");
+                    "STATUS OR LAST EXIT");
         for (const auto& p : programs) {
             const std::string uptime = p["uptime_seconds"].is_null()
                                            ? "-"

@@ -214,6 +214,10 @@ ReadyCheck read_ready(const Reader& reader, const YAML::Node& node) {
     const std::string value = reader.text(node, "ready");
     ReadyCheck ready;
     if (value == "started") return ready;
+    if (value == "notify") {
+        ready.kind = ReadyCheck::Kind::notify;
+        return ready;
+    }
     if (value == "beat") {
         ready.kind = ReadyCheck::Kind::beat;
         return ready;
@@ -235,13 +239,13 @@ ReadyCheck read_ready(const Reader& reader, const YAML::Node& node) {
         if (ready.command.empty()) reader.fail(node, "ready: exec: give a command, such as exec:/opt/app/check --quick");
         return ready;
     }
-    reader.fail(node, "ready: '" + value + "' is not one of started, beat, tcp:HOST:PORT, exec:COMMAND");
+    reader.fail(node, "ready: '" + value + "' is not one of started, beat, notify, tcp:HOST:PORT, exec:COMMAND");
 }
 
 const std::vector<std::string> kProgramKeys = {
     "command",      "ready",       "ready_timeout", "after",     "directory", "environment", "user",
     "restart",      "restart_delay", "max_restarts", "stop_signal", "stop_grace", "stdout",     "stderr",
-    "log_max_size", "log_files",   "instances",     "max_rss",   "autostart", "inherit_environment"};
+    "log_max_size", "log_files",   "instances",     "max_rss",   "autostart", "inherit_environment", "notify", "watchdog"};
 
 ProgramConfig read_program(const Reader& reader, const YAML::Node& key, const YAML::Node& node) {
     ProgramConfig p;
@@ -338,6 +342,14 @@ ProgramConfig read_program(const Reader& reader, const YAML::Node& key, const YA
     if (auto n = node["instances"]) p.instances = reader.number(n, where + "instances", 1, kMaxInstances);
     if (auto n = node["max_rss"]) p.max_rss = reader.size(n, where + "max_rss");
     if (auto n = node["autostart"]) p.autostart = reader.flag(n, where + "autostart");
+    if (auto n = node["notify"]) p.notify = reader.flag(n, where + "notify");
+    if (auto n = node["watchdog"]) p.watchdog = reader.duration(n, where + "watchdog", kWatchdogRange);
+    if (p.ready.kind == ReadyCheck::Kind::notify || p.watchdog.count() > 0) {
+        if (node["notify"] && !p.notify)
+            reader.fail(node["notify"], where + "notify: false, but " + (p.watchdog.count() > 0 ? "watchdog" : "ready: notify") +
+                                            " needs its NOTIFY_SOCKET: remove notify: false");
+        p.notify = true;
+    }
     return p;
 }
 
@@ -569,11 +581,21 @@ StackConfig parse_stack_config(const std::string& text, const std::string& path)
     for (auto it = programs.begin(); it != programs.end(); ++it) {
         ProgramConfig p = read_program(reader, it->first, it->second);
         if (!seen.insert(p.name).second) reader.fail(it->first, "program '" + p.name + "' is defined twice");
+        std::string instance = p.name;  // built in steps: g++ 12 warns falsely (-Wrestrict) on "@" + ...
+        if (p.instances > 1) instance.append(1, '@').append(std::to_string(p.instances));
+        const std::string longest = notify_socket_path(config.run_dir, instance);
+        if (p.notify && longest.size() >= 108)
+            reader.fail(it->first, "program '" + p.name + "': its NOTIFY_SOCKET " + longest +
+                                       " is too long for a unix socket (108 bytes): use a shorter run_dir or name");
         after_nodes[p.name] = it->second["after"] ? it->second["after"] : it->first;
         read.push_back(std::move(p));
     }
     config.programs = in_start_order(std::move(read), reader, after_nodes);
     return config;
+}
+
+std::string notify_socket_path(const std::string& run_dir, const std::string& instance) {
+    return run_dir + "/notify/" + instance + ".sock";
 }
 
 StackConfig load_stack_config(const std::string& path) {

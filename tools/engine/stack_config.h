@@ -25,6 +25,7 @@ inline constexpr DurationRange kRestartDelayRange{std::chrono::milliseconds(0), 
 inline constexpr DurationRange kStopGraceRange{std::chrono::milliseconds(0), std::chrono::hours(24)};
 inline constexpr DurationRange kMaxBackoffRange{std::chrono::seconds(1), std::chrono::hours(24)};
 inline constexpr DurationRange kRestartWindowRange{std::chrono::seconds(1), std::chrono::hours(24 * 30)};
+inline constexpr DurationRange kWatchdogRange{std::chrono::milliseconds(100), std::chrono::hours(24)};
 inline constexpr DurationRange kReadyTimeoutRange{std::chrono::milliseconds(100), std::chrono::hours(24)};
 // The events section: how long a hook may run, an HTTP exchange may take, and how often a
 // firing alert is sent again (Alertmanager's resolve_timeout is 5 minutes by default).
@@ -41,6 +42,7 @@ struct ReadyCheck {
         beat,     // its own pid has registered in the heartbeat table
         tcp,      // a TCP connection to host:port is accepted
         exec,     // a command exits 0
+        notify,   // it says READY=1 on its NOTIFY_SOCKET (sd_notify)
     };
     Kind kind = Kind::started;
     std::string host;  // tcp
@@ -77,6 +79,10 @@ struct ProgramConfig {
     unsigned instances = 1;     // N copies: NAME@1 .. NAME@N
     std::uint64_t max_rss = 0;  // bytes; 0: no limit
     bool autostart = true;
+    // sd_notify: a NOTIFY_SOCKET of its own (also with ready: notify, or a watchdog), and
+    // WATCHDOG=1 expected at least this often (0: no watchdog).
+    bool notify = false;
+    std::chrono::milliseconds watchdog{0};
     bool operator==(const ProgramConfig&) const = default;  // what a reload compares
 };
 
@@ -89,6 +95,9 @@ struct StackConfig {
     HttpConfig http;                      // the control API over TCP; a reload applies it
     std::vector<ProgramConfig> programs;  // in start order: each after the programs it names in `after`
 };
+
+/// Where the sd_notify socket of the unit `instance` ("api", "api@2") is: run_dir/notify/NAME.sock.
+[[nodiscard]] std::string notify_socket_path(const std::string& run_dir, const std::string& instance);
 
 /// Reads and checks FILE. Throws hbwatch::Error(EINVAL) with "FILE:LINE:COLUMN: ..." naming
 /// the key and what is allowed; a cycle in `after` is named whole ("a -> b -> a").

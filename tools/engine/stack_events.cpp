@@ -30,6 +30,7 @@ const char* stop_reason(UnitEvent::Kind cause, Phase from) {
         case Kind::retire: return "a reload that removed or replaced it";
         case Kind::stop_all: return "procctl stopping every program";
         case Kind::rss: return "its max_rss";
+        case Kind::hung: return "its missed sd_notify watchdog";
         case Kind::tick: return from == Phase::starting ? "its ready timeout" : "a stop";
         default: return "a stop";
     }

@@ -27,17 +27,21 @@
 #include "engine/control_command.h"
 #include "engine/event.h"
 #include "engine/event_sinks.h"
+#include "engine/notify_server.h"
 #include "engine/output.h"
 #include "engine/ports.h"
 #include "engine/sd_notify.h"
 #include "engine/spawn.h"
 #include "engine/stack_config.h"
+#include "engine/support.h"
 #include "engine/unit.h"
 
 namespace hbwatch::tool {
 
 /// One unit of the stack (a program, or one instance NAME@I): its state table, and what the
 /// stack holds for it to carry out the table's effects.
+inline constexpr std::chrono::seconds kLaunchKillWait{5};  // a start in flight after SIGKILL, before it is let go
+
 struct Member {
     explicit Member(Unit model) : unit(std::move(model)) {}
     Unit unit;
@@ -61,9 +65,25 @@ struct Member {
         std::optional<Pinned> pinned;    // its pidfd and identity, taken while it was surely ours
         std::optional<int> exit_status;  // reaped before its report was read
         std::uint64_t forked_ns = monotonic_now_ns();
-        bool killed = false;  // SIGKILLed: its unit stopped meanwhile
+        bool killed = false;  // SIGKILLed: its unit stopped meanwhile, or it never reached its exec
+        std::uint64_t killed_ns = 0;
     };
     std::optional<Launching> launching;
+    // sd_notify (notify_server.h): its NOTIFY_SOCKET, and what it said there since its start.
+    std::unique_ptr<NotifySocket> notify;
+    char* watchdog_pid = nullptr;  // the digits of WATCHDOG_PID= in env_storage: the child writes them
+    bool said_ready = false;       // READY=1
+    std::string said_status;       // STATUS=, as shown
+    std::string said_state;        // "reloading" or "stopping" (RELOADING=1, STOPPING=1) until READY=1
+    int said_errno = 0;            // ERRNO=
+    std::chrono::milliseconds watchdog{0};  // WATCHDOG_USEC: its watchdog's, or what it said since
+    std::uint64_t watchdog_due_ns = 0;      // a WATCHDOG=1 is due by then; 0: not watched now
+    std::uint64_t last_ping_ns = 0;         // the last WATCHDOG=1
+    std::uint64_t notify_refused = 0;       // messages from processes that may not speak for it
+    NotifyDrops notify_drops;
+    std::vector<pid_t> refusals_said;       // senders whose refusal was logged (a few)
+    bool said_unsupported = false;          // MAINPID= or FDSTORE= logged once
+    int exit_errno = 0;                     // the ERRNO= its last run said before it exited
     std::string said_waiting;  // the last "waits for" said about it, not to repeat it
     sockaddr_storage probe_address{};  // tcp readiness: HOST:PORT, resolved when the config was read
     socklen_t probe_address_length = 0;
@@ -107,7 +127,14 @@ private:
     /// cannot even fork, else nothing until settle_launch().
     std::optional<UnitEvent> start_process(Member& member);
     void settle_launch(Member& member, std::uint64_t now);
+    // sd_notify (stack_notify_server.cpp).
+    void open_notify_socket(Member& member);
+    void read_notifications(Member& member, std::uint64_t now);
+    [[nodiscard]] bool may_speak_for(Member& member, const NotifyMessage& message) const;
+    void take_notification(Member& member, const NotifyMessage& message, std::uint64_t now);
+    void check_watchdogs(std::uint64_t now);
     [[nodiscard]] static bool wants_launch(const Member& member);
+    void watch_launch(Member& member, std::uint64_t now);
     /// Its phase as operators see it: starting while its start is in flight.
     [[nodiscard]] static Phase shown_phase(const Member& member);
     void main_exited(Member& member, int status, std::uint64_t now);
@@ -184,6 +211,7 @@ private:
     int signal_fd_;
     std::map<std::string, std::unique_ptr<OutputFile>> outputs_;
     std::vector<std::unique_ptr<Member>> members_;  // in start order
+    SpareAddressSpace spare_;                       // for a reload that runs out of memory
     OutputPipes pipes_;
     std::vector<ProcessIdentity> ended_;
     bool stopping_all_ = false;

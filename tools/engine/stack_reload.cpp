@@ -88,7 +88,21 @@ void Stack::prepare(Member& member, unsigned instance, const std::string& log_di
     std::string uid_text = std::to_string(::geteuid());
     nameless.pw_name = uid_text.data();
     member.env_storage = program_environment(p, pw != nullptr ? *pw : nameless, member.name(), instance);
-    for (auto& entry : member.env_storage) member.envp.push_back(entry.data());
+    if (p.notify) {  // procctl's word over anything its environment or the config said
+        std::erase_if(member.env_storage, [](const std::string& entry) {
+            return entry.starts_with("NOTIFY_SOCKET=") || entry.starts_with("WATCHDOG_USEC=") || entry.starts_with("WATCHDOG_PID=");
+        });
+        member.env_storage.push_back("NOTIFY_SOCKET=" + notify_socket_path(config_.run_dir, member.name()));
+        if (p.watchdog.count() > 0) {
+            member.env_storage.push_back("WATCHDOG_USEC=" + std::to_string(p.watchdog.count() * 1000));
+            member.env_storage.push_back("WATCHDOG_PID=" + std::string(kPidDigits, '0'));
+        }
+        open_notify_socket(member);
+    }
+    for (auto& entry : member.env_storage) {
+        if (entry.starts_with("WATCHDOG_PID=")) member.watchdog_pid = entry.data() + std::strlen("WATCHDOG_PID=");
+        member.envp.push_back(entry.data());
+    }
     member.envp.push_back(nullptr);
     for (const auto& word : p.command) member.argv.push_back(const_cast<char*>(word.c_str()));
     member.argv.push_back(nullptr);
@@ -137,11 +151,13 @@ void Stack::prepare(Member& member, unsigned instance, const std::string& log_di
 // (run_dir, socket_group), throws hbwatch::Error, and nothing changes.
 nlohmann::json Stack::reload_config() {
     StackConfig next;
+    spare_.take();
     try {
         next = load_stack_config(config_.path);
     } catch (const Error&) {
         throw;
     } catch (const std::bad_alloc&) {  // a config too large for the memory procctl may use
+        spare_.give_back();            // room for the requests that follow, whatever the heap kept
         throw Error(ENOMEM, config_.path + ": not enough memory to read it (std::bad_alloc)");
     } catch (const std::exception& e) {
         throw Error(EINVAL, config_.path + ": cannot be read: " + e.what());

@@ -99,7 +99,7 @@ ControlReply Stack::metrics_reply(std::uint64_t now) const {
     for (const Member* member : shown)
         for (const Phase phase : kShownPhases)
             out.sample("hbwatch_program_state", {{"program", member->name()}, {"state", to_string(phase)}},
-                       shown_phase(*member) == phase ? 1 : 0);
+                       std::string_view(to_string(shown_phase(*member))) == to_string(phase) ? 1 : 0);
     out.family("hbwatch_program_ready", "gauge", "1 when the program is ready (its dependents may start).");
     for (const Member* member : shown) out.sample("hbwatch_program_ready", {{"program", member->name()}}, member->unit.is_ready() ? 1 : 0);
     out.family("hbwatch_program_restarts_total", "counter", "Starts of the program after its first.");

@@ -3,6 +3,7 @@
 #include "engine/output.h"
 #include "engine/terminal_text.h"
 
+#include <sys/mman.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -145,6 +146,21 @@ int signalfd_for(std::initializer_list<int> signals) {
 }
 
 void ignore_sigpipe() { std::signal(SIGPIPE, SIG_IGN); }
+
+namespace {
+constexpr std::size_t kSpareAddressSpace = 8u << 20;
+}
+
+void SpareAddressSpace::take() noexcept {
+    if (at_ != nullptr) return;
+    void* at = ::mmap(nullptr, kSpareAddressSpace, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    at_ = at == MAP_FAILED ? nullptr : at;
+}
+
+void SpareAddressSpace::give_back() noexcept {
+    if (at_ != nullptr) ::munmap(at_, kSpareAddressSpace);
+    at_ = nullptr;
+}
 
 bool poll_events(std::vector<pollfd>& fds, int timeout_ms, spdlog::logger& log) {
     if (::poll(fds.data(), fds.size(), timeout_ms) >= 0 || errno == EINTR) return true;

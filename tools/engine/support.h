@@ -52,4 +52,20 @@ bool poll_events(std::vector<pollfd>& fds, int timeout_ms, spdlog::logger& log);
 /// Ignores SIGPIPE: a closed pipe on stdout is an error to report, not a death.
 void ignore_sigpipe();
 
+/// Address space held aside (no memory: PROT_NONE, never touched), so that a config too large
+/// for the address space procctl may use (RLIMIT_AS) leaves room to go on serving once its
+/// load failed: given back then, taken again before the next load.
+class SpareAddressSpace {
+public:
+    SpareAddressSpace() { take(); }
+    SpareAddressSpace(const SpareAddressSpace&) = delete;
+    SpareAddressSpace& operator=(const SpareAddressSpace&) = delete;
+    ~SpareAddressSpace() { give_back(); }
+    void take() noexcept;
+    void give_back() noexcept;
+
+private:
+    void* at_ = nullptr;
+};
+
 }  // namespace hbwatch::tool

@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cstring>
 #include <optional>
 
@@ -170,6 +171,16 @@ std::vector<Effect> Unit::on(const UnitEvent& event, std::uint64_t now, const Fa
             begin_stop(out, now);
             break;
         }
+        case Kind::hung:
+            if (phase_ != Phase::starting && phase_ != Phase::ready) break;
+            log(out, Effect::Level::error, name_ + " (pid " + std::to_string(pid_) + ") " + event.what + ": stopping it, to start it again");
+            after_stop_ = AfterStop::start_later;
+            begin_stop(out, now);
+            break;
+        case Kind::extend:
+            // The ready timeout, or the stop's grace before SIGKILL: never shortened.
+            if (phase_ == Phase::starting || phase_ == Phase::stopping) deadline_ns_ = std::max(deadline_ns_, event.until_ns);
+            break;
         case Kind::start:
         case Kind::stop:
         case Kind::restart:

@@ -52,6 +52,8 @@ struct UnitEvent {
         probe_failed,  // an exec check exited non-zero: try again later
         exited,        // its main process ended: `status`
         rss,           // its resident memory now: `bytes`
+        hung,          // its watchdog was missed (`what` says how): stopped, then started again
+        extend,        // it asked for more time (sd_notify EXTEND_TIMEOUT_USEC): to `until_ns`
         start,         // an operator's start
         stop,          // an operator's stop
         restart,       // an operator's restart
@@ -65,6 +67,7 @@ struct UnitEvent {
     int error = 0;
     std::uint64_t bytes = 0;
     std::uint64_t forked_ns = 0;  // spawned: 0 for now
+    std::uint64_t until_ns = 0;   // extend
     std::string what;
 };
 

@@ -1,0 +1,76 @@
+#pragma once
+// The server side of sd_notify(3): a program's NOTIFY_SOCKET, as systemd's clients expect it
+// (libsystemd's sd_notify, systemd-notify, daemons that speak the protocol themselves). One
+// datagram is one message of KEY=VALUE lines; the kernel says who sent it.
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace hbwatch::tool {
+
+/// An fd that closes itself.
+class OwnedFd {
+public:
+    explicit OwnedFd(int fd = -1) noexcept : fd_(fd) {}
+    OwnedFd(OwnedFd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+    OwnedFd& operator=(OwnedFd&& other) noexcept;
+    OwnedFd(const OwnedFd&) = delete;
+    OwnedFd& operator=(const OwnedFd&) = delete;
+    ~OwnedFd();
+    [[nodiscard]] int get() const noexcept { return fd_; }
+
+private:
+    int fd_;
+};
+
+/// One datagram, with the sender's credentials as the kernel gave them.
+struct NotifyMessage {
+    pid_t pid = 0;
+    uid_t uid = 0;
+    OwnedFd sender;            // SCM_PIDFD (Linux 6.5+): the sender itself, whatever happens to its pid
+    std::vector<std::pair<std::string, std::string>> fields;  // in order; lines without '=' left out
+    std::vector<OwnedFd> fds;  // SCM_RIGHTS: closed with the message unless taken
+    [[nodiscard]] const std::string* find(const std::string& key) const;
+};
+
+/// Why datagrams were dropped before anyone looked at what they said.
+struct NotifyDrops {
+    std::uint64_t truncated = 0;  // MSG_TRUNC (over 4096 bytes) or MSG_CTRUNC
+    std::uint64_t malformed = 0;  // empty, a NUL byte, or no credentials
+};
+
+/// A NOTIFY_SOCKET: AF_UNIX SOCK_DGRAM at a path (not abstract: a program in a network
+/// namespace of its own still reaches it). Mode 0666, as systemd's: who may speak for a
+/// program is decided by the sender's credentials, not by the file's mode.
+class NotifySocket {
+public:
+    static constexpr std::size_t kMaxMessage = 4096;
+
+    /// Binds `path` (a socket left there by a dead procctl is replaced), with SO_PASSCRED,
+    /// SO_PASSPIDFD where the kernel has it, and an 8 MiB receive buffer. Throws hbwatch::Error.
+    explicit NotifySocket(std::string path);
+    NotifySocket(const NotifySocket&) = delete;
+    NotifySocket& operator=(const NotifySocket&) = delete;
+    ~NotifySocket();  // closes and unlinks
+
+    [[nodiscard]] int fd() const noexcept { return fd_; }
+    [[nodiscard]] const std::string& path() const noexcept { return path_; }
+    /// The next datagram worth looking at, or nullopt when none waits (those dropped on the
+    /// way are counted in `drops`).
+    std::optional<NotifyMessage> receive(NotifyDrops& drops);
+
+private:
+    std::string path_;
+    int fd_ = -1;
+};
+
+/// KEY=VALUE lines of one message, in order (systemd's reading: split at '\n', a line without
+/// '=' ignored).
+[[nodiscard]] std::vector<std::pair<std::string, std::string>> parse_notify_fields(const std::string& text);
+
+}  // namespace hbwatch::tool
