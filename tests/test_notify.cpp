@@ -184,3 +184,18 @@ TEST_CASE("a flood of notify datagrams leaves supervision as fast: another progr
                                                    << status << "')");
     CHECK(flooded[3] - quiet[3] < 50.0);
 }
+
+TEST_CASE("a reload that replaces a notify program keeps its socket: the new one's READY=1 is heard, after the old one is gone too") {
+    const std::string program = "  svc:\n    command: [sh, -c, \"systemd-notify --ready; exec sleep 1000\"]\n    ready: notify\n";
+    NotifyStack stack(program);
+    REQUIRE(stack.procctl->wait_for_output("svc is ready (READY=1)", 30s));
+    std::ofstream(stack.dir.dir / "stack.yaml", std::ios::app) << "    environment: {CHANGED: '1'}\n";
+    const auto reload = run(proctab(stack.dir, {"reload"}));
+    REQUIRE_MESSAGE(reload.first == 0, reload.second);
+    REQUIRE(stack.procctl->wait_for_output_count("svc is ready (READY=1)", 2, 30s));
+    // The old unit, dropped by now, took nothing with it: a restart is heard again.
+    REQUIRE(hbtest::eventually([&] { return stack.program("svc")["state"] == "ready"; }));
+    REQUIRE(run(proctab(stack.dir, {"restart", "svc"})).first == 0);
+    CHECK_MESSAGE(stack.procctl->wait_for_output_count("svc is ready (READY=1)", 3, 30s), stack.procctl->output_so_far());
+    CHECK(fs::exists(stack.dir.dir / "run" / "notify" / "svc.sock"));
+}

@@ -77,6 +77,8 @@ NotifySocket::NotifySocket(std::string path) : path_(std::move(path)) {
         fd_ = -1;
         throw Error(error, "cannot listen on the notify socket " + path_ + ": " + std::strerror(error));
     }
+    struct stat bound {};
+    if (::lstat(path_.c_str(), &bound) == 0) inode_ = bound.st_ino;
     // Best effort: SO_RCVBUFFORCE as root, else the system's cap; SO_PASSPIDFD from Linux 6.5.
     if (::setsockopt(fd_, SOL_SOCKET, SO_RCVBUFFORCE, &buffer, sizeof buffer) != 0)
         (void)::setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &buffer, sizeof buffer);
@@ -85,7 +87,9 @@ NotifySocket::NotifySocket(std::string path) : path_(std::move(path)) {
 
 NotifySocket::~NotifySocket() {
     if (fd_ >= 0) ::close(fd_);
-    ::unlink(path_.c_str());
+    // Only its own: a reload that replaced its unit has bound a new socket at the same path.
+    struct stat now {};
+    if (inode_ != 0 && ::lstat(path_.c_str(), &now) == 0 && now.st_ino == inode_) ::unlink(path_.c_str());
 }
 
 std::optional<NotifyMessage> NotifySocket::receive(NotifyDrops& drops) {

@@ -67,6 +67,7 @@ public:
 private:
     std::string path_;
     int fd_ = -1;
+    ino_t inode_ = 0;  // of the path as bound
 };
 
 /// KEY=VALUE lines of one message, in order (systemd's reading: split at '\n', a line without
