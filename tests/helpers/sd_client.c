@@ -5,13 +5,18 @@
  * CLOCK_MONOTONIC time in ns, for the test to compare with procctl's events.
  *
  *   sd_client PINGS
- *   sd_client flood      STATUS= messages as fast as it can send them, for ever */
+ *   sd_client flood      STATUS= messages as fast as it can send them, for ever
+ *   sd_client rate N     N STATUS= messages a second, for ever, on one socket of its own
+ *                        (the protocol by hand, as daemons without libsystemd speak it) */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <sys/socket.h>
+#include <sys/un.h>
 
 #include <systemd/sd-daemon.h>
 
@@ -28,6 +33,30 @@ int main(int argc, char** argv) {
         for (unsigned long n = 0;; ++n) {
             snprintf(message, sizeof message, "STATUS=flood %lu", n);
             sd_notify(0, message);
+        }
+    }
+    if (argc > 2 && strcmp(argv[1], "rate") == 0) {
+        const long rate = strtol(argv[2], NULL, 10);
+        const char* path = getenv("NOTIFY_SOCKET");
+        struct sockaddr_un to = {.sun_family = AF_UNIX};
+        if (path == NULL || strlen(path) >= sizeof to.sun_path) return 2;
+        strcpy(to.sun_path, path);
+        const int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (fd < 0 || connect(fd, (struct sockaddr*)&to, sizeof to) != 0) return 2;
+        struct timespec tick;
+        clock_gettime(CLOCK_MONOTONIC, &tick);
+        char message[64];
+        for (unsigned long n = 0;;) {
+            for (long i = 0; i < rate / 100; ++i, ++n) { /* 100 batches a second */
+                const int length = snprintf(message, sizeof message, "STATUS=message %lu", n);
+                (void)send(fd, message, (size_t)length, 0);
+            }
+            tick.tv_nsec += 10000000;
+            if (tick.tv_nsec >= 1000000000) {
+                tick.tv_nsec -= 1000000000;
+                ++tick.tv_sec;
+            }
+            clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &tick, NULL);
         }
     }
     const long pings = argc > 1 ? strtol(argv[1], NULL, 10) : 0;

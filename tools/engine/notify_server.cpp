@@ -54,35 +54,42 @@ std::vector<std::pair<std::string, std::string>> parse_notify_fields(const std::
     return fields;
 }
 
-NotifySocket::NotifySocket(std::string path) : path_(std::move(path)) {
+NotifySocket::NotifySocket(std::string path, std::optional<uid_t> owner, gid_t group) : path_(std::move(path)) {
+    const std::string fresh = path_ + ".new";
     sockaddr_un address{};
     address.sun_family = AF_UNIX;
-    if (path_.size() >= sizeof address.sun_path)
+    if (fresh.size() >= sizeof address.sun_path)
         throw Error(ENAMETOOLONG, "the notify socket " + path_ + " is too long for a unix socket: use a shorter run_dir or name");
-    std::memcpy(address.sun_path, path_.c_str(), path_.size() + 1);
+    std::memcpy(address.sun_path, fresh.c_str(), fresh.size() + 1);
     struct stat existing {};
-    if (::lstat(path_.c_str(), &existing) == 0) {
-        // procctl holds run_dir's lock, so a socket here is a dead procctl's: replace it.
-        if (!S_ISSOCK(existing.st_mode)) throw Error(EEXIST, path_ + " exists and is not a socket: remove it");
-        ::unlink(path_.c_str());
-    }
+    if (::lstat(path_.c_str(), &existing) == 0 && !S_ISSOCK(existing.st_mode))
+        throw Error(EEXIST, path_ + " exists and is not a socket: remove it");
+    ::unlink(fresh.c_str());  // a dead procctl's, half made
     fd_ = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd_ < 0) throw Error(errno, std::string("cannot make a notify socket: ") + std::strerror(errno));
     const int on = 1;
     const int buffer = 8 << 20;  // systemd's: a burst of messages waits rather than being lost
-    if (::bind(fd_, reinterpret_cast<const sockaddr*>(&address), sizeof address) != 0 ||
-        ::setsockopt(fd_, SOL_SOCKET, SO_PASSCRED, &on, sizeof on) != 0 || ::chmod(path_.c_str(), 0666) != 0) {
-        const int error = errno;
+    const mode_t umask_before = ::umask(0177);  // born 0600: never wider, not even for a moment
+    const bool bound = ::bind(fd_, reinterpret_cast<const sockaddr*>(&address), sizeof address) == 0;
+    int error = errno;
+    ::umask(umask_before);
+    // On the socket's own inode, before it has its name: no path to race.
+    if (bound && owner && ::fchownat(AT_FDCWD, fresh.c_str(), *owner, group, AT_SYMLINK_NOFOLLOW) != 0) error = errno;
+    else if (bound && ::setsockopt(fd_, SOL_SOCKET, SO_PASSCRED, &on, sizeof on) != 0) error = errno;
+    else if (bound && ::rename(fresh.c_str(), path_.c_str()) != 0) error = errno;
+    else error = bound ? 0 : error;
+    if (error != 0) {
+        if (bound) ::unlink(fresh.c_str());
         ::close(fd_);
         fd_ = -1;
         throw Error(error, "cannot listen on the notify socket " + path_ + ": " + std::strerror(error));
     }
-    struct stat bound {};
-    if (::lstat(path_.c_str(), &bound) == 0) inode_ = bound.st_ino;
+    struct stat named {};
+    if (::lstat(path_.c_str(), &named) == 0) inode_ = named.st_ino;
     // Best effort: SO_RCVBUFFORCE as root, else the system's cap; SO_PASSPIDFD from Linux 6.5.
     if (::setsockopt(fd_, SOL_SOCKET, SO_RCVBUFFORCE, &buffer, sizeof buffer) != 0)
         (void)::setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &buffer, sizeof buffer);
-    (void)::setsockopt(fd_, SOL_SOCKET, SO_PASSPIDFD, &on, sizeof on);
+    pidfds_ = ::setsockopt(fd_, SOL_SOCKET, SO_PASSPIDFD, &on, sizeof on) == 0;
 }
 
 NotifySocket::~NotifySocket() {
@@ -92,13 +99,15 @@ NotifySocket::~NotifySocket() {
     if (inode_ != 0 && ::lstat(path_.c_str(), &now) == 0 && now.st_ino == inode_) ::unlink(path_.c_str());
 }
 
-std::optional<NotifyMessage> NotifySocket::receive(NotifyDrops& drops) {
+std::optional<NotifyMessage> NotifySocket::receive(NotifyDrops& drops, bool& taken) {
     // Room for the credentials, a pidfd and systemd's 768 fds: a BARRIER's one fd must never
     // come with MSG_CTRUNC (systemd#17795).
     constexpr std::size_t kMaxFds = 768;
+    // Static: only the supervision loop's thread reads notify sockets.
     alignas(cmsghdr) static char control[CMSG_SPACE(sizeof(ucred)) + CMSG_SPACE(sizeof(int)) + CMSG_SPACE(sizeof(int) * kMaxFds)];
     static char data[kMaxMessage + 1];
-    for (;;) {
+    taken = false;
+    {
         iovec iov{data, kMaxMessage};
         msghdr header{};
         header.msg_iov = &iov;
@@ -107,6 +116,7 @@ std::optional<NotifyMessage> NotifySocket::receive(NotifyDrops& drops) {
         header.msg_controllen = sizeof control;
         const ssize_t n = ::recvmsg(fd_, &header, MSG_DONTWAIT | MSG_CMSG_CLOEXEC | MSG_TRUNC);
         if (n < 0) return std::nullopt;  // EAGAIN: none waits
+        taken = true;
         NotifyMessage message;
         bool credentials = false;
         for (cmsghdr* c = CMSG_FIRSTHDR(&header); c != nullptr; c = CMSG_NXTHDR(&header, c)) {
@@ -120,7 +130,8 @@ std::optional<NotifyMessage> NotifySocket::receive(NotifyDrops& drops) {
             } else if (c->cmsg_type == SCM_PIDFD && c->cmsg_len == CMSG_LEN(sizeof(int))) {
                 int fd;
                 std::memcpy(&fd, CMSG_DATA(c), sizeof fd);
-                message.sender = OwnedFd(fd);
+                if (fd >= 0) message.sender = OwnedFd(fd);
+                else message.sender_lost = true;  // a negative errno: the sender was reaped (before Linux 6.16)
             } else if (c->cmsg_type == SCM_RIGHTS) {
                 const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
                 for (std::size_t i = 0; i < count; ++i) {
@@ -133,14 +144,16 @@ std::optional<NotifyMessage> NotifySocket::receive(NotifyDrops& drops) {
         // Dropped as systemd drops them, the fds that came closed with `message`.
         if ((header.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0 || static_cast<std::size_t>(n) > kMaxMessage) {
             ++drops.truncated;
-            continue;
+            return std::nullopt;
         }
         const std::string text(data, static_cast<std::size_t>(n));
         if (!credentials || text.empty() || text.find('\0') != std::string::npos) {
             ++drops.malformed;
-            continue;
+            return std::nullopt;
         }
         message.fields = parse_notify_fields(text);
+        // With SO_PASSPIDFD on, a message without its sender's pidfd cannot be tied to a process.
+        if (pidfds_ && message.sender.get() < 0) message.sender_lost = true;
         return message;
     }
 }

@@ -33,6 +33,7 @@ struct NotifyMessage {
     pid_t pid = 0;
     uid_t uid = 0;
     OwnedFd sender;            // SCM_PIDFD (Linux 6.5+): the sender itself, whatever happens to its pid
+    bool sender_lost = false;  // SCM_PIDFD came, but the kernel could not make it (the sender reaped)
     std::vector<std::pair<std::string, std::string>> fields;  // in order; lines without '=' left out
     std::vector<OwnedFd> fds;  // SCM_RIGHTS: closed with the message unless taken
     [[nodiscard]] const std::string* find(const std::string& key) const;
@@ -45,29 +46,34 @@ struct NotifyDrops {
 };
 
 /// A NOTIFY_SOCKET: AF_UNIX SOCK_DGRAM at a path (not abstract: a program in a network
-/// namespace of its own still reaches it). Mode 0666, as systemd's: who may speak for a
-/// program is decided by the sender's credentials, not by the file's mode.
+/// namespace of its own still reaches it). One per program, so unlike systemd's shared socket
+/// it is the program's user's alone (mode 0600): no other user can send it anything, fds
+/// included. Who in that user's processes may speak for the program is decided by credentials.
 class NotifySocket {
 public:
     static constexpr std::size_t kMaxMessage = 4096;
 
-    /// Binds `path` (a socket left there by a dead procctl is replaced), with SO_PASSCRED,
-    /// SO_PASSPIDFD where the kernel has it, and an 8 MiB receive buffer. Throws hbwatch::Error.
-    explicit NotifySocket(std::string path);
+    /// Binds `path` with SO_PASSCRED, SO_PASSPIDFD where the kernel has it, and an 8 MiB
+    /// receive buffer, owned by `owner` (nullopt: procctl's user). Bound under a name of its
+    /// own, then renamed over `path`: a socket there (a dead procctl's, or the one of the unit a
+    /// reload replaces) is replaced at once, never left missing. Throws hbwatch::Error.
+    NotifySocket(std::string path, std::optional<uid_t> owner, gid_t group);
     NotifySocket(const NotifySocket&) = delete;
     NotifySocket& operator=(const NotifySocket&) = delete;
     ~NotifySocket();  // closes and unlinks
 
     [[nodiscard]] int fd() const noexcept { return fd_; }
     [[nodiscard]] const std::string& path() const noexcept { return path_; }
-    /// The next datagram worth looking at, or nullopt when none waits (those dropped on the
-    /// way are counted in `drops`).
-    std::optional<NotifyMessage> receive(NotifyDrops& drops);
+    /// The next datagram, or nullopt when none waits. `taken` is set when one was read, even one
+    /// dropped (cut short, empty, with a NUL byte or no credentials; counted in `drops`, and
+    /// then nullopt too): every datagram counts against a turn's budget.
+    std::optional<NotifyMessage> receive(NotifyDrops& drops, bool& taken);
 
 private:
     std::string path_;
     int fd_ = -1;
-    ino_t inode_ = 0;  // of the path as bound
+    ino_t inode_ = 0;      // of the path as bound
+    bool pidfds_ = false;  // SO_PASSPIDFD is on: every message should bring its sender's pidfd
 };
 
 /// KEY=VALUE lines of one message, in order (systemd's reading: split at '\n', a line without

@@ -212,6 +212,19 @@ SpawnPlan Stack::plan_for(const Member& member, const std::vector<char*>& argv) 
 
 std::optional<UnitEvent> Stack::start_process(Member& member) {
     if (!member.cgroup_taken) take_cgroup(member);  // a unit a reload added
+    // Its notify socket at its first start: a reload that fails never made one (nor took the
+    // path from the unit it would have replaced).
+    if (member.program().notify && !member.notify) {
+        try {
+            open_notify_socket(member);
+        } catch (const Error& e) {
+            UnitEvent failed{UnitEvent::Kind::spawn_failed};
+            failed.what = "make its notify socket";
+            failed.error = e.code();
+            log_.error("{}: {}", member.name(), e.what());
+            return failed;
+        }
+    }
     auto ends = pipes_.open_for(member.out, member.err);
     SpawnPlan plan = plan_for(member, member.argv);
     plan.stdout_fd = ends.out;

@@ -83,6 +83,7 @@ struct Member {
     NotifyDrops notify_drops;
     std::vector<pid_t> refusals_said;       // senders whose refusal was logged (a few)
     bool said_unsupported = false;          // MAINPID= or FDSTORE= logged once
+    bool said_bad_watchdog = false;         // a WATCHDOG_USEC= out of range logged once
     int exit_errno = 0;                     // the ERRNO= its last run said before it exited
     std::string said_waiting;  // the last "waits for" said about it, not to repeat it
     sockaddr_storage probe_address{};  // tcp readiness: HOST:PORT, resolved when the config was read

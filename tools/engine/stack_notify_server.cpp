@@ -26,6 +26,7 @@ constexpr int kMessagesPerTurn = 64;
 constexpr std::size_t kShownStatus = 512;
 constexpr std::size_t kRefusalsSaid = 16;
 constexpr int kAncestorsLookedAt = 64;
+constexpr std::uint64_t kMaxExtensionUsec = 24ull * 3600 * 1000 * 1000;  // a day at a time, as the config's ranges
 
 std::optional<std::uint64_t> number(const std::string& text) {
     std::uint64_t value = 0;
@@ -57,7 +58,7 @@ void Stack::open_notify_socket(Member& member) {
     const std::string directory = config_.run_dir + "/notify";
     if (::mkdir(directory.c_str(), 0755) != 0 && errno != EEXIST)
         throw Error(errno, "cannot make " + directory + " for the programs' notify sockets: " + std::strerror(errno));
-    member.notify = std::make_unique<NotifySocket>(notify_socket_path(config_.run_dir, member.name()));
+    member.notify = std::make_unique<NotifySocket>(notify_socket_path(config_.run_dir, member.name()), member.uid, member.gid);
 }
 
 // Who may speak for a program: its main process, anything in its cgroup, or without one what
@@ -78,6 +79,9 @@ bool Stack::may_speak_for(Member& member, const NotifyMessage& message) const {
             inside = at == member.unit.pid();
         }
     }
+    // Its pidfd, where the kernel gives one, must still be a live process: else the pid just
+    // looked up may be another's by now. A pidfd the kernel could not make: nobody's message.
+    if (message.sender_lost) return false;
     if (inside && message.sender.get() >= 0)
         inside = ::syscall(SYS_pidfd_send_signal, message.sender.get(), 0, nullptr, 0) == 0;
     return inside;
@@ -85,8 +89,10 @@ bool Stack::may_speak_for(Member& member, const NotifyMessage& message) const {
 
 void Stack::read_notifications(Member& member, std::uint64_t now) {
     for (int i = 0; i < kMessagesPerTurn && member.notify; ++i) {
-        auto message = member.notify->receive(member.notify_drops);
-        if (!message) return;
+        bool taken = false;
+        auto message = member.notify->receive(member.notify_drops, taken);
+        if (!taken) return;
+        if (!message) continue;  // dropped, and counted
         if (!may_speak_for(member, *message)) {
             ++member.notify_refused;
             auto& said = member.refusals_said;
@@ -108,9 +114,18 @@ void Stack::take_notification(Member& member, const NotifyMessage& message, std:
     if (const auto* value = message.find("RELOADING"); value && *value == "1") member.said_state = "reloading";
     if (const auto* value = message.find("STOPPING"); value && *value == "1") member.said_state = "stopping";
     if (const auto* text = message.find("WATCHDOG_USEC")) {
-        if (const auto usec = number(*text)) {
+        // 0 or systemd's infinity turn it off; anything else within the config's range.
+        const auto usec = number(*text);
+        if (usec && (*usec == 0 || *usec == UINT64_MAX)) {
+            member.watchdog = std::chrono::milliseconds(0);
+            member.watchdog_due_ns = 0;
+        } else if (usec && *usec / 1000 >= static_cast<std::uint64_t>(kWatchdogRange.low.count()) &&
+                   *usec / 1000 <= static_cast<std::uint64_t>(kWatchdogRange.high.count())) {
             member.watchdog = std::chrono::milliseconds(*usec / 1000);
-            member.watchdog_due_ns = member.watchdog.count() > 0 && member.unit.running() ? now + *usec * 1000 : 0;
+            member.watchdog_due_ns = member.unit.running() && !member.unit.is_stopping() ? now + to_ns(member.watchdog) : 0;
+        } else if (!member.said_bad_watchdog) {
+            member.said_bad_watchdog = true;
+            log_.warn("{}: WATCHDOG_USEC={} ignored: give 0 (off) or 100ms to 1d in microseconds", member.name(), shown_status(*text));
         }
     }
     if (const auto* value = message.find("WATCHDOG")) {
@@ -127,7 +142,7 @@ void Stack::take_notification(Member& member, const NotifyMessage& message, std:
     if (const auto* text = message.find("EXTEND_TIMEOUT_USEC")) {
         if (const auto usec = number(*text)) {
             UnitEvent extend{UnitEvent::Kind::extend};
-            extend.until_ns = now + *usec * 1000;
+            extend.until_ns = now + std::min<std::uint64_t>(*usec, kMaxExtensionUsec) * 1000;
             if (member.watchdog_due_ns != 0) member.watchdog_due_ns = std::max(member.watchdog_due_ns, extend.until_ns);
             apply(member, extend, now);
         }
@@ -152,9 +167,13 @@ void Stack::take_notification(Member& member, const NotifyMessage& message, std:
 // deadline (the loop may only be late).
 void Stack::check_watchdogs(std::uint64_t now) {
     for (auto& member : members_) {
-        if (member->watchdog_due_ns == 0 || now < member->watchdog_due_ns) continue;
+        if (member->watchdog_due_ns == 0) continue;
+        if (member->unit.is_stopping() || !member->unit.running()) {  // being stopped: no hang to find
+            member->watchdog_due_ns = 0;
+            continue;
+        }
+        if (now < member->watchdog_due_ns) continue;
         member->watchdog_due_ns = 0;
-        if (!member->unit.running()) continue;
         const auto since = ms_between(member->last_ping_ns != 0 ? member->last_ping_ns : member->unit.started_ns(), now);
         UnitEvent hung{UnitEvent::Kind::hung};
         hung.what = "missed its watchdog: no WATCHDOG=1 for " + human_duration(since) + " (watchdog " + human_duration(member->watchdog) + ")";

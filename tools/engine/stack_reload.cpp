@@ -96,13 +96,11 @@ void Stack::prepare(Member& member, unsigned instance, const std::string& log_di
         if (p.watchdog.count() > 0) {
             member.env_storage.push_back("WATCHDOG_USEC=" + std::to_string(p.watchdog.count() * 1000));
             member.env_storage.push_back("WATCHDOG_PID=" + std::string(kPidDigits, '0'));
+            // The entry the child fills in: ours, last, at its full width.
+            member.watchdog_pid = member.env_storage.back().data() + std::strlen("WATCHDOG_PID=");
         }
-        open_notify_socket(member);
     }
-    for (auto& entry : member.env_storage) {
-        if (entry.starts_with("WATCHDOG_PID=")) member.watchdog_pid = entry.data() + std::strlen("WATCHDOG_PID=");
-        member.envp.push_back(entry.data());
-    }
+    for (auto& entry : member.env_storage) member.envp.push_back(entry.data());
     member.envp.push_back(nullptr);
     for (const auto& word : p.command) member.argv.push_back(const_cast<char*>(word.c_str()));
     member.argv.push_back(nullptr);

@@ -179,7 +179,8 @@ std::vector<Effect> Unit::on(const UnitEvent& event, std::uint64_t now, const Fa
             break;
         case Kind::extend:
             // The ready timeout, or the stop's grace before SIGKILL: never shortened.
-            if (phase_ == Phase::starting || phase_ == Phase::stopping) deadline_ns_ = std::max(deadline_ns_, event.until_ns);
+            // Not while procctl stops everything: its own stop has an end.
+            if ((phase_ == Phase::starting || phase_ == Phase::stopping) && !halting_) deadline_ns_ = std::max(deadline_ns_, event.until_ns);
             break;
         case Kind::start:
         case Kind::stop:
