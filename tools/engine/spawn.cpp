@@ -114,11 +114,11 @@ const char* SpawnFailure::what() const noexcept {
     return "exec";
 }
 
-Launch::~Launch() {
+StartedChild::~StartedChild() {
     if (report_fd_ >= 0) ::close(report_fd_);
 }
 
-std::optional<SpawnFailure> Launch::outcome() {
+std::optional<SpawnFailure> StartedChild::outcome() {
     SpawnFailure reported{};
     ssize_t n;
     do {
@@ -153,18 +153,18 @@ int fork_child(const SpawnPlan& plan, pid_t& pid, std::optional<SpawnFailure>& f
 }
 }  // namespace
 
-std::optional<Launch> launch(const SpawnPlan& plan, std::optional<SpawnFailure>& failure) {
+std::optional<StartedChild> start_child(const SpawnPlan& plan, std::optional<SpawnFailure>& failure) {
     pid_t pid = -1;
     const int report = fork_child(plan, pid, failure);
     if (report < 0) return std::nullopt;
-    return Launch(pid, report);
+    return StartedChild(pid, report);
 }
 
 pid_t spawn(const SpawnPlan& plan, std::optional<SpawnFailure>& failure) {
     pid_t pid = -1;
     const int report = fork_child(plan, pid, failure);
     if (report < 0) return -1;
-    failure = Launch(pid, report).outcome();
+    failure = StartedChild(pid, report).outcome();
     if (!failure) return pid;
     int status;
     ::waitpid(pid, &status, __WALL);

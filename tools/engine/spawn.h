@@ -56,13 +56,13 @@ void default_signal_dispositions();
 /// A child forked and not yet known to have exec'd. Its report pipe becomes readable when it
 /// exec'd (EOF) or failed before (a SpawnFailure, then it exits 127): a supervision loop polls
 /// it, so that a child the kernel is slow to schedule never holds the loop up.
-class Launch {
+class StartedChild {
 public:
-    Launch(pid_t pid, int report_fd) noexcept : pid_(pid), report_fd_(report_fd) {}
-    Launch(Launch&& other) noexcept : pid_(other.pid_), report_fd_(std::exchange(other.report_fd_, -1)) {}
-    Launch& operator=(Launch&&) = delete;
-    Launch(const Launch&) = delete;
-    ~Launch();
+    StartedChild(pid_t pid, int report_fd) noexcept : pid_(pid), report_fd_(report_fd) {}
+    StartedChild(StartedChild&& other) noexcept : pid_(other.pid_), report_fd_(std::exchange(other.report_fd_, -1)) {}
+    StartedChild& operator=(StartedChild&&) = delete;
+    StartedChild(const StartedChild&) = delete;
+    ~StartedChild();
 
     [[nodiscard]] pid_t pid() const noexcept { return pid_; }
     /// Poll it for POLLIN.
@@ -76,9 +76,9 @@ private:
     int report_fd_;
 };
 
-/// Forks `plan`'s child and returns at once: the Launch, or the failure to fork. The child's
+/// Forks `plan`'s child and returns at once: the StartedChild, or the failure to fork. The child's
 /// set-up is spawn()'s. The caller reaps the child (it sends SIGCHLD).
-[[nodiscard]] std::optional<Launch> launch(const SpawnPlan& plan, std::optional<SpawnFailure>& failure);
+[[nodiscard]] std::optional<StartedChild> start_child(const SpawnPlan& plan, std::optional<SpawnFailure>& failure);
 
 /// Starts `plan` and returns once the child has exec'd (its pid), or the failure (the child,
 /// if there was one, reaped). The child: in its cgroup, a session of its own, default signal

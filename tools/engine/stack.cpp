@@ -109,7 +109,7 @@ int Stack::run(ControlServer& control) {
         fds.push_back(pollfd{sinks_ ? sinks_->log_fd() : -1, POLLIN, 0});
         for (auto& member : members_) {
             if (member->pidfd) fds.push_back(pollfd{member->pidfd->fd(), POLLIN, 0});
-            if (member->launching) fds.push_back(pollfd{member->launching->launch.report_fd(), POLLIN, 0});
+            if (member->launching) fds.push_back(pollfd{member->launching->child.report_fd(), POLLIN, 0});
             if (member->probe_fd >= 0) fds.push_back(pollfd{member->probe_fd, POLLOUT, 0});
             if (member->cgroup && (member->unit.phase() == Phase::stopping || member->unit.phase() == Phase::killing))
                 fds.push_back(pollfd{member->cgroup->events_fd(), POLLPRI, 0});
@@ -134,7 +134,7 @@ int Stack::run(ControlServer& control) {
         };
         // Before reap(): a program that exec'd and exited at once is the unit's before its exit is.
         for (auto& member : members_)
-            if (member->launching && has_event(member->launching->launch.report_fd())) settle_launch(*member, monotonic_now_ns());
+            if (member->launching && has_event(member->launching->child.report_fd())) settle_launch(*member, monotonic_now_ns());
         // And before reap(): what a program said before it exited is about that run.
         for (auto& member : members_)
             if (member->notify && has_event(member->notify->fd())) read_notifications(*member, monotonic_now_ns());
@@ -237,7 +237,7 @@ std::optional<UnitEvent> Stack::start_process(Member& member) {
     member.said_state.clear();
     member.said_errno = 0;
     std::optional<SpawnFailure> failure;
-    auto started = launch(plan, failure);
+    auto started = start_child(plan, failure);
     ends.close();  // the child has its copies since the fork
     if (!started) {
         UnitEvent failed{UnitEvent::Kind::spawn_failed};
@@ -256,8 +256,8 @@ std::optional<UnitEvent> Stack::start_process(Member& member) {
 // anyone, is killed: it is milliseconds old and ours, unreaped.
 void Stack::settle_launch(Member& member, std::uint64_t now) {
     auto& launching = *member.launching;
-    const pid_t pid = launching.launch.pid();
-    const auto failure = launching.launch.outcome();
+    const pid_t pid = launching.child.pid();
+    const auto failure = launching.child.outcome();
     auto pinned = std::move(launching.pinned);
     const auto exit_status = launching.exit_status;
     const std::uint64_t forked_ns = launching.forked_ns;
@@ -325,7 +325,7 @@ void Stack::watch_launch(Member& member, std::uint64_t now) {
     if (launching.exit_status) return;  // its report is at hand
     if (launching.killed) {
         if (now < launching.killed_ns + to_ns(kLaunchKillWait)) return;
-        log_.error("{}: pid {} is still there {} after SIGKILL, before its exec; leaving it", member.name(), launching.launch.pid(),
+        log_.error("{}: pid {} is still there {} after SIGKILL, before its exec; leaving it", member.name(), launching.child.pid(),
                    human_duration(kLaunchKillWait));
         member.launching.reset();
         return;
@@ -336,9 +336,9 @@ void Stack::watch_launch(Member& member, std::uint64_t now) {
     launching.killed = true;
     launching.killed_ns = now;
     // Our unreaped child: without a pidfd its pid is still its own.
-    if (!(launching.pinned && launching.pinned->pidfd.send(SIGKILL, nullptr))) ::kill(launching.launch.pid(), SIGKILL);
+    if (!(launching.pinned && launching.pinned->pidfd.send(SIGKILL, nullptr))) ::kill(launching.child.pid(), SIGKILL);
     if (!wants_launch(member)) {
-        log_.info("{}: not started after all (stopped while it was being started): pid {} killed", member.name(), launching.launch.pid());
+        log_.info("{}: not started after all (stopped while it was being started): pid {} killed", member.name(), launching.child.pid());
         return;
     }
     UnitEvent failed{UnitEvent::Kind::spawn_failed};
@@ -469,7 +469,7 @@ void Stack::probe(Member& member, std::uint64_t now) {
             // Not waited for: its exit status says it all. One that cannot start exits 127 (or
             // by SIGPIPE, its report pipe closed here): a check that did not pass.
             std::optional<SpawnFailure> failure;
-            if (const auto started = launch(plan_for(member, member.probe_argv), failure)) {
+            if (const auto started = start_child(plan_for(member, member.probe_argv), failure)) {
                 member.probe_pid = started->pid();
                 member.probe_start = member.unit.starts();
             }
@@ -568,7 +568,7 @@ void Stack::reap() {
                 apply(member, answer, now);
             } else if (pid == member.unit.pid()) {
                 main_exited(member, status, now);
-            } else if (member.launching && pid == member.launching->launch.pid()) {
+            } else if (member.launching && pid == member.launching->child.pid()) {
                 member.launching->exit_status = status;  // told once its report is read
             }
         }

@@ -60,8 +60,8 @@ struct Member {
     // A start in flight: forked, its exec not yet reported. The unit hears of it once the
     // report comes (spawned, or spawn_failed), so the loop never waits on a child's first steps.
     struct Launching {
-        Launching(Launch started, std::optional<Pinned> held) : launch(std::move(started)), pinned(std::move(held)) {}
-        Launch launch;
+        Launching(StartedChild started, std::optional<Pinned> held) : child(std::move(started)), pinned(std::move(held)) {}
+        StartedChild child;
         std::optional<Pinned> pinned;    // its pidfd and identity, taken while it was surely ours
         std::optional<int> exit_status;  // reaped before its report was read
         std::uint64_t forked_ns = monotonic_now_ns();
