@@ -19,19 +19,6 @@ nlohmann::json events_of(const fs::path& run_dir) {
     return nlohmann::json::parse(reply.body)["events"];
 }
 
-double cpu_ms(pid_t pid) {  // utime + stime
-    std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    std::istringstream rest(text.substr(text.rfind(')') + 2));
-    std::string field;
-    long long ticks = 0;
-    for (int i = 3; i <= 15; ++i) {
-        rest >> field;
-        if (i >= 14) ticks += std::stoll(field);
-    }
-    return static_cast<double>(ticks) * 1000.0 / static_cast<double>(::sysconf(_SC_CLK_TCK));
-}
-
 fs::path scratch() {
     char name[] = "/tmp/hbwatch-bench-notify-XXXXXX";
     return ::mkdtemp(name);
@@ -98,18 +85,18 @@ int main() {
         Stack stack(dir / "stack.yaml");
         if (!stack.await("talker is ready")) return 1;
         std::this_thread::sleep_for(std::chrono::seconds(1));  // under way
-        const double before = cpu_ms(stack.pid);
+        const auto before = cpu_ms(stack.pid);
         const auto start = Clock::now();
         std::this_thread::sleep_for(std::chrono::seconds(5));
-        const double busy = (cpu_ms(stack.pid) - before) / ms_since(start) * 100.0;
+        const double busy = static_cast<double>(cpu_ms(stack.pid) - before) / ms_since(start) * 100.0;
         const auto reply = hbwatch::tool::control_request((dir / "run" / "control.sock").string(), "GET", "/v1/programs/talker");
         const auto talker = nlohmann::json::parse(reply.body)[0];
         (void)hbwatch::tool::control_request((dir / "run" / "control.sock").string(), "POST", "/v1/programs/talker/stop");
         std::this_thread::sleep_for(std::chrono::seconds(1));
-        const double idle_before = cpu_ms(stack.pid);
+        const auto idle_before = cpu_ms(stack.pid);
         const auto idle_start = Clock::now();
         std::this_thread::sleep_for(std::chrono::seconds(5));
-        const double idle = (cpu_ms(stack.pid) - idle_before) / ms_since(idle_start) * 100.0;
+        const double idle = static_cast<double>(cpu_ms(stack.pid) - idle_before) / ms_since(idle_start) * 100.0;
         std::printf("%-58s %6.1f %% of a core (%.1f %% with none; last status '%s', %s dropped)\n",
                     "procctl, a program sending 10,000 notify messages a second", busy, idle,
                     talker["status"].is_string() ? talker["status"].get<std::string>().c_str() : "-",

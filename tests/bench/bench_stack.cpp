@@ -32,19 +32,6 @@ namespace {
 
 using namespace hbbench;
 
-long long cpu_ms(pid_t pid) {  // utime + stime, from /proc/PID/stat
-    std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    std::istringstream rest(text.substr(text.rfind(')') + 2));
-    std::string field;
-    long long ticks = 0;
-    for (int i = 3; i <= 15; ++i) {
-        rest >> field;
-        if (i >= 14) ticks += std::stoll(field);
-    }
-    return ticks * 1000 / ::sysconf(_SC_CLK_TCK);
-}
-
 // The pid the control socket reports for `name` when it is ready, else 0.
 int ready_pid(const std::string& socket, const std::string& name) {
     const auto reply = hbwatch::tool::control_request(socket, "GET", "/v1/programs/" + name);

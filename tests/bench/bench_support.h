@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,20 @@ inline const std::string kKey = "0x48424e43";  // "HBNC": a table of the benchma
 
 inline double ms_since(Clock::time_point start) {
     return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+// The CPU `pid` has used, user and system, in ms (utime + stime from /proc/PID/stat).
+inline long long cpu_ms(pid_t pid) {  // utime + stime, from /proc/PID/stat
+    std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::istringstream rest(text.substr(text.rfind(')') + 2));
+    std::string field;
+    long long ticks = 0;
+    for (int i = 3; i <= 15; ++i) {
+        rest >> field;
+        if (i >= 14) ticks += std::stoll(field);
+    }
+    return ticks * 1000 / ::sysconf(_SC_CLK_TCK);
 }
 
 inline long status_kib(pid_t pid, const std::string& field) {
