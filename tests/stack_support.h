@@ -36,6 +36,17 @@ inline std::string read_file(const fs::path& path) {
     return text.str();
 }
 
+/// The cgroup v2 directory of `pid`, or empty: the "0::" line of /proc/PID/cgroup, under the
+/// cgroup2 mount (/sys/fs/cgroup, or /sys/fs/cgroup/unified on a hybrid host).
+inline fs::path cgroup_dir_of(pid_t pid) {
+    std::istringstream lines(read_file("/proc/" + std::to_string(pid) + "/cgroup"));
+    for (std::string line; std::getline(lines, line);)
+        if (line.rfind("0::", 0) == 0)
+            for (const char* mount : {"/sys/fs/cgroup/unified", "/sys/fs/cgroup"})
+                if (fs::exists(fs::path(mount) / line.substr(4) / "cgroup.freeze")) return fs::path(mount) / line.substr(4);
+    return {};
+}
+
 // Runs a program to its end; its exit code and output.
 inline std::pair<int, std::string> run(std::vector<std::string> argv) {
     Process p(std::move(argv));

@@ -5,6 +5,7 @@
 
 #include <doctest/doctest.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -17,6 +18,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/pidfd.h"
+#include "core/process.h"
 #include "engine/control.h"
 #include "stack_support.h"
 #include "support.h"
@@ -200,4 +203,155 @@ TEST_CASE("a reload that replaces a notify program keeps its socket: the new one
     REQUIRE(run(proctab(stack.dir, {"restart", "svc"})).first == 0);
     CHECK_MESSAGE(stack.procctl->wait_for_output_count("svc is ready (READY=1)", 3, 30s), stack.procctl->output_so_far());
     CHECK(fs::exists(stack.dir.dir / "run" / "notify" / "svc.sock"));
+}
+
+namespace {
+
+// What `sd_client daemon FILE` wrote: its grandchild (the daemon) and its first process.
+std::pair<pid_t, pid_t> daemon_pids(const fs::path& file) {
+    std::pair<pid_t, pid_t> pids{0, 0};
+    hbtest::eventually([&] {
+        std::ifstream in(file);
+        return static_cast<bool>(in >> pids.first >> pids.second);
+    }, 30s);
+    return pids;
+}
+
+// Waits for `pid` to end (as far as a pidfd opened now can tell: gone already counts).
+bool ends(pid_t pid) {
+    auto pidfd = hbwatch::Pidfd::open_pid(pid);
+    return !pidfd || pidfd->wait_exit(30s);
+}
+
+}  // namespace
+
+TEST_CASE("MAINPID= from a daemon that double-forks: its grandchild is followed, restarted when it dies, and stopped") {
+    NotifyStack stack("  daemon:\n    command: ['" + hbtest::bin("sd_client") + "', daemon, '{RUN}/daemon.pids']\n    ready: notify\n"
+                      "    restart_delay: 0s\n    stop_grace: 5s\n    stdout: daemon.log\n"
+                      "  dep:\n    command: [sleep, '1000']\n    after: [daemon]\n");
+    const fs::path pids_file = stack.dir.dir / "run" / "daemon.pids";
+    REQUIRE_MESSAGE(stack.procctl->wait_for_output("dep is ready", 30s), stack.procctl->output_so_far());
+    const auto [grandchild, first] = daemon_pids(pids_file);
+    REQUIRE(grandchild > 0);
+    // Its barrier returned after procctl took MAINPID=: the grandchild is the program already.
+    CHECK(stack.program("daemon")["pid"] == grandchild);
+    CHECK_MESSAGE(stack.procctl->output_so_far().find("daemon's main process is pid " + std::to_string(grandchild) + " now, not " +
+                                                      std::to_string(first) + " (it said MAINPID=" + std::to_string(grandchild) + ")") !=
+                      std::string::npos,
+                  stack.procctl->output_so_far());
+    // Its first process exits 0, as a daemon's does: that is no exit of the program. (Two
+    // requests: the second is served after the turn that reaped the first process.)
+    REQUIRE(ends(first));
+    (void)stack.program("daemon");
+    auto shown = stack.program("daemon");
+    CHECK(shown["state"] == "ready");
+    CHECK(shown["restarts"] == 0);
+    CHECK(shown["pid"] == grandchild);
+    CHECK(shown["status"] == "forked daemon " + std::to_string(grandchild));
+
+    // It dies: procctl, its subreaper by now, reaps it, knows how it ended, and starts it again.
+    std::filesystem::remove(pids_file);
+    REQUIRE(::kill(grandchild, SIGKILL) == 0);
+    REQUIRE_MESSAGE(stack.procctl->wait_for_output("daemon was killed by SIGKILL", 30s), stack.procctl->output_so_far());
+    REQUIRE(stack.procctl->wait_for_output_count("daemon is ready (READY=1)", 2, 30s));
+    const auto [second, second_first] = daemon_pids(pids_file);
+    REQUIRE(second > 0);
+    CHECK(second != grandchild);
+    REQUIRE(ends(second_first));
+    CHECK(stack.program("daemon")["pid"] == second);
+
+    // Stopped: the grandchild gets procctl's SIGTERM, and its end is the stop's.
+    REQUIRE(run(proctab(stack.dir, {"stop", "daemon"})).first == 0);
+    CHECK(ends(second));
+    REQUIRE(hbtest::eventually([&] { return stack.program("daemon")["state"] == "stopped"; }, 30s));
+    CHECK_MESSAGE(stack.program("daemon")["last_exit"].get<std::string>().find("was killed by SIGTERM") != std::string::npos,
+                  stack.program("daemon").dump());
+}
+
+TEST_CASE("MAINPIDFD=1 with the grandchild's pidfd is followed the same way: a restart stops the grandchild") {
+    NotifyStack stack("  daemon:\n    command: ['" + hbtest::bin("sd_client") + "', daemon, '{RUN}/daemon.pids', pidfd]\n    ready: notify\n"
+                      "    restart_delay: 0s\n    stop_grace: 5s\n");
+    const fs::path pids_file = stack.dir.dir / "run" / "daemon.pids";
+    REQUIRE_MESSAGE(stack.procctl->wait_for_output("daemon is ready (READY=1)", 30s), stack.procctl->output_so_far());
+    const auto [grandchild, first] = daemon_pids(pids_file);
+    REQUIRE(grandchild > 0);
+    CHECK(stack.program("daemon")["pid"] == grandchild);
+    CHECK(stack.procctl->output_so_far().find("(it said MAINPIDFD=1)") != std::string::npos);
+    REQUIRE(ends(first));
+    std::filesystem::remove(pids_file);
+    REQUIRE(run(proctab(stack.dir, {"restart", "daemon"})).first == 0);
+    CHECK(ends(grandchild));
+    REQUIRE(stack.procctl->wait_for_output_count("daemon is ready (READY=1)", 2, 30s));
+    const auto [second, second_first] = daemon_pids(pids_file);
+    CHECK(second > 0);
+    CHECK(second != grandchild);
+    CHECK(hbtest::eventually([&] { return stack.program("daemon")["pid"] == second; }));
+}
+
+TEST_CASE("a main process handed over that is not procctl's child: its end is seen through its pidfd, its status unknown") {
+    // systemd-notify --pid=$!: the shell's background child is the program's main process; the
+    // shell, its parent, lives on and reaps it.
+    NotifyStack stack("  svc:\n    command: [sh, -c, \"sleep 1000 & systemd-notify --ready --pid=$!; wait; exec sleep 1000\"]\n"
+                      "    ready: notify\n    restart: on-failure\n    restart_delay: 0s\n");
+    REQUIRE_MESSAGE(stack.procctl->wait_for_output("svc is ready (READY=1)", 30s), stack.procctl->output_so_far());
+    REQUIRE(stack.procctl->wait_for_output("svc's main process is pid", 30s));
+    const pid_t sleeper = stack.program("svc")["pid"].get<int>();
+    auto stat = hbwatch::read_proc_stat(sleeper);
+    REQUIRE(stat);
+    CHECK(stat->comm == "sleep");
+    CHECK(stat->ppid != stack.procctl->pid());
+    REQUIRE(::kill(sleeper, SIGKILL) == 0);
+    // Not its child: counted as a failure, so on-failure starts it again.
+    REQUIRE_MESSAGE(stack.procctl->wait_for_output("svc exited (its status unknown: it was not procctl's child)", 30s),
+                    stack.procctl->output_so_far());
+    CHECK(stack.procctl->wait_for_output_count("svc is ready (READY=1)", 2, 30s));
+}
+
+TEST_CASE("MAINPID= naming init, or a process that is not the program's, is refused: procctl keeps its main process") {
+    Process outsider({"sleep", "1000"});
+    // From the program's own process (systemd-notify --pid=N would send as pid N: root may).
+    NotifyStack stack("  svc:\n    command: [sh, -c, \"'" + hbtest::bin("sd_client") + "' say MAINPID=1 MAINPID=" + std::to_string(outsider.pid()) +
+                      " MAINPID=$$ READY=1; exec sleep 1000\"]\n    ready: notify\n");
+    REQUIRE_MESSAGE(stack.procctl->wait_for_output("svc is ready (READY=1)", 30s), stack.procctl->output_so_far());
+    const std::string out = stack.procctl->output_so_far();
+    CHECK_MESSAGE(out.find("svc: MAINPID=1 refused: that process is init (pid 1)") != std::string::npos, out);
+    CHECK_MESSAGE(out.find("svc: MAINPID=" + std::to_string(outsider.pid()) + " refused: that process ") != std::string::npos, out);
+    CHECK(out.find("main process is pid") == std::string::npos);
+    const auto shown = stack.program("svc");
+    REQUIRE(shown["pid"].is_number());
+    const auto stat = hbwatch::read_proc_stat(shown["pid"].get<int>());
+    REQUIRE(stat);
+    CHECK(stat->ppid == stack.procctl->pid());  // its own first process still
+    CHECK(outsider.running());
+}
+
+TEST_CASE("MAINPID= naming a process that the program's user could not signal is refused, even one put in its cgroup") {
+    if (::geteuid() != 0) {
+        MESSAGE("SKIPPED: needs root (a program as nobody, and a root process moved into its cgroup)");
+        return;
+    }
+    Scratch dir;
+    const fs::path fifo = dir.dir / "pid.fifo";
+    REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+    REQUIRE(::chown(fifo.c_str(), 65534, 65534) == 0);
+    fs::permissions(dir.dir, fs::perms::others_exec, fs::perm_options::add);
+    Process root_sleeper({"sleep", "1000"});
+    NotifyStack stack("  svc:\n    user: nobody\n    command: [sh, -c, \"read pid < " + fifo.string() + "; '" + hbtest::bin("sd_client") +
+                      "' say MAINPID=$pid READY=1; exec sleep 1000\"]\n    ready: notify\n");
+    if (stack.procctl->output_so_far().find("cgroup v2 not used") != std::string::npos) {
+        MESSAGE("SKIPPED: needs cgroup v2");
+        return;
+    }
+    REQUIRE_MESSAGE(hbtest::eventually([&] { return stack.program("svc")["pid"].is_number(); }, 30s), stack.procctl->output_so_far());
+    const fs::path cgroup = cgroup_dir_of(stack.program("svc")["pid"].get<int>());
+    REQUIRE(!cgroup.empty());
+    std::ofstream(cgroup / "cgroup.procs") << root_sleeper.pid() << std::endl;
+    REQUIRE(cgroup_dir_of(root_sleeper.pid()) == cgroup);
+    fs::permissions(stack.dir.dir, fs::perms::others_exec, fs::perm_options::add);  // nobody reaches its socket
+    std::ofstream(fifo) << root_sleeper.pid() << std::endl;
+    REQUIRE_MESSAGE(stack.procctl->wait_for_output("svc is ready (READY=1)", 30s), stack.procctl->output_so_far());
+    CHECK_MESSAGE(stack.procctl->output_so_far().find("svc: MAINPID=" + std::to_string(root_sleeper.pid()) +
+                                                      " refused: the program's user (uid 65534) could not signal that process") != std::string::npos,
+                  stack.procctl->output_so_far());
+    CHECK(stack.program("svc")["pid"] != root_sleeper.pid());
 }

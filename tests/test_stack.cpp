@@ -327,21 +327,6 @@ TEST_CASE("a program whose cgroup cgroup.kill struck starts again and keeps runn
     CHECK(WEXITSTATUS(stack.wait()) == 0);
 }
 
-namespace {
-
-// The cgroup v2 directory of `pid`, or empty: the "0::" line of /proc/PID/cgroup, under the
-// cgroup2 mount (/sys/fs/cgroup, or /sys/fs/cgroup/unified on a hybrid host).
-fs::path cgroup_dir_of(pid_t pid) {
-    std::istringstream lines(read_file("/proc/" + std::to_string(pid) + "/cgroup"));
-    for (std::string line; std::getline(lines, line);)
-        if (line.rfind("0::", 0) == 0)
-            for (const char* mount : {"/sys/fs/cgroup/unified", "/sys/fs/cgroup"})
-                if (fs::exists(fs::path(mount) / line.substr(4) / "cgroup.freeze")) return fs::path(mount) / line.substr(4);
-    return {};
-}
-
-}  // namespace
-
 TEST_CASE("a start whose child the kernel holds before its exec holds nothing else up, and a stop meanwhile kills it") {
     if (::geteuid() != 0) {
         MESSAGE("SKIPPED: needs root (cgroups)");

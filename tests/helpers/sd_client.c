@@ -7,7 +7,14 @@
  *   sd_client PINGS
  *   sd_client flood      STATUS= messages as fast as it can send them, for ever
  *   sd_client rate N     N STATUS= messages a second, for ever, on one socket of its own
- *                        (the protocol by hand, as daemons without libsystemd speak it) */
+ *                        (the protocol by hand, as daemons without libsystemd speak it)
+ *   sd_client say MESSAGE...   each MESSAGE in a datagram of its own, from this process,
+ *                        then a barrier: what it said has been taken when it exits
+ *   sd_client daemon FILE [pidfd]
+ *                        a classic daemon: forks, setsid()s and forks again; the grandchild
+ *                        says MAINPID= (or MAINPIDFD=1 with its pidfd) and READY=1, waits on
+ *                        the barrier, writes "GRANDCHILD FIRST" (pids) to FILE, then lets its
+ *                        parent and the first process exit, and waits to be stopped */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +23,8 @@
 #include <unistd.h>
 
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <sys/un.h>
 
 #include <systemd/sd-daemon.h>
@@ -26,8 +35,54 @@ static unsigned long long now_ns(void) {
     return (unsigned long long)t.tv_sec * 1000000000ull + (unsigned long long)t.tv_nsec;
 }
 
+static int daemon_mode(const char* file, int by_pidfd) {
+    const pid_t first = getpid();
+    int done[2];
+    if (pipe(done) != 0) return 2;
+    const pid_t middle = fork();
+    if (middle < 0) return 2;
+    if (middle > 0) { /* the first process: exits once its daemon is ready, as daemons do */
+        int status;
+        waitpid(middle, &status, 0);
+        return 0;
+    }
+    setsid();
+    const pid_t last = fork();
+    if (last < 0) _exit(2);
+    if (last > 0) {
+        char c;
+        if (read(done[0], &c, 1) < 0) _exit(2);
+        _exit(0);
+    }
+    char message[128];
+    int r;
+    if (by_pidfd) {
+        int pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0);
+        snprintf(message, sizeof message, "MAINPIDFD=1\nREADY=1\nSTATUS=forked daemon %d", (int)getpid());
+        r = sd_pid_notify_with_fds(0, 0, message, &pidfd, 1);
+        close(pidfd);
+    } else {
+        snprintf(message, sizeof message, "MAINPID=%d\nREADY=1\nSTATUS=forked daemon %d", (int)getpid(), (int)getpid());
+        r = sd_notify(0, message);
+    }
+    printf("notify sent=%d barrier=%d\n", r, sd_notify_barrier(0, 5 * 1000000ull));
+    char pids[64];
+    const int length = snprintf(pids, sizeof pids, "%d %d\n", (int)getpid(), (int)first);
+    char temporary[4096];
+    snprintf(temporary, sizeof temporary, "%s.new", file);
+    FILE* out = fopen(temporary, "w");
+    if (out == NULL || fwrite(pids, 1, (size_t)length, out) != (size_t)length || fclose(out) != 0 || rename(temporary, file) != 0) _exit(2);
+    if (write(done[1], "x", 1) != 1) _exit(2);
+    for (;;) pause();
+}
+
 int main(int argc, char** argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc > 1 && strcmp(argv[1], "say") == 0) {
+        for (int i = 2; i < argc; ++i) printf("%s sent=%d\n", argv[i], sd_notify(0, argv[i]));
+        return sd_notify_barrier(0, 5 * 1000000ull) > 0 ? 0 : 1;
+    }
+    if (argc > 2 && strcmp(argv[1], "daemon") == 0) return daemon_mode(argv[2], argc > 3 && strcmp(argv[3], "pidfd") == 0);
     if (argc > 1 && strcmp(argv[1], "flood") == 0) {
         char message[64];
         for (unsigned long n = 0;; ++n) {

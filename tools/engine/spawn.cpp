@@ -73,8 +73,14 @@ pid_t fork_into(const Cgroup* cgroup, bool& joined, int* pidfd) {
     if (plan.directory != nullptr && !plan.directory->empty() && ::chdir(plan.directory->c_str()) != 0)
         fail(SpawnFailure::Stage::chdir);
     if (plan.uid) {
+        // The system calls themselves, not glibc's setgroups/setgid/setuid: after a raw clone
+        // glibc still lists procctl's other threads, and its setxid would wait for ever for
+        // them to change their credentials too. The child has one thread; the kernel's calls
+        // change just that thread's, which is all of it.
         const std::size_t count = plan.groups != nullptr ? plan.groups->size() : 0;
-        if (::setgroups(count, count ? plan.groups->data() : nullptr) != 0 || ::setgid(plan.gid) != 0 || ::setuid(*plan.uid) != 0)
+        const uid_t uid = *plan.uid;
+        if (::syscall(SYS_setgroups, count, count ? plan.groups->data() : nullptr) != 0 ||
+            ::syscall(SYS_setresgid, plan.gid, plan.gid, plan.gid) != 0 || ::syscall(SYS_setresuid, uid, uid, uid) != 0)
             fail(SpawnFailure::Stage::user);
     }
     if (plan.own_pid != nullptr) {  // digits by hand: nothing that may allocate after a fork

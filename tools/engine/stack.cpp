@@ -140,6 +140,7 @@ int Stack::run(ControlServer& control) {
             if (member->notify && has_event(member->notify->fd())) read_notifications(*member, monotonic_now_ns());
         reap();
         for (auto& member : members_) {
+            if (member->pidfd && has_event(member->pidfd->fd())) handed_over_main_exited(*member, monotonic_now_ns());
             if (has_event(member->probe_fd)) finish_tcp_probe(*member, monotonic_now_ns());
             // Reading cgroup.events re-arms it: unread, it stays ready and poll returns at once.
             if (member->cgroup && has_event(member->cgroup->events_fd())) (void)member->cgroup->populated();
@@ -425,12 +426,25 @@ void Stack::read_signals() {
 }
 
 // Reaps every exited child (orphans included: procctl is their subreaper): a readiness check's
-// answer, or a unit's exit.
+// answer, or a unit's exit. Each zombie is looked at before it is reaped: one with the pid of a
+// handed-over main process is that process only if its pidfd reaps it.
 void Stack::reap() {
-    int status;
-    pid_t pid;
-    while ((pid = ::waitpid(-1, &status, WNOHANG)) > 0) {
+    for (;;) {
+        siginfo_t info{};
+        if (::waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) != 0 || info.si_pid == 0) return;
+        const pid_t pid = info.si_pid;
         const std::uint64_t now = monotonic_now_ns();
+        auto handed_over = std::find_if(members_.begin(), members_.end(), [&](const auto& member) {
+            return member->main_handed_over && member->pidfd && member->unit.pid() == pid;
+        });
+        if (handed_over != members_.end()) {
+            if (const auto status = (*handed_over)->pidfd->reap_if_exited()) {
+                main_exited(**handed_over, *status, now);
+                continue;
+            }
+        }
+        int status = 0;
+        if (::waitpid(pid, &status, WNOHANG) != pid) return;
         for (auto& member_ptr : members_) {
             Member& member = *member_ptr;
             if (pid == member.probe_pid) {
@@ -439,7 +453,7 @@ void Stack::reap() {
                 UnitEvent answer{WIFEXITED(status) && WEXITSTATUS(status) == 0 ? UnitEvent::Kind::ready : UnitEvent::Kind::probe_failed};
                 answer.what = "its check command succeeded";
                 apply(member, answer, now);
-            } else if (pid == member.unit.pid()) {
+            } else if (pid == member.unit.pid() && !member.main_handed_over) {
                 main_exited(member, status, now);
             } else if (member.launching && pid == member.launching->child.pid()) {
                 member.launching->exit_status = status;  // told once its report is read
@@ -448,8 +462,17 @@ void Stack::reap() {
     }
 }
 
-void Stack::main_exited(Member& member, int status, std::uint64_t now) {
+// A handed-over main process that ended as another's child (its parent lives on): its pidfd
+// says it ended; its status is its parent's to read.
+void Stack::handed_over_main_exited(Member& member, std::uint64_t now) {
+    if (!member.main_handed_over || !member.pidfd || !member.pidfd->has_exited()) return;
+    const auto status = member.pidfd->reap_if_exited();
+    main_exited(member, status.value_or(0), now, status.has_value());
+}
+
+void Stack::main_exited(Member& member, int status, std::uint64_t now, bool status_known) {
     member.pidfd.reset();
+    member.main_handed_over = false;
     member.watchdog_due_ns = 0;
     member.exit_errno = member.said_errno;
     read_hang_stop(member);  // before its slots are freed below
@@ -457,6 +480,7 @@ void Stack::main_exited(Member& member, int status, std::uint64_t now) {
     release_slots_of(ended_, member.env_storage, log_);
     UnitEvent exited{UnitEvent::Kind::exited};
     exited.status = status;
+    exited.status_known = status_known;
     apply(member, exited, now);
 }
 

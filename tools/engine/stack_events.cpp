@@ -146,8 +146,9 @@ void Stack::exited_event(Member& member, const UnitEvent& cause) {
     const int status = cause.status;
     const auto runtime = ms_between(unit.started_ns(), monotonic_now_ns());
     json details{{"runtime_seconds", seconds(runtime)}};
-    if (WIFEXITED(status)) details["code"] = WEXITSTATUS(status);
-    if (WIFSIGNALED(status)) {
+    if (!cause.status_known) details["status_known"] = false;
+    else if (WIFEXITED(status)) details["code"] = WEXITSTATUS(status);
+    if (cause.status_known && WIFSIGNALED(status)) {
         details["signal"] = signal_name(WTERMSIG(status));
         details["core_dumped"] = static_cast<bool>(WCOREDUMP(status));
     }
@@ -170,10 +171,10 @@ void Stack::exited_event(Member& member, const UnitEvent& cause) {
         details["reason"] = "procctl_stop";
         details["stop_for"] = member.stop_for;
     } else {
-        details["reason"] = WIFEXITED(status) && WEXITSTATUS(status) == 0 ? "exited" : "failed";
+        details["reason"] = cause.status_known && WIFEXITED(status) && WEXITSTATUS(status) == 0 ? "exited" : "failed";
     }
     member.hang_stop.reset();
-    emit_for(member, EventKind::exited, unit.name() + " " + describe_exit(status) + " after " + human_duration(runtime) +
+    emit_for(member, EventKind::exited, unit.name() + " " + describe_exit(cause) + " after " + human_duration(runtime) +
                                             (why.empty() ? std::string() : ": " + why),
              std::move(details));
 }

@@ -55,7 +55,10 @@ struct Member {
     bool cgroup_taken = false;  // take_cgroup() has run (at start-up, or before its first start)
     OutputFile* out = nullptr;
     OutputFile* err = nullptr;
-    std::optional<Pidfd> pidfd;  // of unit.pid(), opened while it was our unreaped child
+    std::optional<Pidfd> pidfd;  // of unit.pid(): opened while it was our unreaped child, or pinned when it was handed over
+    // Its main process was handed over (sd_notify MAINPID=): maybe not our child, so its exit
+    // is known by its pidfd, and reaped only through it (never by a pid another may hold by then).
+    bool main_handed_over = false;
     ProcessIdentity identity;
     // A start in flight: forked, its exec not yet reported. The unit hears of it once the
     // report comes (spawned, or spawn_failed), so the loop never waits on a child's first steps.
@@ -82,7 +85,8 @@ struct Member {
     std::uint64_t notify_refused = 0;       // messages from processes that may not speak for it
     NotifyDrops notify_drops;
     std::vector<pid_t> refusals_said;       // senders whose refusal was logged (a few)
-    bool said_unsupported = false;          // MAINPID= or FDSTORE= logged once
+    bool said_unsupported = false;          // FDSTORE= logged once
+    unsigned main_pid_refusals = 0;         // MAINPID= refused (the first few are logged)
     bool said_bad_watchdog = false;         // a WATCHDOG_USEC= out of range logged once
     int exit_errno = 0;                     // the ERRNO= its last run said before it exited
     std::string said_waiting;  // the last "waits for" said about it, not to repeat it
@@ -132,13 +136,17 @@ private:
     void open_notify_socket(Member& member);
     void read_notifications(Member& member, std::uint64_t now);
     [[nodiscard]] bool may_speak_for(Member& member, const NotifyMessage& message) const;
+    [[nodiscard]] bool belongs_to(const Member& member, pid_t pid) const;
+    void take_main_pid(Member& member, const NotifyMessage& message, std::uint64_t now);
+    void refuse_main_pid(Member& member, const std::string& said, const std::string& why);
+    void handed_over_main_exited(Member& member, std::uint64_t now);
     void take_notification(Member& member, const NotifyMessage& message, std::uint64_t now);
     void check_watchdogs(std::uint64_t now);
     [[nodiscard]] static bool wants_launch(const Member& member);
     void watch_launch(Member& member, std::uint64_t now);
     /// Its phase as operators see it: starting while its start is in flight.
     [[nodiscard]] static Phase shown_phase(const Member& member);
-    void main_exited(Member& member, int status, std::uint64_t now);
+    void main_exited(Member& member, int status, std::uint64_t now, bool status_known = true);
     static SpawnPlan plan_for(const Member& member, const std::vector<char*>& argv);
     void step(std::uint64_t now);
     [[nodiscard]] bool everything_stopped() const;

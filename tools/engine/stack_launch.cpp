@@ -89,6 +89,7 @@ void Stack::settle_launch(Member& member, std::uint64_t now) {
         member.identity = pinned->identity;
         member.pidfd.emplace(std::move(pinned->pidfd));
     }
+    member.main_handed_over = false;
     // Its watchdog runs from its exec seen: a program cannot ping before it runs, and a host
     // slow to run it (see README, Limits) must not make that a hang.
     member.watchdog = member.program().watchdog;

@@ -3,6 +3,7 @@
 // the other direction: procctl speaking to its own supervisor.
 
 #include <signal.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -61,30 +62,90 @@ void Stack::open_notify_socket(Member& member) {
     member.notify = std::make_unique<NotifySocket>(notify_socket_path(config_.run_dir, member.name()), member.uid, member.gid);
 }
 
+// Whether `pid` is one of the program's processes: in its cgroup, or without one a descendant
+// of its main process (as far as the parents still say so).
+bool Stack::belongs_to(const Member& member, pid_t pid) const {
+    if (!member.unit.running()) return false;
+    if (pid == member.unit.pid()) return true;
+    if (member.cgroup) {
+        const auto pids = member.cgroup->pids();
+        return std::find(pids.begin(), pids.end(), pid) != pids.end();
+    }
+    pid_t at = pid;
+    for (int depth = 0; depth < kAncestorsLookedAt && at > 1; ++depth) {
+        const auto stat = read_proc_stat(at);
+        if (!stat) return false;
+        at = stat->ppid;
+        if (at == member.unit.pid()) return true;
+    }
+    return false;
+}
+
 // Who may speak for a program: its main process, anything in its cgroup, or without one what
 // descends from its main process (systemd's NotifyAccess=all, within the unit). With the
 // sender's pidfd the answer is about that very process: alive, its pid is not another's.
 bool Stack::may_speak_for(Member& member, const NotifyMessage& message) const {
-    const pid_t pid = message.pid;
-    bool inside = pid == member.unit.pid() && member.unit.running();
-    if (!inside && member.cgroup) {
-        const auto pids = member.cgroup->pids();
-        inside = std::find(pids.begin(), pids.end(), pid) != pids.end();
-    } else if (!inside && member.unit.running()) {
-        pid_t at = pid;
-        for (int depth = 0; depth < kAncestorsLookedAt && at > 1 && !inside; ++depth) {
-            const auto stat = read_proc_stat(at);
-            if (!stat) break;
-            at = stat->ppid;
-            inside = at == member.unit.pid();
-        }
-    }
-    // Its pidfd, where the kernel gives one, must still be a live process: else the pid just
-    // looked up may be another's by now. A pidfd the kernel could not make: nobody's message.
+    // A pidfd the kernel could not make: nobody's message.
     if (message.sender_lost) return false;
+    bool inside = belongs_to(member, message.pid);
+    // Its pidfd, where the kernel gives one, must still be a live process: else the pid just
+    // looked up may be another's by now.
     if (inside && message.sender.get() >= 0)
         inside = ::syscall(SYS_pidfd_send_signal, message.sender.get(), 0, nullptr, 0) == 0;
     return inside;
+}
+
+void Stack::refuse_main_pid(Member& member, const std::string& said, const std::string& why) {
+    if (member.main_pid_refusals++ < kRefusalsSaid)
+        log_.warn("{}: {} refused: {}; procctl keeps pid {} as its main process", member.name(), said, why, member.unit.pid());
+}
+
+// MAINPID=N, or MAINPIDFD=1 with the pidfd: a daemon that forked names its new main process,
+// which procctl then watches, stops and restarts after. Only a process of the program's own
+// (belongs_to), that its user could signal, and never one procctl must not signal (init,
+// itself, its ancestors, a kernel thread): the program cannot point procctl at anyone else.
+void Stack::take_main_pid(Member& member, const NotifyMessage& message, std::uint64_t now) {
+    const std::string* by_fd = message.find("MAINPIDFD");
+    const std::string* by_pid = message.find("MAINPID");
+    std::string said;
+    std::optional<pid_t> pid;
+    if (by_fd && *by_fd == "1") {  // systemd's order: the pidfd first, then the number
+        said = "MAINPIDFD=1";
+        if (message.fds.size() == 1) pid = Pidfd::pid_of(message.fds[0].get());
+        if (!pid && !by_pid) return refuse_main_pid(member, said, "it did not come with exactly one fd, a pidfd of a live process");
+    }
+    if (!pid && by_pid) {
+        said = "MAINPID=" + shown_status(by_pid->substr(0, 16));
+        if (const auto value = number(*by_pid); value && *value > 0 && *value < 1u << 30) pid = static_cast<pid_t>(*value);
+        if (!pid) return refuse_main_pid(member, said, "not a pid");
+    }
+    if (!pid) return;
+    if (!member.unit.running() || member.launching) return refuse_main_pid(member, said, "the program has no main process now");
+    if (*pid == member.unit.pid()) return;
+    Refusal refusal{};
+    auto pinned = Pidfd::pin(*pid, &refusal);
+    if (!pinned) return refuse_main_pid(member, said, std::string("that process is ") + to_string(refusal));
+    if (!belongs_to(member, *pid))
+        return refuse_main_pid(member, said, member.cgroup ? "that process is not in the program's cgroup"
+                                                           : "that process does not descend from the program's main process");
+    const uid_t runner = member.uid.value_or(::geteuid());
+    const auto uids = read_uids(*pid);
+    if (!uids || !user_may_signal(runner, *uids))
+        return refuse_main_pid(member, said, "the program's user (uid " + std::to_string(runner) + ") could not signal that process");
+    // All of the above was read of the pinned process only if it still runs now; a pidfd
+    // handed over must name it too (both alive at once with one pid: the same process).
+    if (pinned->pidfd.has_exited()) return refuse_main_pid(member, said, "that process exited meanwhile");
+    if (said == "MAINPIDFD=1") {
+        const int copy = ::fcntl(message.fds[0].get(), F_DUPFD_CLOEXEC, 0);
+        if (copy < 0 || Pidfd::adopt(copy, *pid).has_exited()) return refuse_main_pid(member, said, "the pidfd's process exited meanwhile");
+    }
+    member.pidfd.emplace(std::move(pinned->pidfd));
+    member.identity = pinned->identity;
+    member.main_handed_over = true;
+    UnitEvent handed{UnitEvent::Kind::main_pid};
+    handed.pid = *pid;
+    handed.what = "it said " + said;
+    apply(member, handed, now);
 }
 
 void Stack::read_notifications(Member& member, std::uint64_t now) {
@@ -147,10 +208,11 @@ void Stack::take_notification(Member& member, const NotifyMessage& message, std:
             apply(member, extend, now);
         }
     }
-    if ((message.find("MAINPID") || message.find("MAINPIDFD") || message.find("FDSTORE")) && !member.said_unsupported) {
+    if (message.find("MAINPID") || message.find("MAINPIDFD")) take_main_pid(member, message, now);
+    if (message.find("FDSTORE") && !member.said_unsupported) {
         member.said_unsupported = true;
-        log_.warn("{}: MAINPID=, MAINPIDFD= and FDSTORE= are not supported yet: procctl keeps watching pid {}, and closes stored fds",
-                  member.name(), member.unit.pid());
+        log_.warn("{}: FDSTORE=1 is not supported: procctl closes the fds it was sent, and the program gets none back at its restart",
+                  member.name());
     }
     if (const auto* value = message.find("READY"); value && *value == "1") {
         member.said_ready = true;

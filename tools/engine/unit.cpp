@@ -154,7 +154,13 @@ std::vector<Effect> Unit::on(const UnitEvent& event, std::uint64_t now, const Fa
             break;
         case Kind::exited:
             if (observer_ && running()) observer_(*this, Change{phase_, phase_, event});  // the exit itself, pid still known
-            on_exit(out, now, event.status, facts);
+            on_exit(out, now, event, facts);
+            break;
+        case Kind::main_pid:
+            if (!running() || event.pid <= 0 || event.pid == pid_) break;
+            log(out, Effect::Level::info,
+                name_ + "'s main process is pid " + std::to_string(event.pid) + " now, not " + std::to_string(pid_) + " (" + event.what + ")");
+            pid_ = event.pid;
             break;
         case Kind::rss: {
             if (phase_ != Phase::ready || program_->max_rss == 0) break;
@@ -325,32 +331,39 @@ void Unit::become_ready(Effects& out, std::uint64_t now, const std::string& how,
     if (enter_ready) enter(Phase::ready);
 }
 
-void Unit::on_exit(Effects& out, std::uint64_t now, int status, const Facts& facts) {
+std::string describe_exit(const UnitEvent& exit) {
+    return exit.status_known ? describe_exit(exit.status) : "exited (its status unknown: it was not procctl's child)";
+}
+
+void Unit::on_exit(Effects& out, std::uint64_t now, const UnitEvent& exit, const Facts& facts) {
     const auto runtime = ms_between(started_ns_, now);
     pid_ = 0;
     next_rss_ns_ = 0;
-    last_exit_ = describe_exit(status) + " after " + human_duration(runtime);
+    // A main process it handed over (MAINPID=) that was not procctl's child when it ended: its
+    // status is its parent's to read. Counted as a failure, so on-failure restarts it.
+    const std::string how = describe_exit(exit);
+    last_exit_ = how + " after " + human_duration(runtime);
     if (phase_ == Phase::stop_queued) enter(Phase::stopping);  // it exited before its stop began: the stop is done
     if (phase_ == Phase::stopping || phase_ == Phase::killing) {
-        log(out, Effect::Level::info, name_ + " " + describe_exit(status) + " after " + human_duration(runtime));
+        log(out, Effect::Level::info, name_ + " " + how + " after " + human_duration(runtime));
         stopping_step(out, now, facts);
         return;
     }
     out.push_back(Effect{Effect::Kind::close_probe});
     out.push_back(Effect{Effect::Kind::kill_leftovers});  // what it left running goes with it
-    const bool success = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    const bool success = exit.status_known && WIFEXITED(exit.status) && WEXITSTATUS(exit.status) == 0;
     const RestartMode mode = program_->restart;
     const auto level = success ? Effect::Level::info : Effect::Level::warn;
     if (mode == RestartMode::never || (mode == RestartMode::on_failure && success)) {
         log(out, level,
-            name_ + " " + describe_exit(status) + " after " + human_duration(runtime) + "; not restarted (restart: " +
+            name_ + " " + how + " after " + human_duration(runtime) + "; not restarted (restart: " +
                 (mode == RestartMode::never ? "never" : "on-failure") + ")");
         due_ns_ = deadline_ns_ = 0;
         enter(Phase::exited);
         return;
     }
     const auto delay = policy_.after_exit(success, runtime);
-    log(out, level, name_ + " " + describe_exit(status) + " after " + human_duration(runtime) + "; next start in " + human_duration(delay));
+    log(out, level, name_ + " " + how + " after " + human_duration(runtime) + "; next start in " + human_duration(delay));
     due_ns_ = now + to_ns(delay);
     deadline_ns_ = 0;
     enter(Phase::backoff);

@@ -50,7 +50,8 @@ struct UnitEvent {
         spawn_failed,  // it could not: `what`, `error`
         ready,         // its readiness check passed: `what` says how
         probe_failed,  // an exec check exited non-zero: try again later
-        exited,        // its main process ended: `status`
+        exited,        // its main process ended: `status`, unless `status_known` is false
+        main_pid,      // its main process is another now: `pid` (sd_notify MAINPID=, checked by the stack)
         rss,           // its resident memory now: `bytes`
         hung,          // its watchdog was missed (`what` says how): stopped, then started again
         extend,        // it asked for more time (sd_notify EXTEND_TIMEOUT_USEC): to `until_ns`
@@ -64,12 +65,16 @@ struct UnitEvent {
     Kind kind;
     pid_t pid = 0;
     int status = 0;
+    bool status_known = true;  // exited: false for a main process that was not our child when it ended
     int error = 0;
     std::uint64_t bytes = 0;
     std::uint64_t forked_ns = 0;  // spawned: 0 for now
     std::uint64_t until_ns = 0;   // extend
     std::string what;
 };
+
+/// An exited event's words: "exited with code 1", "killed by SIGKILL", or that its status is unknown.
+[[nodiscard]] std::string describe_exit(const UnitEvent& exit);
 
 struct Effect {
     enum class Kind {
@@ -151,7 +156,7 @@ private:
     void stopping_step(Effects& out, std::uint64_t now, const Facts& facts);
     void finish_stop(Effects& out, std::uint64_t now);
     void become_ready(Effects& out, std::uint64_t now, const std::string& how, bool enter_ready = true);
-    void on_exit(Effects& out, std::uint64_t now, int status, const Facts& facts);
+    void on_exit(Effects& out, std::uint64_t now, const UnitEvent& exit, const Facts& facts);
     void on_command(UnitEvent::Kind command);
 
     std::shared_ptr<const ProgramConfig> program_;  // shared: a reload keeps an unchanged program's

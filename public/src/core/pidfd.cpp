@@ -6,10 +6,14 @@
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <stdexcept>
+#include <string>
 #include <utility>
 
 namespace hbwatch {
@@ -20,6 +24,9 @@ int pidfd_open_raw(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_open
 int pidfd_send_signal_raw(int fd, int sig) { return static_cast<int>(::syscall(SYS_pidfd_send_signal, fd, sig, nullptr, 0)); }
 
 constexpr long kPidfsMagic = 0x50494446;  // PID_FS_MAGIC: pidfds are pidfs inodes (Linux 6.9+)
+#ifndef P_PIDFD
+constexpr idtype_t P_PIDFD = static_cast<idtype_t>(3);  // Linux 5.4; glibc headers may lack it
+#endif
 
 }  // namespace
 
@@ -148,6 +155,37 @@ bool Pidfd::wait_exit(std::chrono::milliseconds timeout) const {
         n = ::poll(&p, 1, static_cast<int>(timeout.count()));
     } while (n < 0 && errno == EINTR);
     return n == 1;
+}
+
+std::optional<int> Pidfd::reap_if_exited() const {
+    siginfo_t info{};
+    if (::waitid(P_PIDFD, static_cast<id_t>(fd_), &info, WEXITED | WNOHANG) != 0 || info.si_pid == 0) return std::nullopt;
+    switch (info.si_code) {
+        case CLD_EXITED: return (info.si_status & 0xff) << 8;
+        case CLD_KILLED: return info.si_status & 0x7f;
+        case CLD_DUMPED: return (info.si_status & 0x7f) | 0x80;
+        default: return 0;
+    }
+}
+
+std::optional<pid_t> Pidfd::pid_of(int fd) {
+    // A pidfd links as "anon_inode:[pidfd]", or "pidfd:[INODE]" on pidfs; its fdinfo's Pid:
+    // is -1 once its process was reaped.
+    char link[64] = {};
+    const std::string fd_path = "/proc/self/fd/" + std::to_string(fd);
+    const ssize_t length = ::readlink(fd_path.c_str(), link, sizeof link - 1);
+    if (length <= 0 || std::strstr(link, "pidfd") == nullptr) return std::nullopt;
+    std::ifstream info("/proc/self/fdinfo/" + std::to_string(fd));
+    for (std::string line; std::getline(info, line);) {
+        if (line.rfind("Pid:", 0) != 0) continue;
+        try {
+            const long pid = std::stol(line.substr(4));
+            if (pid > 0) return static_cast<pid_t>(pid);
+        } catch (const std::exception&) {
+        }
+        return std::nullopt;
+    }
+    return std::nullopt;
 }
 
 }  // namespace hbwatch

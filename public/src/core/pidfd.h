@@ -50,6 +50,9 @@ public:
     static std::optional<Pidfd> open_pid(pid_t pid, int* error = nullptr);
     /// Takes ownership of `fd`, a pidfd of `pid` made elsewhere (clone's CLONE_PIDFD).
     static Pidfd adopt(int fd, pid_t pid) noexcept { return Pidfd(fd, pid); }
+    /// The pid of the process that `fd`, a pidfd another process handed over, names (its
+    /// fdinfo's Pid:); nullopt when `fd` is not a pidfd or its process has been reaped.
+    [[nodiscard]] static std::optional<pid_t> pid_of(int fd);
 
     /// Pins the process holding `pid`: opens a pidfd, then reads /proc/PID/stat, then checks
     /// that the pidfd is still alive, so the stat belongs to the pidfd's process. Refuses
@@ -85,6 +88,9 @@ public:
     [[nodiscard]] bool still_running() const { return !has_exited(); }
     /// Waits for the exit, at most `timeout`; true when it exited.
     bool wait_exit(std::chrono::milliseconds timeout) const;
+    /// Reaps this very process if it is the caller's child and has exited (waitid P_PIDFD, so
+    /// never another that took its pid): its wait status, else nullopt (running, or not ours).
+    [[nodiscard]] std::optional<int> reap_if_exited() const;
 
 private:
     Pidfd(int fd, pid_t pid) noexcept : fd_(fd), pid_(pid) {}
