@@ -4,7 +4,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <filesystem>
+#include <map>
+#include <optional>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -48,6 +51,29 @@ inline fs::path cgroup_dir_of(pid_t pid) {
 }
 
 // Runs a program to its end; its exit code and output.
+/// CLOCK_MONOTONIC now, in ms, as procctl's events' monotonic_ns count it.
+inline double monotonic_ms() {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+/// procctl's own part of a restart of `instance` asked at `asked_ms` (monotonic_ms()), from its
+/// events since: the request to its `stopping` event, plus the old process's exit to the new
+/// one's fork (`started` less its `exec_seconds`). How fast the kernel runs the program's own
+/// processes is the host's (README, Limits). nullopt when those events are not all there.
+inline std::optional<double> procctl_restart_part(const nlohmann::json& events, const std::string& instance, double asked_ms) {
+    std::map<std::string, double> at_ms;  // the first of each kind after the request
+    double exec_ms = 0;
+    for (const auto& event : events) {
+        const std::string kind = event["kind"];
+        const double ms = event["monotonic_ns"].get<double>() / 1e6;
+        if (event["instance"] != instance || ms < asked_ms || at_ms.count(kind)) continue;
+        at_ms[kind] = ms;
+        if (kind == "started") exec_ms = event["details"]["exec_seconds"].get<double>() * 1000.0;
+    }
+    if (!at_ms.count("stopping") || !at_ms.count("exited") || !at_ms.count("started")) return std::nullopt;
+    return (at_ms["stopping"] - asked_ms) + (at_ms["started"] - exec_ms - at_ms["exited"]);
+}
+
 inline std::pair<int, std::string> run(std::vector<std::string> argv) {
     Process p(std::move(argv));
     REQUIRE(p.wait_exit(30s));

@@ -363,7 +363,9 @@ TEST_CASE("the real Prometheus server scrapes procctl with a token: the target i
 }
 
 TEST_CASE("headless Chromium renders the status page with a row for each program, and a screenshot is kept") {
-    HttpStack stack("  alpha: {command: [sleep, '1000']}\n  beta: {command: [sleep, '1000']}\n");
+    HttpStack stack("  alpha: {command: [sh, -c, \"systemd-notify --ready --status='serving 3 clients'; exec sleep 1000\"], ready: notify}\n"
+                    "  beta: {command: [sleep, '1000']}\n");
+    REQUIRE(hbtest::eventually([&] { return stack.program("alpha")["status"] == "serving 3 clients"; }, 30s));
     // The token is handed in the fragment, which never reaches the server; the page keeps it in
     // sessionStorage and takes it out of the address.
     const std::string page = stack.url("/#token=" + kViewer);
@@ -379,6 +381,7 @@ TEST_CASE("headless Chromium renders the status page with a row for each program
     CHECK(dom.find("<tr data-program=\"beta\">") != std::string::npos);
     CHECK(dom.find(kViewer) == std::string::npos);  // not left in the page
     CHECK(dom.find("started alpha as pid") != std::string::npos);  // the events list
+    CHECK_MESSAGE(dom.find("<td class=\"wrap hide-narrow\" data-label=\"status\">serving 3 clients</td>") != std::string::npos, dom);
     CHECK(std::regex_search(dom, std::regex("data-port=\"" + std::to_string(stack.port) + "\"")));  // procctl's own listener
     // Kept in the build's artifacts/ (the screenshots of a run as another user stay in its scratch directory).
     fs::path artifacts = fs::path(HBWATCH_ARTIFACT_DIR);
@@ -530,17 +533,9 @@ TEST_CASE("a flood from 32 unauthenticated clients does not delay an authorised 
             }, 10s));
         }));
         const double asked_ms = std::chrono::duration<double, std::milli>(asked.time_since_epoch()).count();
-        std::map<std::string, double> at_ms;  // the first of each kind after the request
-        double exec_ms = 0;
-        for (const auto& event : events_since()) {
-            const std::string kind = event["kind"];
-            const double ms = event["monotonic_ns"].get<double>() / 1e6;
-            if (event["instance"] != "sleeper" || ms < asked_ms || at_ms.count(kind)) continue;
-            at_ms[kind] = ms;
-            if (kind == "started") exec_ms = event["details"]["exec_seconds"].get<double>() * 1000.0;
-        }
-        REQUIRE_MESSAGE((at_ms.count("stopping") && at_ms.count("exited") && at_ms.count("started")), "events of the restart not found");
-        return (at_ms["stopping"] - asked_ms) + (at_ms["started"] - exec_ms - at_ms["exited"]);
+        const auto part = procctl_restart_part(events_since(), "sleeper", asked_ms);
+        REQUIRE_MESSAGE(part.has_value(), "events of the restart not found");
+        return *part;
     };
     std::vector<double> quiet_requests, quiet_restarts, flood_requests, flood_restarts;
     for (int i = 0; i < 9; ++i) {

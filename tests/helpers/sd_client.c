@@ -10,6 +10,10 @@
  *                        (the protocol by hand, as daemons without libsystemd speak it)
  *   sd_client say MESSAGE...   each MESSAGE in a datagram of its own, from this process,
  *                        then a barrier: what it said has been taken when it exits
+ *   sd_client linger PORT
+ *                        connects to 127.0.0.1:PORT (a listener that never reads), fills the
+ *                        connection, sets SO_LINGER to 30 s, hands the socket over with
+ *                        FDSTORE=1 (its last close then blocks 30 s), then says STATUS=after
  *   sd_client daemon FILE [pidfd]
  *                        a classic daemon: forks, setsid()s and forks again; the grandchild
  *                        says MAINPID= (or MAINPIDFD=1 with its pidfd) and READY=1, waits on
@@ -23,6 +27,9 @@
 #include <unistd.h>
 
 #include <sys/socket.h>
+#include <netinet/in.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <sys/un.h>
@@ -76,12 +83,31 @@ static int daemon_mode(const char* file, int by_pidfd) {
     for (;;) pause();
 }
 
+static int linger_mode(const char* port) {
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(port)), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr*)&to, sizeof to) != 0) return 2;
+    const struct linger linger = {.l_onoff = 1, .l_linger = 30};
+    if (setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, sizeof linger) != 0 || fcntl(fd, F_SETFL, O_NONBLOCK) != 0) return 2;
+    static char chunk[65536];
+    long queued = 0;
+    for (ssize_t n; (n = send(fd, chunk, sizeof chunk, 0)) > 0;) queued += n;
+    if (errno != EAGAIN) return 2;
+    int r = sd_pid_notify_with_fds(0, 0, "FDSTORE=1\nFDNAME=lingering", &fd, 1);
+    close(fd); /* procctl's copy is the last now */
+    printf("queued %ld, sent=%d at %llu\n", queued, r, now_ns());
+    r = sd_notify(0, "STATUS=after");
+    printf("status sent=%d\n", r);
+    for (;;) pause();
+}
+
 int main(int argc, char** argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc > 1 && strcmp(argv[1], "say") == 0) {
         for (int i = 2; i < argc; ++i) printf("%s sent=%d\n", argv[i], sd_notify(0, argv[i]));
         return sd_notify_barrier(0, 5 * 1000000ull) > 0 ? 0 : 1;
     }
+    if (argc > 2 && strcmp(argv[1], "linger") == 0) return linger_mode(argv[2]);
     if (argc > 2 && strcmp(argv[1], "daemon") == 0) return daemon_mode(argv[2], argc > 3 && strcmp(argv[3], "pidfd") == 0);
     if (argc > 1 && strcmp(argv[1], "flood") == 0) {
         char message[64];

@@ -7,7 +7,11 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <mutex>
+#include <thread>
 
 #include <hbwatch/error.h>
 
@@ -31,6 +35,54 @@ OwnedFd& OwnedFd::operator=(OwnedFd&& other) noexcept {
 
 OwnedFd::~OwnedFd() {
     if (fd_ >= 0) ::close(fd_);
+}
+
+struct FdCloser::Queue {
+    std::mutex mutex;
+    std::condition_variable wake;
+    std::deque<int> fds;
+    std::size_t closing = 0;  // taken by the thread, not yet closed
+    bool thread = false;      // started
+    bool done = false;        // its owner is gone: finish the queue, then end
+};
+
+FdCloser::FdCloser() : queue_(std::make_shared<Queue>()) {}
+
+FdCloser::~FdCloser() {
+    const std::lock_guard lock(queue_->mutex);
+    queue_->done = true;
+    queue_->wake.notify_one();
+}
+
+void FdCloser::close_later(std::vector<OwnedFd>& fds) {
+    if (fds.empty()) return;
+    std::unique_lock lock(queue_->mutex);
+    for (auto& fd : fds) queue_->fds.push_back(fd.release());
+    fds.clear();
+    if (!queue_->thread) {
+        // Detached, holding the queue: a close that lingers never delays procctl's own exit.
+        std::thread([queue = queue_] {
+            std::unique_lock held(queue->mutex);
+            for (;;) {
+                queue->wake.wait(held, [&] { return queue->done || !queue->fds.empty(); });
+                if (queue->fds.empty()) return;
+                const int fd = queue->fds.front();
+                queue->fds.pop_front();
+                queue->closing = 1;
+                held.unlock();
+                ::close(fd);
+                held.lock();
+                queue->closing = 0;
+            }
+        }).detach();
+        queue_->thread = true;
+    }
+    queue_->wake.notify_one();
+}
+
+std::size_t FdCloser::backlog() const {
+    const std::lock_guard lock(queue_->mutex);
+    return queue_->fds.size() + queue_->closing;
 }
 
 const std::string* NotifyMessage::find(const std::string& key) const {
@@ -99,7 +151,7 @@ NotifySocket::~NotifySocket() {
     if (inode_ != 0 && ::lstat(path_.c_str(), &now) == 0 && now.st_ino == inode_) ::unlink(path_.c_str());
 }
 
-std::optional<NotifyMessage> NotifySocket::receive(NotifyDrops& drops, bool& taken) {
+std::optional<NotifyMessage> NotifySocket::receive(NotifyDrops& drops, bool& taken, FdCloser& closer) {
     // Room for the credentials, a pidfd and systemd's 768 fds: a BARRIER's one fd must never
     // come with MSG_CTRUNC (systemd#17795).
     constexpr std::size_t kMaxFds = 768;
@@ -141,14 +193,16 @@ std::optional<NotifyMessage> NotifySocket::receive(NotifyDrops& drops, bool& tak
                 }
             }
         }
-        // Dropped as systemd drops them, the fds that came closed with `message`.
+        // Dropped as systemd drops them, the fds that came closed by `closer`.
         if ((header.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0 || static_cast<std::size_t>(n) > kMaxMessage) {
             ++drops.truncated;
+            closer.close_later(message.fds);
             return std::nullopt;
         }
         const std::string text(data, static_cast<std::size_t>(n));
         if (!credentials || text.empty() || text.find('\0') != std::string::npos) {
             ++drops.malformed;
+            closer.close_later(message.fds);
             return std::nullopt;
         }
         message.fields = parse_notify_fields(text);

@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -23,9 +24,30 @@ public:
     OwnedFd& operator=(const OwnedFd&) = delete;
     ~OwnedFd();
     [[nodiscard]] int get() const noexcept { return fd_; }
+    int release() noexcept { return std::exchange(fd_, -1); }
 
 private:
     int fd_;
+};
+
+/// Closes fds that programs sent (SCM_RIGHTS) on a thread of its own, started at the first:
+/// the last close of a socket with SO_LINGER can block for as long as its sender chose, and
+/// must never hold the supervision loop. Its backlog tells the loop when to stop reading.
+class FdCloser {
+public:
+    FdCloser();
+    ~FdCloser();  // the thread finishes what is queued on its own
+    FdCloser(const FdCloser&) = delete;
+    FdCloser& operator=(const FdCloser&) = delete;
+    /// Takes every fd of `fds` (left empty), in order: a BARRIER's fd closes after the ones
+    /// before it.
+    void close_later(std::vector<OwnedFd>& fds);
+    /// Fds queued and not yet closed.
+    [[nodiscard]] std::size_t backlog() const;
+
+private:
+    struct Queue;
+    std::shared_ptr<Queue> queue_;  // shared with the thread, which may outlive this
 };
 
 /// One datagram, with the sender's credentials as the kernel gave them.
@@ -66,8 +88,9 @@ public:
     [[nodiscard]] const std::string& path() const noexcept { return path_; }
     /// The next datagram, or nullopt when none waits. `taken` is set when one was read, even one
     /// dropped (cut short, empty, with a NUL byte or no credentials; counted in `drops`, and
-    /// then nullopt too): every datagram counts against a turn's budget.
-    std::optional<NotifyMessage> receive(NotifyDrops& drops, bool& taken);
+    /// then nullopt too): every datagram counts against a turn's budget. A dropped one's fds go
+    /// to `closer`; a message's are the caller's to give it.
+    std::optional<NotifyMessage> receive(NotifyDrops& drops, bool& taken, FdCloser& closer);
 
 private:
     std::string path_;

@@ -103,6 +103,7 @@ int Stack::run(ControlServer& control) {
         }
         std::uint64_t wake = std::min(now + to_ns(std::chrono::seconds(1)), std::max(next_beat_check_ns_, now));
         if (next_watchdog_ns_ != 0) wake = std::min(wake, std::max(next_watchdog_ns_, now));
+        const bool reading_paused = notify_paused();  // then the 1 s wake-up looks again
         fds.clear();
         fds.push_back(pollfd{signal_fd_, POLLIN, 0});
         fds.push_back(pollfd{control.wake_fd(), POLLIN, 0});
@@ -114,7 +115,7 @@ int Stack::run(ControlServer& control) {
             if (member->cgroup && (member->unit.phase() == Phase::stopping || member->unit.phase() == Phase::killing))
                 fds.push_back(pollfd{member->cgroup->events_fd(), POLLPRI, 0});
             if (const std::uint64_t at = member->unit.next_wake(); at > 0) wake = std::min(wake, std::max(at, now));
-            if (member->notify) fds.push_back(pollfd{member->notify->fd(), POLLIN, 0});
+            if (member->notify && !reading_paused) fds.push_back(pollfd{member->notify->fd(), POLLIN, 0});
             if (member->watchdog_due_ns != 0) wake = std::min(wake, std::max(member->watchdog_due_ns, now));
             if (const auto& launching = member->launching) {
                 const std::uint64_t at = launching->killed ? launching->killed_ns + to_ns(kLaunchKillWait)

@@ -52,6 +52,8 @@ void Stack::emit(Event event) {
 }
 
 void Stack::emit_for(const Member& member, EventKind kind, std::string message, json details) {
+    // What the program last said of itself (sd_notify STATUS=) goes with every event about it.
+    if (!member.said_status.empty() && details.is_object()) details["program_status"] = member.said_status;
     emit(make_event(kind, member.name(), member.unit.pid(), std::move(message), std::move(details)));
 }
 

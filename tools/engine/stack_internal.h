@@ -135,6 +135,8 @@ private:
     // sd_notify (stack_notify_server.cpp).
     void open_notify_socket(Member& member);
     void read_notifications(Member& member, std::uint64_t now);
+    /// Whether fds sent to the notify sockets wait to be closed in such numbers that no more may be read.
+    [[nodiscard]] bool notify_paused();
     [[nodiscard]] bool may_speak_for(Member& member, const NotifyMessage& message) const;
     [[nodiscard]] bool belongs_to(const Member& member, pid_t pid) const;
     void take_main_pid(Member& member, const NotifyMessage& message, std::uint64_t now);
@@ -231,6 +233,8 @@ private:
     ControlServer* control_ = nullptr;   // while run() runs: followers of /v1/events
     std::uint64_t next_beat_check_ns_ = 0;
     std::optional<NotifyClient> notify_;   // NOTIFY_SOCKET, when procctl runs under systemd (Type=notify)
+    FdCloser closer_;                      // the fds the programs' notify messages brought
+    bool said_closer_backlog_ = false;
     bool told_ready_ = false;
     std::string told_status_;
     std::uint64_t next_watchdog_ns_ = 0;  // 0: no watchdog asked for

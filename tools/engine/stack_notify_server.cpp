@@ -26,6 +26,7 @@ namespace {
 constexpr int kMessagesPerTurn = 64;
 constexpr std::size_t kShownStatus = 512;
 constexpr std::size_t kRefusalsSaid = 16;
+constexpr std::size_t kCloserBacklog = 1024;  // fds waiting to be closed before reading pauses
 constexpr int kAncestorsLookedAt = 64;
 constexpr std::uint64_t kMaxExtensionUsec = 24ull * 3600 * 1000 * 1000;  // a day at a time, as the config's ranges
 
@@ -148,10 +149,20 @@ void Stack::take_main_pid(Member& member, const NotifyMessage& message, std::uin
     apply(member, handed, now);
 }
 
+bool Stack::notify_paused() {
+    const bool paused = closer_.backlog() > kCloserBacklog;
+    if (paused && !said_closer_backlog_)
+        log_.warn("{} fds sent on notify sockets wait to be closed (a close that lingers: SO_LINGER): reading notify sockets is paused "
+                  "until they are",
+                  closer_.backlog());
+    said_closer_backlog_ = paused;
+    return paused;
+}
+
 void Stack::read_notifications(Member& member, std::uint64_t now) {
-    for (int i = 0; i < kMessagesPerTurn && member.notify; ++i) {
+    for (int i = 0; i < kMessagesPerTurn && member.notify && !notify_paused(); ++i) {
         bool taken = false;
-        auto message = member.notify->receive(member.notify_drops, taken);
+        auto message = member.notify->receive(member.notify_drops, taken, closer_);
         if (!taken) return;
         if (!message) continue;  // dropped, and counted
         if (!may_speak_for(member, *message)) {
@@ -162,10 +173,11 @@ void Stack::read_notifications(Member& member, std::uint64_t now) {
                 log_.warn("{}: a notify message from pid {} (uid {}), which is not in {}'s cgroup nor its main process, refused: {}",
                           member.name(), message->pid, message->uid, member.name(), fields_text(*message));
             }
-            continue;
+        } else {
+            take_notification(member, *message, now);
         }
-        take_notification(member, *message, now);
-    }  // every message's fds close with it: a BARRIER's once all before it were taken
+        closer_.close_later(message->fds);  // a BARRIER's once all before it were taken
+    }
 }
 
 void Stack::take_notification(Member& member, const NotifyMessage& message, std::uint64_t now) {
