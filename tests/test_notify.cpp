@@ -280,7 +280,8 @@ TEST_CASE("MAINPIDFD=1 with the grandchild's pidfd is followed the same way: a r
     REQUIRE(run(proctab(stack.dir, {"restart", "daemon"})).first == 0);
     CHECK(ends(grandchild));
     REQUIRE(stack.procctl->wait_for_output_count("daemon is ready (READY=1)", 2, 30s));
-    const auto [second, second_first] = daemon_pids(pids_file);
+    const auto second_pids = daemon_pids(pids_file);
+    const pid_t second = second_pids.first;
     CHECK(second > 0);
     CHECK(second != grandchild);
     CHECK(hbtest::eventually([&] { return stack.program("daemon")["pid"] == second; }));
@@ -297,12 +298,16 @@ TEST_CASE("a main process handed over that is not procctl's child: its end is se
     auto stat = hbwatch::read_proc_stat(sleeper);
     REQUIRE(stat);
     CHECK(stat->comm == "sleep");
-    CHECK(stat->ppid != stack.procctl->pid());
+    const pid_t shell = stat->ppid;  // the first main process, which lives on
+    CHECK(shell != stack.procctl->pid());
     REQUIRE(::kill(sleeper, SIGKILL) == 0);
     // Not its child: counted as a failure, so on-failure starts it again.
     REQUIRE_MESSAGE(stack.procctl->wait_for_output("svc exited (its status unknown: it was not procctl's child)", 30s),
                     stack.procctl->output_so_far());
     CHECK(stack.procctl->wait_for_output_count("svc is ready (READY=1)", 2, 30s));
+    // The first main process (the shell, now a sleep of its own) went with the program, with
+    // a cgroup or without one.
+    CHECK(ends(shell));
 }
 
 TEST_CASE("MAINPID= naming init, or a process that is not the program's, is refused: procctl keeps its main process") {
@@ -387,4 +392,19 @@ TEST_CASE("an fd sent on the notify socket whose close lingers (SO_LINGER, 30 s)
             << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms of the lingering close");
     CHECK(took < 20s);
     ::close(listener);
+}
+
+TEST_CASE("MAINPID= naming the readiness check that procctl started is refused: that child is procctl's to reap") {
+    NotifyStack stack("  svc:\n    command: [sh, -c, \"while [ ! -s {RUN}/check.pid ]; do sleep 0.05; done; '" + hbtest::bin("sd_client") +
+                      "' say MAINPID=$(cat {RUN}/check.pid); exec sleep 1000\"]\n    notify: true\n    ready: exec:/bin/sh {RUN}/check.sh\n");
+    std::ofstream(stack.dir.dir / "run" / "check.sh") << "echo $$ > " << (stack.dir.dir / "run" / "check.pid").string() << ".new; mv "
+                                                      << (stack.dir.dir / "run" / "check.pid").string() << ".new "
+                                                      << (stack.dir.dir / "run" / "check.pid").string() << "; exec sleep 3\n";
+    REQUIRE_MESSAGE(stack.procctl->wait_for_output("refused: that process is one procctl started for another purpose", 30s),
+                    stack.procctl->output_so_far());
+    REQUIRE_MESSAGE(stack.procctl->wait_for_output("svc is ready (its check command succeeded)", 30s), stack.procctl->output_so_far());
+    const auto stat = hbwatch::read_proc_stat(stack.program("svc")["pid"].get<int>());
+    REQUIRE(stat);
+    CHECK(stat->ppid == stack.procctl->pid());
+    CHECK(stack.procctl->output_so_far().find("main process is pid") == std::string::npos);
 }

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <system_error>
 #include <thread>
 
 #include <hbwatch/error.h>
@@ -49,33 +50,56 @@ struct FdCloser::Queue {
 FdCloser::FdCloser() : queue_(std::make_shared<Queue>()) {}
 
 FdCloser::~FdCloser() {
+    if (!queue_) return;  // moved from
     const std::lock_guard lock(queue_->mutex);
     queue_->done = true;
     queue_->wake.notify_one();
 }
 
 void FdCloser::close_later(std::vector<OwnedFd>& fds) {
-    if (fds.empty()) return;
-    std::unique_lock lock(queue_->mutex);
-    for (auto& fd : fds) queue_->fds.push_back(fd.release());
+    for (auto& owned : fds) {
+        const int fd = owned.release();
+        struct stat st {};
+        if (::fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode)) {
+            const linger off{0, 0};
+            (void)::setsockopt(fd, SOL_SOCKET, SO_LINGER, &off, sizeof off);
+            ::close(fd);
+        } else if (::fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode)) {
+            ::close(fd);
+        } else {
+            queue(fd);
+        }
+    }
     fds.clear();
+}
+
+void FdCloser::queue(int fd) {
+    std::unique_lock lock(queue_->mutex);
+    queue_->fds.push_back(fd);
     if (!queue_->thread) {
-        // Detached, holding the queue: a close that lingers never delays procctl's own exit.
-        std::thread([queue = queue_] {
-            std::unique_lock held(queue->mutex);
-            for (;;) {
-                queue->wake.wait(held, [&] { return queue->done || !queue->fds.empty(); });
-                if (queue->fds.empty()) return;
-                const int fd = queue->fds.front();
-                queue->fds.pop_front();
-                queue->closing = 1;
-                held.unlock();
-                ::close(fd);
-                held.lock();
-                queue->closing = 0;
-            }
-        }).detach();
-        queue_->thread = true;
+        try {
+            // Detached, holding the queue: a close that lingers never delays procctl's own exit.
+            std::thread([queue = queue_] {
+                std::unique_lock held(queue->mutex);
+                for (;;) {
+                    queue->wake.wait(held, [&] { return queue->done || !queue->fds.empty(); });
+                    if (queue->fds.empty()) return;
+                    const int next = queue->fds.front();
+                    queue->fds.pop_front();
+                    queue->closing = 1;
+                    held.unlock();
+                    ::close(next);
+                    held.lock();
+                    queue->closing = 0;
+                }
+            }).detach();
+            queue_->thread = true;
+        } catch (const std::system_error&) {  // no thread to be had (RLIMIT_NPROC): close here
+            queue_->fds.pop_back();
+            lock.unlock();
+            ::close(fd);
+            return;
+        }
     }
     queue_->wake.notify_one();
 }

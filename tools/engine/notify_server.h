@@ -30,13 +30,18 @@ private:
     int fd_;
 };
 
-/// Closes fds that programs sent (SCM_RIGHTS) on a thread of its own, started at the first:
-/// the last close of a socket with SO_LINGER can block for as long as its sender chose, and
-/// must never hold the supervision loop. Its backlog tells the loop when to stop reading.
+/// Closes the fds a program sent (SCM_RIGHTS) without ever blocking its caller. Pipes and
+/// sockets close at once (a socket's SO_LINGER turned off first: a lingering last close waits
+/// as long as its sender chose); any other kind (a file on FUSE or NFS flushes, a tty drains)
+/// is closed on a thread of its own, started at the first such fd. One per program: a close
+/// that never returns holds up that program's fds alone, and its backlog tells the loop when
+/// to stop reading that program's socket.
 class FdCloser {
 public:
     FdCloser();
     ~FdCloser();  // the thread finishes what is queued on its own
+    FdCloser(FdCloser&&) noexcept = default;
+    FdCloser& operator=(FdCloser&&) noexcept = default;
     FdCloser(const FdCloser&) = delete;
     FdCloser& operator=(const FdCloser&) = delete;
     /// Takes every fd of `fds` (left empty), in order: a BARRIER's fd closes after the ones
@@ -47,6 +52,7 @@ public:
 
 private:
     struct Queue;
+    void queue(int fd);
     std::shared_ptr<Queue> queue_;  // shared with the thread, which may outlive this
 };
 

@@ -103,7 +103,6 @@ int Stack::run(ControlServer& control) {
         }
         std::uint64_t wake = std::min(now + to_ns(std::chrono::seconds(1)), std::max(next_beat_check_ns_, now));
         if (next_watchdog_ns_ != 0) wake = std::min(wake, std::max(next_watchdog_ns_, now));
-        const bool reading_paused = notify_paused();  // then the 1 s wake-up looks again
         fds.clear();
         fds.push_back(pollfd{signal_fd_, POLLIN, 0});
         fds.push_back(pollfd{control.wake_fd(), POLLIN, 0});
@@ -115,7 +114,7 @@ int Stack::run(ControlServer& control) {
             if (member->cgroup && (member->unit.phase() == Phase::stopping || member->unit.phase() == Phase::killing))
                 fds.push_back(pollfd{member->cgroup->events_fd(), POLLPRI, 0});
             if (const std::uint64_t at = member->unit.next_wake(); at > 0) wake = std::min(wake, std::max(at, now));
-            if (member->notify && !reading_paused) fds.push_back(pollfd{member->notify->fd(), POLLIN, 0});
+            if (member->notify && !notify_paused(*member)) fds.push_back(pollfd{member->notify->fd(), POLLIN, 0});  // else the 1 s wake-up looks again
             if (member->watchdog_due_ns != 0) wake = std::min(wake, std::max(member->watchdog_due_ns, now));
             if (const auto& launching = member->launching) {
                 const std::uint64_t at = launching->killed ? launching->killed_ns + to_ns(kLaunchKillWait)
@@ -170,10 +169,11 @@ void Stack::carry_out(Member& member, const Effect& effect, std::uint64_t now) {
             break;
         case Effect::Kind::signal: send(member, effect.signal); break;
         case Effect::Kind::kill:
-            if (!(member.cgroup && member.cgroup->kill())) send(member, SIGKILL);
+            if (!(member.cgroup && member.cgroup->kill())) send(member, SIGKILL);  // the former main too
             break;
         case Effect::Kind::kill_leftovers:
             if (member.cgroup && member.cgroup->populated()) member.cgroup->kill();
+            if (member.former_main) (void)member.former_main->send(SIGKILL);
             break;
         case Effect::Kind::probe: probe(member, now); break;
         case Effect::Kind::close_probe: close_probe(member); break;
@@ -396,6 +396,10 @@ bool Stack::beat_seen(const Member& member) const {
 void Stack::send(const Member& member, int sig) {
     const pid_t pid = member.unit.pid();
     std::string error;
+    // A main process that handed over (MAINPID=) and has not exited: stopped with the program,
+    // as a cgroup would be. Our unreaped child, so its pidfd cannot name another.
+    if (member.former_main && !member.former_main->send(sig, &error))
+        log_.warn("{}: cannot send {} to its former main process {}: {}", member.name(), signal_name(sig), member.former_main->pid(), error);
     if (member.pidfd) {
         if (!member.pidfd->send(sig, &error)) log_.warn("{}: cannot send {} to pid {}: {}", member.name(), signal_name(sig), pid, error);
     } else if (pid > 1 && ::kill(pid, sig) != 0 && errno != ESRCH) {
@@ -458,6 +462,8 @@ void Stack::reap() {
                 main_exited(member, status, now);
             } else if (member.launching && pid == member.launching->child.pid()) {
                 member.launching->exit_status = status;  // told once its report is read
+            } else if (member.former_main && pid == member.former_main->pid()) {
+                member.former_main.reset();
             }
         }
     }

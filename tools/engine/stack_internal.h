@@ -59,6 +59,9 @@ struct Member {
     // Its main process was handed over (sd_notify MAINPID=): maybe not our child, so its exit
     // is known by its pidfd, and reaped only through it (never by a pid another may hold by then).
     bool main_handed_over = false;
+    // The main process that handed over, while it is still our unreaped child: without a
+    // cgroup nothing else would stop it with the program.
+    std::optional<Pidfd> former_main;
     ProcessIdentity identity;
     // A start in flight: forked, its exec not yet reported. The unit hears of it once the
     // report comes (spawned, or spawn_failed), so the loop never waits on a child's first steps.
@@ -74,6 +77,8 @@ struct Member {
     std::optional<Launching> launching;
     // sd_notify (notify_server.h): its NOTIFY_SOCKET, and what it said there since its start.
     std::unique_ptr<NotifySocket> notify;
+    FdCloser closer;                  // the fds its messages brought
+    bool said_closer_backlog = false;
     char* watchdog_pid = nullptr;  // the digits of WATCHDOG_PID= in env_storage: the child writes them
     bool said_ready = false;       // READY=1
     std::string said_status;       // STATUS=, as shown
@@ -135,8 +140,8 @@ private:
     // sd_notify (stack_notify_server.cpp).
     void open_notify_socket(Member& member);
     void read_notifications(Member& member, std::uint64_t now);
-    /// Whether fds sent to the notify sockets wait to be closed in such numbers that no more may be read.
-    [[nodiscard]] bool notify_paused();
+    /// Whether the fds its program sent wait to be closed in such numbers that no more may be read.
+    [[nodiscard]] bool notify_paused(Member& member);
     [[nodiscard]] bool may_speak_for(Member& member, const NotifyMessage& message) const;
     [[nodiscard]] bool belongs_to(const Member& member, pid_t pid) const;
     void take_main_pid(Member& member, const NotifyMessage& message, std::uint64_t now);
@@ -233,8 +238,7 @@ private:
     ControlServer* control_ = nullptr;   // while run() runs: followers of /v1/events
     std::uint64_t next_beat_check_ns_ = 0;
     std::optional<NotifyClient> notify_;   // NOTIFY_SOCKET, when procctl runs under systemd (Type=notify)
-    FdCloser closer_;                      // the fds the programs' notify messages brought
-    bool said_closer_backlog_ = false;
+
     bool told_ready_ = false;
     std::string told_status_;
     std::uint64_t next_watchdog_ns_ = 0;  // 0: no watchdog asked for

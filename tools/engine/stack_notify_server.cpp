@@ -26,7 +26,7 @@ namespace {
 constexpr int kMessagesPerTurn = 64;
 constexpr std::size_t kShownStatus = 512;
 constexpr std::size_t kRefusalsSaid = 16;
-constexpr std::size_t kCloserBacklog = 1024;  // fds waiting to be closed before reading pauses
+constexpr std::size_t kCloserBacklog = 16;  // a program's fds waiting to be closed before its socket is read no more
 constexpr int kAncestorsLookedAt = 64;
 constexpr std::uint64_t kMaxExtensionUsec = 24ull * 3600 * 1000 * 1000;  // a day at a time, as the config's ranges
 
@@ -122,7 +122,13 @@ void Stack::take_main_pid(Member& member, const NotifyMessage& message, std::uin
     }
     if (!pid) return;
     if (!member.unit.running() || member.launching) return refuse_main_pid(member, said, "the program has no main process now");
+    if (member.unit.phase() != Phase::starting && member.unit.phase() != Phase::ready)
+        return refuse_main_pid(member, said, "the program is being stopped");
     if (*pid == member.unit.pid()) return;
+    for (const auto& other : members_)  // a child procctl started for something else: its pid is procctl's to reap
+        if (*pid == other->probe_pid || (other->launching && *pid == other->launching->child.pid()) ||
+            (other.get() != &member && *pid == other->unit.pid()) || (other->former_main && *pid == other->former_main->pid()))
+            return refuse_main_pid(member, said, "that process is one procctl started for another purpose");
     Refusal refusal{};
     auto pinned = Pidfd::pin(*pid, &refusal);
     if (!pinned) return refuse_main_pid(member, said, std::string("that process is ") + to_string(refusal));
@@ -140,6 +146,7 @@ void Stack::take_main_pid(Member& member, const NotifyMessage& message, std::uin
         const int copy = ::fcntl(message.fds[0].get(), F_DUPFD_CLOEXEC, 0);
         if (copy < 0 || Pidfd::adopt(copy, *pid).has_exited()) return refuse_main_pid(member, said, "the pidfd's process exited meanwhile");
     }
+    if (!member.main_handed_over && member.pidfd && !member.former_main) member.former_main = std::move(member.pidfd);
     member.pidfd.emplace(std::move(pinned->pidfd));
     member.identity = pinned->identity;
     member.main_handed_over = true;
@@ -149,20 +156,20 @@ void Stack::take_main_pid(Member& member, const NotifyMessage& message, std::uin
     apply(member, handed, now);
 }
 
-bool Stack::notify_paused() {
-    const bool paused = closer_.backlog() > kCloserBacklog;
-    if (paused && !said_closer_backlog_)
-        log_.warn("{} fds sent on notify sockets wait to be closed (a close that lingers: SO_LINGER): reading notify sockets is paused "
-                  "until they are",
-                  closer_.backlog());
-    said_closer_backlog_ = paused;
+bool Stack::notify_paused(Member& member) {
+    const bool paused = member.closer.backlog() > kCloserBacklog;
+    if (paused && !member.said_closer_backlog)
+        log_.warn("{}: {} fds it sent on its notify socket wait to be closed (a close that blocks: a file on FUSE or NFS, a tty): "
+                  "its notify socket is not read until they are",
+                  member.name(), member.closer.backlog());
+    member.said_closer_backlog = paused;
     return paused;
 }
 
 void Stack::read_notifications(Member& member, std::uint64_t now) {
-    for (int i = 0; i < kMessagesPerTurn && member.notify && !notify_paused(); ++i) {
+    for (int i = 0; i < kMessagesPerTurn && member.notify && !notify_paused(member); ++i) {
         bool taken = false;
-        auto message = member.notify->receive(member.notify_drops, taken, closer_);
+        auto message = member.notify->receive(member.notify_drops, taken, member.closer);
         if (!taken) return;
         if (!message) continue;  // dropped, and counted
         if (!may_speak_for(member, *message)) {
@@ -176,7 +183,7 @@ void Stack::read_notifications(Member& member, std::uint64_t now) {
         } else {
             take_notification(member, *message, now);
         }
-        closer_.close_later(message->fds);  // a BARRIER's once all before it were taken
+        member.closer.close_later(message->fds);  // a BARRIER's once all before it were taken
     }
 }
 
