@@ -846,3 +846,24 @@ TEST_CASE("a watchdog set for another process (WATCHDOG_PID) is not pinged by pr
     ::kill(stack.pid(), SIGTERM);
     REQUIRE(stack.wait_exit(30s));
 }
+
+TEST_CASE("a command named without a path is looked up on the program's own PATH, not procctl's") {
+    Scratch dir;
+    fs::create_directory(dir.dir / "bin");
+    std::ofstream(dir.dir / "bin" / "hbw-only-here") << "#!/bin/sh\necho found on its own PATH\nexec sleep 1000\n";
+    fs::permissions(dir.dir / "bin" / "hbw-only-here", fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                                                          fs::perms::others_read | fs::perms::others_exec);
+    const fs::path config = dir.dir / "stack.yaml";
+    std::ofstream(config) << "run_dir: " << (dir.dir / "run").string() << "\nlog_dir: " << (dir.dir / "log").string() << "\nprograms:\n"
+                          << "  own:\n    command: [hbw-only-here]\n    environment: {PATH: '" << (dir.dir / "bin").string()
+                          << ":/usr/bin:/bin'}\n    stdout: own.log\n"
+                          << "  none:\n    command: [sleep, '1000']\n    environment: {PATH: /nonexistent}\n    restart_delay: 1d\n";
+    Process stack({hbtest::bin("procctl"), "-f", "-c", config.string()});
+    REQUIRE_MESSAGE(stack.wait_for_output("own is ready", 30s), stack.output_so_far());
+    CHECK(hbtest::eventually([&] { return read_file(dir.dir / "log" / "own.log").find("found on its own PATH") != std::string::npos; }));
+    // sleep is on procctl's PATH, not on this program's.
+    REQUIRE_MESSAGE(stack.wait_for_output("cannot start none: exec", 30s), stack.output_so_far());
+    CHECK(stack.output_so_far().find("No such file or directory") != std::string::npos);
+    ::kill(stack.pid(), SIGTERM);
+    CHECK(stack.wait_exit(30s));
+}

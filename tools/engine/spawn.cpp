@@ -48,6 +48,42 @@ pid_t fork_into(const Cgroup* cgroup, bool& joined, int* pidfd) {
     return ::fork();
 }
 
+// execvpe would look a bare name up on the calling process's PATH, procctl's own: the
+// program's is in its environment. The lookup itself, with nothing that allocates. Returns
+// only on failure, with errno as execvpe's would be.
+void exec_on_path(const SpawnPlan& plan) {
+    const char* name = plan.argv[0];
+    if (std::strchr(name, '/') != nullptr) {
+        ::execve(name, plan.argv, plan.envp);
+        return;
+    }
+    const char* search = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    for (char* const* entry = plan.envp; *entry != nullptr; ++entry)
+        if (std::strncmp(*entry, "PATH=", 5) == 0) search = *entry + 5;
+    const std::size_t name_length = std::strlen(name);
+    char candidate[4096];
+    bool denied = false;
+    for (const char* dir = search;;) {
+        const char* end = ::strchrnul(dir, ':');
+        const auto dir_length = static_cast<std::size_t>(end - dir);
+        if (dir_length + name_length + 2 <= sizeof candidate) {
+            std::size_t at = 0;
+            if (dir_length > 0) {  // an empty entry is the current directory
+                std::memcpy(candidate, dir, dir_length);
+                candidate[dir_length] = '/';
+                at = dir_length + 1;
+            }
+            std::memcpy(candidate + at, name, name_length + 1);
+            ::execve(candidate, plan.argv, plan.envp);
+            if (errno == EACCES) denied = true;
+            else if (errno != ENOENT && errno != ENOTDIR) return;  // found, but it cannot run: say why
+        }
+        if (*end == '\0') break;
+        dir = end + 1;
+    }
+    errno = denied ? EACCES : ENOENT;
+}
+
 [[noreturn]] void become(const SpawnPlan& plan, bool joined, pid_t parent, int report) {
     auto fail = [&](SpawnFailure::Stage stage) {
         const SpawnFailure failure{stage, errno};
@@ -79,8 +115,13 @@ pid_t fork_into(const Cgroup* cgroup, bool& joined, int* pidfd) {
         // change just that thread's, which is all of it.
         const std::size_t count = plan.groups != nullptr ? plan.groups->size() : 0;
         const uid_t uid = *plan.uid;
-        if (::syscall(SYS_setgroups, count, count ? plan.groups->data() : nullptr) != 0 ||
-            ::syscall(SYS_setresgid, plan.gid, plan.gid, plan.gid) != 0 || ::syscall(SYS_setresuid, uid, uid, uid) != 0)
+#ifdef SYS_setresuid32  // i386 and arm32: the plain ones take 16-bit ids
+        constexpr long kSetGroups = SYS_setgroups32, kSetResGid = SYS_setresgid32, kSetResUid = SYS_setresuid32;
+#else
+        constexpr long kSetGroups = SYS_setgroups, kSetResGid = SYS_setresgid, kSetResUid = SYS_setresuid;
+#endif
+        if (::syscall(kSetGroups, count, count ? plan.groups->data() : nullptr) != 0 ||
+            ::syscall(kSetResGid, plan.gid, plan.gid, plan.gid) != 0 || ::syscall(kSetResUid, uid, uid, uid) != 0)
             fail(SpawnFailure::Stage::user);
     }
     if (plan.own_pid != nullptr) {  // digits by hand: nothing that may allocate after a fork
@@ -94,7 +135,7 @@ pid_t fork_into(const Cgroup* cgroup, bool& joined, int* pidfd) {
     // After setuid, which clears it; then a parent that died before it was set is caught.
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (::getppid() != parent) ::_exit(127);
-    ::execvpe(plan.argv[0], plan.argv, plan.envp);
+    exec_on_path(plan);
     fail(SpawnFailure::Stage::exec);
     ::_exit(127);
 }
