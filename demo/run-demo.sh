@@ -47,7 +47,7 @@ run_dir: $run
 log_dir: $run
 programs:
   checkproc:
-    command: [$bin/checkproc, --watch, --grace, 2s]
+    command: [$bin/checkproc, --watch, --grace, 2s, --diagnoses, $run/diagnoses]
     stdout: checkproc.log
     stderr: checkproc.log
   healthy:
@@ -81,6 +81,8 @@ status
 say "'hangs' stops beating after 4 s. Its timeout is 2 s: checkproc --watch wakes at its deadline and sends SIGTERM:"
 await "$run/checkproc.log" "'hangs': hung:"
 await "$run/checkproc.log" "'hangs': exited"
+say "Before its SIGTERM, checkproc kept what 'hangs' was doing: 'proctab diagnosis hangs' (the first lines):"
+"$bin/proctab" diagnosis hangs --diagnoses "$run/diagnoses" | head -n 12 | indent
 
 say "'stubborn' stops beating after 6 s and ignores SIGTERM; after the 2 s grace checkproc sends SIGKILL:"
 await "$run/checkproc.log" "'stubborn': hung:"

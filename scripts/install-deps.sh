@@ -29,6 +29,7 @@ if [ "$what" = all ]; then
     chromium                           # the status page, rendered headless
     python3                            # drives Chromium's DevTools pipe to press the page's buttons
     systemd libsystemd-dev             # sd_notify's real clients: systemd-notify, and libsystemd
+    elfutils                           # eu-stack: user-space stacks for checkproc --diagnose user
   )
 fi
 

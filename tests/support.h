@@ -37,6 +37,13 @@ extern "C" {
 
 namespace hbtest {
 
+// checkproc's diagnosis files (hang_diagnosis.h) go to a directory of the tests' own, not the
+// host's /var/lib/hbwatch: one per user, in /tmp. Set once, before any tool is started.
+inline const bool kDiagnosesDirectorySet = [] {
+    const std::string directory = "/tmp/hbwatch-test-diagnoses-" + std::to_string(::geteuid());
+    return ::setenv("HBWATCH_DIAGNOSES", directory.c_str(), 0) == 0;
+}();
+
 using namespace std::chrono_literals;
 
 /// A key no other test uses, whose segment is removed when the test ends.

@@ -9,6 +9,7 @@
 #include "engine/checker.h"
 #include <hbwatch/heartbeat.h>
 
+#include "core/process.h"
 #include "core/table.h"
 
 #include "support.h"
@@ -52,6 +53,12 @@ struct Registrant {
             return 0;
         });
         REQUIRE(::read(ready.read_end(), &slot, sizeof slot) == sizeof slot);
+        // Asleep in pause() before the test judges it: a process still runnable at its
+        // deadline gets a second look (hang_verdict.h), which these tests do not wait for.
+        REQUIRE(hbtest::eventually([&] {
+            const auto stat = hbwatch::read_proc_stat(child->pid());
+            return stat && stat->state == 'S';
+        }));
     }
 };
 
@@ -106,7 +113,7 @@ TEST_CASE("an entry is healthy up to its deadline and hung one nanosecond after"
     // Acted on two ticks after the stamped deadline: the beat may have come that long after its stamp.
     const auto tick = hbwatch::human_duration(std::chrono::milliseconds(hbwatch::beat_lag_bound_ns() / 1'000'000));
     CHECK(log.lines[0] == who + ": hung: last beat 1.0s ago, timeout 1.0s, " + tick +
-                              " late: SIGTERM sent, SIGKILL in 5.0s unless it exits");
+                              " late (asleep, not waiting to run): SIGTERM sent, SIGKILL in 5.0s unless it exits");
     CHECK(log.lines[1].starts_with(who + ": exited "));
     CHECK(log.lines[1].ends_with(" after SIGTERM; slot freed"));
 }
@@ -220,4 +227,59 @@ TEST_CASE("a revoked entry is never signalled, and its slot is freed once its pr
     CHECK(summary.freed == 1);
     CHECK_FALSE(table.read(service.slot));
     CHECK(table.info().kills == 0);
+}
+
+// The hang verdict's rules, on looks as /proc would give them (hang_verdict.h).
+namespace {
+hbwatch::tool::ProcessLook look(std::uint64_t at_ms, std::vector<hbwatch::tool::ProcessLook::Thread> threads) {
+    hbwatch::tool::ProcessLook l;
+    l.at_ns = at_ms * 1'000'000;
+    l.threads = std::move(threads);
+    return l;
+}
+hbwatch::tool::ProcessLook::Thread thread(pid_t tid, char state, std::uint64_t cpu_ms, std::uint64_t delay_ms = 0) {
+    return {tid, state, cpu_ms * 1'000'000, delay_ms * 1'000'000, 0};
+}
+}  // namespace
+
+TEST_CASE("hang verdicts: asleep is hung at once, runnable is looked at again and then starved or busy-hung, stopped or traced or frozen is spared") {
+    using Kind = hbwatch::tool::HangVerdict::Kind;
+    using hbwatch::tool::judge_hang;
+    // A deadlock: every thread asleep, no run delay. Hung at the first look.
+    CHECK(judge_hang(look(0, {thread(1, 'S', 5), thread(2, 'S', 1)}), nullptr).kind == Kind::hung);
+    // Runnable: a second look decides.
+    const auto first = look(0, {thread(1, 'R', 100), thread(2, 'S', 1)});
+    CHECK(judge_hang(first, nullptr).kind == Kind::look_again);
+    // Still runnable and barely run over 200 ms: starved, even though run_delay has not moved
+    // (the kernel adds a wait when it ends).
+    const auto waiting = look(200, {thread(1, 'R', 101), thread(2, 'S', 1)});
+    const auto starved = judge_hang(first, &waiting);
+    CHECK(starved.kind == Kind::starved);
+    CHECK(starved.words.find("CPU-starved") == 0);
+    // Waited, then ran: the run delay between the looks says it.
+    const auto ran = look(200, {thread(1, 'S', 110, 150), thread(2, 'S', 1)});
+    CHECK(judge_hang(first, &ran).kind == Kind::starved);
+    // Runnable and running all along (a busy loop): hung.
+    const auto busy = look(200, {thread(1, 'R', 295), thread(2, 'S', 1)});
+    CHECK(judge_hang(first, &busy).kind == Kind::hung);
+    // In uninterruptible I/O at both looks (no delay accounting): starved of I/O.
+    const auto io_first = look(0, {thread(1, 'D', 3)});
+    const auto io_later = look(200, {thread(1, 'D', 3)});
+    CHECK(judge_hang(io_first, &io_later).kind == Kind::starved);
+    // Stopped, traced, frozen: spared, whatever the rest says.
+    CHECK(judge_hang(look(0, {thread(1, 'T', 1), thread(2, 'T', 1)}), nullptr).kind == Kind::stopped);
+    CHECK(judge_hang(look(0, {thread(1, 'T', 1), thread(2, 'S', 1)}), nullptr).kind == Kind::hung);  // one thread stopped is not the process
+    auto traced = look(0, {thread(1, 't', 1)});
+    traced.tracer = 4242;
+    traced.tracer_name = "gdb";
+    CHECK(judge_hang(traced, nullptr).words == "traced by pid 4242 (gdb)");
+    auto frozen = look(0, {thread(1, 'S', 1)});
+    frozen.frozen = true;
+    CHECK(judge_hang(frozen, nullptr).kind == Kind::frozen);
+    // Unreadable: nothing to spare it for.
+    CHECK(judge_hang(look(0, {}), nullptr).kind == Kind::hung);
+    // The window: a quarter of the timeout, within 50 ms and 1 s.
+    CHECK(hbwatch::tool::look_window_ns(100'000'000) == 50'000'000);
+    CHECK(hbwatch::tool::look_window_ns(2'000'000'000) == 500'000'000);
+    CHECK(hbwatch::tool::look_window_ns(60'000'000'000) == 1'000'000'000);
 }

@@ -308,7 +308,7 @@ TEST_CASE("a hung program stopped by checkproc: every event in order, its exit s
                           << "      max_running: 1\n"  // one at a time: the file is in the order they happened
                           << "programs:\n"
                           << "  checkproc:\n"
-                          << "    command: [" << hbtest::bin("checkproc") << ", --watch, --grace, 1s, --events, "
+                          << "    command: [" << hbtest::bin("checkproc") << ", --diagnoses, " << std::getenv("HBWATCH_DIAGNOSES") << ", --watch, --grace, 1s, --events, "
                           << checkproc_events.string() << ", --on-event, " << checkproc_hook.string() << "]\n"
                           << "    environment: {HBWATCH_KEY: \"" << key << "\"}\n"
                           << "  hangs:\n"
@@ -610,7 +610,7 @@ TEST_CASE("the real Alertmanager gets a hung program's alert, and sees it resolv
                           << "  alertmanager: {url: \"" << base << "\", resend: 1s}\n"
                           << "programs:\n"
                           << "  checkproc:\n"
-                          << "    command: [" << hbtest::bin("checkproc") << ", --watch, --grace, 1s]\n"
+                          << "    command: [" << hbtest::bin("checkproc") << ", --diagnoses, " << std::getenv("HBWATCH_DIAGNOSES") << ", --watch, --grace, 1s]\n"
                           << "    environment: {HBWATCH_KEY: \"" << key << "\"}\n"
                           << "  hangs:\n"
                           << "    command: [sh, -c, \"if mkdir " << (dir.dir / "hung-once").string() << " 2>/dev/null; then exec "

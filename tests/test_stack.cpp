@@ -642,7 +642,7 @@ TEST_CASE("a hung program is stopped by checkproc and brought back by the stack,
     std::ofstream(config) << "run_dir: " << (dir.dir / "run").string() << "\n"
                           << "programs:\n"
                           << "  checkproc:\n"
-                          << "    command: [" << hbtest::bin("checkproc") << ", --watch, --grace, 1s]\n"
+                          << "    command: [" << hbtest::bin("checkproc") << ", --diagnoses, " << std::getenv("HBWATCH_DIAGNOSES") << ", --watch, --grace, 1s]\n"
                           << "    environment: {HBWATCH_KEY: \"" << key << "\"}\n"
                           << "  hangs:\n"
                           // Only its first run hangs: the count of restarts below is then exact, however

@@ -14,9 +14,11 @@
 
 int main(int argc, char** argv) {
     namespace tool = hbwatch::tool;
-    CLI::App app{"checkproc [--key KEY] [--grace DURATION] [--dry-run] [--watch] [--log FILE | LOGFILE] [-v]\n\n"
+    CLI::App app{"checkproc [--key KEY] [--grace DURATION] [--dry-run | --report-only] [--watch] [--log FILE | LOGFILE] [-v]\n\n"
                  "Scans the hbwatch table: frees the slots of processes that are gone, and stops hung services\n"
-                 "(SIGTERM, then SIGKILL after the grace period), never any other process.",
+                 "(SIGTERM, then SIGKILL after the grace period), never any other process. Before a stop it looks at\n"
+                 "what the process is doing: stopped (SIGSTOP), traced (a debugger) or in a frozen cgroup, it is spared;\n"
+                 "starved of CPU or I/O, it gets one more timeout; and what it was doing is kept in a diagnosis file.",
                  "checkproc"};
     app.footer(
         "Examples:\n"
@@ -25,6 +27,9 @@ int main(int argc, char** argv) {
         "                                             the classic setup: a scan every 10s\n"
         "  checkproc --watch --grace 10s              stay resident: event-driven, acts about 1ms after a deadline\n"
         "  checkproc --dry-run -v                     show every decision, change nothing\n"
+        "  checkproc --watch --report-only --diagnose user\n"
+        "                                             a soft watchdog: diagnose and report hangs, signal nothing\n"
+        "  proctab diagnosis order-svc                the last diagnosis kept of order-svc\n"
         "  checkproc --watch --events /var/log/hbwatch/events.jsonl --on-event '/usr/local/bin/page-oncall'\n"
         "                                             every hang stop as a JSON line, and a hook run for it\n"
         "                                             (HBWATCH_EVENT, HBWATCH_PROGRAM, HBWATCH_PID, HBWATCH_DETAILS...)\n"
@@ -34,11 +39,23 @@ int main(int argc, char** argv) {
         "\n"
         "Exit status: 0 done (including no table); 1 the table cannot be read (permission, foreign\n"
         "segment); 2 bad arguments.");
-    std::string key, grace = "5s", log_file, log_positional, events_file, on_event;
-    bool dry_run = false, watch = false, verbose = false;
+    std::string key, grace = "5s", log_file, log_positional, events_file, on_event, stopped = "spare", diagnose = "kernel",
+                diagnoses = tool::default_diagnosis_directory();
+    std::size_t keep = 50;
+    bool dry_run = false, report_only = false, watch = false, verbose = false;
     app.add_option("--key", key, "table key, hex or decimal")->check(tool::key_validator());
     app.add_option("--grace", grace, "time between SIGTERM and SIGKILL (default 5s)")->check(tool::duration_validator());
-    app.add_flag("--dry-run", dry_run, "log what would be done; signal nothing, change nothing");
+    auto* dry = app.add_flag("--dry-run", dry_run, "log what would be done; signal nothing, change nothing");
+    app.add_flag("--report-only", report_only, "judge, diagnose and report hangs (log, events), signal nothing; dead slots are still freed")
+        ->excludes(dry);
+    app.add_option("--stopped", stopped, "a hung process stopped by a signal or a debugger: spare it (default), or kill it")
+        ->check(CLI::IsMember({"spare", "kill"}));
+    app.add_option("--diagnose", diagnose,
+                   "what is kept before a hang stop: none, kernel (threads' states, wchan, syscalls, kernel stacks; default), "
+                   "or user (and their user-space stacks, by eu-stack, at most 200ms)")
+        ->check(CLI::IsMember({"none", "kernel", "user"}));
+    app.add_option("--diagnoses", diagnoses, "the directory of diagnosis files (default " + diagnoses + ")");
+    app.add_option("--keep-diagnoses", keep, "how many diagnosis files are kept, the newest (default 50)")->check(CLI::Range(1, 100000));
     app.add_flag("--watch", watch, "stay resident, waking at the earliest deadline");
     auto* log_option = app.add_option("--log", log_file, "log to FILE (rotated) instead of stderr");
     app.add_option("LOGFILE", log_positional, "same as --log FILE")->excludes(log_option);
@@ -53,6 +70,11 @@ int main(int argc, char** argv) {
         hbwatch::tool::CheckOptions options;
         options.grace = hbwatch::parse_duration(grace);
         options.dry_run = dry_run;
+        options.report_only = report_only;
+        options.spare_stopped = stopped == "spare";
+        options.diagnosis.level = *tool::parse_diagnose_level(diagnose);
+        options.diagnosis.directory = diagnoses;
+        options.diagnosis.keep = keep;
         options.log_healthy = verbose;
         const auto table = tool::table_options(key);
         std::optional<tool::EventOutlet> events;

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstring>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <sstream>
 
@@ -24,6 +25,7 @@
 #include <hbwatch/heartbeat.h>
 
 #include "core/table.h"
+#include "engine/hang_diagnosis.h"
 #include "engine/inspect.h"
 #include "engine/ports.h"
 #include "core/pidfd.h"
@@ -338,6 +340,20 @@ int kill_port(unsigned port, const std::string& grace, bool as_json) {
     return all ? tool::kExitOk : tool::kExitFailure;
 }
 
+// The newest of checkproc's diagnosis files for `name`, with its path first.
+int show_diagnosis(const std::string& directory, const std::string& name) {
+    const auto path = hbwatch::tool::last_diagnosis(directory, name);
+    if (!path) {
+        std::fprintf(stderr, "proctab: no diagnosis of '%s' in %s (checkproc keeps one before each hang stop; see its --diagnoses)\n",
+                     tool::terminal_safe(name).c_str(), directory.c_str());
+        return tool::kExitFailure;
+    }
+    std::ifstream in(*path);
+    std::printf("%s\n", path->c_str());
+    for (std::string line; std::getline(in, line);) std::printf("%s\n", tool::terminal_safe(line).c_str());
+    return tool::kExitOk;
+}
+
 int kill_matching(const std::string& name, const std::string& path, const std::string& grace) {
     // Signalled through the pidfds pinned at the read that matched them: a pid that changed
     // hands since is never reached.
@@ -383,7 +399,8 @@ struct Cli {
     std::string signal;
     unsigned tail_lines = 10;
     bool follow = false, stderr_stream = false;
-    CLI::App *beat_cmd = nullptr, *run_cmd = nullptr, *remove_cmd = nullptr, *init_cmd = nullptr, *destroy_cmd = nullptr, *ps_cmd = nullptr, *health_cmd = nullptr, *kill_cmd = nullptr, *zombies_cmd = nullptr, *status_cmd = nullptr, *start_cmd = nullptr, *stop_cmd = nullptr, *restart_cmd = nullptr, *signal_cmd = nullptr, *reload_cmd = nullptr, *tail_cmd = nullptr, *events_cmd = nullptr, *ports_cmd = nullptr;
+    std::string diagnoses = tool::default_diagnosis_directory();
+    CLI::App *diagnosis_cmd = nullptr, *beat_cmd = nullptr, *run_cmd = nullptr, *remove_cmd = nullptr, *init_cmd = nullptr, *destroy_cmd = nullptr, *ps_cmd = nullptr, *health_cmd = nullptr, *kill_cmd = nullptr, *zombies_cmd = nullptr, *status_cmd = nullptr, *start_cmd = nullptr, *stop_cmd = nullptr, *restart_cmd = nullptr, *signal_cmd = nullptr, *reload_cmd = nullptr, *tail_cmd = nullptr, *events_cmd = nullptr, *ports_cmd = nullptr;
 
     // Every option and sub-command, bound to the fields above.
     void add_to(CLI::App& app) {
@@ -455,6 +472,10 @@ struct Cli {
                                                   "restarts, reloads), oldest first");
         events_cmd->add_flag("-f,--follow", follow, "then each new event as it happens, until interrupted");
         events_cmd->add_flag("--json", as_json, "one JSON object per line (NDJSON)");
+        diagnosis_cmd = app.add_subcommand("diagnosis", "the last diagnosis checkproc kept of a hung NAME before it stopped it "
+                                                        "(every thread's state, wchan, system call and stacks)");
+        diagnosis_cmd->add_option("NAME", name, "the heartbeat's name")->required();
+        diagnosis_cmd->add_option("--diagnoses", diagnoses, "checkproc's --diagnoses directory (default " + diagnoses + ")");
         for (auto* cmd : {status_cmd, start_cmd, stop_cmd, restart_cmd, signal_cmd, reload_cmd, tail_cmd, events_cmd})
             cmd->add_option("--run-dir", run_dir, "the stack's run_dir, where its control.sock is (default /run/hbwatch)");
     }
@@ -470,6 +491,7 @@ struct Cli {
             if (destroy_cmd->parsed()) return destroy(options, force);
             if (health_cmd->parsed()) return health(name, path, max_rss, as_json);
             if (ports_cmd->parsed()) return ports(as_json);
+            if (diagnosis_cmd->parsed()) return show_diagnosis(diagnoses, name);
             if (kill_cmd->parsed()) {
                 if (port && !name.empty()) throw Error(EINVAL, "kill: give NAME or --port N, not both");
                 if (port) return kill_port(*port, grace, as_json);
@@ -516,6 +538,7 @@ int main(int argc, char** argv) {
         "  proctab reload                             apply the edited config: only what changed restarts\n"
         "  proctab tail main-app -f                   its output file, then what it writes\n"
         "  proctab events -f                          every start, exit (and why), hang and restart, live\n"
+        "  proctab diagnosis order-svc                what order-svc was doing when checkproc stopped it last\n"
         "\n"
         "Exit status: 0 done (or healthy, or every program ready); 1 failed, unhealthy or nothing\n"
         "matched (or a reload refused: the running config is kept); 2 bad arguments, no table at the key, or no such program or stack; 3 (status) a\n"

@@ -95,6 +95,7 @@ void Checker::free_unsignalled(const SlotSnapshot& slot, LogLevel level, const s
     }
     // Each caller has found the registrant dead, exec'd or not a registrant at all (garbage,
     // another process): none of these can be inside Heartbeat::beat() on this slot.
+    stalls_.erase(slot.token);
     const bool freed = table_.free_slot(slot.index, slot.token);
     summary.freed += freed;
     log_(level, message + (freed ? ": slot freed, nothing signalled" : ": slot changed meanwhile, left as it is"));
@@ -103,10 +104,29 @@ void Checker::free_unsignalled(const SlotSnapshot& slot, LogLevel level, const s
 void Checker::forget(std::uint64_t token) {
     reported_.erase(token);
     given_up_.erase(token);
+    stalls_.erase(token);
+}
+
+std::optional<std::uint64_t> Checker::look_again_at(std::uint64_t token) const {
+    const auto it = stalls_.find(token);
+    if (it == stalls_.end() || it->second.look_again_ns == 0) return std::nullopt;
+    return it->second.look_again_ns;
+}
+
+std::vector<std::uint32_t> Checker::due_looks(std::uint64_t now_ns, std::optional<std::uint64_t>& next) const {
+    std::vector<std::uint32_t> due;
+    next.reset();
+    for (const auto& [token, stall] : stalls_) {
+        if (stall.look_again_ns == 0) continue;
+        if (stall.look_again_ns <= now_ns) due.push_back(stall.index);
+        else if (!next || stall.look_again_ns < *next) next = stall.look_again_ns;
+    }
+    return due;
 }
 
 void Checker::note_healthy(const SlotSnapshot& slot, std::uint64_t now_ns, ScanSummary& summary) {
     ++summary.healthy;
+    stalls_.erase(slot.token);  // it beat: whatever was judged of it is over
     const std::uint64_t due = deadline_ns(slot) + 1;
     if (!summary.next_deadline_ns || due < *summary.next_deadline_ns) summary.next_deadline_ns = due;
     if (options_.log_healthy)
@@ -185,7 +205,71 @@ void Checker::check(const SlotSnapshot& slot, std::uint64_t now_ns, ScanSummary&
     const auto since = slot.since_beat(now_ns);
     const std::string hung = "hung: last beat " + human_duration(since) + " ago, timeout " +
                              human_duration(slot.timeout) + ", " + human_duration(since - slot.timeout) + " late";
-    stop_hung(slot, who, hung, summary);
+    if (protected_pid(slot.process.pid) || options_.dry_run || !spare_for_now(slot, who, hung, now_ns))
+        stop_hung(slot, who, hung, summary);
+}
+
+bool Checker::spare_for_now(const SlotSnapshot& slot, const std::string& who, const std::string& hung, std::uint64_t now_ns) {
+    Stall& stall = stalls_[slot.token];
+    if (stall.last_beat_ns != slot.last_beat_ns) stall = Stall{slot.index, slot.last_beat_ns, std::nullopt, 0, false, {}};
+    if (stall.first && now_ns < stall.look_again_ns) return true;  // its second look is not due yet
+    const ProcessLook look = look_at(slot.process.pid, monotonic_now_ns());
+    const HangVerdict verdict = stall.first ? judge_hang(*stall.first, &look) : judge_hang(look, nullptr);
+    stall.first.reset();
+    stall.look_again_ns = 0;
+    stall.words = verdict.words;
+    using Kind = HangVerdict::Kind;
+    nlohmann::json facts{{"slot", slot.index},
+                         {"last_beat_seconds", static_cast<double>(slot.since_beat(now_ns).count()) / 1000.0},
+                         {"timeout_seconds", static_cast<double>(slot.timeout.count()) / 1000.0},
+                         {"verdict", to_string(verdict.kind)},
+                         {"verdict_words", verdict.words}};
+    switch (verdict.kind) {
+        case Kind::hung: return false;
+        case Kind::look_again:
+            // Runnable or in I/O: a starved process, or a busy one that is hung. A second look
+            // a window later tells them apart (the delay a verdict adds to a stop, at most 1 s).
+            stall.first = look;
+            stall.look_again_ns = look.at_ns + look_window_ns(to_ns(slot.timeout));
+            log_(LogLevel::debug, who + ": " + hung + "; runnable or in I/O: looked at again in " +
+                                      human_duration(std::chrono::milliseconds((stall.look_again_ns - look.at_ns) / 1'000'000)));
+            return true;
+        case Kind::stopped:
+        case Kind::traced:
+            if (!options_.spare_stopped) return false;  // --stopped kill
+            [[fallthrough]];
+        case Kind::frozen: {
+            // Spared, and said again every timeout (at least every second) while it lasts.
+            const std::uint64_t every = std::max<std::uint64_t>(to_ns(slot.timeout), to_ns(std::chrono::seconds(1)));
+            if (stall.look_again_ns == 0 || now_ns >= stall.look_again_ns) {
+                log_(LogLevel::warn, who + ": " + hung + "; " + verdict.words + ": spared, not signalled" +
+                                         (verdict.kind == Kind::frozen ? "" : " (--stopped spare; --stopped kill stops it)"));
+                if (!stall.said) tell(EventKind::heartbeat_hung, slot, who + ": hung: " + verdict.words + "; spared, not signalled", facts);
+                stall.said = true;
+            }
+            stall.look_again_ns = now_ns + every;
+            return true;
+        }
+        case Kind::starved: {
+            // A bounded extension: one more timeout past its deadline, however starved it stays.
+            const std::uint64_t until = deadline_ns(slot) + to_ns(slot.timeout);
+            if (now_ns >= until) {
+                stall.words = verdict.words + ", and its extension of one timeout is over";
+                return false;
+            }
+            if (!stall.said) {
+                const auto left = std::chrono::milliseconds((until - now_ns) / 1'000'000);
+                log_(LogLevel::warn, who + ": late: " + verdict.words + "; spared for one more timeout (" + human_duration(left) +
+                                         " from now), stopped then if it has not beaten");
+                facts["extension_seconds"] = static_cast<double>(left.count()) / 1000.0;
+                tell(EventKind::heartbeat_late, slot, who + ": late: " + verdict.words + "; spared for one more timeout", facts);
+                stall.said = true;
+            }
+            stall.look_again_ns = until;
+            return true;
+        }
+    }
+    return false;
 }
 
 // Whether the process `target` (pinned on `slot`'s pid, or null with `refusal`) may be
@@ -242,6 +326,30 @@ void Checker::stop_hung(const SlotSnapshot& slot, const std::string& who, const 
                                         human_duration(options_.grace));
         return;
     }
+    const auto stall = stalls_.find(slot.token);
+    const std::string words = stall != stalls_.end() && !stall->second.words.empty() ? " (" + stall->second.words + ")" : "";
+    if (options_.report_only) {
+        // Judged and diagnosed as for a stop, once per hang; nothing signalled, the table untouched.
+        if (reported_.count(slot.token)) return;
+        Refusal refusal{};
+        auto target = Pidfd::pin(slot.process.pid, &refusal);
+        const Verdict verdict = judge(slot, target ? &*target : nullptr, refusal);
+        if (verdict.action != Verdict::Action::signal) {
+            report_once(LogLevel::warn, who + ": " + hung + "; report only, and it could not be signalled anyway: " + verdict.why);
+            return;
+        }
+        const Diagnosis diagnosis = write_diagnosis(options_.diagnosis, slot.process.pid, std::string(slot.name()), hung + words);
+        const std::string kept = diagnosis.path.empty() ? (diagnosis.error.empty() ? "" : "; no diagnosis: " + diagnosis.error)
+                                                        : "; diagnosis in " + diagnosis.path;
+        report_once(LogLevel::warn, who + ": " + hung + words + "; report only: not signalled" + kept);
+        nlohmann::json facts{{"slot", slot.index},
+                             {"last_beat_seconds", static_cast<double>(slot.since_beat(monotonic_now_ns()).count()) / 1000.0},
+                             {"timeout_seconds", static_cast<double>(slot.timeout.count()) / 1000.0},
+                             {"report_only", true}};
+        if (!diagnosis.path.empty()) facts["diagnosis"] = diagnosis.path;
+        tell(EventKind::heartbeat_hung, slot, who + ": " + hung + words + "; report only: not signalled", facts);
+        return;
+    }
     const StopClaim claim = table_.take_stop(slot.index, slot.token, self_);
     if (claim.result == StopClaim::Result::changed) return;  // released or re-registered meanwhile
     if (claim.result == StopClaim::Result::held) {
@@ -269,6 +377,10 @@ void Checker::stop_hung(const SlotSnapshot& slot, const std::string& who, const 
             report_once(LogLevel::warn, who + ": " + hung + "; not signalled: " + verdict.why);
         return;
     }
+    // What it was doing, kept before the signal changes it (hang_diagnosis.h); bounded.
+    const Diagnosis diagnosis = write_diagnosis(options_.diagnosis, slot.process.pid, std::string(slot.name()), hung + words);
+    const std::string kept = diagnosis.path.empty() ? (diagnosis.error.empty() ? "" : "; no diagnosis kept: " + diagnosis.error)
+                                                    : "; diagnosis in " + diagnosis.path;
     // The token names this registration alone, so it serves as the stop's id. SIGKILL, a grace
     // later, goes only to the same program: one that exec'd on SIGTERM is left to finish.
     std::string why;
@@ -280,12 +392,15 @@ void Checker::stop_hung(const SlotSnapshot& slot, const std::string& who, const 
         return;
     }
     pending_.emplace(slot.token, Pending{slot.index, who, slot});
+    stalls_.erase(slot.token);
     ++summary.stopping;
     const auto age = slot.since_beat(monotonic_now_ns());
-    const nlohmann::json facts{{"slot", slot.index},
-                               {"last_beat_seconds", static_cast<double>(age.count()) / 1000.0},
-                               {"timeout_seconds", static_cast<double>(slot.timeout.count()) / 1000.0}};
-    tell(EventKind::heartbeat_hung, slot, who + ": " + hung, facts);
+    nlohmann::json facts{{"slot", slot.index},
+                         {"last_beat_seconds", static_cast<double>(age.count()) / 1000.0},
+                         {"timeout_seconds", static_cast<double>(slot.timeout.count()) / 1000.0}};
+    if (!words.empty()) facts["verdict_words"] = words.substr(2, words.size() - 3);
+    if (!diagnosis.path.empty()) facts["diagnosis"] = diagnosis.path;
+    tell(EventKind::heartbeat_hung, slot, who + ": " + hung + words, facts);
     nlohmann::json term = facts;
     term["signal"] = "SIGTERM";
     term["grace_seconds"] = static_cast<double>(options_.grace.count()) / 1000.0;
@@ -293,8 +408,8 @@ void Checker::stop_hung(const SlotSnapshot& slot, const std::string& who, const 
           "stopped " + who + ": hung, last beat " + human_duration(age) + " ago, timeout " + human_duration(slot.timeout) +
               ": SIGTERM sent, SIGKILL in " + human_duration(options_.grace) + " unless it exits",
           term);
-    log_(LogLevel::warn, who + ": " + hung + ": SIGTERM sent, SIGKILL in " + human_duration(options_.grace) +
-                             " unless it exits");
+    log_(LogLevel::warn, who + ": " + hung + words + ": SIGTERM sent, SIGKILL in " + human_duration(options_.grace) +
+                             " unless it exits" + kept);
 }
 
 void Checker::tell(EventKind kind, const SlotSnapshot& slot, std::string message, nlohmann::json details) const {
@@ -353,6 +468,16 @@ ScanSummary check_once(const TableOptions& table_options, const CheckOptions& op
     require_trusted(*table);
     Checker checker(*table, options, log);
     ScanSummary summary = checker.scan(monotonic_now_ns());
+    // Verdicts that asked for a second look (a runnable process, at most a second later) get
+    // it; spared ones are left to the next run.
+    for (int round = 0; round < 8; ++round) {
+        std::optional<std::uint64_t> next;
+        (void)checker.due_looks(monotonic_now_ns(), next);
+        if (!next || *next > monotonic_now_ns() + to_ns(std::chrono::seconds(1))) break;
+        ::poll(nullptr, 0, static_cast<int>((*next - std::min(*next, monotonic_now_ns())) / 1'000'000 + 1));
+        for (const std::uint32_t index : checker.due_looks(monotonic_now_ns(), next))
+            if (auto slot = table->read(index)) checker.check(*slot, monotonic_now_ns(), summary);
+    }
     checker.finish();
     log(LogLevel::info, "scanned " + std::to_string(table->slot_count()) + " slots at key " + format_key(key) + ": " +
                             std::to_string(summary.entries) + " entries, " + std::to_string(summary.healthy) +

@@ -13,10 +13,13 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "core/stopper.h"
 #include "core/table.h"
 #include "engine/event.h"
+#include "engine/hang_diagnosis.h"
+#include "engine/hang_verdict.h"
 
 namespace hbwatch::tool {
 
@@ -34,6 +37,9 @@ struct CheckOptions {
     std::chrono::milliseconds grace{std::chrono::seconds(5)};  // SIGTERM to SIGKILL
     std::chrono::milliseconds kill_wait{std::chrono::seconds(5)};  // SIGKILL to giving up
     bool dry_run = false;  // log what would be done; signal and change nothing
+    bool report_only = false;  // hangs are judged, diagnosed and reported, never signalled (dead slots are still freed)
+    bool spare_stopped = true;  // a stopped or traced process (SIGSTOP, a debugger) is not signalled
+    DiagnosisOptions diagnosis;  // what is kept of a hung process before its SIGTERM
     bool log_healthy = false;  // a debug line per healthy entry (costly: off unless -v)
     // Hears every hang stop as events: heartbeat_hung and hang_stopped (SIGTERM) when one
     // begins, hang_stopped (SIGKILL) when the grace runs out, exited when it ends.
@@ -76,6 +82,12 @@ public:
     /// Whether a stop of registration `token` is in flight.
     [[nodiscard]] bool stopping(std::uint64_t token) const { return pending_.count(token) != 0; }
 
+    /// When registration `token`'s hang verdict wants another look (a second look at a runnable
+    /// process, the end of a starved one's extension, the next report of a stopped one).
+    [[nodiscard]] std::optional<std::uint64_t> look_again_at(std::uint64_t token) const;
+    /// The slots whose verdicts want a look by `now_ns`, and the earliest later one (one-shot mode).
+    [[nodiscard]] std::vector<std::uint32_t> due_looks(std::uint64_t now_ns, std::optional<std::uint64_t>& next) const;
+
     /// Reports exits and escalates due stops (call after polling stopper()'s pidfds).
     void advance(std::uint64_t now_ns) { stopper_.advance(now_ns); }
     [[nodiscard]] const Stopper& stopper() const noexcept { return stopper_; }
@@ -99,6 +111,17 @@ private:
         std::string why;
     };
     Verdict judge(const SlotSnapshot& slot, const Pinned* target, Refusal refusal) const;
+    // A hang, before any signal: what the process is doing (hang_verdict.h). True when it is
+    // spared for now (stopped, traced, frozen, starved within its extension) or looked at again.
+    bool spare_for_now(const SlotSnapshot& slot, const std::string& who, const std::string& hung, std::uint64_t now_ns);
+    struct Stall {
+        std::uint32_t index = 0;
+        std::uint64_t last_beat_ns = 0;        // the hang it is about: a beat since starts another
+        std::optional<ProcessLook> first;      // a look that asked for a second one
+        std::uint64_t look_again_ns = 0;       // then, or the next report or the extension's end
+        bool said = false;                     // its spared verdict, or its starvation, was reported
+        std::string words;                     // the verdict, for the stop's log line
+    };
     void stop_hung(const SlotSnapshot& slot, const std::string& who, const std::string& hung, ScanSummary& summary);
     void free_unsignalled(const SlotSnapshot& slot, LogLevel level, const std::string& message, ScanSummary& summary);
     void on_stop_event(const StopEvent& event);
@@ -111,6 +134,7 @@ private:
     std::map<std::uint64_t, Pending> pending_;  // stops in flight, by token (which is the stop's id)
     std::set<std::uint64_t> given_up_;          // tokens whose SIGKILL did not end them
     std::set<std::uint64_t> reported_;          // tokens whose "not signalled" was logged: once is enough
+    std::map<std::uint64_t, Stall> stalls_;     // hangs being judged or spared, by token
 };
 
 /// The one-shot mode: scan the table at `table_options` once, stop what is hung and wait for

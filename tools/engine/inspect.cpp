@@ -1,5 +1,7 @@
 #include "engine/inspect.h"
 
+#include "engine/hang_verdict.h"
+
 #include <dirent.h>
 #include <unistd.h>
 
@@ -125,7 +127,14 @@ std::vector<Entry> inspect(const Table& table, std::uint64_t now_ns, const std::
             switch (health_of(slot, now_ns)) {
                 case Health::ok: e.state = EntryState::ok; break;
                 case Health::late: e.state = EntryState::late; break;
-                case Health::hung: e.state = EntryState::hung; break;
+                case Health::hung: {
+                    e.state = EntryState::hung;
+                    // What checkproc sees too: one it spares says why (hang_verdict.h).
+                    const auto verdict = judge_hang(look_at(slot.process.pid, now_ns), nullptr);
+                    using Kind = HangVerdict::Kind;
+                    if (verdict.kind == Kind::stopped || verdict.kind == Kind::traced || verdict.kind == Kind::frozen) e.verdict = verdict.words;
+                    break;
+                }
             }
         }
         entries.push_back(std::move(e));

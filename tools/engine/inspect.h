@@ -36,6 +36,7 @@ struct Entry {
     SlotSnapshot slot;
     EntryState state = EntryState::ok;
     std::string dead_reason;  // with `dead`: gone, reused, zombie
+    std::string verdict;      // with `hung`, when checkproc spares it: "stopped by a signal ...", "traced by pid N (gdb)", ...
     std::chrono::milliseconds since_beat{0};
     std::optional<Usage> usage;  // absent when dead
 };

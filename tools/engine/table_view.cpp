@@ -86,6 +86,7 @@ void print_table(const hbwatch::Table& table, std::ostream& out) {
                       e.usage ? hbwatch::human_size(e.usage->rss_bytes).c_str() : "-",
                       e.usage ? (std::to_string(static_cast<int>(std::lround(e.usage->cpu_percent)))).c_str() : "-");
         out << line;
+        if (!e.verdict.empty()) out << "              ^ " << e.verdict << ": spared by checkproc\n";
     }
 }
 
@@ -105,6 +106,7 @@ json entries_json(const hbwatch::Table& table) {
                {"rss_bytes", e.usage ? json(e.usage->rss_bytes) : json(nullptr)},
                {"cpu_percent", e.usage ? json(std::round(e.usage->cpu_percent * 10) / 10) : json(nullptr)}};
         if (e.state == EntryState::dead) o["dead_reason"] = e.dead_reason;
+        if (!e.verdict.empty()) o["verdict"] = e.verdict;
         array.push_back(std::move(o));
     }
     return array;

@@ -52,10 +52,10 @@ bool same_process(const ProcessIdentity& recorded, const ProcessIdentity& observ
     return recorded.pidfs_inode == 0 || observed.pidfs_inode == 0 || recorded.pidfs_inode == observed.pidfs_inode;
 }
 
-std::optional<ProcStat> read_proc_stat(pid_t pid) {
-    if (pid <= 0) return std::nullopt;
-    // One read() of /proc/PID/stat gives a consistent line of a few hundred bytes.
-    const std::string path = "/proc/" + std::to_string(pid) + "/stat";
+namespace {
+// /proc/PID/stat or /proc/PID/task/TID/stat: one read() gives a consistent line of a few
+// hundred bytes.
+std::optional<ProcStat> read_stat_file(const std::string& path, pid_t pid) {
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) return std::nullopt;
     char buffer[1024];
@@ -74,7 +74,7 @@ std::optional<ProcStat> read_proc_stat(pid_t pid) {
     ProcStat stat;
     stat.pid = pid;
     stat.comm = std::string(line.substr(open + 1, close - open - 1));
-    std::string_view fields[26];  // fields[0] is field 3 of proc(5), the state; up to field 28
+    std::string_view fields[40];  // fields[0] is field 3 of proc(5), the state; up to field 42
     std::size_t count = 0;
     std::string_view rest = line.substr(close + 1);
     while (!rest.empty() && count < std::size(fields)) {
@@ -86,7 +86,7 @@ std::optional<ProcStat> read_proc_stat(pid_t pid) {
         rest.remove_prefix(stop);
     }
     auto field = [&](int number) { return fields[static_cast<std::size_t>(number - 3)]; };
-    if (count < std::size(fields) || field(3).size() != 1) return std::nullopt;
+    if (count < 26 || field(3).size() != 1) return std::nullopt;  // field 28 at least
     stat.state = field(3)[0];
     std::int64_t rss = 0;
     if (!parse_number(field(4), stat.ppid) || !parse_number(field(5), stat.pgrp) ||
@@ -96,7 +96,19 @@ std::optional<ProcStat> read_proc_stat(pid_t pid) {
         !parse_number(field(28), stat.start_stack))
         return std::nullopt;
     stat.rss_pages = rss > 0 ? static_cast<std::uint64_t>(rss) : 0;
+    if (count >= 40) (void)parse_number(field(42), stat.blkio_ticks);
     return stat;
+}
+}  // namespace
+
+std::optional<ProcStat> read_proc_stat(pid_t pid) {
+    if (pid <= 0) return std::nullopt;
+    return read_stat_file("/proc/" + std::to_string(pid) + "/stat", pid);
+}
+
+std::optional<ProcStat> read_task_stat(pid_t pid, pid_t tid) {
+    if (pid <= 0 || tid <= 0) return std::nullopt;
+    return read_stat_file("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/stat", tid);
 }
 
 bool is_kernel_thread(const ProcStat& stat) noexcept { return (stat.flags & kPfKthread) != 0 || stat.pid == 2; }

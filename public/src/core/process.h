@@ -38,10 +38,13 @@ struct ProcStat {
     std::uint64_t start_time = 0;   // clock ticks since boot
     std::uint64_t rss_pages = 0;
     std::uint64_t start_stack = 0;  // field 28: set anew by every exec; 0 unless we may ptrace-read it
+    std::uint64_t blkio_ticks = 0;  // field 42: clock ticks waited for block I/O (0 unless delay accounting is on)
 };
 
 /// Reads /proc/PID/stat; nullopt when there is no such process (or it cannot be parsed).
 [[nodiscard]] std::optional<ProcStat> read_proc_stat(pid_t pid);
+/// The same for one thread: /proc/PID/task/TID/stat (its `pid` is the tid).
+[[nodiscard]] std::optional<ProcStat> read_task_stat(pid_t pid, pid_t tid);
 
 /// Whether the task is a kernel thread (PF_KTHREAD): never a service, never signalled.
 [[nodiscard]] bool is_kernel_thread(const ProcStat& stat) noexcept;

@@ -1,0 +1,244 @@
+// Hang verdicts on real processes: checkproc spares a process that is stopped (SIGSTOP), traced
+// (ptrace) or starved of CPU by a real-time busy loop on its core, stops a deadlocked one beside
+// it, keeps a diagnosis of every thread (and, with eu-stack, the function it hangs in) before
+// its SIGTERM, and with --report-only signals nothing.
+
+#include <doctest/doctest.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/ptrace.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "core/clock.h"
+#include "core/table.h"
+#include "engine/checker.h"
+#include "engine/hang_diagnosis.h"
+#include "support.h"
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using hbtest::Process;
+
+namespace {
+
+std::string key_text(const hbtest::ScratchKey& scratch) { return hbwatch::format_key(scratch.key()); }
+
+// A scratch directory for diagnosis files, removed after.
+struct Diagnoses {
+    fs::path dir;
+    Diagnoses() {
+        char buffer[] = "/tmp/hbwatch-diagnoses-XXXXXX";
+        dir = ::mkdtemp(buffer);
+    }
+    ~Diagnoses() { fs::remove_all(dir); }
+    [[nodiscard]] std::vector<fs::path> files() const {
+        std::vector<fs::path> found;
+        for (const auto& entry : fs::directory_iterator(dir)) found.push_back(entry.path());
+        return found;
+    }
+};
+
+std::unique_ptr<Process> service(const hbtest::ScratchKey& scratch, const std::string& name, std::vector<std::string> extra = {},
+                                 const std::function<void()>& in_child = {}) {
+    std::vector<std::string> argv{hbtest::bin("demo_service"), name, "--key", key_text(scratch)};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    auto p = std::make_unique<Process>(argv, in_child);
+    REQUIRE(p->wait_for_output("registered in slot"));
+    return p;
+}
+
+// checkproc once, to its end: its log.
+std::string checkproc_once(const hbtest::ScratchKey& scratch, const Diagnoses& diagnoses, std::vector<std::string> extra = {}) {
+    std::vector<std::string> argv{hbtest::bin("checkproc"), "--key", key_text(scratch), "--grace", "1s", "--diagnoses", diagnoses.dir.string()};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    Process checkproc(argv);
+    REQUIRE(checkproc.wait_exit(60s));
+    CHECK(WIFEXITED(checkproc.wait()));
+    return checkproc.output();
+}
+
+// Until every live entry named `name` is past its deadline, as checkproc judges it.
+void wait_until_hung(const hbtest::ScratchKey& scratch, const std::string& name) {
+    auto table = hbwatch::Table::open_existing(scratch.options(), hbwatch::Table::Access::read_only);
+    REQUIRE(table);
+    REQUIRE(hbtest::eventually([&] {
+        bool hung = false;
+        const auto now = hbwatch::monotonic_now_ns();
+        table->for_each([&](const hbwatch::SlotSnapshot& s) {
+            hung = hung || (s.name() == name && hbwatch::tool::health_of(s, now) == hbwatch::tool::Health::hung);
+        });
+        return hung;
+    }, 30s));
+}
+
+bool contains(const std::string& text, const std::string& needle) { return text.find(needle) != std::string::npos; }
+
+std::string read_text(const std::string& path) {
+    std::ifstream in(path);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+std::size_t live_entry_count(const hbtest::ScratchKey& scratch) {
+    auto table = hbwatch::Table::open_existing(scratch.options(), hbwatch::Table::Access::read_only);
+    std::size_t n = 0;
+    if (table) table->for_each([&](const hbwatch::SlotSnapshot&) { ++n; });
+    return n;
+}
+
+void pin_to(int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    (void)::sched_setaffinity(0, sizeof set, &set);
+}
+
+}  // namespace
+
+TEST_CASE("a SIGSTOPped registrant is spared and reported, and beats again after SIGCONT: nothing was signalled") {
+    hbtest::ScratchKey scratch;
+    Diagnoses diagnoses;
+    auto stopped = service(scratch, "paused", {"--timeout", "300ms", "--every", "50ms", "--graceful"});
+    REQUIRE(::kill(stopped->pid(), SIGSTOP) == 0);
+    wait_until_hung(scratch, "paused");
+    const std::string log = checkproc_once(scratch, diagnoses);
+    CHECK_MESSAGE(contains(log, "'paused': hung:"), log);
+    CHECK_MESSAGE(contains(log, "stopped by a signal (state T"), log);
+    CHECK(contains(log, "spared, not signalled"));
+    CHECK(!contains(log, "SIGTERM sent"));
+    // proctab says the same.
+    Process proctab({hbtest::bin("proctab"), "--key", key_text(scratch), "--json"});
+    REQUIRE(proctab.wait_exit(30s));
+    const auto entries = nlohmann::json::parse(proctab.output());
+    REQUIRE(entries.size() == 1);
+    CHECK(entries[0]["state"] == "hung");
+    CHECK(entries[0]["verdict"].get<std::string>().rfind("stopped by a signal", 0) == 0);
+    // Continued, it beats again: healthy, and it never saw a SIGTERM (--graceful would have exited).
+    REQUIRE(::kill(stopped->pid(), SIGCONT) == 0);
+    auto table = hbwatch::Table::open_existing(scratch.options(), hbwatch::Table::Access::read_only);
+    REQUIRE(hbtest::eventually([&] {
+        bool ok = false;
+        table->for_each([&](const hbwatch::SlotSnapshot& s) { ok = hbwatch::tool::health_of(s, hbwatch::monotonic_now_ns()) == hbwatch::tool::Health::ok; });
+        return ok;
+    }));
+    const std::string again = checkproc_once(scratch, diagnoses);
+    CHECK_MESSAGE(!contains(again, "'paused': hung"), again);
+    CHECK(stopped->running());
+    CHECK(diagnoses.files().empty());  // no stop, so no diagnosis
+}
+
+TEST_CASE("--stopped kill stops a SIGSTOPped registrant as hung") {
+    hbtest::ScratchKey scratch;
+    Diagnoses diagnoses;
+    auto stopped = service(scratch, "paused", {"--timeout", "300ms", "--every", "50ms"});
+    REQUIRE(::kill(stopped->pid(), SIGSTOP) == 0);
+    wait_until_hung(scratch, "paused");
+    const std::string log = checkproc_once(scratch, diagnoses, {"--stopped", "kill"});
+    CHECK_MESSAGE(contains(log, "'paused': hung:"), log);
+    CHECK(contains(log, "SIGTERM sent"));
+    CHECK(stopped->wait_exit(10s));  // SIGKILL after the grace: a stopped process cannot handle SIGTERM
+}
+
+TEST_CASE("a ptrace-stopped registrant (a debugger attached) is spared, and named with its tracer") {
+    hbtest::ScratchKey scratch;
+    Diagnoses diagnoses;
+    auto traced = service(scratch, "debugged", {"--timeout", "300ms", "--every", "50ms"});
+    // The test itself is the debugger (its own child: allowed whatever Yama's ptrace_scope).
+    REQUIRE(::ptrace(PTRACE_SEIZE, traced->pid(), nullptr, nullptr) == 0);
+    REQUIRE(::ptrace(PTRACE_INTERRUPT, traced->pid(), nullptr, nullptr) == 0);
+    int status = 0;
+    REQUIRE(::waitpid(traced->pid(), &status, __WALL) == traced->pid());
+    REQUIRE(WIFSTOPPED(status));
+    wait_until_hung(scratch, "debugged");
+    const std::string log = checkproc_once(scratch, diagnoses);
+    CHECK_MESSAGE(contains(log, "traced by pid " + std::to_string(::getpid()) + " ("), log);
+    CHECK(contains(log, "spared, not signalled"));
+    CHECK(!contains(log, "SIGTERM sent"));
+    REQUIRE(::ptrace(PTRACE_DETACH, traced->pid(), nullptr, nullptr) == 0);
+    CHECK(traced->running());
+}
+
+TEST_CASE("on a core held by a real-time busy loop, a starved healthy service is spared and a deadlocked one beside it is stopped") {
+    if (::geteuid() != 0 || std::thread::hardware_concurrency() < 2) {
+        MESSAGE("SKIPPED: needs root (a SCHED_FIFO busy loop) and two CPUs");
+        return;
+    }
+    if (read_text("/proc/sys/kernel/sched_rt_runtime_us").rfind("-1", 0) == 0) {
+        MESSAGE("SKIPPED: needs real-time throttling (sched_rt_runtime_us is -1: the busy loop would take the whole core)");
+        return;
+    }
+    hbtest::ScratchKey scratch;
+    Diagnoses diagnoses;
+    // Both on CPU 1. Under the busy loop, the kernel leaves ordinary tasks 50 ms a second there,
+    // so the healthy one beats about once a second: past its 600 ms timeout every time.
+    auto healthy = service(scratch, "healthy", {"--timeout", "600ms", "--every", "100ms"}, [] { pin_to(1); });
+    auto stuck = service(scratch, "deadlocked", {"--timeout", "600ms", "--every", "100ms", "--hang-after", "1500ms"}, [] { pin_to(1); });
+    Process checkproc({hbtest::bin("checkproc"), "--watch", "--key", key_text(scratch), "--grace", "1s", "--diagnoses", diagnoses.dir.string()},
+                      [] { pin_to(0); });
+    REQUIRE(checkproc.wait_for_output("watching the table"));
+    Process hog({"chrt", "-f", "10", "taskset", "-c", "1", "sh", "-c", "while :; do :; done"}, [] { pin_to(0); });
+    // The deadlocked one (asleep, not waiting to run) is stopped; the healthy one is not, for 4 s more.
+    const bool stopped = checkproc.wait_for_output("'deadlocked': exited", 30s);
+    const bool healthy_hung = checkproc.wait_for_output("'healthy': hung:", 4s);
+    ::kill(hog.pid(), SIGKILL);
+    REQUIRE(hog.wait_exit(10s));
+    CHECK_MESSAGE(stopped, checkproc.output_so_far());
+    CHECK_MESSAGE(!healthy_hung, checkproc.output_so_far());
+    CHECK(contains(checkproc.output_so_far(), "'deadlocked': hung:"));
+    // It was overdue, and judged starved: the test held it where a watchdog without verdicts kills.
+    CHECK_MESSAGE(contains(checkproc.output_so_far(), "'healthy': late: CPU-starved"), checkproc.output_so_far());
+    CHECK(healthy->running());
+    MESSAGE("the starved service was spared " << hbtest::count_of(checkproc.output_so_far(), "'healthy': late: CPU-starved") << " times");
+    ::kill(checkproc.pid(), SIGTERM);
+    CHECK(checkproc.wait_exit(30s));
+}
+
+TEST_CASE("a hang stop keeps a diagnosis of every thread, and with --diagnose user the function it hangs in, which proctab shows") {
+    hbtest::ScratchKey scratch;
+    Diagnoses diagnoses;
+    Process hanging({hbtest::bin("hang_threads"), "threads3"}, [&] { ::setenv("HBWATCH_KEY", key_text(scratch).c_str(), 1); });
+    REQUIRE(hanging.wait_for_output("stuck, slot"));
+    wait_until_hung(scratch, "threads3");
+    const bool user_stacks = ::access("/usr/bin/eu-stack", X_OK) == 0;
+    const std::string log = checkproc_once(scratch, diagnoses, {"--diagnose", user_stacks ? "user" : "kernel"});
+    CHECK_MESSAGE(contains(log, "SIGTERM sent"), log);
+    CHECK(contains(log, "diagnosis in " + diagnoses.dir.string() + "/"));
+    const auto files = diagnoses.files();
+    REQUIRE(files.size() == 1);
+    const std::string text = read_text(files[0].string());
+    CHECK(files[0].filename().string().find("-threads3-" + std::to_string(hanging.pid()) + ".txt") != std::string::npos);
+    CHECK_MESSAGE(contains(text, "threads: 3"), text);
+    CHECK(hbtest::count_of(text, "--- thread ") == 3);
+    CHECK(hbtest::count_of(text, "wchan: ") == 3);
+    CHECK(hbtest::count_of(text, "syscall: ") == 3);
+    if (::geteuid() == 0) CHECK_MESSAGE(!contains(text, "(not readable: needs root)"), text);
+    if (user_stacks) CHECK_MESSAGE(contains(text, "hbwatch_test_stuck_here"), text);
+    if (user_stacks) CHECK(contains(text, "hbwatch_test_worker_waits"));
+    if (!user_stacks) MESSAGE("eu-stack is not installed (elfutils): the user-space stacks were not checked");
+    // proctab diagnosis NAME: the newest file of that name.
+    Process shown({hbtest::bin("proctab"), "diagnosis", "threads3", "--diagnoses", diagnoses.dir.string()});
+    REQUIRE(shown.wait_exit(30s));
+    CHECK(shown.wait() == 0);
+    CHECK(contains(shown.output(), files[0].string()));
+    CHECK(contains(shown.output(), "threads: 3"));
+}
+
+TEST_CASE("--report-only judges, diagnoses and reports a hang, and signals nothing") {
+    hbtest::ScratchKey scratch;
+    Diagnoses diagnoses;
+    auto hung = service(scratch, "reported", {"--timeout", "300ms", "--hang-after", "100ms", "--graceful"});
+    wait_until_hung(scratch, "reported");
+    const std::string log = checkproc_once(scratch, diagnoses, {"--report-only"});
+    CHECK_MESSAGE(contains(log, "'reported': hung:"), log);
+    CHECK(contains(log, "report only: not signalled"));
+    CHECK(!contains(log, "SIGTERM sent"));
+    CHECK(diagnoses.files().size() == 1);
+    CHECK(hung->running());
+    CHECK(live_entry_count(scratch) == 1);  // its slot kept
+}

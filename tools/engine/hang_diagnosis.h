@@ -1,0 +1,46 @@
+#pragma once
+// What a hung process was doing, kept before checkproc signals it: without it, the stack
+// that explained the hang dies with the process (systemd#26090).
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstddef>
+#include <optional>
+#include <string>
+
+namespace hbwatch::tool {
+
+enum class DiagnoseLevel {
+    none,    // nothing kept
+    kernel,  // every thread's state, wchan, system call and kernel stack (/proc; the stacks need root)
+    user,    // and every thread's user-space backtrace, from eu-stack (elfutils), within a bound
+};
+
+struct DiagnosisOptions {
+    DiagnoseLevel level = DiagnoseLevel::none;  // checkproc's own default is kernel (--diagnose)
+    std::string directory;  // made 0700 if missing; must be safe (safe_path.h) from / down
+    std::size_t keep = 50;  // the newest kept; older ones removed
+    std::chrono::milliseconds user_bound{200};  // eu-stack's time, after which it is killed
+};
+
+/// The default directory: $HBWATCH_DIAGNOSES, else /var/lib/hbwatch/diagnoses as root, else
+/// $XDG_STATE_HOME (or ~/.local/state)/hbwatch/diagnoses.
+[[nodiscard]] std::string default_diagnosis_directory();
+
+struct Diagnosis {
+    std::string path;   // the file written, empty when none was
+    std::string error;  // why none was, for the log
+    std::chrono::microseconds took{0};
+};
+
+/// Writes what `pid` (registered as `name`) is doing to a new file named by time, name and
+/// pid. Never throws: a diagnosis never stands in the way of the stop it comes before.
+[[nodiscard]] Diagnosis write_diagnosis(const DiagnosisOptions& options, pid_t pid, const std::string& name, const std::string& why);
+
+/// The newest diagnosis of `name` in `directory`, if any.
+[[nodiscard]] std::optional<std::string> last_diagnosis(const std::string& directory, const std::string& name);
+
+[[nodiscard]] std::optional<DiagnoseLevel> parse_diagnose_level(const std::string& text);
+
+}  // namespace hbwatch::tool
