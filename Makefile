@@ -38,6 +38,7 @@ bench: build
 	$(BUILD)/bin/bench_events
 	$(BUILD)/bin/bench_http
 	$(BUILD)/bin/bench_notify
+	$(BUILD)/bin/bench_verdicts
 
 # ASan+UBSan over every test, then TSan over the concurrency, event and HTTP tests (threads); both with clang, so that CI
 # also builds the whole tree warning-free with the second compiler.

@@ -408,3 +408,18 @@ TEST_CASE("MAINPID= naming the readiness check that procctl started is refused: 
     CHECK(stat->ppid == stack.procctl->pid());
     CHECK(stack.procctl->output_so_far().find("main process is pid") == std::string::npos);
 }
+
+TEST_CASE("a watchdogged program that is SIGSTOPped is spared, not stopped, and watched again once it runs") {
+    NotifyStack stack("  daemon:\n    command: ['" + hbtest::bin("sd_client") + "', '100000']\n    ready: notify\n    watchdog: 1s\n");
+    REQUIRE_MESSAGE(stack.procctl->wait_for_output("daemon is ready (READY=1)", 30s), stack.procctl->output_so_far());
+    const int pid = stack.program("daemon")["pid"].get<int>();
+    REQUIRE(::kill(pid, SIGSTOP) == 0);
+    REQUIRE_MESSAGE(stack.procctl->wait_for_output("daemon (pid " + std::to_string(pid) + ") missed its watchdog, but is stopped by a signal", 30s),
+                    stack.procctl->output_so_far());
+    // Two more intervals: still spared, never stopped.
+    CHECK_FALSE(stack.procctl->wait_for_output("missed its watchdog: no WATCHDOG=1", 2500ms));
+    REQUIRE(::kill(pid, SIGCONT) == 0);
+    CHECK(hbtest::eventually([&] { return stack.program("daemon")["heartbeats"][0]["state"] == "ok"; }));
+    CHECK(stack.program("daemon")["pid"] == pid);
+    CHECK(stack.program("daemon")["restarts"] == 0);
+}

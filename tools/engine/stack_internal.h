@@ -27,6 +27,7 @@
 #include "engine/control_command.h"
 #include "engine/event.h"
 #include "engine/event_sinks.h"
+#include "engine/hang_verdict.h"
 #include "engine/notify_server.h"
 #include "engine/output.h"
 #include "engine/ports.h"
@@ -87,6 +88,11 @@ struct Member {
     std::chrono::milliseconds watchdog{0};  // WATCHDOG_USEC: its watchdog's, or what it said since
     std::uint64_t watchdog_due_ns = 0;      // a WATCHDOG=1 is due by then; 0: not watched now
     std::uint64_t last_ping_ns = 0;         // the last WATCHDOG=1
+    // A missed watchdog's verdict (hang_verdict.h), as checkproc's: a first look that asked for a
+    // second, whether its one extension (starved) was given, whether its sparing was said.
+    std::optional<ProcessLook> watchdog_look;
+    bool watchdog_extended = false;
+    bool watchdog_spared_said = false;
     std::uint64_t notify_refused = 0;       // messages from processes that may not speak for it
     NotifyDrops notify_drops;
     std::vector<pid_t> refusals_said;       // senders whose refusal was logged (a few)
@@ -149,6 +155,7 @@ private:
     void handed_over_main_exited(Member& member, std::uint64_t now);
     void take_notification(Member& member, const NotifyMessage& message, std::uint64_t now);
     void check_watchdogs(std::uint64_t now);
+    bool spare_watchdog(Member& member, std::uint64_t now);
     [[nodiscard]] static bool wants_launch(const Member& member);
     void watch_launch(Member& member, std::uint64_t now);
     /// Its phase as operators see it: starting while its start is in flight.

@@ -95,6 +95,8 @@ void Stack::settle_launch(Member& member, std::uint64_t now) {
     member.watchdog = member.program().watchdog;
     member.last_ping_ns = 0;
     member.watchdog_due_ns = member.watchdog.count() > 0 ? now + to_ns(member.watchdog) : 0;
+    member.watchdog_look.reset();
+    member.watchdog_extended = member.watchdog_spared_said = false;
     UnitEvent spawned{UnitEvent::Kind::spawned};
     spawned.pid = pid;
     spawned.forked_ns = forked_ns;

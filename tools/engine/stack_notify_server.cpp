@@ -211,6 +211,8 @@ void Stack::take_notification(Member& member, const NotifyMessage& message, std:
     if (const auto* value = message.find("WATCHDOG")) {
         if (*value == "1") {
             member.last_ping_ns = now;
+            member.watchdog_look.reset();  // it pinged: whatever was judged of its silence is over
+            member.watchdog_extended = member.watchdog_spared_said = false;
             if (member.watchdog_due_ns != 0) member.watchdog_due_ns = now + to_ns(member.watchdog);
         } else if (*value == "trigger" && member.unit.running()) {
             member.watchdog_due_ns = 0;
@@ -244,6 +246,44 @@ void Stack::take_notification(Member& member, const NotifyMessage& message, std:
     }
 }
 
+// A missed watchdog, judged as checkproc judges a hang: a main process stopped (SIGSTOP), traced
+// (a debugger) or frozen is spared, looked at again every watchdog interval; one runnable or in
+// I/O gets a second look a window later, and if starved one more interval, once. True while
+// it is spared (watchdog_due_ns moved to its next look).
+bool Stack::spare_watchdog(Member& member, std::uint64_t now) {
+    const auto interval = to_ns(member.watchdog);
+    const ProcessLook look = look_at(member.unit.pid(), monotonic_now_ns());
+    const HangVerdict verdict = member.watchdog_look ? judge_hang(*member.watchdog_look, &look) : judge_hang(look, nullptr);
+    member.watchdog_look.reset();
+    using Kind = HangVerdict::Kind;
+    switch (verdict.kind) {
+        case Kind::look_again:
+            member.watchdog_look = look;
+            member.watchdog_due_ns = look.at_ns + look_window_ns(interval);
+            return true;
+        case Kind::stopped:
+        case Kind::traced:
+        case Kind::frozen:
+            if (!member.watchdog_spared_said)
+                log_.warn("{} (pid {}) missed its watchdog, but is {}: spared, not stopped; looked at again every {}", member.name(),
+                          member.unit.pid(), verdict.words, human_duration(member.watchdog));
+            member.watchdog_spared_said = true;
+            member.watchdog_due_ns = now + interval;
+            return true;
+        case Kind::starved:
+            if (member.watchdog_extended) return false;  // once: then it is stopped
+            member.watchdog_extended = true;
+            log_.warn("{} (pid {}) missed its watchdog, late: {}; spared for one more interval ({})", member.name(), member.unit.pid(),
+                      verdict.words, human_duration(member.watchdog));
+            emit_for(member, EventKind::heartbeat_late, member.name() + " missed its watchdog, late: " + verdict.words,
+                     {{"source", "sd_notify"}, {"verdict", "starved"}, {"verdict_words", verdict.words}});
+            member.watchdog_due_ns = now + interval;
+            return true;
+        case Kind::hung: break;
+    }
+    return false;
+}
+
 // A WATCHDOG=1 missed: the program is stopped as a hang and started again, never before its
 // deadline (the loop may only be late).
 void Stack::check_watchdogs(std::uint64_t now) {
@@ -254,6 +294,7 @@ void Stack::check_watchdogs(std::uint64_t now) {
             continue;
         }
         if (now < member->watchdog_due_ns) continue;
+        if (spare_watchdog(*member, now)) continue;
         member->watchdog_due_ns = 0;
         const auto since = ms_between(member->last_ping_ns != 0 ? member->last_ping_ns : member->unit.started_ns(), now);
         UnitEvent hung{UnitEvent::Kind::hung};
