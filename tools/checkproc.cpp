@@ -39,6 +39,7 @@ int main(int argc, char** argv) {
         "\n"
         "Exit status: 0 done (including no table); 1 the table cannot be read (permission, foreign\n"
         "segment); 2 bad arguments.");
+    std::string diagnose_bound = "200ms";
     std::string key, grace = "5s", log_file, log_positional, events_file, on_event, stopped = "spare", diagnose = "kernel",
                 diagnoses = tool::default_diagnosis_directory();
     std::size_t keep = 50;
@@ -54,6 +55,8 @@ int main(int argc, char** argv) {
                    "what is kept before a hang stop: none, kernel (threads' states, wchan, syscalls, kernel stacks; default), "
                    "or user (and their user-space stacks, by eu-stack, at most 200ms)")
         ->check(CLI::IsMember({"none", "kernel", "user"}));
+    app.add_option("--diagnose-bound", diagnose_bound, "how long eu-stack may take (--diagnose user; default 200ms): the process is stopped meanwhile")
+        ->check(tool::duration_validator());
     app.add_option("--diagnoses", diagnoses, "the directory of diagnosis files (default " + diagnoses + ")");
     app.add_option("--keep-diagnoses", keep, "how many diagnosis files are kept, the newest (default 50)")->check(CLI::Range(1, 100000));
     app.add_flag("--watch", watch, "stay resident, waking at the earliest deadline");
@@ -75,6 +78,7 @@ int main(int argc, char** argv) {
         options.diagnosis.level = *tool::parse_diagnose_level(diagnose);
         options.diagnosis.directory = diagnoses;
         options.diagnosis.keep = keep;
+        options.diagnosis.user_bound = hbwatch::parse_duration(diagnose_bound);
         options.log_healthy = verbose;
         const auto table = tool::table_options(key);
         std::optional<tool::EventOutlet> events;

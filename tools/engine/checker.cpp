@@ -95,7 +95,7 @@ void Checker::free_unsignalled(const SlotSnapshot& slot, LogLevel level, const s
     }
     // Each caller has found the registrant dead, exec'd or not a registrant at all (garbage,
     // another process): none of these can be inside Heartbeat::beat() on this slot.
-    stalls_.erase(slot.token);
+    stalls_.erase({slot.index, slot.token});
     const bool freed = table_.free_slot(slot.index, slot.token);
     summary.freed += freed;
     log_(level, message + (freed ? ": slot freed, nothing signalled" : ": slot changed meanwhile, left as it is"));
@@ -104,20 +104,20 @@ void Checker::free_unsignalled(const SlotSnapshot& slot, LogLevel level, const s
 void Checker::forget(std::uint64_t token) {
     reported_.erase(token);
     given_up_.erase(token);
-    stalls_.erase(token);
+    std::erase_if(stalls_, [&](const auto& entry) { return entry.first.second == token; });
 }
 
-std::optional<std::uint64_t> Checker::look_again_at(std::uint64_t token) const {
-    const auto it = stalls_.find(token);
+std::optional<std::uint64_t> Checker::look_again_at(std::uint32_t index, std::uint64_t token) const {
+    const auto it = stalls_.find({index, token});
     if (it == stalls_.end() || it->second.look_again_ns == 0) return std::nullopt;
     return it->second.look_again_ns;
 }
 
-std::vector<std::uint32_t> Checker::due_looks(std::uint64_t now_ns, std::optional<std::uint64_t>& next) const {
+std::vector<std::uint32_t> Checker::due_second_looks(std::uint64_t now_ns, std::optional<std::uint64_t>& next) const {
     std::vector<std::uint32_t> due;
     next.reset();
-    for (const auto& [token, stall] : stalls_) {
-        if (stall.look_again_ns == 0) continue;
+    for (const auto& [key, stall] : stalls_) {
+        if (!stall.first) continue;  // spared, or extended: the next run's
         if (stall.look_again_ns <= now_ns) due.push_back(stall.index);
         else if (!next || stall.look_again_ns < *next) next = stall.look_again_ns;
     }
@@ -126,7 +126,8 @@ std::vector<std::uint32_t> Checker::due_looks(std::uint64_t now_ns, std::optiona
 
 void Checker::note_healthy(const SlotSnapshot& slot, std::uint64_t now_ns, ScanSummary& summary) {
     ++summary.healthy;
-    stalls_.erase(slot.token);  // it beat: whatever was judged of it is over
+    stalls_.erase({slot.index, slot.token});  // it beat: whatever was judged of it is over
+    reported_.erase(slot.token);               // and a later hang is reported again
     const std::uint64_t due = deadline_ns(slot) + 1;
     if (!summary.next_deadline_ns || due < *summary.next_deadline_ns) summary.next_deadline_ns = due;
     if (options_.log_healthy)
@@ -205,12 +206,36 @@ void Checker::check(const SlotSnapshot& slot, std::uint64_t now_ns, ScanSummary&
     const auto since = slot.since_beat(now_ns);
     const std::string hung = "hung: last beat " + human_duration(since) + " ago, timeout " +
                              human_duration(slot.timeout) + ", " + human_duration(since - slot.timeout) + " late";
-    if (protected_pid(slot.process.pid) || options_.dry_run || !spare_for_now(slot, who, hung, now_ns))
-        stop_hung(slot, who, hung, summary);
+    if (!protected_pid(slot.process.pid) && !options_.dry_run) {
+        // Who it is before what it is doing: a forged entry naming a stopped process is freed,
+        // never spared.
+        Refusal refusal{};
+        auto target = Pidfd::pin(slot.process.pid, &refusal);
+        const Verdict verdict = judge(slot, target ? &*target : nullptr, refusal);
+        if (verdict.action == Verdict::Action::free_unsignalled) {
+            free_unsignalled(slot, LogLevel::warn, who + ": " + hung + ", but " + verdict.why, summary);
+            return;
+        }
+        if (verdict.action == Verdict::Action::signal && spare_for_now(slot, who, hung, now_ns)) return;
+    }
+    stop_hung(slot, who, hung, summary);
+}
+
+// The diagnosis options for a stop now: none once diagnoses have taken a second within the
+// last one, so that many hangs at once are not each held up by the others' diagnoses.
+DiagnosisOptions Checker::diagnosis_now() {
+    const std::uint64_t now = monotonic_now_ns();
+    if (now >= diagnosis_window_ns_ + to_ns(std::chrono::seconds(1))) {
+        diagnosis_window_ns_ = now;
+        diagnosis_spent_ns_ = 0;
+    }
+    DiagnosisOptions options = options_.diagnosis;
+    if (diagnosis_spent_ns_ >= to_ns(std::chrono::seconds(1))) options.level = DiagnoseLevel::none;
+    return options;
 }
 
 bool Checker::spare_for_now(const SlotSnapshot& slot, const std::string& who, const std::string& hung, std::uint64_t now_ns) {
-    Stall& stall = stalls_[slot.token];
+    Stall& stall = stalls_[{slot.index, slot.token}];
     if (stall.last_beat_ns != slot.last_beat_ns) stall = Stall{slot.index, slot.last_beat_ns, std::nullopt, 0, false, {}};
     if (stall.first && now_ns < stall.look_again_ns) return true;  // its second look is not due yet
     const ProcessLook look = look_at(slot.process.pid, monotonic_now_ns());
@@ -326,7 +351,7 @@ void Checker::stop_hung(const SlotSnapshot& slot, const std::string& who, const 
                                         human_duration(options_.grace));
         return;
     }
-    const auto stall = stalls_.find(slot.token);
+    const auto stall = stalls_.find({slot.index, slot.token});
     const std::string words = stall != stalls_.end() && !stall->second.words.empty() ? " (" + stall->second.words + ")" : "";
     if (options_.report_only) {
         // Judged and diagnosed as for a stop, once per hang; nothing signalled, the table untouched.
@@ -338,7 +363,8 @@ void Checker::stop_hung(const SlotSnapshot& slot, const std::string& who, const 
             report_once(LogLevel::warn, who + ": " + hung + "; report only, and it could not be signalled anyway: " + verdict.why);
             return;
         }
-        const Diagnosis diagnosis = write_diagnosis(options_.diagnosis, slot.process.pid, std::string(slot.name()), hung + words);
+        const Diagnosis diagnosis = write_diagnosis(diagnosis_now(), target->pidfd, std::string(slot.name()), hung + words);
+        diagnosis_spent_ns_ += static_cast<std::uint64_t>(diagnosis.took.count()) * 1000;
         const std::string kept = diagnosis.path.empty() ? (diagnosis.error.empty() ? "" : "; no diagnosis: " + diagnosis.error)
                                                         : "; diagnosis in " + diagnosis.path;
         report_once(LogLevel::warn, who + ": " + hung + words + "; report only: not signalled" + kept);
@@ -378,9 +404,18 @@ void Checker::stop_hung(const SlotSnapshot& slot, const std::string& who, const 
         return;
     }
     // What it was doing, kept before the signal changes it (hang_diagnosis.h); bounded.
-    const Diagnosis diagnosis = write_diagnosis(options_.diagnosis, slot.process.pid, std::string(slot.name()), hung + words);
+    const Diagnosis diagnosis = write_diagnosis(diagnosis_now(), target->pidfd, std::string(slot.name()), hung + words);
+    diagnosis_spent_ns_ += static_cast<std::uint64_t>(diagnosis.took.count()) * 1000;
     const std::string kept = diagnosis.path.empty() ? (diagnosis.error.empty() ? "" : "; no diagnosis kept: " + diagnosis.error)
                                                     : "; diagnosis in " + diagnosis.path;
+    if (diagnosis.took > std::chrono::microseconds(0)) {  // it may have beaten while it was diagnosed
+        auto again = table_.read(slot.index);
+        if (!again || again->token != slot.token || again->last_beat_ns != slot.last_beat_ns) {
+            table_.drop_stop(slot.index, self_);
+            log_(LogLevel::info, who + ": beat again while it was diagnosed, left alone" + kept);
+            return;
+        }
+    }
     // The token names this registration alone, so it serves as the stop's id. SIGKILL, a grace
     // later, goes only to the same program: one that exec'd on SIGTERM is left to finish.
     std::string why;
@@ -392,7 +427,7 @@ void Checker::stop_hung(const SlotSnapshot& slot, const std::string& who, const 
         return;
     }
     pending_.emplace(slot.token, Pending{slot.index, who, slot});
-    stalls_.erase(slot.token);
+    stalls_.erase({slot.index, slot.token});
     ++summary.stopping;
     const auto age = slot.since_beat(monotonic_now_ns());
     nlohmann::json facts{{"slot", slot.index},
@@ -468,15 +503,18 @@ ScanSummary check_once(const TableOptions& table_options, const CheckOptions& op
     require_trusted(*table);
     Checker checker(*table, options, log);
     ScanSummary summary = checker.scan(monotonic_now_ns());
-    // Verdicts that asked for a second look (a runnable process, at most a second later) get
-    // it; spared ones are left to the next run.
+    // Verdicts that asked for a second look (a runnable process, a window later: at most a
+    // second) get it; spared and extended ones are left to the next run. Counted once.
     for (int round = 0; round < 8; ++round) {
         std::optional<std::uint64_t> next;
-        (void)checker.due_looks(monotonic_now_ns(), next);
-        if (!next || *next > monotonic_now_ns() + to_ns(std::chrono::seconds(1))) break;
+        (void)checker.due_second_looks(monotonic_now_ns(), next);
+        if (!next) break;
         ::poll(nullptr, 0, static_cast<int>((*next - std::min(*next, monotonic_now_ns())) / 1'000'000 + 1));
-        for (const std::uint32_t index : checker.due_looks(monotonic_now_ns(), next))
-            if (auto slot = table->read(index)) checker.check(*slot, monotonic_now_ns(), summary);
+        ScanSummary again;
+        for (const std::uint32_t index : checker.due_second_looks(monotonic_now_ns(), next))
+            if (auto slot = table->read(index)) checker.check(*slot, monotonic_now_ns(), again);
+        summary.stopping += again.stopping;
+        summary.freed += again.freed;
     }
     checker.finish();
     log(LogLevel::info, "scanned " + std::to_string(table->slot_count()) + " slots at key " + format_key(key) + ": " +

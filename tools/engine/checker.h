@@ -84,9 +84,10 @@ public:
 
     /// When registration `token`'s hang verdict wants another look (a second look at a runnable
     /// process, the end of a starved one's extension, the next report of a stopped one).
-    [[nodiscard]] std::optional<std::uint64_t> look_again_at(std::uint64_t token) const;
-    /// The slots whose verdicts want a look by `now_ns`, and the earliest later one (one-shot mode).
-    [[nodiscard]] std::vector<std::uint32_t> due_looks(std::uint64_t now_ns, std::optional<std::uint64_t>& next) const;
+    [[nodiscard]] std::optional<std::uint64_t> look_again_at(std::uint32_t index, std::uint64_t token) const;
+    /// The slots whose verdicts wait for a second look by `now_ns`, and the earliest later one
+    /// (one-shot mode: spared ones are left to the next run).
+    [[nodiscard]] std::vector<std::uint32_t> due_second_looks(std::uint64_t now_ns, std::optional<std::uint64_t>& next) const;
 
     /// Reports exits and escalates due stops (call after polling stopper()'s pidfds).
     void advance(std::uint64_t now_ns) { stopper_.advance(now_ns); }
@@ -114,6 +115,7 @@ private:
     // A hang, before any signal: what the process is doing (hang_verdict.h). True when it is
     // spared for now (stopped, traced, frozen, starved within its extension) or looked at again.
     bool spare_for_now(const SlotSnapshot& slot, const std::string& who, const std::string& hung, std::uint64_t now_ns);
+    DiagnosisOptions diagnosis_now();
     struct Stall {
         std::uint32_t index = 0;
         std::uint64_t last_beat_ns = 0;        // the hang it is about: a beat since starts another
@@ -134,7 +136,10 @@ private:
     std::map<std::uint64_t, Pending> pending_;  // stops in flight, by token (which is the stop's id)
     std::set<std::uint64_t> given_up_;          // tokens whose SIGKILL did not end them
     std::set<std::uint64_t> reported_;          // tokens whose "not signalled" was logged: once is enough
-    std::map<std::uint64_t, Stall> stalls_;     // hangs being judged or spared, by token
+    // Hangs being judged or spared, by slot and token: two fresh slots of one process share a token.
+    std::map<std::pair<std::uint32_t, std::uint64_t>, Stall> stalls_;
+    std::uint64_t diagnosis_window_ns_ = 0;  // diagnoses' time spent within the second from here
+    std::uint64_t diagnosis_spent_ns_ = 0;
 };
 
 /// The one-shot mode: scan the table at `table_options` once, stop what is hung and wait for

@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -30,6 +31,9 @@ namespace {
 
 constexpr std::size_t kMaxThreads = 256;         // threads written about; the rest are counted
 constexpr std::size_t kMaxUserStackBytes = 1 << 20;
+constexpr const char* kPrefix = "diagnosis-";  // only files so named are ever removed
+constexpr std::size_t kPrefixLength = 10;
+constexpr std::size_t kStampLength = 20;       // 20261206T125508.219Z
 
 std::string file_name_part(const std::string& name) {
     std::string part;
@@ -53,28 +57,34 @@ std::string trimmed(std::string text) {
     return text;
 }
 
-// eu-stack -p PID, killed at `bound`; it stops the process while it reads its stacks, so a
-// process it leaves stopped (killed mid-way) is sent SIGCONT.
-std::string user_stacks(pid_t pid, std::chrono::milliseconds bound) {
+// eu-stack -p PID (Debian's, by its path, with a bare environment: no PATH lookup and no
+// debuginfod fetches as root), killed at `bound`. It stops the process while it reads its
+// stacks; once it is gone, the process is sent SIGCONT through its pidfd, in case an attach cut
+// short left it stopped. A killed eu-stack that does not die within a second is left behind.
+std::string user_stacks(const Pidfd& target, std::chrono::milliseconds bound) {
+    constexpr const char* kEuStack = "/usr/bin/eu-stack";
     int out[2];
     if (::pipe2(out, O_CLOEXEC) != 0) return "(eu-stack not run: no pipe)\n";
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_adddup2(&actions, out[1], 1);
     posix_spawn_file_actions_adddup2(&actions, out[1], 2);
-    const std::string pid_text = std::to_string(pid);
+    const std::string pid_text = std::to_string(target.pid());
     char arg0[] = "eu-stack", arg1[] = "-p";
     std::vector<char> arg2(pid_text.begin(), pid_text.end());
     arg2.push_back('\0');
     char* argv[] = {arg0, arg1, arg2.data(), nullptr};
+    char env_path[] = "PATH=/usr/bin:/bin", env_lang[] = "LC_ALL=C";
+    char* envp[] = {env_path, env_lang, nullptr};
     pid_t child = 0;
-    const int spawned = ::posix_spawnp(&child, "eu-stack", &actions, nullptr, argv, environ);
+    const int spawned = ::posix_spawn(&child, kEuStack, &actions, nullptr, argv, envp);
     posix_spawn_file_actions_destroy(&actions);
     ::close(out[1]);
     if (spawned != 0) {
         ::close(out[0]);
         return std::string("(eu-stack not run: ") + std::strerror(spawned) + "; install elfutils)\n";
     }
+    const int child_fd = static_cast<int>(::syscall(SYS_pidfd_open, child, 0));
     std::string text;
     const std::uint64_t deadline = monotonic_now_ns() + static_cast<std::uint64_t>(bound.count()) * 1'000'000ull;
     bool cut = false;
@@ -86,7 +96,6 @@ std::string user_stacks(pid_t pid, std::chrono::milliseconds bound) {
         }
         pollfd p{out[0], POLLIN, 0};
         const int ready = ::poll(&p, 1, static_cast<int>((deadline - now) / 1'000'000 + 1));
-        if (ready < 0 && errno == EINTR) continue;
         if (ready <= 0) continue;
         char buffer[8192];
         const ssize_t n = ::read(out[0], buffer, sizeof buffer);
@@ -95,13 +104,20 @@ std::string user_stacks(pid_t pid, std::chrono::milliseconds bound) {
     }
     ::close(out[0]);
     if (cut) {
-        ::kill(child, SIGKILL);
-        ::kill(pid, SIGCONT);  // not left stopped by an attach cut short
+        ::kill(child, SIGKILL);  // our unreaped child: its pid is its own
         text += "\n(eu-stack cut short after " + std::to_string(bound.count()) + " ms)\n";
     }
+    pollfd gone{child_fd, POLLIN, 0};
+    const bool ended = child_fd < 0 || ::poll(&gone, 1, 1000) == 1;
+    if (child_fd >= 0) ::close(child_fd);
     int status = 0;
-    while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
+    if (ended) {
+        while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
+        }
+    } else {
+        text += "(eu-stack did not end within a second of SIGKILL: left behind)\n";
     }
+    if (cut) (void)target.send(SIGCONT);
     return text;
 }
 
@@ -116,7 +132,8 @@ void remove_oldest(int dir_fd, std::size_t keep) {
     std::vector<std::string> names;
     while (const dirent* entry = ::readdir(dir)) {
         const std::string name = entry->d_name;
-        if (name.size() > 4 && name.compare(name.size() - 4, 4, ".txt") == 0 && name[0] >= '0' && name[0] <= '9') names.push_back(name);
+        if (name.rfind(kPrefix, 0) == 0 && name.size() > kPrefixLength + kStampLength && name.compare(name.size() - 4, 4, ".txt") == 0)
+            names.push_back(name);
     }
     ::closedir(dir);
     std::sort(names.begin(), names.end());  // named by UTC time first: oldest first
@@ -155,7 +172,8 @@ std::string default_diagnosis_directory() {
     return std::string(home) + "/.local/state/hbwatch/diagnoses";
 }
 
-Diagnosis write_diagnosis(const DiagnosisOptions& options, pid_t pid, const std::string& name, const std::string& why) {
+Diagnosis write_diagnosis(const DiagnosisOptions& options, const Pidfd& target, const std::string& name, const std::string& why) {
+    const pid_t pid = target.pid();
     Diagnosis result;
     if (options.level == DiagnoseLevel::none) return result;
     if (options.directory.empty() || options.directory.front() != '/') {
@@ -167,11 +185,7 @@ Diagnosis write_diagnosis(const DiagnosisOptions& options, pid_t pid, const std:
     std::string text = "hbwatch diagnosis of pid " + std::to_string(pid) + " '" + name + "' at " + utc_stamp() + "\nwhy: " + why + "\n";
     const std::string base = "/proc/" + std::to_string(pid);
     if (const auto stat = read_proc_stat(pid)) text += "command: " + stat->comm + "\n";
-    if (const auto cmdline = read_proc_file(base + "/cmdline")) {
-        std::string shown = cmdline->substr(0, 1024);
-        std::replace(shown.begin(), shown.end(), '\0', ' ');
-        text += "cmdline: " + trimmed(shown) + "\n";
-    }
+    // Not its cmdline: that read takes the process's mmap lock, which a hung process may hold.
     std::vector<pid_t> tids;
     if (DIR* tasks = ::opendir((base + "/task").c_str())) {
         while (const dirent* entry = ::readdir(tasks)) {
@@ -193,17 +207,18 @@ Diagnosis write_diagnosis(const DiagnosisOptions& options, pid_t pid, const std:
         text += "kernel stack:\n" + (stack && !stack->empty() ? *stack : std::string("  (not readable: needs root)\n"));
     }
     if (tids.size() > kMaxThreads) text += "\n(" + std::to_string(tids.size() - kMaxThreads) + " more threads not shown)\n";
-    if (options.level == DiagnoseLevel::user) text += "\n--- user-space stacks (eu-stack)\n" + user_stacks(pid, options.user_bound);
+    if (options.level == DiagnoseLevel::user) text += "\n--- user-space stacks (eu-stack)\n" + user_stacks(target, options.user_bound);
     try {
         make_directories(options.directory);
         const SafeDirectory dir = open_safe_directory(options.directory + "/.");
-        std::string file = utc_stamp();  // built in steps: g++ 12 warns falsely on "-" + std::to_string
-        file.append(1, '-').append(file_name_part(name)).append(1, '-').append(std::to_string(pid)).append(".txt");
+        std::string file = kPrefix;  // built in steps: g++ 12 warns falsely on "-" + std::to_string
+        file.append(utc_stamp()).append(1, '-').append(file_name_part(name)).append(1, '-').append(std::to_string(pid)).append(".txt");
         const int fd = ::openat(dir.fd, file.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);
         if (fd < 0) throw Error(errno, "cannot create " + options.directory + "/" + file + ": " + std::strerror(errno));
         const bool written = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
         const int error = errno;
         ::close(fd);
+        if (!written) ::unlinkat(dir.fd, file.c_str(), 0);  // no half a diagnosis (a full disk)
         if (!written) throw Error(error, "cannot write " + options.directory + "/" + file + ": " + std::strerror(error));
         result.path = options.directory + "/" + file;
         remove_oldest(dir.fd, std::max<std::size_t>(options.keep, 1));
@@ -215,15 +230,19 @@ Diagnosis write_diagnosis(const DiagnosisOptions& options, pid_t pid, const std:
 }
 
 std::optional<std::string> last_diagnosis(const std::string& directory, const std::string& name) {
-    std::string suffix_part(1, '-');  // built in steps: g++ 12 warns falsely on "-" + a std::string
-    suffix_part.append(file_name_part(name)).append(1, '-');
+    // diagnosis-STAMP-NAME-PID.txt: NAME exactly (a name may hold '-' itself).
+    const std::string wanted = file_name_part(name);
     std::string newest;
     if (DIR* dir = ::opendir(directory.c_str())) {
         while (const dirent* entry = ::readdir(dir)) {
             const std::string file = entry->d_name;
-            if (file.find(suffix_part) != std::string::npos && file.size() > 4 && file.compare(file.size() - 4, 4, ".txt") == 0 &&
-                file > newest)
-                newest = file;
+            if (file.rfind(kPrefix, 0) != 0 || file.size() <= kPrefixLength + kStampLength + 1 + 4 ||
+                file.compare(file.size() - 4, 4, ".txt") != 0)
+                continue;
+            const std::string rest = file.substr(kPrefixLength + kStampLength + 1, file.size() - kPrefixLength - kStampLength - 1 - 4);
+            const auto dash = rest.rfind('-');
+            if (dash == std::string::npos || rest.substr(0, dash) != wanted) continue;
+            if (file > newest) newest = file;
         }
         ::closedir(dir);
     }

@@ -9,6 +9,8 @@
 #include <optional>
 #include <string>
 
+#include "core/pidfd.h"
+
 namespace hbwatch::tool {
 
 enum class DiagnoseLevel {
@@ -21,7 +23,7 @@ struct DiagnosisOptions {
     DiagnoseLevel level = DiagnoseLevel::none;  // checkproc's own default is kernel (--diagnose)
     std::string directory;  // made 0700 if missing; must be safe (safe_path.h) from / down
     std::size_t keep = 50;  // the newest kept; older ones removed
-    std::chrono::milliseconds user_bound{200};  // eu-stack's time, after which it is killed
+    std::chrono::milliseconds user_bound{200};  // eu-stack's time, after which it is killed (--diagnose-bound)
 };
 
 /// The default directory: $HBWATCH_DIAGNOSES, else /var/lib/hbwatch/diagnoses as root, else
@@ -34,9 +36,10 @@ struct Diagnosis {
     std::chrono::microseconds took{0};
 };
 
-/// Writes what `pid` (registered as `name`) is doing to a new file named by time, name and
-/// pid. Never throws: a diagnosis never stands in the way of the stop it comes before.
-[[nodiscard]] Diagnosis write_diagnosis(const DiagnosisOptions& options, pid_t pid, const std::string& name, const std::string& why);
+/// Writes what `target` (registered as `name`) is doing to a new file named
+/// diagnosis-TIME-NAME-PID.txt. Never throws: a diagnosis never stands in the way of the stop it
+/// comes before, and never takes longer than its bounds.
+[[nodiscard]] Diagnosis write_diagnosis(const DiagnosisOptions& options, const Pidfd& target, const std::string& name, const std::string& why);
 
 /// The newest diagnosis of `name` in `directory`, if any.
 [[nodiscard]] std::optional<std::string> last_diagnosis(const std::string& directory, const std::string& name);

@@ -61,7 +61,8 @@ ProcessLook look_at(pid_t pid, std::uint64_t now_ns) {
     static const std::uint64_t tick_ns = 1'000'000'000ull / static_cast<std::uint64_t>(std::max(1L, ::sysconf(_SC_CLK_TCK)));
     if (DIR* tasks = ::opendir((base + "/task").c_str())) {
         while (const dirent* entry = ::readdir(tasks)) {
-            if (entry->d_name[0] == '.' || look.threads.size() >= kMaxThreadsLooked) continue;
+            if (look.threads.size() >= kMaxThreadsLooked) break;
+            if (entry->d_name[0] == '.') continue;
             pid_t tid = 0;
             const char* end = entry->d_name + std::char_traits<char>::length(entry->d_name);
             if (std::from_chars(entry->d_name, end, tid).ec != std::errc() || tid <= 0) continue;
@@ -97,7 +98,9 @@ HangVerdict judge_hang(const ProcessLook& first, const ProcessLook* later) {
     using Kind = HangVerdict::Kind;
     const ProcessLook& now = later != nullptr ? *later : first;
     if (now.threads.empty()) return {Kind::hung, "its threads could not be read"};
-    const bool traced = now.tracer > 0 || std::any_of(now.threads.begin(), now.threads.end(), [](const auto& t) { return t.state == 't'; });
+    // Held by a debugger: a thread in a ptrace stop. A traced process that runs (under strace,
+    // say) is judged like any other.
+    const bool traced = std::any_of(now.threads.begin(), now.threads.end(), [](const auto& t) { return t.state == 't'; });
     if (traced)
         return {Kind::traced, now.tracer > 0 ? "traced by pid " + std::to_string(now.tracer) + " (" + now.tracer_name + ")"
                                              : std::string("stopped by a debugger (state t)")};

@@ -251,7 +251,7 @@ private:
         if (checker_.stopping(slot.token)) unwatch_process(slot.index);  // its stop holds a pidfd of its own
         const std::uint64_t deadline = deadline_ns(slot) + 1;
         std::uint64_t again = now + std::max(to_ns(slot.timeout), kTableCheckNs);
-        if (const auto verdict = checker_.look_again_at(slot.token)) again = std::min(again, std::max(*verdict, now + 1));  // its hang verdict's next look
+        if (const auto verdict = checker_.look_again_at(slot.index, slot.token)) again = std::min(again, std::max(*verdict, now + 1));  // its hang verdict's next look
         schedule(slot.index, slot.token, slot.phase == SlotPhase::live && deadline > now ? deadline : again);
     }
 
