@@ -247,3 +247,52 @@ TEST_CASE("--report-only judges, diagnoses and reports a hang, and signals nothi
     CHECK(hung->running());
     CHECK(live_entry_count(scratch) == 1);  // its slot kept
 }
+
+TEST_CASE("a registrant in a frozen cgroup (cgroup.freeze) is spared and reported, and stopped as hung once thawed if it still does not beat") {
+    if (::geteuid() != 0) {
+        MESSAGE("SKIPPED: needs root (a cgroup of the test's own)");
+        return;
+    }
+    fs::path mount;
+    for (const char* candidate : {"/sys/fs/cgroup/unified", "/sys/fs/cgroup"})
+        if (fs::exists(fs::path(candidate) / "cgroup.subtree_control")) {
+            mount = candidate;
+            break;
+        }
+    if (mount.empty()) {
+        MESSAGE("SKIPPED: needs cgroup v2");
+        return;
+    }
+    const fs::path group = mount / ("hbwatch-test-frozen-" + std::to_string(::getpid()));
+    REQUIRE(fs::create_directory(group));
+    struct Remove {
+        fs::path path;
+        ~Remove() {
+            std::ofstream(path / "cgroup.freeze") << "0\n";
+            std::ofstream(path / "cgroup.kill") << "1\n";
+            for (int i = 0; i < 1000 && ::rmdir(path.c_str()) != 0; ++i) ::usleep(1000);
+        }
+    } remove{group};
+    hbtest::ScratchKey scratch;
+    Diagnoses diagnoses;
+    auto frozen = service(scratch, "frozen", {"--timeout", "300ms", "--every", "50ms", "--hang-after", "5s"});
+    std::ofstream(group / "cgroup.procs") << frozen->pid() << std::endl;
+    std::ofstream(group / "cgroup.freeze") << "1" << std::endl;
+    REQUIRE(hbtest::eventually([&] { return read_text((group / "cgroup.events").string()).find("frozen 1") != std::string::npos; }));
+    wait_until_hung(scratch, "frozen");
+    const std::string log = checkproc_once(scratch, diagnoses);
+    CHECK_MESSAGE(contains(log, "its cgroup is frozen (cgroup.freeze): spared, not signalled"), log);
+    CHECK(!contains(log, "SIGTERM sent"));
+    // Thawed, it beats again until its own --hang-after: then stopped as the hang it is.
+    std::ofstream(group / "cgroup.freeze") << "0" << std::endl;
+    auto table = hbwatch::Table::open_existing(scratch.options(), hbwatch::Table::Access::read_only);
+    REQUIRE(hbtest::eventually([&] {
+        bool beat = false;
+        table->for_each([&](const hbwatch::SlotSnapshot& s) { beat = hbwatch::tool::health_of(s, hbwatch::monotonic_now_ns()) == hbwatch::tool::Health::ok; });
+        return beat;
+    }));
+    wait_until_hung(scratch, "frozen");
+    const std::string thawed = checkproc_once(scratch, diagnoses);
+    CHECK_MESSAGE(contains(thawed, "SIGTERM sent"), thawed);
+    CHECK(frozen->wait_exit(10s));
+}
