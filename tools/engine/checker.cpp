@@ -107,23 +107,6 @@ void Checker::forget(std::uint64_t token) {
     std::erase_if(stalls_, [&](const auto& entry) { return entry.first.second == token; });
 }
 
-std::optional<std::uint64_t> Checker::look_again_at(std::uint32_t index, std::uint64_t token) const {
-    const auto it = stalls_.find({index, token});
-    if (it == stalls_.end() || it->second.look_again_ns == 0) return std::nullopt;
-    return it->second.look_again_ns;
-}
-
-std::vector<std::uint32_t> Checker::due_second_looks(std::uint64_t now_ns, std::optional<std::uint64_t>& next) const {
-    std::vector<std::uint32_t> due;
-    next.reset();
-    for (const auto& [key, stall] : stalls_) {
-        if (!stall.first) continue;  // spared, or extended: the next run's
-        if (stall.look_again_ns <= now_ns) due.push_back(stall.index);
-        else if (!next || stall.look_again_ns < *next) next = stall.look_again_ns;
-    }
-    return due;
-}
-
 void Checker::note_healthy(const SlotSnapshot& slot, std::uint64_t now_ns, ScanSummary& summary) {
     ++summary.healthy;
     stalls_.erase({slot.index, slot.token});  // it beat: whatever was judged of it is over
@@ -219,82 +202,6 @@ void Checker::check(const SlotSnapshot& slot, std::uint64_t now_ns, ScanSummary&
         if (verdict.action == Verdict::Action::signal && spare_for_now(slot, who, hung, now_ns)) return;
     }
     stop_hung(slot, who, hung, summary);
-}
-
-// The diagnosis options for a stop now: none once diagnoses have taken a second within the
-// last one, so that many hangs at once are not each held up by the others' diagnoses.
-DiagnosisOptions Checker::diagnosis_now() {
-    const std::uint64_t now = monotonic_now_ns();
-    if (now >= diagnosis_window_ns_ + to_ns(std::chrono::seconds(1))) {
-        diagnosis_window_ns_ = now;
-        diagnosis_spent_ns_ = 0;
-    }
-    DiagnosisOptions options = options_.diagnosis;
-    if (diagnosis_spent_ns_ >= to_ns(std::chrono::seconds(1))) options.level = DiagnoseLevel::none;
-    return options;
-}
-
-bool Checker::spare_for_now(const SlotSnapshot& slot, const std::string& who, const std::string& hung, std::uint64_t now_ns) {
-    Stall& stall = stalls_[{slot.index, slot.token}];
-    if (stall.last_beat_ns != slot.last_beat_ns) stall = Stall{slot.index, slot.last_beat_ns, std::nullopt, 0, false, {}};
-    if (stall.first && now_ns < stall.look_again_ns) return true;  // its second look is not due yet
-    const ProcessLook look = look_at(slot.process.pid, monotonic_now_ns());
-    const HangVerdict verdict = stall.first ? judge_hang(*stall.first, &look) : judge_hang(look, nullptr);
-    stall.first.reset();
-    stall.look_again_ns = 0;
-    stall.words = verdict.words;
-    using Kind = HangVerdict::Kind;
-    nlohmann::json facts{{"slot", slot.index},
-                         {"last_beat_seconds", static_cast<double>(slot.since_beat(now_ns).count()) / 1000.0},
-                         {"timeout_seconds", static_cast<double>(slot.timeout.count()) / 1000.0},
-                         {"verdict", to_string(verdict.kind)},
-                         {"verdict_words", verdict.words}};
-    switch (verdict.kind) {
-        case Kind::hung: return false;
-        case Kind::look_again:
-            // Runnable or in I/O: a starved process, or a busy one that is hung. A second look
-            // a window later tells them apart (the delay a verdict adds to a stop, at most 1 s).
-            stall.first = look;
-            stall.look_again_ns = look.at_ns + look_window_ns(to_ns(slot.timeout));
-            log_(LogLevel::debug, who + ": " + hung + "; runnable or in I/O: looked at again in " +
-                                      human_duration(std::chrono::milliseconds((stall.look_again_ns - look.at_ns) / 1'000'000)));
-            return true;
-        case Kind::stopped:
-        case Kind::traced:
-            if (!options_.spare_stopped) return false;  // --stopped kill
-            [[fallthrough]];
-        case Kind::frozen: {
-            // Spared, and said again every timeout (at least every second) while it lasts.
-            const std::uint64_t every = std::max<std::uint64_t>(to_ns(slot.timeout), to_ns(std::chrono::seconds(1)));
-            if (stall.look_again_ns == 0 || now_ns >= stall.look_again_ns) {
-                log_(LogLevel::warn, who + ": " + hung + "; " + verdict.words + ": spared, not signalled" +
-                                         (verdict.kind == Kind::frozen ? "" : " (--stopped spare; --stopped kill stops it)"));
-                if (!stall.said) tell(EventKind::heartbeat_hung, slot, who + ": hung: " + verdict.words + "; spared, not signalled", facts);
-                stall.said = true;
-            }
-            stall.look_again_ns = now_ns + every;
-            return true;
-        }
-        case Kind::starved: {
-            // A bounded extension: one more timeout past its deadline, however starved it stays.
-            const std::uint64_t until = deadline_ns(slot) + to_ns(slot.timeout);
-            if (now_ns >= until) {
-                stall.words = verdict.words + ", and its extension of one timeout is over";
-                return false;
-            }
-            if (!stall.said) {
-                const auto left = std::chrono::milliseconds((until - now_ns) / 1'000'000);
-                log_(LogLevel::warn, who + ": late: " + verdict.words + "; spared for one more timeout (" + human_duration(left) +
-                                         " from now), stopped then if it has not beaten");
-                facts["extension_seconds"] = static_cast<double>(left.count()) / 1000.0;
-                tell(EventKind::heartbeat_late, slot, who + ": late: " + verdict.words + "; spared for one more timeout", facts);
-                stall.said = true;
-            }
-            stall.look_again_ns = until;
-            return true;
-        }
-    }
-    return false;
 }
 
 // Whether the process `target` (pinned on `slot`'s pid, or null with `refusal`) may be
