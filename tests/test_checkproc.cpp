@@ -22,25 +22,15 @@
 #include "core/table.h"
 
 #include "core/layout.h"
+#include "checkproc_support.h"
 #include "support.h"
 
 using namespace std::chrono_literals;
 using hbtest::Process;
 using hbwatch::Table;
+using namespace hbtest::checkproc;
 
 namespace {
-
-std::string key_text(const hbtest::ScratchKey& scratch) { return hbwatch::format_key(scratch.key()); }
-
-// A demo_service registered at the scratch key (waits for its "registered" line).
-std::unique_ptr<Process> service(const hbtest::ScratchKey& scratch, const std::string& name,
-                                 std::vector<std::string> extra = {}) {
-    std::vector<std::string> argv{hbtest::bin("demo_service"), name, "--key", key_text(scratch)};
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    auto p = std::make_unique<Process>(argv);
-    REQUIRE(p->wait_for_output("registered in slot"));
-    return p;
-}
 
 std::unique_ptr<Process> term_counter(const hbtest::ScratchKey& scratch, const std::string& name) {
     auto p = std::make_unique<Process>(std::vector<std::string>{hbtest::bin("term_counter"), name, "100ms"},
@@ -78,12 +68,6 @@ void wait_until_hung(const hbtest::ScratchKey& scratch, std::size_t count) {
 
 bool contains(const std::string& text, const std::string& needle) { return text.find(needle) != std::string::npos; }
 
-std::size_t live_entries(const hbtest::ScratchKey& scratch) {
-    auto table = Table::open_existing(scratch.options(), Table::Access::read_only);
-    std::size_t n = 0;
-    if (table) table->for_each([&](const hbwatch::SlotSnapshot&) { ++n; });
-    return n;
-}
 
 }  // namespace
 

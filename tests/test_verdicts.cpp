@@ -20,15 +20,16 @@
 #include "core/table.h"
 #include "engine/checker.h"
 #include "engine/hang_diagnosis.h"
+#include "checkproc_support.h"
 #include "support.h"
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using hbtest::Process;
+using namespace hbtest::checkproc;
 
 namespace {
 
-std::string key_text(const hbtest::ScratchKey& scratch) { return hbwatch::format_key(scratch.key()); }
 
 // A scratch directory for diagnosis files, removed after.
 struct Diagnoses {
@@ -44,15 +45,6 @@ struct Diagnoses {
         return found;
     }
 };
-
-std::unique_ptr<Process> service(const hbtest::ScratchKey& scratch, const std::string& name, std::vector<std::string> extra = {},
-                                 const std::function<void()>& in_child = {}) {
-    std::vector<std::string> argv{hbtest::bin("demo_service"), name, "--key", key_text(scratch)};
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    auto p = std::make_unique<Process>(argv, in_child);
-    REQUIRE(p->wait_for_output("registered in slot"));
-    return p;
-}
 
 // checkproc once, to its end: its log.
 std::string checkproc_once(const hbtest::ScratchKey& scratch, const Diagnoses& diagnoses, std::vector<std::string> extra = {}) {
@@ -85,12 +77,6 @@ std::string read_text(const std::string& path) {
     return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
-std::size_t live_entry_count(const hbtest::ScratchKey& scratch) {
-    auto table = hbwatch::Table::open_existing(scratch.options(), hbwatch::Table::Access::read_only);
-    std::size_t n = 0;
-    if (table) table->for_each([&](const hbwatch::SlotSnapshot&) { ++n; });
-    return n;
-}
 
 void pin_to(int cpu) {
     cpu_set_t set;
@@ -245,7 +231,7 @@ TEST_CASE("--report-only judges, diagnoses and reports a hang, and signals nothi
     CHECK(!contains(log, "SIGTERM sent"));
     CHECK(diagnoses.files().size() == 1);
     CHECK(hung->running());
-    CHECK(live_entry_count(scratch) == 1);  // its slot kept
+    CHECK(live_entries(scratch) == 1);  // its slot kept
 }
 
 TEST_CASE("a registrant in a frozen cgroup (cgroup.freeze) is spared and reported, and stopped as hung once thawed if it still does not beat") {

@@ -259,7 +259,8 @@ void Checker::stop_hung(const SlotSnapshot& slot, const std::string& who, const 
         return;
     }
     const auto stall = stalls_.find({slot.index, slot.token});
-    const std::string words = stall != stalls_.end() && !stall->second.words.empty() ? " (" + stall->second.words + ")" : "";
+    const std::string verdict_words = stall != stalls_.end() ? stall->second.words : std::string();
+    const std::string words = verdict_words.empty() ? "" : " (" + verdict_words + ")";
     if (options_.report_only) {
         // Judged and diagnosed as for a stop, once per hang; nothing signalled, the table untouched.
         if (reported_.count(slot.token)) return;
@@ -270,15 +271,10 @@ void Checker::stop_hung(const SlotSnapshot& slot, const std::string& who, const 
             report_once(LogLevel::warn, who + ": " + hung + "; report only, and it could not be signalled anyway: " + verdict.why);
             return;
         }
-        const Diagnosis diagnosis = write_diagnosis(diagnosis_now(), target->pidfd, std::string(slot.name()), hung + words);
-        diagnosis_spent_ns_ += static_cast<std::uint64_t>(diagnosis.took.count()) * 1000;
-        const std::string kept = diagnosis.path.empty() ? (diagnosis.error.empty() ? "" : "; no diagnosis: " + diagnosis.error)
-                                                        : "; diagnosis in " + diagnosis.path;
-        report_once(LogLevel::warn, who + ": " + hung + words + "; report only: not signalled" + kept);
-        nlohmann::json facts{{"slot", slot.index},
-                             {"last_beat_seconds", static_cast<double>(slot.since_beat(monotonic_now_ns()).count()) / 1000.0},
-                             {"timeout_seconds", static_cast<double>(slot.timeout.count()) / 1000.0},
-                             {"report_only", true}};
+        const Diagnosis diagnosis = diagnose(target->pidfd, slot, hung + words);
+        report_once(LogLevel::warn, who + ": " + hung + words + "; report only: not signalled" + kept_text(diagnosis));
+        nlohmann::json facts = hang_facts(slot, monotonic_now_ns());
+        facts["report_only"] = true;
         if (!diagnosis.path.empty()) facts["diagnosis"] = diagnosis.path;
         tell(EventKind::heartbeat_hung, slot, who + ": " + hung + words + "; report only: not signalled", facts);
         return;
@@ -311,10 +307,8 @@ void Checker::stop_hung(const SlotSnapshot& slot, const std::string& who, const 
         return;
     }
     // What it was doing, kept before the signal changes it (hang_diagnosis.h); bounded.
-    const Diagnosis diagnosis = write_diagnosis(diagnosis_now(), target->pidfd, std::string(slot.name()), hung + words);
-    diagnosis_spent_ns_ += static_cast<std::uint64_t>(diagnosis.took.count()) * 1000;
-    const std::string kept = diagnosis.path.empty() ? (diagnosis.error.empty() ? "" : "; no diagnosis kept: " + diagnosis.error)
-                                                    : "; diagnosis in " + diagnosis.path;
+    const Diagnosis diagnosis = diagnose(target->pidfd, slot, hung + words);
+    const std::string kept = kept_text(diagnosis);
     if (diagnosis.took > std::chrono::microseconds(0)) {  // it may have beaten while it was diagnosed
         auto again = table_.read(slot.index);
         if (!again || again->token != slot.token || again->last_beat_ns != slot.last_beat_ns) {
@@ -336,11 +330,10 @@ void Checker::stop_hung(const SlotSnapshot& slot, const std::string& who, const 
     pending_.emplace(slot.token, Pending{slot.index, who, slot});
     stalls_.erase({slot.index, slot.token});
     ++summary.stopping;
-    const auto age = slot.since_beat(monotonic_now_ns());
-    nlohmann::json facts{{"slot", slot.index},
-                         {"last_beat_seconds", static_cast<double>(age.count()) / 1000.0},
-                         {"timeout_seconds", static_cast<double>(slot.timeout.count()) / 1000.0}};
-    if (!words.empty()) facts["verdict_words"] = words.substr(2, words.size() - 3);
+    const std::uint64_t stopped_ns = monotonic_now_ns();
+    const auto age = slot.since_beat(stopped_ns);
+    nlohmann::json facts = hang_facts(slot, stopped_ns);
+    if (!verdict_words.empty()) facts["verdict_words"] = verdict_words;
     if (!diagnosis.path.empty()) facts["diagnosis"] = diagnosis.path;
     tell(EventKind::heartbeat_hung, slot, who + ": " + hung + words, facts);
     nlohmann::json term = facts;
@@ -352,6 +345,12 @@ void Checker::stop_hung(const SlotSnapshot& slot, const std::string& who, const 
           term);
     log_(LogLevel::warn, who + ": " + hung + words + ": SIGTERM sent, SIGKILL in " + human_duration(options_.grace) +
                              " unless it exits" + kept);
+}
+
+nlohmann::json Checker::hang_facts(const SlotSnapshot& slot, std::uint64_t now_ns) {
+    return {{"slot", slot.index},
+            {"last_beat_seconds", static_cast<double>(slot.since_beat(now_ns).count()) / 1000.0},
+            {"timeout_seconds", static_cast<double>(slot.timeout.count()) / 1000.0}};
 }
 
 void Checker::tell(EventKind kind, const SlotSnapshot& slot, std::string message, nlohmann::json details) const {

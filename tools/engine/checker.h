@@ -115,7 +115,11 @@ private:
     // A hang, before any signal: what the process is doing (hang_verdict.h). True when it is
     // spared for now (stopped, traced, frozen, starved within its extension) or looked at again.
     bool spare_for_now(const SlotSnapshot& slot, const std::string& who, const std::string& hung, std::uint64_t now_ns);
-    DiagnosisOptions diagnosis_now();
+    Diagnosis diagnose(const Pidfd& target, const SlotSnapshot& slot, const std::string& why);
+    /// "; diagnosis in PATH", or why none was kept, for a log line.
+    static std::string kept_text(const Diagnosis& diagnosis);
+    /// The details every hang event of `slot` carries: its slot, last beat and timeout.
+    static nlohmann::json hang_facts(const SlotSnapshot& slot, std::uint64_t now_ns);
     struct Stall {
         std::uint32_t index = 0;
         std::uint64_t last_beat_ns = 0;        // the hang it is about: a beat since starts another

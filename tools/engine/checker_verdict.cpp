@@ -27,9 +27,10 @@ std::vector<std::uint32_t> Checker::due_second_looks(std::uint64_t now_ns, std::
     return due;
 }
 
-// The diagnosis options for a stop now: none once diagnoses have taken a second within the
-// last one, so that many hangs at once are not each held up by the others' diagnoses.
-DiagnosisOptions Checker::diagnosis_now() {
+// A diagnosis of `target` before its stop (hang_diagnosis.h), as the budget allows: none once
+// diagnoses have taken a second within the last one, so that many hangs at once are not each
+// held up by the others' diagnoses.
+Diagnosis Checker::diagnose(const Pidfd& target, const SlotSnapshot& slot, const std::string& why) {
     const std::uint64_t now = monotonic_now_ns();
     if (now >= diagnosis_window_ns_ + to_ns(std::chrono::seconds(1))) {
         diagnosis_window_ns_ = now;
@@ -37,7 +38,14 @@ DiagnosisOptions Checker::diagnosis_now() {
     }
     DiagnosisOptions options = options_.diagnosis;
     if (diagnosis_spent_ns_ >= to_ns(std::chrono::seconds(1))) options.level = DiagnoseLevel::none;
-    return options;
+    Diagnosis diagnosis = write_diagnosis(options, target, std::string(slot.name()), why);
+    diagnosis_spent_ns_ += static_cast<std::uint64_t>(diagnosis.took.count()) * 1000;
+    return diagnosis;
+}
+
+std::string Checker::kept_text(const Diagnosis& diagnosis) {
+    if (!diagnosis.path.empty()) return "; diagnosis in " + diagnosis.path;
+    return diagnosis.error.empty() ? "" : "; no diagnosis kept: " + diagnosis.error;
 }
 
 bool Checker::spare_for_now(const SlotSnapshot& slot, const std::string& who, const std::string& hung, std::uint64_t now_ns) {
@@ -50,11 +58,9 @@ bool Checker::spare_for_now(const SlotSnapshot& slot, const std::string& who, co
     stall.look_again_ns = 0;
     stall.words = verdict.words;
     using Kind = HangVerdict::Kind;
-    nlohmann::json facts{{"slot", slot.index},
-                         {"last_beat_seconds", static_cast<double>(slot.since_beat(now_ns).count()) / 1000.0},
-                         {"timeout_seconds", static_cast<double>(slot.timeout.count()) / 1000.0},
-                         {"verdict", to_string(verdict.kind)},
-                         {"verdict_words", verdict.words}};
+    nlohmann::json facts = hang_facts(slot, now_ns);
+    facts["verdict"] = to_string(verdict.kind);
+    facts["verdict_words"] = verdict.words;
     switch (verdict.kind) {
         case Kind::hung: return false;
         case Kind::look_again:
