@@ -137,7 +137,7 @@ int Stack::run(ControlServer& control) {
             if (member->launching && has_event(member->launching->child.report_fd())) settle_launch(*member, monotonic_now_ns());
         // And before reap(): what a program said before it exited is about that run.
         for (auto& member : members_)
-            if (member->notify && has_event(member->notify->fd())) read_notifications(*member, monotonic_now_ns());
+            if (member->notify && has_event(member->notify->fd())) read_notifications(*member);
         reap();
         for (auto& member : members_) {
             if (member->pidfd && has_event(member->pidfd->fd())) handed_over_main_exited(*member, monotonic_now_ns());

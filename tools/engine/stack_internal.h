@@ -145,7 +145,7 @@ private:
     void settle_launch(Member& member, std::uint64_t now);
     // sd_notify (stack_notify_server.cpp).
     void open_notify_socket(Member& member);
-    void read_notifications(Member& member, std::uint64_t now);
+    void read_notifications(Member& member);
     /// Whether the fds its program sent wait to be closed in such numbers that no more may be read.
     [[nodiscard]] bool notify_paused(Member& member);
     [[nodiscard]] bool may_speak_for(Member& member, const NotifyMessage& message) const;

@@ -166,7 +166,7 @@ bool Stack::notify_paused(Member& member) {
     return paused;
 }
 
-void Stack::read_notifications(Member& member, std::uint64_t now) {
+void Stack::read_notifications(Member& member) {
     for (int i = 0; i < kMessagesPerTurn && member.notify && !notify_paused(member); ++i) {
         bool taken = false;
         auto message = member.notify->receive(member.notify_drops, taken, member.closer);
@@ -181,7 +181,9 @@ void Stack::read_notifications(Member& member, std::uint64_t now) {
                           member.name(), message->pid, message->uid, member.name(), fields_text(*message));
             }
         } else {
-            take_notification(member, *message, now);
+            // Read after the receive: a ping sent during this drain must not get a deadline
+            // counted from before it was sent.
+            take_notification(member, *message, monotonic_now_ns());
         }
         member.closer.close_later(message->fds);  // a BARRIER's once all before it were taken
     }
