@@ -4,7 +4,7 @@ JOBS      ?= $(shell nproc)
 WERROR    ?= $(if $(CI),ON,OFF)
 CMAKE_ARGS = -DHBWATCH_WERROR=$(WERROR)
 
-.PHONY: all build deps test test-as-users demo bench sanitize asan tsan clang install clean
+.PHONY: all build deps test test-as-users demo bench sanitize asan tsan clang install clean deb
 
 all: build
 
@@ -24,6 +24,12 @@ test: build
 # entry passes or says "SKIPPED: needs root (...)".
 test-as-users: build
 	scripts/test-as-users.sh $(BUILD)
+
+# The Debian packages hbwatch, libhbwatch1 and libhbwatch-dev, into this directory (the
+# operator's path: make deb && apt install ./hbwatch_*.deb).
+deb:
+	@scripts/install-deps.sh deb
+	scripts/make-deb.sh
 
 # Only what the demo runs: the tools and demo_service, not the tests and benchmarks.
 demo: deps $(BUILD)/CMakeCache.txt

@@ -5,6 +5,7 @@
 #
 #   scripts/install-deps.sh          # everything: build, tests, benchmarks, demo
 #   scripts/install-deps.sh build    # only what building the library, the tools and the demo needs
+#   scripts/install-deps.sh deb      # what building and checking the Debian packages needs (make deb)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -17,6 +18,7 @@ packages=(
   nlohmann-json3-dev                   # JSON output
   libyaml-cpp-dev                      # the stack supervisor's config (YAML, which also reads JSON)
   libssl-dev                           # TLS and token digests for the control API over TCP
+  scdoc                                # the man pages, from doc/man/*.scd
 )
 if [ "$what" = all ]; then
   packages+=(
@@ -30,6 +32,12 @@ if [ "$what" = all ]; then
     python3                            # drives Chromium's DevTools pipe to press the page's buttons
     systemd libsystemd-dev             # sd_notify's real clients: systemd-notify, and libsystemd
     elfutils                           # eu-stack: user-space stacks for checkproc --diagnose user
+  )
+fi
+if [ "$what" = all ] || [ "$what" = deb ]; then
+  packages+=(
+    debhelper dpkg-dev lintian         # make deb, and the package's checks
+    man-db                             # lexgrog and man --warnings on the man pages
   )
 fi
 

@@ -5,6 +5,7 @@
 #include <optional>
 
 #include "engine/checker.h"
+#include "engine/completion.h"
 #include "engine/event_outlet.h"
 #include "engine/watcher.h"
 #include "core/duration.h"
@@ -65,6 +66,10 @@ int main(int argc, char** argv) {
     app.add_flag("-v,--verbose", verbose, "also log healthy entries");
     app.add_option("--events", events_file, "append each event (heartbeat_hung, hang_stopped, exited) to FILE as a JSON line");
     app.add_option("--on-event", on_event, "run COMMAND (split on spaces, no shell) for each event, the event in its environment");
+    if (tool::wants_bash_completion(argc, argv)) {
+        std::fputs(tool::bash_completion("checkproc", {{&app, {}}}).c_str(), stdout);
+        return tool::kExitOk;
+    }
     if (auto done = tool::parse(app, argc, argv)) return *done;
     try {
         // Blocked in both modes: a TERM from procctl must not cut a stop short.

@@ -20,6 +20,7 @@
 #include "core/duration.h"
 #include <hbwatch/error.h>
 
+#include "engine/completion.h"
 #include "engine/daemon.h"
 #include "engine/output.h"
 #include "engine/stack.h"
@@ -44,6 +45,12 @@ struct Cli {
     std::string program;
 
     void add_to(CLI::App& app) {
+        app.description("procctl [OPTIONS] INTERVAL PROGRAM [ARGS...]\n"
+                        "procctl --config FILE    (a stack of programs: see procctl --config FILE --help)\n"
+                        "procctl --stop RUN_DIR   (stop that stack: see procctl --stop RUN_DIR --help)\n\n"
+                        "Runs PROGRAM, waits for it to exit, sleeps INTERVAL, and runs it again, forever. Detaches\n"
+                        "into the background unless -f. SIGTERM or SIGINT stops PROGRAM and everything it started\n"
+                        "(SIGTERM, then SIGKILL after --grace), then procctl exits.");
         app.add_flag("-f,--foreground", foreground, "stay attached (for systemd units and containers)");
         app.add_option("--pidfile", pidfile, "hold a lock on FILE and write procctl's pid into it");
         app.add_option("--stdout", stdout_file, "append the program's stdout to FILE, rotated");
@@ -60,6 +67,22 @@ struct Cli {
         app.add_flag("-v,--verbose", verbose, "also log reaped descendants");
         app.add_option("INTERVAL", interval, "pause between an exit and the next start")->required()->check(tool::duration_validator());
         app.add_option("PROGRAM", program, "a path, or a name found on PATH, then its arguments")->required();
+        app.footer(
+            "Examples:\n"
+            "  procctl 10 checkproc /var/log/hbwatch/checkproc.log     scan the table every 10 s\n"
+            "  procctl 5 /opt/app/order-svc --port 9000                 bring a killed service back after 5 s\n"
+            "  procctl -f --pidfile /run/order.pid --stdout /var/log/order.out 5s order-svc\n"
+            "                                                           in the foreground, for systemd or a container\n"
+            "  procctl --max-restarts 5 --window 1m 0 ./flaky           give up after 5 starts in a minute\n"
+            "\n"
+            "INTERVAL and durations: 500ms, 10s, 2m, or a number of seconds. A program that cannot start, or\n"
+            "exits unsuccessfully within a second, is restarted after a doubling delay (from INTERVAL, at\n"
+            "least 1s, up to --max-backoff); a run of a second or more, or any exit 0, resets it.\n"
+            "Logs: --log FILE (rotated), else stderr in the foreground and syslog in the background.\n"
+            "\n"
+            "Exit status: 0 stopped by SIGTERM/SIGINT (or, when detaching, the background loop started);\n"
+            "1 procctl itself could not start (pidfile held, log not writable); 2 bad arguments;\n"
+            "3 gave up after --max-restarts.");
     }
 
     // Where procctl's own arguments end: just after PROGRAM. What follows is PROGRAM's, even
@@ -149,83 +172,102 @@ bool wants_mode(int argc, char** argv, std::string_view option, std::string_view
     return false;
 }
 
+// procctl --stop RUN_DIR's options.
+struct StopCli {
+    std::string run_dir, wait = "30s";
+
+    void add_to(CLI::App& app) {
+        app.description("procctl --stop RUN_DIR [--wait DURATION]\n\n"
+                        "Stops the procctl --config whose run_dir is RUN_DIR: SIGTERM, which stops every program in\n"
+                        "reverse order, each with its stop_grace; then waits until procctl has exited. Only a procctl\n"
+                        "that holds RUN_DIR/procctl.pid locked is signalled, through a pidfd, after checking that\n"
+                        "RUN_DIR and the pidfile belong to root or you and that no other user can write them.");
+        app.add_option("--stop", run_dir, "the stack's run_dir (as in its config)")->required();
+        app.add_option("--wait", wait, "how long to wait for procctl to exit (default 30s)")->check(tool::duration_validator());
+        app.footer("Examples:\n"
+                   "  procctl --stop /run/hbwatch                 stop the stack of /etc/hbwatch/stack.yaml\n"
+                   "  procctl --stop /srv/app/run --wait 2m       programs with long stop_grace\n"
+                   "\n"
+                   "Exit status: 0 stopped (or nothing was running: no pidfile, or a stale one); 1 refused (the\n"
+                   "run_dir or pidfile is not trusted, or its pid is not a procctl holding the lock), or procctl\n"
+                   "still runs after --wait; 2 bad arguments.");
+    }
+};
+
 // procctl --stop RUN_DIR: SIGTERM to the procctl --config of that run_dir, once it is proven
 // to be one, and a wait until it is gone.
 int run_stop_mode(int argc, char** argv) {
-    std::string run_dir, wait = "30s";
-    CLI::App app{"procctl --stop RUN_DIR [--wait DURATION]\n\n"
-                 "Stops the procctl --config whose run_dir is RUN_DIR: SIGTERM, which stops every program in\n"
-                 "reverse order, each with its stop_grace; then waits until procctl has exited. Only a procctl\n"
-                 "that holds RUN_DIR/procctl.pid locked is signalled, through a pidfd, after checking that\n"
-                 "RUN_DIR and the pidfile belong to root or you and that no other user can write them.",
-                 "procctl"};
-    app.add_option("--stop", run_dir, "the stack's run_dir (as in its config)")->required();
-    app.add_option("--wait", wait, "how long to wait for procctl to exit (default 30s)")->check(tool::duration_validator());
-    app.footer("Examples:\n"
-               "  procctl --stop /run/hbwatch                 stop the stack of /etc/hbwatch/stack.yaml\n"
-               "  procctl --stop /srv/app/run --wait 2m       programs with long stop_grace\n"
-               "\n"
-               "Exit status: 0 stopped (or nothing was running: no pidfile, or a stale one); 1 refused (the\n"
-               "run_dir or pidfile is not trusted, or its pid is not a procctl holding the lock), or procctl\n"
-               "still runs after --wait; 2 bad arguments.");
+    StopCli cli;
+    CLI::App app{"", "procctl"};
+    cli.add_to(app);
     if (auto done = tool::parse(app, argc, argv)) return *done;
+    std::string run_dir = cli.run_dir;
     while (run_dir.size() > 1 && run_dir.back() == '/') run_dir.pop_back();
-    return tool::stop_procctl(run_dir + "/procctl.pid", hbwatch::parse_duration(wait), stdout);
+    return tool::stop_procctl(run_dir + "/procctl.pid", hbwatch::parse_duration(cli.wait), stdout);
 }
+
+// procctl --config FILE's options.
+struct StackCli {
+    std::string config_path, log_file;
+    bool foreground = false, verbose = false, check = false;
+
+    void add_to(CLI::App& app) {
+        app.description("procctl --config FILE [-f] [--log FILE] [-v] [--check]\n\n"
+                        "Supervises every program of a stack, described in FILE (YAML, or JSON), in one process:\n"
+                        "starts them in the order their `after` lists give, each once those it waits for are ready,\n"
+                        "restarts each by its own policy, and on SIGTERM or SIGINT stops them in reverse order.");
+        app.add_option("-c,--config", config_path, "the stack's config file")->required();
+        app.add_flag("-f,--foreground", foreground, "stay attached (for systemd units and containers)");
+        app.add_option("--log", log_file, "log to FILE (rotated)");
+        app.add_flag("-v,--verbose", verbose, "log more");
+        app.add_flag("--check", check, "check FILE, print the start order, and exit");
+        app.footer(
+            "Examples:\n"
+            "  procctl --config /etc/hbwatch/stack.yaml              run the stack in the background\n"
+            "  procctl -f -c stack.yaml                              in the foreground, for systemd or a container\n"
+            "  procctl --check -c stack.yaml                         check the file: errors name line and column\n"
+            "\n"
+            "  kill -HUP $(cat /run/hbwatch/procctl.pid)              reload FILE (as proctab reload does)\n"
+            "\n"
+            "The config's keys are described in the README (\"The stack supervisor\"; its events: section,\n"
+            "hooks, webhooks and Alertmanager, in \"Events and alerts\"). Operators manage the running stack\n"
+            "with proctab: status, start, stop, restart, signal, reload, tail and events.\n"
+            "\n"
+            "Exit status: 0 stopped by SIGTERM/SIGINT (or, when detaching, the stack started; or --check\n"
+            "found the file good); 1 procctl could not start (config error, run_dir held by another\n"
+            "procctl, a log not writable); 2 bad arguments.");
+    }
+};
 
 // procctl --config FILE: every program of the stack in one process.
 int run_stack_mode(int argc, char** argv) {
-    std::string config_path, log_file;
-    bool foreground = false, verbose = false, check = false;
-    CLI::App app{"procctl --config FILE [-f] [--log FILE] [-v] [--check]\n\n"
-                 "Supervises every program of a stack, described in FILE (YAML, or JSON), in one process:\n"
-                 "starts them in the order their `after` lists give, each once those it waits for are ready,\n"
-                 "restarts each by its own policy, and on SIGTERM or SIGINT stops them in reverse order.",
-                 "procctl"};
-    app.add_option("-c,--config", config_path, "the stack's config file")->required();
-    app.add_flag("-f,--foreground", foreground, "stay attached (for systemd units and containers)");
-    app.add_option("--log", log_file, "log to FILE (rotated)");
-    app.add_flag("-v,--verbose", verbose, "log more");
-    app.add_flag("--check", check, "check FILE, print the start order, and exit");
-    app.footer(
-        "Examples:\n"
-        "  procctl --config /etc/hbwatch/stack.yaml              run the stack in the background\n"
-        "  procctl -f -c stack.yaml                              in the foreground, for systemd or a container\n"
-        "  procctl --check -c stack.yaml                         check the file: errors name line and column\n"
-        "\n"
-        "  kill -HUP $(cat /run/hbwatch/procctl.pid)              reload FILE (as proctab reload does)\n"
-        "\n"
-        "The config's keys are described in the README (\"The stack supervisor\"; its events: section,\n"
-        "hooks, webhooks and Alertmanager, in \"Events and alerts\"). Operators manage the running stack\n"
-        "with proctab: status, start, stop, restart, signal, reload, tail and events.\n"
-        "\n"
-        "Exit status: 0 stopped by SIGTERM/SIGINT (or, when detaching, the stack started; or --check\n"
-        "found the file good); 1 procctl could not start (config error, run_dir held by another\n"
-        "procctl, a log not writable); 2 bad arguments.");
+    StackCli cli;
+    CLI::App app{"", "procctl"};
+    cli.add_to(app);
     if (auto done = tool::parse(app, argc, argv)) return *done;
     hbwatch::tool::StackConfig config;
     try {
         // Absolute: a reload reads it again, from wherever procctl then is.
-        config = hbwatch::tool::load_stack_config(std::filesystem::absolute(config_path).lexically_normal().string());
+        config = hbwatch::tool::load_stack_config(std::filesystem::absolute(cli.config_path).lexically_normal().string());
     } catch (const hbwatch::Error& e) {
         std::fprintf(stderr, "procctl: %s\n", tool::terminal_safe(e.what()).c_str());
         return tool::kExitFailure;
     }
-    if (check) {
+    if (cli.check) {
         std::string order;
         for (const auto& p : config.programs) {
             if (!order.empty()) order += ", ";
             order += p.name;
             if (p.instances > 1) order.append(" x").append(std::to_string(p.instances));
         }
-        std::printf("%s: good; %zu programs, start order: %s\n", config_path.c_str(), config.programs.size(), order.c_str());
+        std::printf("%s: good; %zu programs, start order: %s\n", cli.config_path.c_str(), config.programs.size(), order.c_str());
         return tool::kExitOk;
     }
     tool::Launch how;
-    how.foreground = foreground;
+    how.foreground = cli.foreground;
     how.pidfile = config.run_dir + "/procctl.pid";
-    how.log_file = log_file;
-    how.verbose = verbose;
+    how.log_file = cli.log_file;
+    how.verbose = cli.verbose;
     how.started = "running the stack of " + config.path;
     how.prepare = [&] {
         if (::mkdir(config.run_dir.c_str(), 0755) != 0 && errno != EEXIST)
@@ -239,33 +281,23 @@ int run_stack_mode(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    if (tool::wants_bash_completion(argc, argv)) {
+        // Every mode's options, each under the option that chooses it.
+        Cli cli;
+        StackCli stack;
+        StopCli stop;
+        CLI::App single{"", "procctl"}, stack_app{"", "procctl"}, stop_app{"", "procctl"};
+        cli.add_to(single);
+        stack.add_to(stack_app);
+        stop.add_to(stop_app);
+        std::fputs(tool::bash_completion("procctl", {{&single, {}}, {&stack_app, {"--config", "-c"}}, {&stop_app, {"--stop"}}}).c_str(), stdout);
+        return tool::kExitOk;
+    }
     if (wants_mode(argc, argv, "--stop")) return run_stop_mode(argc, argv);
     if (wants_mode(argc, argv, "--config", "-c")) return run_stack_mode(argc, argv);
     Cli cli;
-    CLI::App app{"procctl [OPTIONS] INTERVAL PROGRAM [ARGS...]\n"
-                 "procctl --config FILE    (a stack of programs: see procctl --config FILE --help)\n"
-                 "procctl --stop RUN_DIR   (stop that stack: see procctl --stop RUN_DIR --help)\n\n"
-                 "Runs PROGRAM, waits for it to exit, sleeps INTERVAL, and runs it again, forever. Detaches\n"
-                 "into the background unless -f. SIGTERM or SIGINT stops PROGRAM and everything it started\n"
-                 "(SIGTERM, then SIGKILL after --grace), then procctl exits.",
-                 "procctl"};
+    CLI::App app{"", "procctl"};
     cli.add_to(app);
-    app.footer(
-        "Examples:\n"
-        "  procctl 10 checkproc /var/log/hbwatch/checkproc.log     scan the table every 10 s\n"
-        "  procctl 5 /opt/app/order-svc --port 9000                 bring a killed service back after 5 s\n"
-        "  procctl -f --pidfile /run/order.pid --stdout /var/log/order.out 5s order-svc\n"
-        "                                                           in the foreground, for systemd or a container\n"
-        "  procctl --max-restarts 5 --window 1m 0 ./flaky           give up after 5 starts in a minute\n"
-        "\n"
-        "INTERVAL and durations: 500ms, 10s, 2m, or a number of seconds. A program that cannot start, or\n"
-        "exits unsuccessfully within a second, is restarted after a doubling delay (from INTERVAL, at\n"
-        "least 1s, up to --max-backoff); a run of a second or more, or any exit 0, resets it.\n"
-        "Logs: --log FILE (rotated), else stderr in the foreground and syslog in the background.\n"
-        "\n"
-        "Exit status: 0 stopped by SIGTERM/SIGINT (or, when detaching, the background loop started);\n"
-        "1 procctl itself could not start (pidfile held, log not writable); 2 bad arguments;\n"
-        "3 gave up after --max-restarts.");
     const int own = Cli::program_end(app, argc, argv);
     if (auto done = tool::parse(app, own, argv)) return *done;
 

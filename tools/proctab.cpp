@@ -25,6 +25,7 @@
 #include <hbwatch/heartbeat.h>
 
 #include "core/table.h"
+#include "engine/completion.h"
 #include "engine/hang_diagnosis.h"
 #include "engine/inspect.h"
 #include "engine/ports.h"
@@ -545,6 +546,10 @@ int main(int argc, char** argv) {
         "program is not ready.");
     Cli cli;
     cli.add_to(app);
+    if (tool::wants_bash_completion(argc, argv)) {
+        std::fputs(tool::bash_completion("proctab", {{&app, {}}}).c_str(), stdout);
+        return tool::kExitOk;
+    }
     if (auto done = tool::parse(app, argc, argv)) return *done;
     return cli.carry_out();
 }
