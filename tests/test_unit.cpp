@@ -103,13 +103,38 @@ TEST_CASE("a unit waits for what it depends on, starts, and is ready at once or 
     }));
     checked.start(kSecond);
     CHECK(checked.unit.phase() == Phase::starting);
-    CHECK(Driven::has(checked.tick(kSecond), Effect::Kind::probe));  // a probe at once
-    CHECK(checked.tick(kSecond + to_ns(50ms)).empty());             // the next after 100 ms
-    CHECK(Driven::has(checked.tick(kSecond + to_ns(100ms)), Effect::Kind::probe));
-    CHECK(checked.unit.next_wake() == kSecond + to_ns(200ms));
+    // A probe at once, then after 1, 2, 4 ... ms, doubling up to every 100 ms.
+    CHECK(Driven::has(checked.tick(kSecond), Effect::Kind::probe));
+    std::uint64_t at = kSecond, gap = to_ns(1ms);
+    for (int look = 0; look < 12; ++look) {
+        CHECK(checked.unit.next_wake() == at + gap);
+        CHECK(checked.tick(at + gap - 1).empty());  // never early
+        at += gap;
+        CHECK(Driven::has(checked.tick(at), Effect::Kind::probe));
+        gap = std::min<std::uint64_t>(2 * gap, to_ns(100ms));
+    }
+    CHECK(gap == to_ns(100ms));
     const auto effects = checked.ready(2 * kSecond);
     CHECK(Driven::said(effects, "svc is ready (its port accepts) 1.0s after its start"));
     CHECK(checked.unit.phase() == Phase::ready);
+}
+
+TEST_CASE("an exec readiness check that fails is tried again after 10 ms, then doubling up to every 500 ms") {
+    Driven d(program([](ProgramConfig& p) {
+        p.ready.kind = ReadyCheck::Kind::exec;
+        p.ready_timeout = 60s;
+    }));
+    d.start(kSecond);
+    std::uint64_t at = kSecond, gap = to_ns(10ms);
+    REQUIRE(Driven::has(d.tick(at), Effect::Kind::probe));
+    for (int attempt = 0; attempt < 10; ++attempt) {
+        d.on(Kind::probe_failed, at);
+        CHECK(d.tick(at + gap - 1).empty());  // never early
+        at += gap;
+        CHECK(Driven::has(d.tick(at), Effect::Kind::probe));
+        gap = std::min<std::uint64_t>(2 * gap, to_ns(500ms));
+    }
+    CHECK(gap == to_ns(500ms));
 }
 
 TEST_CASE("autostart: false is stopped until an operator's start, and a stopped unit is never ticked into a start") {

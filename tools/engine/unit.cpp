@@ -14,8 +14,15 @@
 namespace hbwatch::tool {
 namespace {
 
-constexpr std::uint64_t kReadyPollNs = to_ns(std::chrono::milliseconds(100));
-constexpr std::uint64_t kExecRetryNs = to_ns(std::chrono::milliseconds(500));
+// What the kernel cannot announce (a port that starts to listen, a registration written into
+// shared memory) is looked for on a doubling ladder: soon after the start, when most programs
+// become ready, then less often. A tcp connect in progress, an exec check's exit and READY=1
+// are events, answered as they come.
+constexpr std::uint64_t kFirstLookNs = to_ns(std::chrono::milliseconds(1));
+constexpr std::uint64_t kLookEveryNs = to_ns(std::chrono::milliseconds(100));
+// An exec check is a process each time: its ladder starts later and ends at half a second.
+constexpr std::uint64_t kFirstExecRetryNs = to_ns(std::chrono::milliseconds(10));
+constexpr std::uint64_t kExecRetryEveryNs = to_ns(std::chrono::milliseconds(500));
 constexpr std::chrono::seconds kKillWait{5};  // after SIGKILL, before giving up on what is left
 constexpr std::uint64_t kRssEveryNs = to_ns(std::chrono::seconds(1));
 constexpr unsigned kRssChecks = 3;  // in a row above max_rss: one spike does not restart
@@ -98,7 +105,8 @@ std::vector<Effect> Unit::on(const UnitEvent& event, std::uint64_t now, const Fa
                         after_stop_ = AfterStop::start_later;
                         begin_stop(out, now);
                     } else if (now >= due_ns_) {
-                        due_ns_ = now + kReadyPollNs;
+                        due_ns_ = now + look_gap_ns_;
+                        look_gap_ns_ = std::min(2 * look_gap_ns_, kLookEveryNs);
                         out.push_back(Effect{Effect::Kind::probe});
                     }
                     break;
@@ -126,6 +134,8 @@ std::vector<Effect> Unit::on(const UnitEvent& event, std::uint64_t now, const Fa
                 become_ready(out, now, "started");
             } else {
                 due_ns_ = now;
+                look_gap_ns_ = kFirstLookNs;
+                retry_gap_ns_ = kFirstExecRetryNs;
                 deadline_ns_ = started_ns_ + to_ns(program_->ready_timeout);
                 enter(Phase::starting);
             }
@@ -150,7 +160,10 @@ std::vector<Effect> Unit::on(const UnitEvent& event, std::uint64_t now, const Fa
             }
             break;
         case Kind::probe_failed:
-            if (phase_ == Phase::starting) due_ns_ = now + kExecRetryNs;
+            if (phase_ == Phase::starting) {
+                due_ns_ = now + retry_gap_ns_;
+                retry_gap_ns_ = std::min(2 * retry_gap_ns_, kExecRetryEveryNs);
+            }
             break;
         case Kind::exited:
             if (observer_ && running()) observer_(*this, Change{phase_, phase_, event});  // the exit itself, pid still known

@@ -174,6 +174,8 @@ private:
     pid_t pid_ = 0;
     std::uint64_t started_ns_ = 0;
     std::uint64_t due_ns_ = 0;       // backoff: the next start; starting: the next probe
+    std::uint64_t look_gap_ns_ = 0;  // starting: from this probe to the next, doubling
+    std::uint64_t retry_gap_ns_ = 0;  // starting: from a failed exec check to the next, doubling
     std::uint64_t deadline_ns_ = 0;  // starting: the ready timeout; stopping: SIGKILL; killing: giving up
     std::uint64_t next_rss_ns_ = 0;
     unsigned rss_over_ = 0;  // max_rss samples in a row above the limit
