@@ -19,12 +19,13 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/hbwatch-deb.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 # The tree as it is, edits included, without what builds and tests leave in it.
 tar -C "$top" --exclude-vcs --exclude='./build' --exclude='./build-*' --exclude='./Testing' --exclude='./.deps' \
-    --exclude='./*.deb' --exclude='./*.buildinfo' --exclude='./*.changes' -cf - . | { mkdir "$work/hbwatch-$version" && tar -C "$work/hbwatch-$version" -xf -; }
-echo "make-deb: building hbwatch $version in $work (the log: $out/hbwatch-deb.log)" >&2
+    --exclude='./*.deb' --exclude='./*.buildinfo' --exclude='./*.changes' --exclude='./hbwatch-deb-*.log' -cf - . | { mkdir "$work/hbwatch-$version" && tar -C "$work/hbwatch-$version" -xf -; }
+echo "make-deb: building hbwatch $version in $work" >&2
 if ! (cd "$work/hbwatch-$version" && DEB_BUILD_OPTIONS="parallel=$(nproc) ${DEB_BUILD_OPTIONS:-}" \
-        dpkg-buildpackage -b -us -uc >"$out/hbwatch-deb.log" 2>&1); then
-  tail -n 40 "$out/hbwatch-deb.log" >&2
-  echo "make-deb: dpkg-buildpackage failed; the whole log is $out/hbwatch-deb.log" >&2
+        dpkg-buildpackage -b -us -uc >"$work/build.log" 2>&1); then
+  tail -n 40 "$work/build.log" >&2
+  cp "$work/build.log" "$out/hbwatch-deb-failed.log"
+  echo "make-deb: dpkg-buildpackage failed; the whole log is $out/hbwatch-deb-failed.log" >&2
   exit 1
 fi
 arch=$(dpkg-architecture -qDEB_HOST_ARCH)

@@ -833,6 +833,32 @@ TEST_CASE("under systemd (Type=notify): READY=1 once the stack is up, STATUS, WA
     CHECK(WEXITSTATUS(stack.wait()) == 0);
 }
 
+TEST_CASE("under systemd: READY=1 even while programs wait for one that is stopped or failing, so a stuck dependency never times the stack's start out") {
+    Scratch dir;
+    NotifySocket notify(dir.dir / "notify.sock");
+    const fs::path config = dir.dir / "stack.yaml";
+    // db never accepts (port 1, nothing listens); api and web wait behind it; admin waits for a
+    // program that is not started with the stack; the rest is up.
+    std::ofstream(config) << "run_dir: " << (dir.dir / "run").string() << "\nprograms:\n"
+                          << "  db: {command: [sleep, '1000'], ready: 'tcp:127.0.0.1:1', ready_timeout: 300ms, restart_delay: 1d}\n"
+                          << "  api: {command: [sleep, '1000'], after: [db]}\n"
+                          << "  web: {command: [sleep, '1000'], after: [api]}\n"
+                          << "  tools: {command: [sleep, '1000'], autostart: false}\n"
+                          << "  admin: {command: [sleep, '1000'], after: [tools]}\n"
+                          << "  cache: {command: [sleep, '1000']}\n";
+    Process stack({"env", "NOTIFY_SOCKET=" + (dir.dir / "notify.sock").string(), hbtest::bin("procctl"), "-f", "-c", config.string()});
+    // Not while db is still within its ready_timeout: it is on its way up.
+    const std::string first = notify.until("STATUS=", 30s);
+    CHECK_MESSAGE(first.find("READY=1") == std::string::npos, first);
+    const std::string ready = notify.until("READY=1", 30s);
+    REQUIRE_MESSAGE(!ready.empty(), stack.output_so_far());
+    // It came once db had had its try, not before.
+    CHECK_MESSAGE(stack.wait_for_output("db was not ready within", 10s), stack.output_so_far());
+    CHECK(ready.find("STATUS=1 of 6 programs ready") != std::string::npos);
+    ::kill(stack.pid(), SIGTERM);
+    REQUIRE(stack.wait_exit(30s));
+}
+
 TEST_CASE("a watchdog set for another process (WATCHDOG_PID) is not pinged by procctl") {
     Scratch dir;
     NotifySocket notify(dir.dir / "notify.sock");

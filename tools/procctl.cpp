@@ -290,7 +290,7 @@ int main(int argc, char** argv) {
         cli.add_to(single);
         stack.add_to(stack_app);
         stop.add_to(stop_app);
-        std::fputs(tool::bash_completion("procctl", {{&single, {}}, {&stack_app, {"--config", "-c"}}, {&stop_app, {"--stop"}}}).c_str(), stdout);
+        std::fputs(tool::bash_completion("procctl", {{&single, {}, 2}, {&stack_app, {"--config", "-c"}}, {&stop_app, {"--stop"}}}).c_str(), stdout);
         return tool::kExitOk;
     }
     if (wants_mode(argc, argv, "--stop")) return run_stop_mode(argc, argv);

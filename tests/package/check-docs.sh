@@ -5,7 +5,7 @@
 #
 #   tests/package/check-docs.sh BUILD_DIR
 set -euo pipefail
-build=$1
+build=$(cd "$1" && pwd)
 status=0
 fail() { echo "$*" >&2; status=1; }
 
@@ -47,6 +47,15 @@ expect "--max-restarts --pidfile --config --stop" procctl --
 # After INTERVAL, -c is the program's (procctl 5 sh -c ...): not procctl's stack mode.
 got=$(complete_words procctl 5 sh -c x --)
 [[ " $got " != *" --check "* ]] || fail "procctl 5 sh -c x -- offered stack options: $got"
+# After PROGRAM, the words are PROGRAM's: procctl's options are not offered.
+got=$(complete_words procctl 5 myprog --c)
+[ -z "$got" ] || fail "procctl 5 myprog --c offered procctl's options: $got"
+# File names come whole, spaces and all, never globbed.
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+touch "$scratch/a file.yaml" "$scratch/*"
+got=$(cd "$scratch" && bash -c 'source "$1"; COMP_WORDS=(procctl --config ""); COMP_CWORD=2; _hbwatch_procctl; printf "[%s]" "${COMPREPLY[@]}"' _ "$build/completion/procctl")
+[ "$got" = "[*][a file.yaml]" ] || fail "completing procctl --config in a directory of 'a file.yaml' and '*' gave $got"
 # Every subcommand proctab has.
 subcommands=$("$build/bin/proctab" --help | awk '/^Subcommands:/ {on=1; next} on && /^  [a-z]/ {print $1} on && /^$/ {exit}')
 [ -n "$subcommands" ] || fail "proctab --help lists no subcommands"

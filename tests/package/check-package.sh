@@ -26,7 +26,7 @@ if [ -n "${HBWATCH_DEBS:-}" ]; then
 else
   echo "== make-deb"
   # At the lowest priority: the suite beside it has timing tests.
-  nice -n 19 "$top/scripts/make-deb.sh" "$work/out"
+  TMPDIR=$work nice -n 19 "$top/scripts/make-deb.sh" "$work/out"
 fi
 arch=$(dpkg-architecture -qDEB_HOST_ARCH)
 multiarch=$(dpkg-architecture -qDEB_HOST_MULTIARCH)
@@ -85,8 +85,10 @@ unshare --mount --propagation private bash -euo pipefail -c '
     [ -e "$root$f" ] || { echo "the packages did not install $f" >&2; exit 1; }
   done
   in_root dpkg-query -W -f="\${Conffiles}\n" hbwatch | grep -q "/etc/hbwatch/stack.yaml" || { echo "/etc/hbwatch/stack.yaml is not a conffile" >&2; exit 1; }
-  # Enabled (the stack comes up at boot), not started (there is no systemd in here to start it).
+  # Enabled (the stack comes up at boot; started at install where systemd runs, which it does
+  # not in here); checkproc.service is for hosts that choose it.
   [ -L "$root/etc/systemd/system/multi-user.target.wants/hbwatch-stack.service" ] || { echo "hbwatch-stack.service is not enabled" >&2; exit 1; }
+  in_root getent group hbwatch >/dev/null || { echo "the hbwatch group (the table'"'"'s writers) was not made" >&2; exit 1; }
   [ ! -e "$root/etc/systemd/system/multi-user.target.wants/checkproc.service" ] || { echo "checkproc.service should be left disabled" >&2; exit 1; }
 
   echo "== pkg-config, and a service built with it"
@@ -95,8 +97,8 @@ unshare --mount --propagation private bash -euo pipefail -c '
   case $flags in *rpath*) echo "the installed hbwatch.pc adds a run path to a system directory" >&2; exit 1;; esac
   in_root sh -c "c++ -std=c++20 /tmp/consumer/consumer.cpp -o /tmp/consumer/by-pkg-config \$(pkg-config --cflags --libs hbwatch)"
   key=$(printf "0x48F%05x" $(( $$ & 0xFFFFF )))
+  trap "ipcrm -M $key 2>/dev/null || true" EXIT
   in_root env HBWATCH_KEY="$key" /tmp/consumer/by-pkg-config
-  ipcrm -M "$key" 2>/dev/null || true
 
   echo "== systemd-analyze verify"
   for unit in hbwatch-stack.service checkproc.service hbwatch-stack@example.service; do
@@ -123,16 +125,24 @@ unshare --mount --propagation private bash -euo pipefail -c '
 
   echo "== dpkg -r leaves only the conffile"
   listed=$(in_root dpkg -L hbwatch libhbwatch1 libhbwatch-dev | sort -u)
+  # What the units would have made at run time (LogsDirectory=, StateDirectory=).
+  mkdir -p "$root/var/log/hbwatch" "$root/var/lib/hbwatch/diagnoses"
+  echo "output of a program" > "$root/var/log/hbwatch/order-svc.log"
   in_root dpkg -r hbwatch libhbwatch-dev libhbwatch1
   left=""
   while read -r path; do
-    [ -n "$path" ] && [ -f "$root$path" ] && left="$left $path"
+    [ -n "$path" ] && [ ! -d "$root$path" ] && { [ -e "$root$path" ] || [ -L "$root$path" ]; } && left="$left $path"
   done <<<"$listed"
-  [ "$left" = " /etc/hbwatch/stack.yaml" ] || { echo "after dpkg -r these files remain:$left (only /etc/hbwatch/stack.yaml should)" >&2; exit 1; }
+  [ "$left" = " /etc/hbwatch/stack.yaml" ] || { echo "after dpkg -r these remain:$left (only /etc/hbwatch/stack.yaml should)" >&2; exit 1; }
+  for dir in /usr/include/hbwatch "/usr/lib/$multiarch/cmake/hbwatch"; do
+    [ ! -e "$root$dir" ] || { echo "after dpkg -r $dir remains" >&2; exit 1; }
+  done
 
-  echo "== dpkg --purge removes it"
-  in_root dpkg --purge hbwatch libhbwatch-dev libhbwatch1
-  [ ! -e "$root/etc/hbwatch" ] || { echo "after purge /etc/hbwatch remains: $(ls -A "$root/etc/hbwatch")" >&2; exit 1; }
+  echo "== dpkg --purge removes it, and what the units made"
+  in_root dpkg --purge hbwatch
+  for dir in /etc/hbwatch /var/log/hbwatch /var/lib/hbwatch; do
+    [ ! -e "$root$dir" ] || { echo "after purge $dir remains: $(ls -A "$root$dir")" >&2; exit 1; }
+  done
   [ ! -e "$root/etc/systemd/system/multi-user.target.wants/hbwatch-stack.service" ] || { echo "after purge the unit is still enabled" >&2; exit 1; }
 '
 echo "packages built, lintian-clean, installed, checked and removed"

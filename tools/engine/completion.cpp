@@ -75,15 +75,27 @@ void value_arms(const CLI::App& app, std::set<std::string>& seen, std::string& o
         std::string names;
         for (const auto& n : fresh) names += (names.empty() ? "" : "|") + n;
         if (!kind.compgen.empty())
-            out += "        " + names + ") COMPREPLY=($(compgen -W '" + kind.compgen + "' -- \"$cur\")); return ;;\n";
+            out += "        " + names + ") __hbwatch_offer -W '" + kind.compgen + "'; return ;;\n";
         else if (kind.directory)
-            out += "        " + names + ") COMPREPLY=($(compgen -d -- \"$cur\")); return ;;\n";
+            out += "        " + names + ") __hbwatch_offer_paths -d; return ;;\n";
         else if (kind.file)
-            out += "        " + names + ") COMPREPLY=($(compgen -f -- \"$cur\")); return ;;\n";
+            out += "        " + names + ") __hbwatch_offer_paths -f; return ;;\n";
         else
             out += "        " + names + ") return ;;\n";  // a number, a duration, a name: nothing to offer
     }
     for (const auto* sub : app.get_subcommands([](const CLI::App*) { return true; })) value_arms(*sub, seen, out);
+}
+
+// Every name of an option that takes a value, as one case pattern ("--log|-c|...").
+void value_names(const CLI::App& app, std::set<std::string>& names) {
+    for (const auto* option : options_of(app))
+        if (option->get_items_expected_max() > 0)
+            for (const auto& name : names_of(*option)) names.insert(name);
+    for (const auto* sub : app.get_subcommands([](const CLI::App*) { return true; })) value_names(*sub, names);
+}
+
+std::string mode_name_of(const CompletionMode& mode) {
+    return mode.selected_by.empty() ? "" : mode.selected_by.front().substr(mode.selected_by.front().find_first_not_of('-'));
 }
 
 }  // namespace
@@ -94,23 +106,30 @@ std::string bash_completion(const std::string& command, const std::vector<Comple
     const std::string function = shell_function_name(command);
     std::string out = "# bash completion for " + command + ", generated from its own option definitions (" + command +
                       " --bash-completion): do not edit.\n";
+    // Words offered one per line, never split at spaces or globbed; paths as file names
+    // (quoted where they need it, a directory with its slash).
+    out += "__hbwatch_offer() { mapfile -t COMPREPLY < <(compgen \"$@\" -- \"$cur\"); }\n"
+           "__hbwatch_offer_paths() { compopt -o filenames 2>/dev/null; __hbwatch_offer \"$@\"; }\n";
     out += function + "() {\n"
            "    local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]}\n"
-           "    COMPREPLY=()\n"
-           "    case $prev in\n";
-    std::set<std::string> seen;
-    for (const auto& mode : modes) value_arms(*mode.app, seen, out);
-    out += "    esac\n";
-    // Which mode and which subcommand the words so far chose.
-    out += "    local mode='' sub='' past='' i\n"
+           "    COMPREPLY=()\n";
+    // Which mode and which subcommand the words so far chose, and how many positionals they hold
+    // (an option's value is not one).
+    std::set<std::string> takes_value;
+    for (const auto& mode : modes) value_names(*mode.app, takes_value);
+    out += "    local mode='' sub='' past='' positionals=0 skip='' i\n"
            "    for ((i = 1; i < COMP_CWORD; i++)); do\n"
+           "        if [ -n \"$skip\" ]; then skip=''; continue; fi\n"
            "        case ${COMP_WORDS[i]} in\n";
     for (const auto& mode : modes) {
         if (mode.selected_by.empty()) continue;
         std::string names;
-        for (const auto& n : mode.selected_by) names += (names.empty() ? "" : "|") + n + "|" + n + "=*";
+        for (const auto& n : mode.selected_by) names += (names.empty() ? "" : "|") + n;
         // Chosen only before the first word that is not an option, as the tool does.
-        out += "            " + names + ") [ -n \"$past\" ] || mode=" + mode.selected_by.front().substr(mode.selected_by.front().find_first_not_of('-')) + " ;;\n";
+        out += "            " + names + ") [ -n \"$past\" ] || mode=" + mode_name_of(mode) + "; skip=1 ;;\n";
+        std::string with_value;
+        for (const auto& n : mode.selected_by) with_value += (with_value.empty() ? "" : "|") + n + "=*";
+        out += "            " + with_value + ") [ -n \"$past\" ] || mode=" + mode_name_of(mode) + " ;;\n";
     }
     std::set<std::string> subcommand_names;
     for (const auto& mode : modes)
@@ -120,17 +139,30 @@ std::string bash_completion(const std::string& command, const std::vector<Comple
         for (const auto& n : subcommand_names) names += (names.empty() ? "" : "|") + n;
         out += "            " + names + ") [ -z \"$sub\" ] && sub=${COMP_WORDS[i]} ;;\n";
     }
+    std::string value_options;
+    for (const auto& n : takes_value) value_options += (value_options.empty() ? "" : "|") + n;
+    if (!value_options.empty()) out += "            " + value_options + ") skip=1 ;;\n";
     out += "            -*) ;;\n"
-           "            *) past=1 ;;\n"
+           "            *) past=1; positionals=$((positionals + 1)) ;;\n"
            "        esac\n"
-           "    done\n"
+           "    done\n";
+    // Past the last positional of a mode whose remaining words are another program's (procctl's
+    // PROGRAM ARGS...): only file names.
+    for (const auto& mode : modes)
+        if (mode.foreign_after > 0)
+            out += "    if [ \"$mode\" = '" + mode_name_of(mode) + "' ] && [ \"$positionals\" -ge " + std::to_string(mode.foreign_after) +
+                   " ]; then __hbwatch_offer_paths -f; return; fi\n";
+    out += "    case $prev in\n";
+    std::set<std::string> seen;
+    for (const auto& mode : modes) value_arms(*mode.app, seen, out);
+    out += "    esac\n"
            "    local options='' subcommands=''\n"
            "    case $mode/$sub in\n";
     std::vector<std::string> selectors;
     for (const auto& mode : modes)
         for (const auto& n : mode.selected_by) selectors.push_back(n);
     for (const auto& mode : modes) {
-        const std::string mode_name = mode.selected_by.empty() ? "" : mode.selected_by.front().substr(mode.selected_by.front().find_first_not_of('-'));
+        const std::string mode_name = mode_name_of(mode);
         std::vector<std::string> words;
         for (const auto* option : options_of(*mode.app))
             for (const auto& n : names_of(*option)) words.push_back(n);
@@ -149,9 +181,9 @@ std::string bash_completion(const std::string& command, const std::vector<Comple
     }
     // An option where one is begun; else a subcommand, while none is chosen; else a file name.
     out += "    esac\n"
-           "    if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W \"$options\" -- \"$cur\"))\n"
-           "    elif [ -n \"$subcommands\" ]; then COMPREPLY=($(compgen -W \"$subcommands\" -- \"$cur\"))\n"
-           "    else COMPREPLY=($(compgen -f -- \"$cur\")); fi\n"
+           "    if [[ $cur == -* ]]; then __hbwatch_offer -W \"$options\"\n"
+           "    elif [ -n \"$subcommands\" ]; then __hbwatch_offer -W \"$subcommands\"\n"
+           "    else __hbwatch_offer_paths -f; fi\n"
            "}\n"
            "complete -F " + function + " " + command + "\n";
     return out;

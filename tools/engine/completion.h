@@ -13,6 +13,9 @@ namespace hbwatch::tool {
 struct CompletionMode {
     const CLI::App* app;
     std::vector<std::string> selected_by;
+    /// After this many positionals the words are another program's (procctl's PROGRAM and its
+    /// arguments): only file names are offered. 0: never.
+    int foreign_after = 0;
 };
 
 /// Whether argv is `TOOL --bash-completion` (hidden from --help: it is for the build).

@@ -165,6 +165,7 @@ private:
     void step(std::uint64_t now);
     [[nodiscard]] bool everything_stopped() const;
     [[nodiscard]] std::vector<const Member*> unready_dependencies(const Member& member) const;
+    [[nodiscard]] bool on_its_way_up(const Member& member, std::size_t depth) const;
     [[nodiscard]] bool dependents_stopping(const Member& member) const;
     bool may_start(Member& member);
     void take_cgroup(Member& member);

@@ -30,6 +30,15 @@ std::string Stack::supervisor_status() const {
     return text;
 }
 
+// Starting, or waiting with every program it waits for ready or on its way up too. `depth`
+// bounds the walk (the config has no cycles; a reload's retiring units are not waited for).
+bool Stack::on_its_way_up(const Member& member, std::size_t depth) const {
+    if (member.unit.phase() == Phase::starting) return true;
+    if (member.unit.phase() != Phase::waiting || member.unit.goal() != Goal::up || depth == 0) return false;
+    const auto unready = unready_dependencies(member);
+    return std::all_of(unready.begin(), unready.end(), [&](const Member* dependency) { return on_its_way_up(*dependency, depth - 1); });
+}
+
 void Stack::tell_supervisor_now(const std::string& message) {
     if (notify_ && !notify_->send(message)) log_.debug("NOTIFY_SOCKET {}: could not send {}", notify_->address(), message);
 }
@@ -37,12 +46,11 @@ void Stack::tell_supervisor_now(const std::string& message) {
 void Stack::tell_supervisor(std::uint64_t now) {
     if (!notify_) return;
     std::string message;
-    // Ready once nothing is waiting or starting any more: every program is up, or has had its
-    // try (a program in backoff is counted as failing in STATUS, not waited for).
+    // Ready once nothing is on its way up any more: every program is up, or has had its try (a
+    // program in backoff is counted as failing in STATUS, not waited for), or waits for one that
+    // has (stopped, failed, autostart: false), which may take for ever.
     if (!told_ready_ && !stopping_all_ &&
-        std::none_of(members_.begin(), members_.end(), [](const auto& m) {
-            return m->unit.phase() == Phase::waiting || m->unit.phase() == Phase::starting;
-        })) {
+        std::none_of(members_.begin(), members_.end(), [&](const auto& m) { return on_its_way_up(*m, members_.size()); })) {
         told_ready_ = true;
         message += "READY=1\n";
     }
