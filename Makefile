@@ -36,7 +36,9 @@ demo: deps $(BUILD)/CMakeCache.txt
 	cmake --build $(BUILD) -j $(JOBS) --target demo_programs
 	demo/run-demo.sh $(BUILD)/bin
 
+# The peers bench_peers measures procctl against (runit, s6, supervisor) come from Debian too.
 bench: build
+	@scripts/install-deps.sh --bench
 	$(BUILD)/bin/bench_heartbeat --benchmark_repetitions=10 --benchmark_report_aggregates_only=true
 	$(BUILD)/bin/bench_checkproc
 	$(BUILD)/bin/bench_procctl
@@ -44,6 +46,7 @@ bench: build
 	$(BUILD)/bin/bench_events
 	$(BUILD)/bin/bench_http
 	$(BUILD)/bin/bench_notify
+	$(BUILD)/bin/bench_peers
 	$(BUILD)/bin/bench_verdicts
 
 # ASan+UBSan over every test, then TSan over the concurrency, event and HTTP tests (threads); both with clang, so that CI

@@ -6,9 +6,13 @@
 #   scripts/install-deps.sh          # everything: build, tests, benchmarks, demo
 #   scripts/install-deps.sh build    # only what building the library, the tools and the demo needs
 #   scripts/install-deps.sh deb      # what building and checking the Debian packages needs (make deb)
+#   scripts/install-deps.sh --bench  # everything, and the peers bench_peers compares procctl with:
+#                                    # runit, s6 and supervisor, installed but never run as services
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
+bench=no
+if [ "$what" = --bench ]; then what=all; bench=yes; fi
 
 packages=(
   cmake make g++ pkg-config            # toolchain
@@ -37,9 +41,13 @@ fi
 if [ "$what" = all ] || [ "$what" = deb ]; then
   packages+=(
     debhelper dpkg-dev lintian         # make deb, and the package's checks
+    build-essential                    # dpkg-buildpackage insists on it
     man-db                             # lexgrog and man --warnings on the man pages
   )
 fi
+
+bench_peers=(runit s6 supervisor)      # bench_peers: runsv, s6-supervise, supervisord
+[ "$bench" = yes ] && packages+=("${bench_peers[@]}")
 
 missing=()
 for p in "${packages[@]}"; do
@@ -61,7 +69,21 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   echo "install-deps: apt-get update" >&2
   run_as_root apt-get update -q
-  run_as_root apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # The peers' packages would start supervisord and runsvdir as services: policy-rc.d says no
+  # while installing (and they are disabled after), as for any package installed in a chroot.
+  guard=""
+  if [ "$bench" = yes ] && [ ! -e /usr/sbin/policy-rc.d ]; then
+    guard=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\n# install-deps.sh --bench: no service starts while it installs\nexit 101\n' | run_as_root tee "$guard" >/dev/null
+    run_as_root chmod 755 "$guard"
+  fi
+  status=0
+  run_as_root apt-get install -y -q --no-install-recommends "${missing[@]}" || status=$?
+  [ -z "$guard" ] || run_as_root rm -f "$guard"
+  [ "$status" -eq 0 ] || exit "$status"
+  if [ "$bench" = yes ] && [ -d /run/systemd/system ]; then
+    run_as_root systemctl disable --now supervisor.service runit.service >/dev/null 2>&1 || true
+  fi
   echo "install-deps: done" >&2
 fi
 
