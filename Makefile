@@ -38,7 +38,7 @@ demo: deps $(BUILD)/CMakeCache.txt
 
 # The peers bench_peers measures procctl against (runit, s6, supervisor) come from Debian too.
 bench: build
-	@scripts/install-deps.sh --bench
+	@scripts/install-deps.sh --bench || echo "make bench: the peers could not be installed: bench_peers skips them" >&2
 	$(BUILD)/bin/bench_heartbeat --benchmark_repetitions=10 --benchmark_report_aggregates_only=true
 	$(BUILD)/bin/bench_checkproc
 	$(BUILD)/bin/bench_procctl

@@ -71,16 +71,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   run_as_root apt-get update -q
   # The peers' packages would start supervisord and runsvdir as services: policy-rc.d says no
   # while installing (and they are disabled after), as for any package installed in a chroot.
+  # One the host already has is put aside meanwhile, and put back however this ends.
   guard=""
-  if [ "$bench" = yes ] && [ ! -e /usr/sbin/policy-rc.d ]; then
+  if [ "$bench" = yes ]; then
     guard=/usr/sbin/policy-rc.d
+    saved=$guard.install-deps-saved
+    [ -e "$guard" ] && run_as_root mv "$guard" "$saved"
+    trap 'run_as_root rm -f "$guard"; [ -e "$saved" ] && run_as_root mv "$saved" "$guard"' EXIT
+    trap 'exit 130' INT TERM
     printf '#!/bin/sh\n# install-deps.sh --bench: no service starts while it installs\nexit 101\n' | run_as_root tee "$guard" >/dev/null
     run_as_root chmod 755 "$guard"
   fi
-  status=0
-  run_as_root apt-get install -y -q --no-install-recommends "${missing[@]}" || status=$?
-  [ -z "$guard" ] || run_as_root rm -f "$guard"
-  [ "$status" -eq 0 ] || exit "$status"
+  run_as_root apt-get install -y -q --no-install-recommends "${missing[@]}"
   if [ "$bench" = yes ] && [ -d /run/systemd/system ]; then
     run_as_root systemctl disable --now supervisor.service runit.service >/dev/null 2>&1 || true
   fi

@@ -40,6 +40,13 @@ using namespace std::chrono_literals;
 
 const std::string kBin = HBWATCH_BIN_DIR;
 
+// "p1", "p2"...: in steps (g++ 12 warns falsely, -Wrestrict, on program_name(i)).
+std::string program_name(int i) {
+    std::string name = "p";
+    name += std::to_string(i);
+    return name;
+}
+
 // ---------------------------------------------------------------- processes
 
 // A /proc file's text, "" when it is gone (the process exited meanwhile): read(2), since
@@ -134,6 +141,10 @@ pid_t spawn(const std::vector<std::string>& argv, const std::vector<std::string>
     const pid_t pid = ::fork();
     if (pid == 0) {
         ::setsid();
+        ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // the benchmark killed: its supervisors go with it
+        sigset_t none;
+        sigemptyset(&none);
+        ::sigprocmask(SIG_SETMASK, &none, nullptr);  // the benchmark blocks INT and TERM for its own thread
         const int null = ::open("/dev/null", O_RDWR);
         ::dup2(null, 0);
         ::dup2(null, 1);
@@ -161,6 +172,9 @@ bool wait_until(const std::function<bool()>& done, std::chrono::milliseconds tim
 // Kills everything this benchmark started (it is their subreaper: orphans come back to it),
 // supervisors first, then what they supervised, and reaps it all.
 void kill_everything() {
+    // procctl first by SIGTERM, so that it removes its programs' cgroups as it leaves.
+    for (pid_t pid : named(descendants(::getpid()), "procctl")) ::kill(pid, SIGTERM);
+    wait_until([] { return named(descendants(::getpid()), "procctl").empty(); }, 5s);
     for (int round = 0; round < 50; ++round) {
         const auto all = descendants(::getpid());
         if (all.empty()) break;
@@ -204,7 +218,7 @@ void service_dir(const fs::path& dir, const std::string& command) {
 
 // Where copy `i` of stamp appends: in its service directory under runit and s6, else beside.
 fs::path stamp_file(const fs::path& dir, int i) {
-    const std::string name = "p" + std::to_string(i);
+    const std::string name = program_name(i);
     return fs::exists(dir / "scan") ? dir / "scan" / name / "stamps" : dir / (name + ".stamps");
 }
 
@@ -212,8 +226,12 @@ std::string supervisord_conf(const fs::path& dir, int programs, const std::strin
     std::string text = "[supervisord]\nnodaemon=true\nlogfile=" + (dir / "supervisord.log").string() + "\npidfile=" +
                        (dir / "supervisord.pid").string() + "\nchildlogdir=" + dir.string() + "\n";
     if (::geteuid() == 0) text += "user=root\n";
+    // One group: supervisord stops a group's programs together, groups one after another.
+    text += "[group:all]\nprograms=";
+    for (int i = 1; i <= programs; ++i) text.append(i > 1 ? "," : "").append(program_name(i));
+    text += "\n";
     for (int i = 1; i <= programs; ++i) {
-        const std::string name = "p" + std::to_string(i);
+        const std::string name = program_name(i);
         text += "[program:" + name + "]\ncommand=" + (command == "stamp" ? kBin + "/stamp" : "/bin/sleep 1000") +
                 "\nstartsecs=0\nautorestart=true\nstdout_logfile=NONE\nstderr_logfile=NONE\n";
         if (command == "stamp")
@@ -225,7 +243,7 @@ std::string supervisord_conf(const fs::path& dir, int programs, const std::strin
 std::string stack_yaml(const fs::path& dir, int programs, const std::string& command, const std::string& run_ms) {
     std::string text = "run_dir: " + (dir / "run").string() + "\nlog_dir: " + dir.string() + "\nprograms:\n";
     for (int i = 1; i <= programs; ++i) {
-        const std::string name = "p" + std::to_string(i);
+        const std::string name = program_name(i);
         if (command == "stamp")
             text += "  " + name + ":\n    command: ['" + kBin + "/stamp']\n    restart_delay: 0s\n    environment: {STAMP_RUN_MS: '" + run_ms +
                     "', STAMP_FILE: '" + (dir / (name + ".stamps")).string() + "'}\n";
@@ -252,7 +270,7 @@ std::optional<Running> start_peer(const std::string& peer, const fs::path& dir, 
     const bool stamp = command == "stamp";
     if (peer == "runit" || peer == "s6") {
         const fs::path scan = dir / "scan";
-        for (int i = 1; i <= programs; ++i) service_dir(scan / ("p" + std::to_string(i)), command);
+        for (int i = 1; i <= programs; ++i) service_dir(scan / (program_name(i)), command);
         const bool runit = peer == "runit";
         if (programs == 1) {
             r.root = spawn({runit ? "runsv" : "s6-supervise", (scan / "p1").string()}, {env[0], "STAMP_FILE=stamps"}, scan / "p1");
@@ -271,6 +289,16 @@ std::optional<Running> start_peer(const std::string& peer, const fs::path& dir, 
         write_file(dir / "supervisord.conf", supervisord_conf(dir, programs, command, run_ms));
         r.root = spawn({"supervisord", "-n", "-c", (dir / "supervisord.conf").string()});
         r.supervisors = [root = r.root] { return std::vector<pid_t>{root}; };
+    } else if (peer == "procctl" && stamp && programs > 1) {  // as runsv: one procctl per program
+        r.root = ::fork();
+        if (r.root == 0) {
+            ::setsid();
+            ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+            for (int i = 1; i <= programs; ++i)
+                spawn({kBin + "/procctl", "-f", "0", kBin + "/stamp"}, {env[0], "STAMP_FILE=" + stamp_file(dir, i).string()});
+            for (;;) ::pause();
+        }
+        r.supervisors = [root = r.root] { return named(descendants(root), "procctl"); };
     } else if (peer == "procctl") {  // one program: the one-program loop; more: --config
         if (programs == 1) {
             std::vector<std::string> argv{kBin + "/procctl", "-f", "0"};
@@ -369,9 +397,10 @@ pid_t bare_loops(const fs::path& dir, int programs, const std::string& run_ms) {
     const pid_t all = ::fork();
     if (all != 0) return all;
     ::setsid();
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     for (int i = 1; i <= programs; ++i) {
         if (::fork() != 0) continue;
-        const std::string file = "STAMP_FILE=" + (dir / ("p" + std::to_string(i) + ".stamps")).string(), ms = "STAMP_RUN_MS=" + run_ms;
+        const std::string file = "STAMP_FILE=" + (dir / (program_name(i) + ".stamps")).string(), ms = "STAMP_RUN_MS=" + run_ms;
         ::putenv(const_cast<char*>(file.c_str()));
         ::putenv(const_cast<char*>(ms.c_str()));
         const std::string stamp = kBin + "/stamp";
@@ -422,7 +451,7 @@ std::string mib(long kib) {
 }
 
 std::string ratio(double ours, double theirs) {
-    if (theirs <= 0) return "-";
+    if (theirs <= 0) return ours <= 0 ? "1.00" : "more (the best peer: 0)";
     char text[32];
     std::snprintf(text, sizeof text, "%.2f", ours / theirs);
     return text;
@@ -436,6 +465,27 @@ int main(int argc, char** argv) {
         if (std::string(argv[i]) == "--restarts") samples = static_cast<std::size_t>(std::atol(argv[i + 1]));
     ::prctl(PR_SET_CHILD_SUBREAPER, 1);
     ::signal(SIGPIPE, SIG_IGN);
+    char buffer[] = "/tmp/hbwatch-bench-peers-XXXXXX";
+    if (::mkdtemp(buffer) == nullptr) {
+        std::perror("bench_peers: mkdtemp");
+        return 1;
+    }
+    const fs::path scratch = buffer;
+    // Interrupted (^C, a timeout's SIGTERM): nothing it started outlives it, nor its files.
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGINT);
+    sigaddset(&stop, SIGTERM);
+    ::pthread_sigmask(SIG_BLOCK, &stop, nullptr);  // before any thread: only the watcher takes them (spawn() unblocks them in children)
+    std::thread([stop, scratch] {
+        int sig = 0;
+        ::sigwait(&stop, &sig);
+        std::fprintf(stderr, "bench_peers: interrupted: stopping everything it started\n");
+        kill_everything();
+        std::error_code ignored;
+        fs::remove_all(scratch, ignored);
+        ::_exit(128 + sig);
+    }).detach();
 
     std::vector<Peer> peers{{"procctl", true, ""}, {"runit", true, ""}, {"s6", true, ""}, {"supervisord", true, ""}};
     const std::map<std::string, std::vector<std::string>> needs{
@@ -450,8 +500,6 @@ int main(int argc, char** argv) {
     for (const auto& peer : peers)
         if (!peer.installed) std::printf("%s: skipped: %s\n", peer.name.c_str(), peer.why_not.c_str());
 
-    char buffer[] = "/tmp/hbwatch-bench-peers-XXXXXX";
-    const fs::path scratch = ::mkdtemp(buffer);
 
     // 1. One sleeping program.
     std::map<std::string, Memory> one;
@@ -511,10 +559,10 @@ int main(int argc, char** argv) {
     };
     std::printf("\n| figure | procctl | runsv (runit) | s6-supervise (s6) | supervisord | procctl / best peer |\n|---|---|---|---|---|---|\n");
     const auto best = [&](const std::map<std::string, double>& values) {
-        double b = 0;
+        std::optional<double> b;
         for (const auto& name : {"runit", "s6", "supervisord"})
-            if (auto it = values.find(name); it != values.end() && (b == 0 || it->second < b)) b = it->second;
-        return b;
+            if (auto it = values.find(name); it != values.end() && (!b || it->second < *b)) b = it->second;
+        return b.value_or(0.0);
     };
     const auto memory_row = [&](const char* what, const std::map<std::string, Memory>& m, long Memory::*field, const std::string& ours) {
         std::map<std::string, double> values;
@@ -554,8 +602,8 @@ int main(int argc, char** argv) {
         std::printf("| %s | %s | %s | %s | %s | %s |\n", what, value("procctl").c_str(), value("runit").c_str(), value("s6").c_str(), value("supervisord").c_str(),
                     values.count("procctl") ? ratio(values.at("procctl"), best(values)).c_str() : "-");
     };
-    latency_row("restart, a 1.1 s program, 50 at once: p50", restart, &Percentiles::p50);
-    latency_row("restart, a 1.1 s program, 50 at once: p99", restart, &Percentiles::p99);
+    latency_row("restart, a 1.1 s program, 50 at once (50 procctl, 50 runsv, ...): p50", restart, &Percentiles::p50);
+    latency_row("restart, a 1.1 s program, 50 at once (50 procctl, 50 runsv, ...): p99", restart, &Percentiles::p99);
     latency_row("restart, a program that exits at once: p50", at_once, &Percentiles::p50);
     latency_row("restart, a program that exits at once: p99", at_once, &Percentiles::p99);
 

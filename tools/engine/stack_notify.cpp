@@ -9,7 +9,7 @@
 namespace hbwatch::tool {
 
 std::string Stack::supervisor_status() const {
-    std::size_t ready = 0, failing = 0, starting = 0, programs = 0;
+    std::size_t ready = 0, failing = 0, starting = 0, waiting = 0, programs = 0;
     for (const auto& member : members_) {
         if (member->unit.goal() == Goal::retire) continue;
         ++programs;
@@ -18,7 +18,7 @@ std::string Stack::supervisor_status() const {
             case Phase::backoff:
             case Phase::exited:
             case Phase::gave_up: ++failing; break;
-            case Phase::waiting:
+            case Phase::waiting: ++waiting; break;  // for what it waits for: on its way, or blocked
             case Phase::starting: ++starting; break;
             default: break;
         }
@@ -27,6 +27,7 @@ std::string Stack::supervisor_status() const {
     std::string text = std::to_string(ready) + " of " + std::to_string(programs) + " programs ready";
     if (starting > 0) text += ", " + std::to_string(starting) + " starting";
     if (failing > 0) text += ", " + std::to_string(failing) + " failing";
+    if (waiting > 0) text += ", " + std::to_string(waiting) + " waiting";
     return text;
 }
 
@@ -34,6 +35,9 @@ std::string Stack::supervisor_status() const {
 // bounds the walk (the config has no cycles; a reload's retiring units are not waited for).
 bool Stack::on_its_way_up(const Member& member, std::size_t depth) const {
     if (member.unit.phase() == Phase::starting) return true;
+    // Being stopped to be started again (not ready in time, an exit it must be restarted after):
+    // its failure shows once it is in backoff.
+    if (member.unit.is_stopping() && member.unit.goal() == Goal::up) return true;
     if (member.unit.phase() != Phase::waiting || member.unit.goal() != Goal::up || depth == 0) return false;
     const auto unready = unready_dependencies(member);
     return std::all_of(unready.begin(), unready.end(), [&](const Member* dependency) { return on_its_way_up(*dependency, depth - 1); });
@@ -47,8 +51,9 @@ void Stack::tell_supervisor(std::uint64_t now) {
     if (!notify_) return;
     std::string message;
     // Ready once nothing is on its way up any more: every program is up, or has had its try (a
-    // program in backoff is counted as failing in STATUS, not waited for), or waits for one that
-    // has (stopped, failed, autostart: false), which may take for ever.
+    // program that crashed, could not start or was not ready in time: in backoff it counts as
+    // failing in STATUS, and is not waited for), or waits for one that has, or for one that is
+    // stopped (autostart: false): waits that may last for ever. STATUS says what is failing.
     if (!told_ready_ && !stopping_all_ &&
         std::none_of(members_.begin(), members_.end(), [&](const auto& m) { return on_its_way_up(*m, members_.size()); })) {
         told_ready_ = true;
