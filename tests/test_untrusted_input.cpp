@@ -162,7 +162,7 @@ TEST_CASE("a reload that runs out of memory keeps the running stack, by SIGHUP a
     // The stack still takes a reload it can load.
     std::ofstream(config) << head << "  c:\n    command: [sleep, \"601\"]\n";
     const auto applied = run({hbtest::bin("proctab"), "reload", "--run-dir", (dir.dir / "run").string()});
-    CHECK_MESSAGE(applied.first == 0, applied.second);
+    CHECK_MESSAGE(applied.first == 0, applied.second << "\nprocctl said:\n" << stack.output_so_far());
     CHECK(applied.second == "added:     c\nremoved:   -\nchanged:   -\nunchanged: a\n");
     ::kill(stack.pid(), SIGTERM);
     REQUIRE(stack.wait_exit(30s));

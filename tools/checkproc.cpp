@@ -15,6 +15,7 @@
 
 int main(int argc, char** argv) {
     namespace tool = hbwatch::tool;
+    tool::one_malloc_arena();
     CLI::App app{"checkproc [--key KEY] [--grace DURATION] [--dry-run | --report-only] [--watch] [--log FILE | LOGFILE] [-v]\n\n"
                  "Scans the hbwatch table: frees the slots of processes that are gone, and stops hung services\n"
                  "(SIGTERM, then SIGKILL after the grace period), never any other process. Before a stop it looks at\n"

@@ -281,6 +281,7 @@ int run_stack_mode(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    tool::one_malloc_arena();
     if (tool::wants_bash_completion(argc, argv)) {
         // Every mode's options, each under the option that chooses it.
         Cli cli;

@@ -3,6 +3,7 @@
 #include "engine/output.h"
 #include "engine/terminal_text.h"
 
+#include <malloc.h>
 #include <sys/mman.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
@@ -146,6 +147,8 @@ int signalfd_for(std::initializer_list<int> signals) {
 }
 
 void ignore_sigpipe() { std::signal(SIGPIPE, SIG_IGN); }
+
+void one_malloc_arena() { ::mallopt(M_ARENA_MAX, 1); }
 
 namespace {
 constexpr std::size_t kSpareAddressSpace = 8u << 20;

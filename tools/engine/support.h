@@ -52,6 +52,13 @@ bool poll_events(std::vector<pollfd>& fds, int timeout_ms, spdlog::logger& log);
 /// Ignores SIGPIPE: a closed pipe on stdout is an error to report, not a death.
 void ignore_sigpipe();
 
+/// One malloc arena for the whole process, called first in main, before any thread. glibc gives
+/// a thread that meets contention an arena of its own, each reserving 64 MiB of address space
+/// and keeping its own free memory: under a memory limit (RLIMIT_AS, a cgroup) a new arena that
+/// cannot be had fails an allocation that the main arena could serve, and a long-running tool
+/// with a few mostly idle threads gains nothing from more.
+void one_malloc_arena();
+
 /// Address space held aside (no memory: PROT_NONE, never touched), so that a config too large
 /// for the address space procctl may use (RLIMIT_AS) leaves room to go on serving once its
 /// load failed: given back then, taken again before the next load.
