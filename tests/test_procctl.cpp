@@ -440,3 +440,26 @@ TEST_CASE("two procctls of the same command each keep a cgroup of their own") {
     REQUIRE(first.wait_for_output_count("started true", 2, 20s));  // the first still starts its program
     CHECK_FALSE(contains(first.output_so_far(), "cannot start"));
 }
+
+TEST_CASE("the process that supervises one program maps libc alone: no libstdc++, spdlog, fmt, YAML or OpenSSL") {
+    Process p(procctl({"-f", "10", "sleep", "1000"}));
+    (void)started_pid(p);
+    // procctl checked its arguments and became procctl-loop: same pid, still procctl to ps,
+    // pgrep -x, pgrep -f and killall.
+    const std::string proc = "/proc/" + std::to_string(p.pid());
+    CHECK(fs::read_symlink(proc + "/exe").string().ends_with("/procctl-loop"));
+    CHECK(read_file(proc + "/comm") == "procctl\n");
+    using namespace std::string_literals;
+    CHECK(read_file(proc + "/cmdline").starts_with(hbtest::bin("procctl") + "\0--interval\0" "10s\0"s));
+    const std::string maps = read_file(proc + "/maps");
+    CHECK(contains(maps, "/libc.so.6"));
+    for (const char* library : {"libspdlog", "libfmt", "libyaml-cpp", "libssl", "libcrypto"}) {
+        INFO(library);
+        CHECK_FALSE(contains(maps, library));
+    }
+#ifndef HBWATCH_SANITIZED  // a sanitizer's runtime needs the shared libstdc++
+    CHECK_FALSE(contains(maps, "libstdc++"));
+#endif
+    ::kill(p.pid(), SIGTERM);  // so that it removes its cgroup as it leaves
+    CHECK(p.wait_exit(10s));
+}

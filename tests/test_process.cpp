@@ -117,3 +117,21 @@ TEST_CASE("a process whose main thread has exited while another thread runs is a
     CHECK(hbwatch::liveness(*who) == hbwatch::Liveness::zombie);
     CHECK_FALSE(hbwatch::is_running(child.pid()));
 }
+
+TEST_CASE("/proc's lists and columns are read as the kernel writes them, and nothing past a word that is not a number") {
+    using hbwatch::whole_numbers;
+    CHECK(whole_numbers("12 345 6\n") == std::vector<std::uint64_t>{12, 345, 6});
+    CHECK(whole_numbers("\t1000\t1000\t1000\t1000\n") == std::vector<std::uint64_t>{1000, 1000, 1000, 1000});
+    CHECK(whole_numbers("7 -1 8") == std::vector<std::uint64_t>{7});
+    CHECK(whole_numbers("7 8x 9") == std::vector<std::uint64_t>{7});
+    CHECK(whole_numbers("99999999999999999999999") .empty());
+    CHECK(whole_numbers("").empty());
+    CHECK(hbwatch::lines_of("a\nb c\n\nd") == std::vector<std::string_view>{"a", "b c", "", "d"});
+    CHECK(hbwatch::lines_of("a\n") == std::vector<std::string_view>{"a"});
+    const auto maps = hbwatch::leading_words("7f00-7f01 rw-s 00000000 00:01 1234   /memfd:hb x (deleted)", 5);
+    REQUIRE(maps.size() == 6);
+    CHECK(maps[0] == "7f00-7f01");
+    CHECK(maps[4] == "1234");
+    CHECK(maps[5] == "/memfd:hb x (deleted)");
+    CHECK(hbwatch::leading_words("  a  b ", 5) == std::vector<std::string_view>{"a", "b"});
+}

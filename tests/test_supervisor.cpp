@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -19,6 +20,7 @@
 #include "engine/output.h"
 #include "engine/restart_policy.h"
 #include "engine/spawn.h"
+#include "engine/supervise_options.h"
 #include "engine/terminal_text.h"
 
 using namespace std::chrono_literals;
@@ -133,4 +135,66 @@ TEST_CASE("spawn names the stage a child could not pass, and a child that starts
     REQUIRE(::waitpid(pid, &status, 0) == pid);
     CHECK(hbwatch::tool::describe_exit(status) == "exited with code 0");
     CHECK(said == "sigterm=default blocked=0 fds=0,1,2\n");
+}
+
+TEST_CASE("what procctl hands procctl-loop reads back as it was written, every setting and odd word included") {
+    using hbwatch::tool::LoopRequest;
+    LoopRequest request;
+    auto& o = request.options;
+    o.argv = {"/opt/my app/svc", "--grace", "-f", "--", "", "a b\tc"};  // PROGRAM's, never the loop's
+    o.interval = 1500ms;
+    o.grace = 0ms;
+    o.max_backoff = 90s;
+    o.window = 2h;
+    o.max_restarts = 7;
+    o.output_max_size = 123456;
+    o.output_files = 9;
+    o.chdir = "/tmp/a dir";
+    o.stdout_file = "/var/log/out put.log";
+    o.stderr_file = "--stderr";
+    o.inherit_output = true;
+    o.env = {"A=1", "B=x=y", "EMPTY="};
+    o.cgroup_name = "procctl-svc-0123abcd";
+    request.launch = {true, "/run/svc.pid", "/var/log/procctl.log", true};
+    std::vector<std::string> words = hbwatch::tool::loop_arguments(request);
+    words.insert(words.begin(), "procctl");
+    std::vector<char*> argv;
+    for (auto& w : words) argv.push_back(w.data());
+    argv.push_back(nullptr);
+    CHECK(hbwatch::tool::parse_loop_arguments(static_cast<int>(words.size()), argv.data()) == request);
+
+    LoopRequest plain;  // the defaults, and nothing optional written
+    plain.options.argv = {"sleep", "1"};
+    auto few = hbwatch::tool::loop_arguments(plain);
+    CHECK(std::find(few.begin(), few.end(), "--max-restarts") == few.end());
+    few.insert(few.begin(), "procctl");
+    std::vector<char*> few_argv;
+    for (auto& w : few) few_argv.push_back(w.data());
+    few_argv.push_back(nullptr);
+    CHECK(hbwatch::tool::parse_loop_arguments(static_cast<int>(few.size()), few_argv.data()) == plain);
+}
+
+TEST_CASE("procctl-loop refuses arguments procctl would never write, naming them") {
+    auto refusal = [](std::vector<std::string> words) -> std::string {
+        words.insert(words.begin(), "procctl-loop");
+        std::vector<char*> argv;
+        for (auto& w : words) argv.push_back(w.data());
+        argv.push_back(nullptr);
+        try {
+            (void)hbwatch::tool::parse_loop_arguments(static_cast<int>(words.size()), argv.data());
+        } catch (const hbwatch::Error& e) {
+            return e.what();
+        }
+        return "accepted";
+    };
+    CHECK(refusal({"--interval", "25h", "--", "x"}).find("--interval 25h is out of range") != std::string::npos);
+    CHECK(refusal({"--grace", "soon", "--", "x"}).find("soon") != std::string::npos);
+    CHECK(refusal({"--env", "NOEQUALS", "--", "x"}) == "--env NOEQUALS: write it as KEY=VALUE");
+    CHECK(refusal({"--output-files", "0", "--", "x"}) == "--output-files 0: give a whole number from 1 to 100");
+    CHECK(refusal({"--output-max-size", "12", "--", "x"}).find("--output-max-size 12: give a whole number from 1024") == 0);
+    CHECK(refusal({"--max-restarts", "-1", "--", "x"}).find("--max-restarts -1: give a whole number") == 0);
+    CHECK(refusal({"--bogus", "--", "x"}).find("unknown or incomplete option --bogus: procctl-loop takes what procctl hands it") == 0);
+    CHECK(refusal({"--interval"}).find("unknown or incomplete option --interval") == 0);
+    CHECK(refusal({"--interval", "1s"}) == "no PROGRAM after the options: run procctl instead");
+    CHECK(refusal({"--interval", "1s", "--"}) == "no PROGRAM after the options: run procctl instead");
 }

@@ -26,7 +26,7 @@
 #include "engine/stack.h"
 #include "engine/stack_config.h"
 #include "engine/stop_procctl.h"
-#include "engine/supervisor.h"
+#include "engine/supervise_options.h"
 #include "engine/support.h"
 #include "engine/terminal_text.h"
 
@@ -266,15 +266,14 @@ int run_stack_mode(int argc, char** argv) {
     tool::Launch how;
     how.foreground = cli.foreground;
     how.pidfile = config.run_dir + "/procctl.pid";
-    how.log_file = cli.log_file;
-    how.verbose = cli.verbose;
     how.started = "running the stack of " + config.path;
     how.prepare = [&] {
         if (::mkdir(config.run_dir.c_str(), 0755) != 0 && errno != EEXIST)
             throw hbwatch::Error(errno, "cannot create run_dir " + config.run_dir + ": " + std::strerror(errno));
     };
-    return tool::launch(how, [&](spdlog::logger& log, int signals, const std::function<void()>& ready) {
-        return tool::run_stack(std::move(config), log, signals, ready);
+    return tool::launch(how, [&](int signals, const std::function<void()>& ready) {
+        auto log = tool::make_logger("procctl", cli.log_file, cli.verbose, /*syslog=*/!cli.foreground && cli.log_file.empty());
+        return tool::run_stack(std::move(config), *log, signals, ready);
     });
 }
 
@@ -302,21 +301,16 @@ int main(int argc, char** argv) {
     const int own = Cli::program_end(app, argc, argv);
     if (auto done = tool::parse(app, own, argv)) return *done;
 
-    tool::SuperviseOptions options;
+    tool::LoopRequest request;
     try {
-        options = cli.options(std::vector<std::string>(argv + own, argv + argc));
+        request.options = cli.options(std::vector<std::string>(argv + own, argv + argc));
     } catch (const hbwatch::Error& e) {
         std::fprintf(stderr, "procctl: %s\nRun with --help for more information.\n", tool::terminal_safe(e.what()).c_str());
         return tool::kExitUsage;
     }
-
-    tool::Launch how;
-    how.foreground = cli.foreground;
-    how.pidfile = cli.pidfile;
-    how.log_file = cli.log_file;
-    how.verbose = cli.verbose;
-    how.started = "supervising " + options.argv.front();
-    return tool::launch(how, [&](spdlog::logger& log, int signals, const std::function<void()>& ready) {
-        return tool::supervise(options, log, signals, ready);
-    });
+    request.launch = {cli.foreground, cli.pidfile, cli.log_file, cli.verbose};
+    // The loop runs in procctl-loop, which this process becomes: see supervise_options.h.
+    const std::string problem = tool::exec_procctl_loop(request, argv[0]);
+    std::fprintf(stderr, "procctl: %s\n", tool::terminal_safe(problem).c_str());
+    return tool::kExitFailure;
 }

@@ -510,6 +510,12 @@ int main(int argc, char** argv) {
     }
     if (auto r = start_peer("procctl-stack", scratch / "one-stack", 1, "sleep")) one["procctl --config"] = memory_of(*r);
     kill_everything();
+    // The floor under every supervisor linked against the shared libc: a C program that waits.
+    std::optional<Memory> floor;
+    if (const pid_t idle = spawn({kBin + "/idle_floor"});
+        wait_until([&] { return comm_of(idle) == "idle_floor" && proc_text("/proc/" + std::to_string(idle) + "/wchan") != "0"; }, 10s))
+        floor = memory_of(idle);
+    kill_everything();
 
     // 2. A stack of 20 sleeping programs, all four at once: memory, then 30 s of idle CPU, then
     // each one's stop.
@@ -567,8 +573,11 @@ int main(int argc, char** argv) {
     const auto memory_row = [&](const char* what, const std::map<std::string, Memory>& m, long Memory::*field, const std::string& ours) {
         std::map<std::string, double> values;
         for (const auto& [name, mem] : m) values[name] = static_cast<double>(mem.*field);
+        std::string versus = values.count(ours) ? ratio(values[ours], best(values)) : "-";
+        if (field == &Memory::private_kib && values.count(ours) && values.count("s6") && values["s6"] > 0)  // the goal: 2x s6-supervise's
+            versus.append(" (").append(ratio(values[ours], values["s6"])).append(" of s6-supervise's)");
         std::printf("| %s | %s | %s | %s | %s | %s |\n", what, cell(m, ours, field).c_str(), cell(m, "runit", field).c_str(), cell(m, "s6", field).c_str(),
-                    cell(m, "supervisord", field).c_str(), values.count(ours) ? ratio(values[ours], best(values)).c_str() : "-");
+                    cell(m, "supervisord", field).c_str(), versus.c_str());
     };
     memory_row("one program: RSS", one, &Memory::rss_kib, "procctl");
     memory_row("one program: PSS", one, &Memory::pss_kib, "procctl");
@@ -607,6 +616,10 @@ int main(int argc, char** argv) {
     latency_row("restart, a program that exits at once: p50", at_once, &Percentiles::p50);
     latency_row("restart, a program that exits at once: p99", at_once, &Percentiles::p99);
 
+    if (floor)
+        std::printf("\nThe floor, for scale: a C program that only calls pause(), linked against the shared libc as\n"
+                    "runsv and s6-supervise are: RSS %s, PSS %s, private %s.\n",
+                    mib(floor->rss_kib).c_str(), mib(floor->pss_kib).c_str(), mib(floor->private_kib).c_str());
     std::printf("\nprocctl --config beside them (the same runs):\n");
     for (const auto* table : {&restart, &at_once})
         if (auto it = table->find("procctl-stack"); it != table->end())

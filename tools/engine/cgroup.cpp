@@ -7,10 +7,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
-#include <sstream>
+#include <limits>
+#include <string_view>
 #include <utility>
 
 #include "core/process.h"
@@ -22,14 +24,21 @@ namespace {
 std::optional<std::string> cgroup2_mount() {
     auto text = read_proc_file("/proc/self/mountinfo");
     if (!text) return std::nullopt;
-    std::istringstream lines(*text);
-    std::string line;
-    while (std::getline(lines, line)) {
+    for (std::size_t at = 0; at < text->size();) {
+        const std::size_t end = std::min(text->find('\n', at), text->size());
+        const std::string_view line = std::string_view(*text).substr(at, end - at);
+        at = end + 1;
         const auto dash = line.find(" - ");
-        if (dash == std::string::npos || line.compare(dash + 3, 8, "cgroup2 ") != 0) continue;
-        std::istringstream fields(line.substr(0, dash));
-        std::string id, parent, device, root, mount;
-        if (fields >> id >> parent >> device >> root >> mount) return mount;
+        if (dash == std::string_view::npos || line.substr(dash + 3, 8) != "cgroup2 ") continue;
+        // The fifth field: ID PARENT DEVICE ROOT MOUNT (no field holds a blank: the kernel
+        // writes one in a path as \040).
+        std::size_t field = 0;
+        for (int skip = 0; skip < 4 && field != std::string_view::npos; ++skip) {
+            field = line.find(' ', field);
+            if (field != std::string_view::npos) ++field;
+        }
+        if (field == std::string_view::npos || field >= dash) continue;
+        return std::string(line.substr(field, line.find(' ', field) - field));
     }
     return std::nullopt;
 }
@@ -161,9 +170,8 @@ std::vector<pid_t> Cgroup::pids() const {
     std::vector<pid_t> pids;
     auto text = read_proc_file(path_ + "/cgroup.procs");
     if (!text) return pids;
-    std::istringstream in(*text);
-    pid_t pid;
-    while (in >> pid) pids.push_back(pid);
+    for (const auto pid : whole_numbers(*text))
+        if (pid > 0 && pid <= std::numeric_limits<pid_t>::max()) pids.push_back(static_cast<pid_t>(pid));
     return pids;
 }
 

@@ -20,6 +20,7 @@
 #include "engine/event.h"
 #include "engine/hang_diagnosis.h"
 #include "engine/hang_verdict.h"
+#include "engine/log_sink.h"
 
 namespace hbwatch::tool {
 
@@ -28,10 +29,6 @@ enum class Health { ok, late, hung };
 /// `ok` up to half the timeout since the last beat, `late` up to deadline_ns(), `hung` past it.
 [[nodiscard]] Health health_of(const SlotSnapshot& slot, std::uint64_t now_ns) noexcept;
 [[nodiscard]] const char* to_string(Health health) noexcept;
-
-enum class LogLevel { debug, info, warn, error };
-/// Receives one line per decision; the tools hand it to spdlog.
-using LogSink = std::function<void(LogLevel, const std::string&)>;
 
 struct CheckOptions {
     std::chrono::milliseconds grace{std::chrono::seconds(5)};  // SIGTERM to SIGKILL

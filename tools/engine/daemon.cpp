@@ -3,6 +3,7 @@
 #include "engine/daemon.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
@@ -16,7 +17,7 @@
 #include <hbwatch/error.h>
 
 #include "engine/safe_path.h"
-#include "engine/support.h"
+#include "engine/basics.h"
 #include "engine/terminal_text.h"
 
 namespace hbwatch::tool {
@@ -125,11 +126,7 @@ int detach() {
 
 }  // namespace
 
-// Detaches (unless in the foreground), takes the pidfile, opens the signalfd and the log, then
-// runs `body`, which calls `ready` once everything it needs is open: only then does the
-// launcher print "ok ..." and exit 0. An Error before that reaches the launcher (or stderr in
-// the foreground), and procctl exits 1; otherwise its exit code is `body`'s.
-int launch(const Launch& how, const std::function<int(spdlog::logger&, int, const std::function<void()>&)>& body) {
+int launch(const Launch& how, const std::function<int(int, const std::function<void()>&)>& body) {
     int ready = -1;
     try {
         // In the background nothing of the caller's survives: close what it left open first.
@@ -139,8 +136,7 @@ int launch(const Launch& how, const std::function<int(spdlog::logger&, int, cons
         // Taken by the process that will hold it, with its own pid.
         const int pidfile = how.pidfile.empty() ? -1 : lock_pidfile(how.pidfile);
         const int signals = signalfd_for({SIGTERM, SIGINT, SIGHUP, SIGCHLD});
-        auto log = make_logger("procctl", how.log_file, how.verbose, /*syslog=*/!how.foreground && how.log_file.empty());
-        const int code = body(*log, signals, [&] {
+        const int code = body(signals, [&] {
             if (ready < 0) return;
             const std::string report = "ok " + how.started + " in the background as pid " + std::to_string(::getpid());
             (void)!::write(ready, report.data(), report.size());

@@ -7,7 +7,18 @@
 #include <deque>
 #include <optional>
 
+#include "core/duration.h"
+
 namespace hbwatch::tool {
+
+// The ranges of the durations a supervisor takes, the same on procctl's command line and in a
+// stack config: a pause before a start (INTERVAL, restart_delay), the grace between the stop
+// signal and SIGKILL (--grace, stop_grace), the cap on the crash backoff, and the window of a
+// restart limit (--window, max_restarts.window).
+inline constexpr DurationRange kRestartDelayRange{std::chrono::milliseconds(0), std::chrono::hours(24)};
+inline constexpr DurationRange kStopGraceRange{std::chrono::milliseconds(0), std::chrono::hours(24)};
+inline constexpr DurationRange kMaxBackoffRange{std::chrono::seconds(1), std::chrono::hours(24)};
+inline constexpr DurationRange kRestartWindowRange{std::chrono::seconds(1), std::chrono::hours(24 * 30)};
 
 struct RestartRules {
     std::chrono::milliseconds interval{0};                           // after an ordinary exit

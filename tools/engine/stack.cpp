@@ -27,7 +27,7 @@
 #include "engine/spawn.h"
 #include "engine/stack_internal.h"
 #include "engine/support.h"
-#include "engine/supervisor.h"
+#include "engine/slot_release.h"
 
 namespace hbwatch::tool {
 
@@ -484,7 +484,7 @@ void Stack::main_exited(Member& member, int status, std::uint64_t now, bool stat
     member.exit_errno = member.said_errno;
     read_hang_stop(member);  // before its slots are freed below
     ended_.push_back(member.identity);
-    release_slots_of(ended_, member.env_storage, log_);
+    release_slots_of(ended_, member.env_storage, sink_for(log_));
     UnitEvent exited{UnitEvent::Kind::exited};
     exited.status = status;
     exited.status_known = status_known;

@@ -14,17 +14,12 @@
 #include "core/duration.h"
 #include "engine/event_config.h"
 #include "engine/http_config.h"
+#include "engine/restart_policy.h"
 
 namespace hbwatch::tool {
 
-// The ranges of the durations a supervisor takes, the same on procctl's command line and in a
-// stack config: a pause before a start (INTERVAL, restart_delay), the grace between the stop
-// signal and SIGKILL (--grace, stop_grace), the window of a restart limit (--window,
-// max_restarts.window), and how long a program may take to be ready.
-inline constexpr DurationRange kRestartDelayRange{std::chrono::milliseconds(0), std::chrono::hours(24)};
-inline constexpr DurationRange kStopGraceRange{std::chrono::milliseconds(0), std::chrono::hours(24)};
-inline constexpr DurationRange kMaxBackoffRange{std::chrono::seconds(1), std::chrono::hours(24)};
-inline constexpr DurationRange kRestartWindowRange{std::chrono::seconds(1), std::chrono::hours(24 * 30)};
+// The ranges of the restart and stop durations are in restart_policy.h; a watchdog's and how
+// long a program may take to be ready:
 inline constexpr DurationRange kWatchdogRange{std::chrono::milliseconds(100), std::chrono::hours(24)};
 inline constexpr DurationRange kReadyTimeoutRange{std::chrono::milliseconds(100), std::chrono::hours(24)};
 // The events section: how long a hook may run, an HTTP exchange may take, and how often a

@@ -29,7 +29,7 @@
 #include "engine/output.h"
 #include "engine/restart_policy.h"
 #include "engine/spawn.h"
-#include "engine/support.h"
+#include "engine/slot_release.h"
 
 extern char** environ;
 
@@ -47,7 +47,7 @@ enum class Phase { backoff, running, stopping, stopped, gave_up };
 
 class Supervisor {
 public:
-    Supervisor(const SuperviseOptions& options, spdlog::logger& log, int signal_fd)
+    Supervisor(const SuperviseOptions& options, LineLog& log, int signal_fd)
         : options_(options),
           log_(log),
           signal_fd_(signal_fd),
@@ -101,13 +101,14 @@ public:
                     return kExitGaveUp;
                 }
                 next_start = start(now);
+                release_slots();  // of the run before, if not done yet (after_exit)
             }
             fds.clear();
             fds.push_back(pollfd{signal_fd_, POLLIN, 0});
             if (child_pidfd_) fds.push_back(pollfd{child_pidfd_->fd(), POLLIN, 0});
             add_reader_fds(fds);
             const int timeout = phase_ == Phase::backoff ? poll_timeout_ms(next_start, monotonic_now_ns()) : -1;
-            if (!poll_events(fds, timeout, log_)) continue;
+            if (!poll_events(fds, timeout)) continue;
             drain_outputs(fds);
             if (fds[0].revents & POLLIN) read_signals();
             if (auto exited = reap(); exited && !stop_requested_) next_start = after_exit(*exited);
@@ -198,6 +199,15 @@ private:
         return now + to_ns(delay);
     }
 
+    // poll(), or false after logging its failure (ENOMEM, say) and pausing 100 ms, so that the
+    // loop retries instead of spinning or dying.
+    bool poll_events(std::vector<pollfd>& fds, int timeout_ms) {
+        if (::poll(fds.data(), fds.size(), timeout_ms) >= 0 || errno == EINTR) return true;
+        log_.error("poll failed: {}; retrying in 100ms", std::strerror(errno));
+        ::poll(nullptr, 0, 100);
+        return false;
+    }
+
     void add_reader_fds(std::vector<pollfd>& fds) const { pipes_.add_pollfds(fds); }
     void drain_outputs(const std::vector<pollfd>& fds) { pipes_.drain(fds); }
 
@@ -249,15 +259,15 @@ private:
         const auto runtime = ms_between(0, exit.runtime_ns);
         const bool crashed = policy_.crashed(success, runtime);
         const auto delay = policy_.after_exit(success, runtime);
-        log_.log(success ? spdlog::level::info : spdlog::level::warn, "{} {} after {}; next start in {}{}", program_,
+        log_.log(success ? LogLevel::info : LogLevel::warn, "{} {} after {}; next start in {}{}", program_,
                  describe_exit(exit.status), human_duration(runtime), human_duration(delay),
                  crashed ? " (crash " + std::to_string(policy_.failures_in_a_row()) + " in a row: backoff, max " +
                                human_duration(options_.max_backoff) + ")"
                          : "");
         if (!children_of(::getpid()).empty() || (cgroup_ && cgroup_->populated()))
             stop_tree("its main process exited; stopping what it left running");
-        else
-            release_slots();
+        else if (delay.count() > 0)
+            release_slots();  // else just after the next start, off the restart's path
         phase_ = Phase::backoff;
         return monotonic_now_ns() + to_ns(delay);
     }
@@ -345,10 +355,10 @@ private:
         release_slots();
     }
 
-    void release_slots() { release_slots_of(stopped_, options_.env, log_); }
+    void release_slots() { release_slots_of(stopped_, options_.env, log_.sink()); }
 
     const SuperviseOptions& options_;
-    spdlog::logger& log_;
+    LineLog& log_;
     int signal_fd_;
     std::string program_;
     RestartPolicy policy_;
@@ -370,33 +380,7 @@ private:
 
 }  // namespace
 
-void release_slots_of(std::vector<ProcessIdentity>& ended, const std::vector<std::string>& env, spdlog::logger& log) {
-    if (ended.empty()) return;
-    std::vector<ProcessIdentity> dead;
-    std::swap(dead, ended);
-    try {
-        TableOptions options;
-        options.key = key_from_environment();
-        for (const auto& entry : env)
-            if (entry.starts_with("HBWATCH_KEY=")) options.key = parse_key(entry.substr(12));
-        auto table = Table::open_existing(options, Table::Access::read_write);
-        if (!table) return;
-        table->for_each([&](const SlotSnapshot& s) {
-            if (s.phase == SlotPhase::claiming) return;
-            for (const auto& who : dead) {
-                if (!same_process(who, s.process) || liveness(s.process) == Liveness::alive) continue;
-                if (table->free_slot(s.index, s.token))
-                    log.info("freed slot {} of pid {} '{}' at key {}: it ended without releasing it", s.index,
-                             s.process.pid, std::string(s.name()), format_key(table->key()));
-                return;
-            }
-        });
-    } catch (const Error& e) {
-        log.warn("could not free the heartbeat entries of stopped processes: {}", e.what());
-    }
-}
-
-int supervise(const SuperviseOptions& options, spdlog::logger& log, int signal_fd, const std::function<void()>& ready) {
+int supervise(const SuperviseOptions& options, LineLog& log, int signal_fd, const std::function<void()>& ready) {
     Supervisor supervisor(options, log, signal_fd);  // throws Error when an output file cannot be opened
     if (ready) ready();
     return supervisor.run();

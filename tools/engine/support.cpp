@@ -85,15 +85,20 @@ std::shared_ptr<spdlog::logger> make_logger(const std::string& tool, const std::
     return logger;
 }
 
-LogSink sink_for(std::shared_ptr<spdlog::logger> logger) {
-    return [logger = std::move(logger)](LogLevel level, const std::string& line) {
+LogSink sink_for(spdlog::logger& logger) {
+    return [&logger](LogLevel level, const std::string& line) {
         switch (level) {
-            case LogLevel::debug: logger->debug(line); break;
-            case LogLevel::info: logger->info(line); break;
-            case LogLevel::warn: logger->warn(line); break;
-            case LogLevel::error: logger->error(line); break;
+            case LogLevel::debug: logger.debug(line); break;
+            case LogLevel::info: logger.info(line); break;
+            case LogLevel::warn: logger.warn(line); break;
+            case LogLevel::error: logger.error(line); break;
         }
     };
+}
+
+LogSink sink_for(std::shared_ptr<spdlog::logger> logger) {
+    LogSink sink = sink_for(*logger);  // before the pointer moves into the lambda that keeps it alive
+    return [logger = std::move(logger), sink = std::move(sink)](LogLevel level, const std::string& line) { sink(level, line); };
 }
 
 namespace {
@@ -135,20 +140,6 @@ TableOptions table_options(const std::string& key_text) {
     options.key = key_text.empty() ? key_from_environment() : parse_key(key_text);
     return options;
 }
-
-int signalfd_for(std::initializer_list<int> signals) {
-    sigset_t set;
-    sigemptyset(&set);
-    for (int s : signals) sigaddset(&set, s);
-    if (sigprocmask(SIG_BLOCK, &set, nullptr) != 0) throw Error(errno, std::string("sigprocmask: ") + std::strerror(errno));
-    const int fd = ::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
-    if (fd < 0) throw Error(errno, std::string("signalfd: ") + std::strerror(errno));
-    return fd;
-}
-
-void ignore_sigpipe() { std::signal(SIGPIPE, SIG_IGN); }
-
-void one_malloc_arena() { ::mallopt(M_ARENA_MAX, 1); }
 
 namespace {
 constexpr std::size_t kSpareAddressSpace = 8u << 20;

@@ -1,4 +1,5 @@
 #include "core/pidfd.h"
+#include "core/process.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -11,7 +12,7 @@
 
 #include <cerrno>
 #include <cstring>
-#include <fstream>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -175,16 +176,14 @@ std::optional<pid_t> Pidfd::pid_of(int fd) {
     const std::string fd_path = "/proc/self/fd/" + std::to_string(fd);
     const ssize_t length = ::readlink(fd_path.c_str(), link, sizeof link - 1);
     if (length <= 0 || std::strstr(link, "pidfd") == nullptr) return std::nullopt;
-    std::ifstream info("/proc/self/fdinfo/" + std::to_string(fd));
-    for (std::string line; std::getline(info, line);) {
-        if (line.rfind("Pid:", 0) != 0) continue;
-        try {
-            const long pid = std::stol(line.substr(4));
-            if (pid > 0) return static_cast<pid_t>(pid);
-        } catch (const std::exception&) {
-        }
-        return std::nullopt;
-    }
+    const auto info = read_proc_file("/proc/self/fdinfo/" + std::to_string(fd));
+    if (!info) return std::nullopt;
+    const auto at = info->starts_with("Pid:") ? 0 : info->find("\nPid:");
+    if (at == std::string::npos) return std::nullopt;
+    // "Pid:\t-1" for a reaped process reads as no number.
+    const auto numbers = whole_numbers(std::string_view(*info).substr(info->find(':', at) + 1));
+    if (!numbers.empty() && numbers.front() > 0 && numbers.front() <= std::numeric_limits<pid_t>::max())
+        return static_cast<pid_t>(numbers.front());
     return std::nullopt;
 }
 

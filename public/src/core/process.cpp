@@ -6,13 +6,13 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <charconv>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
-#include <sstream>
+#include <limits>
 #include <string_view>
 #include <vector>
 
@@ -45,6 +45,49 @@ std::optional<std::string> read_proc_file(const std::string& path) {
     }
     ::close(fd);
     return text;
+}
+
+std::vector<std::uint64_t> whole_numbers(std::string_view text) {
+    std::vector<std::uint64_t> numbers;
+    std::size_t at = 0;
+    for (;;) {
+        at = text.find_first_not_of(" \t\n", at);
+        if (at == std::string_view::npos) break;
+        const std::size_t end = std::min(text.find_first_of(" \t\n", at), text.size());
+        std::uint64_t number = 0;
+        if (!parse_number(text.substr(at, end - at), number)) break;
+        numbers.push_back(number);
+        at = end;
+    }
+    return numbers;
+}
+
+std::vector<std::string_view> lines_of(std::string_view text) {
+    std::vector<std::string_view> lines;
+    while (!text.empty()) {
+        const std::size_t end = std::min(text.find('\n'), text.size());
+        lines.push_back(text.substr(0, end));
+        text.remove_prefix(std::min(end + 1, text.size()));
+    }
+    return lines;
+}
+
+std::vector<std::string_view> leading_words(std::string_view line, std::size_t count) {
+    std::vector<std::string_view> words;
+    constexpr std::string_view kBlanks = " \t";
+    for (;;) {
+        const std::size_t at = line.find_first_not_of(kBlanks);
+        if (at == std::string_view::npos) break;
+        line.remove_prefix(at);
+        if (words.size() == count) {
+            words.push_back(line);
+            break;
+        }
+        const std::size_t end = std::min(line.find_first_of(kBlanks), line.size());
+        words.push_back(line.substr(0, end));
+        line.remove_prefix(end);
+    }
+    return words;
 }
 
 bool same_process(const ProcessIdentity& recorded, const ProcessIdentity& observed) noexcept {
@@ -119,10 +162,10 @@ std::optional<ProcessUids> read_uids(pid_t pid) {
     if (!status) return std::nullopt;
     const auto at = status->find("\nUid:");
     if (at == std::string::npos) return std::nullopt;
-    ProcessUids uids;
-    std::istringstream line(status->substr(at + 5, status->find('\n', at + 1) - at - 5));
-    if (!(line >> uids.real >> uids.effective >> uids.saved)) return std::nullopt;
-    return uids;
+    // "Uid:\treal\teffective\tsaved\tfs"
+    const auto numbers = whole_numbers(std::string_view(*status).substr(at + 5, status->find('\n', at + 1) - at - 5));
+    if (numbers.size() < 3) return std::nullopt;
+    return ProcessUids{static_cast<uid_t>(numbers[0]), static_cast<uid_t>(numbers[1]), static_cast<uid_t>(numbers[2])};
 }
 
 bool user_may_signal(uid_t user, const ProcessUids& target) noexcept {
@@ -205,9 +248,10 @@ std::vector<pid_t> children_of(pid_t pid) {
     if (dir == nullptr) return children;
     while (const dirent* entry = ::readdir(dir)) {
         if (entry->d_name[0] == '.') continue;
-        std::ifstream in(tasks + "/" + entry->d_name + "/children");
-        pid_t child;
-        while (in >> child) children.push_back(child);
+        const auto text = read_proc_file(tasks + "/" + entry->d_name + "/children");
+        if (!text) continue;
+        for (const auto child : whole_numbers(*text))
+            if (child > 0 && child <= std::numeric_limits<pid_t>::max()) children.push_back(static_cast<pid_t>(child));
     }
     ::closedir(dir);
     return children;

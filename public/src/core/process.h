@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace hbwatch {
@@ -96,5 +97,16 @@ enum class Liveness {
 
 /// Reads a small /proc file whole; nullopt when it cannot be opened.
 [[nodiscard]] std::optional<std::string> read_proc_file(const std::string& path);
+
+/// The whole decimal numbers that `text` begins with, separated by blanks or newlines, up to
+/// the first word that is not one (as /proc's lists and columns are written).
+[[nodiscard]] std::vector<std::uint64_t> whole_numbers(std::string_view text);
+
+/// The lines of `text`, without their newlines (a last line without one included).
+[[nodiscard]] std::vector<std::string_view> lines_of(std::string_view text);
+
+/// The first `count` blank-separated words of `line`, then the rest of it after its leading
+/// blanks, if any, as one more (as /proc/PID/maps writes a path that may hold blanks).
+[[nodiscard]] std::vector<std::string_view> leading_words(std::string_view line, std::size_t count);
 
 }  // namespace hbwatch

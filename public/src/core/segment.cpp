@@ -13,10 +13,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <limits>
 #include <mutex>
-#include <sstream>
 #include <thread>
 #include <vector>
 
@@ -28,6 +26,7 @@
 #include <hbwatch/error.h>
 
 #include "core/clock.h"
+#include "core/process.h"
 #include "core/table.h"
 #include "core/users.h"
 
@@ -75,23 +74,32 @@ key_t key_from_environment() {
 
 // ---------------------------------------------------------------- the mapping
 
+namespace {
+template <class T>
+bool read_number(std::string_view text, T& out, int base = 10) {
+    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out, base);
+    return ec == std::errc{} && end == text.data() + text.size();
+}
+}  // namespace
+
 std::optional<SegmentFacts> segment_facts(key_t key) {
-    std::ifstream in("/proc/sysvipc/shm");
-    std::string line;
-    std::getline(in, line);  // column titles
-    while (std::getline(in, line)) {
-        std::istringstream fields(line);
+    const auto text = read_proc_file("/proc/sysvipc/shm");
+    if (!text) return std::nullopt;
+    const auto lines = lines_of(*text);
+    for (std::size_t i = 1; i < lines.size(); ++i) {  // after the column titles
+        // key shmid perms size cpid lpid nattch uid gid cuid cgid ...
+        const auto words = leading_words(lines[i], 11);
+        if (words.size() < 11) continue;
         long long file_key = 0;
+        if (!read_number(words[0], file_key) || static_cast<key_t>(file_key) != key) continue;
         SegmentFacts facts;
-        std::string mode_text;
-        pid_t last_pid = 0;
-        long attached = 0;
-        if (!(fields >> file_key >> facts.shmid >> mode_text >> facts.bytes >> facts.creator >> last_pid >>
-              attached >> facts.uid >> facts.gid >> facts.cuid >> facts.cgid))
-            continue;
-        if (static_cast<key_t>(file_key) != key) continue;
-        facts.mode = static_cast<mode_t>(std::strtoul(mode_text.c_str(), nullptr, 8) & 0777);
-        return facts;
+        unsigned mode = 0;
+        if (read_number(words[1], facts.shmid) && read_number(words[2], mode, 8) && read_number(words[3], facts.bytes) &&
+            read_number(words[4], facts.creator) && read_number(words[7], facts.uid) && read_number(words[8], facts.gid) &&
+            read_number(words[9], facts.cuid) && read_number(words[10], facts.cgid)) {
+            facts.mode = static_cast<mode_t>(mode & 0777);
+            return facts;
+        }
     }
     return std::nullopt;
 }

@@ -11,7 +11,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
-#include <sstream>
 
 #include <hbwatch/error.h>
 
@@ -108,15 +107,11 @@ std::optional<bool> image_marker_held(pid_t pid, std::uint64_t nonce, const Proc
     auto maps = read_proc_file(proc + "/maps");
     if (!maps) return std::nullopt;  // not ours to read (another user, not dumpable): unknown
     const std::string wanted = std::string("/memfd:") + kMarkerPrefix + hex16(nonce) + " (deleted)";
-    std::istringstream lines(*maps);
-    std::string line;
-    while (std::getline(lines, line)) {
+    for (const auto line : lines_of(*maps)) {
         // "START-END PERMS OFFSET DEV INODE PATH": the path is the rest after five fields.
-        std::istringstream fields(line);
-        std::string range, perms, offset, device, inode, path;
-        if (!(fields >> range >> perms >> offset >> device >> inode)) continue;
-        std::getline(fields >> std::ws, path);
-        if (path != wanted) continue;
+        const auto words = leading_words(line, 5);
+        if (words.size() != 6 || words[5] != wanted) continue;
+        const std::string range(words[0]);
         // The name alone proves nothing: a process may map a file someone else made and named
         // so. The marker must be a memfd (unlinked, on the memfd device) owned by the process.
         struct stat file {};

@@ -1,0 +1,27 @@
+#pragma once
+// What every hbwatch tool process does the same way, with nothing but libc: exit codes,
+// signals, malloc. procctl-loop links this and not support.h (spdlog, CLI11).
+
+#include <initializer_list>
+
+namespace hbwatch::tool {
+
+/// Exit codes shared by the tools.
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailure = 1;  // the work could not be done (table unreadable, ...)
+inline constexpr int kExitUsage = 2;    // bad arguments
+
+/// Blocks `signals` and returns a CLOEXEC signalfd that becomes readable when one arrives.
+int signalfd_for(std::initializer_list<int> signals);
+
+/// Ignores SIGPIPE: a closed pipe on stdout is an error to report, not a death.
+void ignore_sigpipe();
+
+/// One malloc arena for the whole process, called first in main, before any thread. glibc gives
+/// a thread that meets contention an arena of its own, each reserving 64 MiB of address space
+/// and keeping its own free memory: under a memory limit (RLIMIT_AS, a cgroup) a new arena that
+/// cannot be had fails an allocation that the main arena could serve, and a long-running tool
+/// with a few mostly idle threads gains nothing from more.
+void one_malloc_arena();
+
+}  // namespace hbwatch::tool
