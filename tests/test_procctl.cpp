@@ -443,14 +443,20 @@ TEST_CASE("two procctls of the same command each keep a cgroup of their own") {
 
 TEST_CASE("the process that supervises one program maps libc alone: no libstdc++, spdlog, fmt, YAML or OpenSSL") {
     Process p(procctl({"-f", "10", "sleep", "1000"}));
-    (void)started_pid(p);
-    // procctl checked its arguments and became procctl-loop: same pid, still procctl to ps,
-    // pgrep -x, pgrep -f and killall.
+    const pid_t child = started_pid(p);
+    // procctl checked its arguments and became procctl-loop: same pid, and the same argv and
+    // command name for ps, pgrep -x, pgrep -f, pidof and killall.
     const std::string proc = "/proc/" + std::to_string(p.pid());
     CHECK(fs::read_symlink(proc + "/exe").string().ends_with("/procctl-loop"));
     CHECK(read_file(proc + "/comm") == "procctl\n");
     using namespace std::string_literals;
-    CHECK(read_file(proc + "/cmdline").starts_with(hbtest::bin("procctl") + "\0--interval\0" "10s\0"s));
+    CHECK(read_file(proc + "/cmdline") == hbtest::bin("procctl") + "\0-f\0" "10\0sleep\0" "1000\0"s);
+    // What procctl handed over is gone: its descriptor, and its variable from the program's environment.
+    for (const auto& entry : fs::directory_iterator(proc + "/fd")) {
+        INFO(entry.path().string());
+        CHECK_FALSE(contains(fs::read_symlink(entry.path()).string(), "procctl-loop-request"));
+    }
+    CHECK_FALSE(contains(read_file("/proc/" + std::to_string(child) + "/environ"), "HBWATCH_LOOP_REQUEST_FD"));
     const std::string maps = read_file(proc + "/maps");
     CHECK(contains(maps, "/libc.so.6"));
     for (const char* library : {"libspdlog", "libfmt", "libyaml-cpp", "libssl", "libcrypto"}) {
@@ -462,4 +468,29 @@ TEST_CASE("the process that supervises one program maps libc alone: no libstdc++
 #endif
     ::kill(p.pid(), SIGTERM);  // so that it removes its cgroup as it leaves
     CHECK(p.wait_exit(10s));
+}
+
+TEST_CASE("procctl runs only a procctl-loop that no other user could have placed or changed") {
+    Scratch scratch;
+    fs::copy_file(hbtest::bin("procctl"), scratch.file("procctl"));
+    ::chmod(scratch.dir.c_str(), 0755);
+    // Beside this copy: a procctl-loop that every user may write, which would leave a mark.
+    const std::string planted = scratch.file("procctl-loop"), mark = scratch.file("ran");
+    {
+        std::ofstream script(planted);
+        script << "#!/bin/sh\ntouch " << mark << "\nexec sleep 1000\n";
+    }
+    ::chmod(planted.c_str(), 0777);
+    Process p({scratch.file("procctl"), "-f", "1", "true"});
+    // The planted one is refused; the installed one may run in its place, if there is one.
+    const bool exited = p.wait_exit(10s);
+    CHECK_FALSE(fs::exists(mark));
+    if (exited) {
+        CHECK(WEXITSTATUS(p.wait()) == 1);
+        CHECK(contains(p.output(), "cannot run procctl-loop"));
+        CHECK(contains(p.output(), planted + ": its mode gives write access to every user"));
+    } else {
+        ::kill(p.pid(), SIGTERM);
+        CHECK(p.wait_exit(10s));
+    }
 }

@@ -149,7 +149,9 @@ TEST_CASE("what procctl hands procctl-loop reads back as it was written, every s
     o.max_restarts = 7;
     o.output_max_size = 123456;
     o.output_files = 9;
-    o.chdir = "/tmp/a dir";
+    char dir[] = "/tmp/hbwatch loop XXXXXX";  // a directory with a blank in its name
+    REQUIRE(::mkdtemp(dir) != nullptr);
+    o.chdir = dir;
     o.stdout_file = "/var/log/out put.log";
     o.stderr_file = "--stderr";
     o.inherit_output = true;
@@ -162,6 +164,7 @@ TEST_CASE("what procctl hands procctl-loop reads back as it was written, every s
     for (auto& w : words) argv.push_back(w.data());
     argv.push_back(nullptr);
     CHECK(hbwatch::tool::parse_loop_arguments(static_cast<int>(words.size()), argv.data()) == request);
+    ::rmdir(dir);
 
     LoopRequest plain;  // the defaults, and nothing optional written
     plain.options.argv = {"sleep", "1"};
@@ -196,5 +199,9 @@ TEST_CASE("procctl-loop refuses arguments procctl would never write, naming them
     CHECK(refusal({"--bogus", "--", "x"}).find("unknown or incomplete option --bogus: procctl-loop takes what procctl hands it") == 0);
     CHECK(refusal({"--interval"}).find("unknown or incomplete option --interval") == 0);
     CHECK(refusal({"--interval", "1s"}) == "no PROGRAM after the options: run procctl instead");
+    CHECK(refusal({"--cgroup", "../victim", "--", "x"}).find("--cgroup ../victim: not a cgroup name procctl gives") == 0);
+    CHECK(refusal({"--cgroup", "procctl-a/../../b", "--", "x"}).find("not a cgroup name") != std::string::npos);
+    CHECK(refusal({"--chdir", "/nonexistent/dir", "--", "x"}) == "--chdir /nonexistent/dir: No such file or directory");
+    CHECK(refusal({"--chdir", "/etc/hostname", "--", "x"}) == "--chdir /etc/hostname: not a directory");
     CHECK(refusal({"--interval", "1s", "--"}) == "no PROGRAM after the options: run procctl instead");
 }

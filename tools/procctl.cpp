@@ -310,7 +310,7 @@ int main(int argc, char** argv) {
     }
     request.launch = {cli.foreground, cli.pidfile, cli.log_file, cli.verbose};
     // The loop runs in procctl-loop, which this process becomes: see supervise_options.h.
-    const std::string problem = tool::exec_procctl_loop(request, argv[0]);
+    const std::string problem = tool::exec_procctl_loop(request, argv);
     std::fprintf(stderr, "procctl: %s\n", tool::terminal_safe(problem).c_str());
     return tool::kExitFailure;
 }

@@ -1,7 +1,7 @@
 // procctl-loop: procctl's one-program loop, in a process of its own kind. procctl parses and
-// checks its command line, then becomes this program (exec), which maps only libc: the process
-// that supervises one program for months stays as small as runsv (issue 25). Not for running
-// by hand: its arguments are what procctl writes (supervise_options.h).
+// checks its command line, then becomes this program (exec, with its own argv, and its settings
+// in a memfd), which maps only libc: the process that supervises one program for months stays
+// small (issue 25). Not for running by hand (supervise_options.h).
 #include <sys/prctl.h>
 
 #include <cstdio>
@@ -19,12 +19,12 @@
 
 namespace tool = hbwatch::tool;
 
-int main(int argc, char** argv) {
+int main() {
     tool::one_malloc_arena();
     ::prctl(PR_SET_NAME, "procctl");  // the command name top, pgrep -x and killall show
     tool::LoopRequest request;
     try {
-        request = tool::parse_loop_arguments(argc, argv);
+        request = tool::receive_loop_request();
     } catch (const hbwatch::Error& e) {
         std::fprintf(stderr, "procctl-loop: %s\n", tool::terminal_safe(e.what()).c_str());
         return tool::kExitUsage;

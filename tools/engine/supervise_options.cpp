@@ -1,9 +1,12 @@
 #include "engine/supervise_options.h"
 
 #include <getopt.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <charconv>
 #include <limits>
@@ -14,6 +17,9 @@
 #include "core/duration.h"
 #include "engine/output.h"
 #include "engine/restart_policy.h"
+#include "engine/safe_path.h"
+
+extern char** environ;
 
 namespace hbwatch::tool {
 namespace {
@@ -112,7 +118,16 @@ LoopRequest parse_loop_arguments(int argc, char** argv) {
                 o.output_max_size = whole_number(value, key, kMinOutputFileSize, kMaxOutputFileSize);
                 break;
             case kOutputFiles: o.output_files = whole_number(value, key, 1, 100); break;
-            case kChdir: o.chdir = value; break;
+            case kChdir: {
+                struct stat st {};
+                if (::stat(value.c_str(), &st) != 0) {
+                    const int error = errno;
+                    throw Error(error, what + ": " + std::strerror(error));
+                }
+                if (!S_ISDIR(st.st_mode)) throw Error(ENOTDIR, what + ": not a directory");
+                o.chdir = value;
+                break;
+            }
             case kStdout: o.stdout_file = value; break;
             case kStderr: o.stderr_file = value; break;
             case kInheritOutput: o.inherit_output = true; break;
@@ -121,7 +136,13 @@ LoopRequest parse_loop_arguments(int argc, char** argv) {
                     throw Error(EINVAL, what + ": write it as KEY=VALUE");
                 o.env.push_back(value);
                 break;
-            case kCgroup: o.cgroup_name = value; break;
+            case kCgroup:
+                // As procctl names it (procctl-LABEL-HASH): one plain name under hbwatch/, never a path.
+                if (!value.starts_with("procctl-") || value.size() > 64 ||
+                    value.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") != std::string::npos)
+                    throw Error(EINVAL, what + ": not a cgroup name procctl gives (procctl-NAME-HASH: letters, digits, _ and -)");
+                o.cgroup_name = value;
+                break;
             case kForeground: l.foreground = true; break;
             case kPidfile: l.pidfile = value; break;
             case kLog: l.log_file = value; break;
@@ -139,11 +160,31 @@ LoopRequest parse_loop_arguments(int argc, char** argv) {
     return request;
 }
 
-std::string exec_procctl_loop(const LoopRequest& request, const char* argv0) {
-    std::vector<std::string> args = loop_arguments(request);
-    std::vector<char*> argv{const_cast<char*>(argv0)};  // as ps and pgrep -f see it: still procctl
-    for (auto& arg : args) argv.push_back(arg.data());
-    argv.push_back(nullptr);
+namespace {
+constexpr const char* kRequestFdVariable = "HBWATCH_LOOP_REQUEST_FD";
+// The first word of a request: procctl and procctl-loop of two builds must not misread each other.
+constexpr std::string_view kRequestHeader = "hbwatch-loop-request 1";
+constexpr std::size_t kMaxRequest = 64u << 20;  // far beyond ARG_MAX: a bound, not a limit met
+}  // namespace
+
+std::string exec_procctl_loop(const LoopRequest& request, char** original_argv) {
+    // The request travels in a memfd, so that procctl-loop runs with procctl's own argv: ps,
+    // pgrep -f and pidof see the command the operator typed.
+    std::string text(kRequestHeader);
+    for (const auto& arg : loop_arguments(request)) text.append(1, '\0').append(arg);
+    const int request_fd = ::memfd_create("procctl-loop-request", 0);  // inherited: the loop reads it
+    if (request_fd < 0) return std::string("cannot hand the loop its settings: memfd_create: ") + std::strerror(errno);
+    for (std::string_view rest = text; !rest.empty();) {
+        const ssize_t n = ::write(request_fd, rest.data(), rest.size());
+        if (n <= 0) {
+            ::close(request_fd);
+            return std::string("cannot hand the loop its settings: write: ") + std::strerror(errno);
+        }
+        rest.remove_prefix(static_cast<std::size_t>(n));
+    }
+    ::lseek(request_fd, 0, SEEK_SET);
+    ::setenv(kRequestFdVariable, std::to_string(request_fd).c_str(), 1);
+
     std::vector<std::string> candidates;
     char self[4096];
     const ssize_t length = ::readlink("/proc/self/exe", self, sizeof self);
@@ -156,12 +197,67 @@ std::string exec_procctl_loop(const LoopRequest& request, const char* argv0) {
     candidates.emplace_back(HBWATCH_LIBEXEC_DIR "/procctl-loop");      // where it was installed
     std::string tried;
     for (const auto& candidate : candidates) {
-        ::execv(candidate.c_str(), argv.data());
         if (!tried.empty()) tried += "; ";
-        tried.append(candidate).append(": ").append(std::strerror(errno));
+        try {
+            // Only a binary that no other user could have placed or changed: a root procctl
+            // copied beside someone else's procctl-loop must not run it.
+            const int exe = open_trusted_file(candidate, "procctl-loop");
+            ::fexecve(exe, original_argv, environ);
+            tried.append(candidate).append(": ").append(std::strerror(errno));
+            ::close(exe);
+        } catch (const Error& e) {
+            tried.append(e.what());
+        }
     }
+    ::unsetenv(kRequestFdVariable);
+    ::close(request_fd);
     return "cannot run procctl-loop, which runs the one-program loop (" + tried +
            "): reinstall hbwatch, or build it (make) when running from a build tree";
+}
+
+LoopRequest receive_loop_request() {
+    const char* named = std::getenv(kRequestFdVariable);
+    if (named == nullptr)
+        throw Error(EINVAL, "procctl-loop runs the loop that procctl hands it (in " + std::string(kRequestFdVariable) +
+                                "): run procctl instead");
+    int fd = -1;
+    const std::string_view digits(named);
+    const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), fd);
+    ::unsetenv(kRequestFdVariable);  // not the program's to see
+    if (ec != std::errc{} || end != digits.data() + digits.size() || fd < 3)
+        throw Error(EINVAL, std::string(kRequestFdVariable) + " is not a descriptor: run procctl instead");
+    std::string text;
+    char buffer[8192];
+    ssize_t n;
+    while (text.size() <= kMaxRequest && (n = ::read(fd, buffer, sizeof buffer)) != 0) {
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+            const int error = errno;
+            ::close(fd);
+            throw Error(error, std::string("cannot read what procctl handed over: ") + std::strerror(error));
+        }
+        text.append(buffer, static_cast<std::size_t>(n));
+    }
+    ::close(fd);
+    const auto words = [&] {
+        std::vector<std::string> out;
+        for (std::size_t at = 0; at <= text.size();) {
+            const std::size_t stop = std::min(text.find('\0', at), text.size());
+            out.emplace_back(text, at, stop - at);
+            at = stop + 1;
+        }
+        return out;
+    }();
+    if (text.size() > kMaxRequest || words.empty() || words.front() != kRequestHeader)
+        throw Error(EINVAL, "what procctl handed over is not a request this procctl-loop reads (it expects \"" +
+                                std::string(kRequestHeader) + "\"): procctl and procctl-loop come from two different "
+                                "builds; reinstall hbwatch, or rebuild it (make)");
+    std::vector<std::string> args = words;
+    args.front() = "procctl-loop";
+    std::vector<char*> argv;
+    for (auto& arg : args) argv.push_back(arg.data());
+    argv.push_back(nullptr);
+    return parse_loop_arguments(static_cast<int>(args.size()), argv.data());
 }
 
 }  // namespace hbwatch::tool

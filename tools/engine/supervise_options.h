@@ -55,11 +55,17 @@ inline constexpr int kExitGaveUp = 3;
 /// hand): throws hbwatch::Error(EINVAL) naming the argument that is wrong.
 [[nodiscard]] LoopRequest parse_loop_arguments(int argc, char** argv);
 
-/// Replaces this process with procctl-loop running `request`: the one beside this program's
-/// own binary (a build tree), else in ../libexec/hbwatch from it (an installed tree, wherever
-/// it was moved), else where it was installed (HBWATCH_LIBEXEC_DIR). Returns only when none
-/// could be run, saying what went wrong. `argv0` is procctl's own, so that ps, pidof and
-/// pgrep -f see the same command.
-[[nodiscard]] std::string exec_procctl_loop(const LoopRequest& request, const char* argv0);
+/// Replaces this process with procctl-loop running `request`, with `original_argv` as its argv
+/// (so ps, pidof and pgrep -f see the command typed) and the request in a memfd named by
+/// HBWATCH_LOOP_REQUEST_FD. The binary is the one beside this program's own (a build tree),
+/// else in ../libexec/hbwatch from it (an install, wherever it was moved), else where it was
+/// installed (HBWATCH_LIBEXEC_DIR); each only when no other user could have placed or changed
+/// it (open_trusted_file). Returns only when none could be run, saying what went wrong.
+[[nodiscard]] std::string exec_procctl_loop(const LoopRequest& request, char** original_argv);
+
+/// In procctl-loop: the request procctl handed over (exec_procctl_loop), read and closed, its
+/// variable removed from the environment. Throws hbwatch::Error: not run by procctl, or by a
+/// procctl of another build (the request's first word names its version), or a bad argument.
+[[nodiscard]] LoopRequest receive_loop_request();
 
 }  // namespace hbwatch::tool
