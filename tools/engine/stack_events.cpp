@@ -4,6 +4,7 @@
 // sinks. Heartbeat health is looked at here too, at the instants it can change.
 #include <malloc.h>
 #include <signal.h>
+#include <sys/shm.h>
 #include <sys/wait.h>
 
 #include <hbwatch/error.h>
@@ -233,6 +234,26 @@ void Stack::say_beat_health(Member& member) {
              name + (health == Health::hung ? "'s heartbeat is hung: " : "'s heartbeat is late: ") + how, {});
 }
 
+// The table at `key`, kept mapped from one look to the next: opening one reads
+// /proc/sysvipc/shm and checks its owner, where a look is a few loads. Opened anew when the
+// segment at the key is no longer the one mapped (destroyed, or made again).
+const Table* Stack::beat_table(key_t key) {
+    if (auto it = beat_tables_.find(key); it != beat_tables_.end()) {
+        if (::shmget(key, 0, 0) == it->second.shmid) return &it->second.table;
+        beat_tables_.erase(it);  // unmapped: a destroyed segment is not kept alive
+    }
+    std::optional<Table> table;
+    try {
+        TableOptions options;
+        options.key = key;
+        table = Table::open_existing(options, Table::Access::read_only);
+    } catch (const Error&) {
+    }
+    if (!table) return nullptr;
+    const int shmid = table->info().shmid;
+    return &beat_tables_.insert_or_assign(key, MappedTable{std::move(*table), shmid}).first->second.table;
+}
+
 // Each running unit's registrations (its main process's slots): their worst health, said as an
 // event when it changes. Looked at every second, and at the instant the next one can change.
 void Stack::check_heartbeats(std::uint64_t now) {
@@ -254,14 +275,8 @@ void Stack::check_heartbeats(std::uint64_t now) {
     for (auto& entry : by_table) {  // not a structured binding: clang 14 cannot capture one in the lambda below
         const key_t key = entry.first;
         const std::vector<Member*>& members = entry.second;
-        std::optional<Table> table;
-        try {
-            TableOptions options;
-            options.key = key;
-            table = Table::open_existing(options, Table::Access::read_only);
-        } catch (const Error&) {
-        }
-        if (!table) continue;
+        const Table* table = beat_table(key);
+        if (table == nullptr) continue;
         struct Worst {
             bool seen = false;
             Health health = Health::ok;
@@ -288,6 +303,7 @@ void Stack::check_heartbeats(std::uint64_t now) {
         for (std::size_t i = 0; i < members.size(); ++i)
             if (worst[i].seen) set_beat_health(*members[i], worst[i].health, worst[i].how);
     }
+    std::erase_if(beat_tables_, [&](const auto& entry) { return !by_table.count(entry.first); });  // no ready program's any more
     for (auto& member : members_) say_beat_health(*member);  // what a full minute held back
 }
 

@@ -245,11 +245,18 @@ private:
     std::unique_ptr<EventSinks> sinks_;  // none when the config names no sink
     ControlServer* control_ = nullptr;   // while run() runs: followers of /v1/events
     std::uint64_t next_beat_check_ns_ = 0;
+    struct MappedTable {
+        Table table;
+        int shmid;  // the segment mapped: the key may later name another
+    };
+    std::map<key_t, MappedTable> beat_tables_;  // the heartbeat tables looked at, by key
     std::optional<NotifyClient> notify_;   // NOTIFY_SOCKET, when procctl runs under systemd (Type=notify)
 
     bool told_ready_ = false;
     std::string told_status_;
     std::uint64_t next_watchdog_ns_ = 0;  // 0: no watchdog asked for
+
+    const Table* beat_table(key_t key);
 };
 
 /// A control reply's JSON: invalid UTF-8 (a name, a path, output) replaced, never thrown on.
