@@ -8,9 +8,11 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <algorithm>
 #include <fstream>
 #include <map>
@@ -134,8 +136,8 @@ TEST_CASE("a notify message from outside the program's cgroup is refused (anothe
     }
     // Another program's process, told the victim's socket.
     NotifyStack stack("  victim:\n    command: [sleep, '1000']\n    ready: notify\n    ready_timeout: 1d\n"
-                      "  other:\n    command: [sh, -c, \"NOTIFY_SOCKET={RUN}/notify/victim.sock systemd-notify --ready --status=forged; "
-                      "exec sleep 1000\"]\n");
+                      "  other:\n    command: [sh, -c, \"NOTIFY_SOCKET={RUN}/notify/victim.sock '" + hbtest::bin("sd_client") +
+                      "' say READY=1 STATUS=forged; exec sleep 1000\"]\n");
     if (stack.procctl->output_so_far().find("cgroup v2 not used") != std::string::npos) {
         MESSAGE("SKIPPED: needs cgroup v2");
         return;
@@ -153,7 +155,13 @@ TEST_CASE("a notify message from outside the program's cgroup is refused (anothe
     CHECK((fs::status(victim_socket).permissions() & fs::perms::all) == (fs::perms::owner_read | fs::perms::owner_write));
     CHECK(stack.program("victim")["state"] == "starting");
     CHECK(stack.program("victim")["status"].is_null());
-    CHECK(stack.program("victim")["notify"]["refused"].get<int>() >= 1);
+    // Its three datagrams (two messages and the barrier) refused and counted; said once, with
+    // the sender's pid and uid.
+    CHECK(hbtest::eventually([&] { return stack.program("victim")["notify"]["refused"] == 3; }));
+    const std::string out = stack.procctl->output_so_far();
+    CHECK(std::regex_search(out, std::regex("victim: a notify message from pid [0-9]+ \\(uid 0\\), which is not in victim's cgroup")));
+    const std::string said = "which is not in victim's cgroup nor its main process, refused";
+    CHECK(out.find(said) == out.rfind(said));
 }
 
 TEST_CASE("a flood of notify datagrams leaves supervision as fast: another program's restart, and the API") {
@@ -422,4 +430,88 @@ TEST_CASE("a watchdogged program that is SIGSTOPped is spared, not stopped, and 
     CHECK(hbtest::eventually([&] { return stack.program("daemon")["heartbeats"][0]["state"] == "ok"; }));
     CHECK(stack.program("daemon")["pid"] == pid);
     CHECK(stack.program("daemon")["restarts"] == 0);
+}
+
+TEST_CASE("the rest of sd_notify(3), each said by a program's own process: RELOADING=1, unknown keys, ERRNO= in the last exit, "
+          "WATCHDOG_USEC= at runtime (a new deadline, 0 for off), EXTEND_TIMEOUT_USEC=, and datagrams systemd drops") {
+    const std::string sd = hbtest::bin("sd_client");
+    NotifyStack stack(
+        // Says it reloads, with a key no one knows: the key ignored, the rest taken.
+        "  reloading:\n    command: [sh, -c, \"'" + sd + "' say 'RELOADING=1\\nX_NOBODY_KNOWS=1\\nSTATUS=reading its config'; exec sleep 1000\"]\n"
+        "    notify: true\n"
+        // Says why it fails, then fails: shown in its last exit, and its exit event.
+        "  failing:\n    command: [sh, -c, \"'" + sd + "' say 'ERRNO=2'; exit 1\"]\n    notify: true\n    restart: never\n"
+        // Its config says 1d; it asks for 4 s at its start, and never pings: stopped as hung.
+        "  shortened:\n    command: [sh, -c, \"'" + sd + "' say 'WATCHDOG_USEC=4000000'; exec sleep 1000\"]\n    watchdog: 1d\n"
+        "    restart: never\n"
+        // Its config says 1 s; it turns its watchdog off at its start: never stopped for it.
+        "  unwatched:\n    command: [sh, -c, \"'" + sd + "' say 'WATCHDOG_USEC=0'; exec sleep 1000\"]\n    watchdog: 1s\n"
+        // Asks for more time to get ready: ready after its ready_timeout, not stopped.
+        "  slow:\n    command: [sh, -c, \"'" + sd + "' say 'EXTEND_TIMEOUT_USEC=10000000'; sleep 4; '" + sd + "' say READY=1; exec sleep 1000\"]\n"
+        "    ready: notify\n    ready_timeout: 3s\n"
+        // What systemd drops: too long, a NUL byte, empty; a barrier with two fds.
+        "  bad:\n    command: [sh, -c, \"'" + sd + "' bad; exec sleep 1000\"]\n    notify: true\n    stdout: bad.log\n");
+    CHECK(hbtest::eventually([&] { return stack.program("reloading")["notify"]["state"] == "reloading"; }, 30s));
+    CHECK(stack.program("reloading")["status"] == "reading its config");
+    const auto status = run(proctab(stack.dir, {"status", "reloading"}));
+    CHECK_MESSAGE(status.second.find("(reloading, it says) \"reading its config\"") != std::string::npos, status.second);
+
+    CHECK(hbtest::eventually([&] { return stack.program("failing")["state"] == "exited"; }, 30s));
+    CHECK(stack.program("failing")["last_exit"].get<std::string>().find("(it said ERRNO=2: No such file or directory)") != std::string::npos);
+
+    // WATCHDOG_USEC=4000000: hung 4 s after it said so, not a day; its deadline said in the log.
+    REQUIRE_MESSAGE(stack.procctl->wait_for_output("shortened (pid", 30s), stack.procctl->output_so_far());
+    REQUIRE_MESSAGE(stack.procctl->wait_for_output("(watchdog 4.0s): stopping it; not restarted (restart: never)", 30s),
+                    stack.procctl->output_so_far());
+    CHECK(hbtest::eventually([&] { return stack.program("shortened")["state"] == "exited"; }, 30s));
+    // By then `unwatched` is 3 s past the deadline its config gave: still running, first pid.
+    CHECK(stack.program("unwatched")["state"] == "ready");
+    CHECK(stack.program("unwatched")["restarts"] == 0);
+    CHECK(stack.procctl->output_so_far().find("unwatched (pid") == std::string::npos);
+
+    REQUIRE_MESSAGE(stack.procctl->wait_for_output("slow is ready (READY=1)", 30s), stack.procctl->output_so_far());
+    CHECK(stack.procctl->output_so_far().find("slow was not ready within") == std::string::npos);
+    CHECK(stack.program("slow")["restarts"] == 0);
+
+    CHECK(hbtest::eventually([&] { return stack.program("bad")["status"] == "after bad"; }, 30s));
+    CHECK(stack.program("bad")["notify"]["dropped"] == 3);
+    CHECK(stack.procctl->wait_for_output("BARRIER=1 from pid", 10s));
+    CHECK(stack.procctl->output_so_far().find("came with 2 fds, not 1: closed, and the message ignored") != std::string::npos);
+    CHECK(hbtest::eventually([&] { return stack.log("bad.log").find("after sent=1") != std::string::npos; }));
+
+    bool errno_event = false, trigger_seen = false;
+    for (const auto& event : stack.events()) {
+        if (event["kind"] == "exited" && event["instance"] == "failing") errno_event = event["details"].value("errno", 0) == 2;
+        trigger_seen = trigger_seen || (event["kind"] == "heartbeat_hung" && event["instance"] == "unwatched");
+    }
+    CHECK(errno_event);
+    CHECK_FALSE(trigger_seen);
+
+    // What the kernel gave the socket: 8 MiB as root (SO_RCVBUFFORCE), and the senders' pidfds
+    // where the kernel passes them (6.5 on).
+    const auto notify = stack.program("bad")["notify"];
+    if (::geteuid() == 0) CHECK(notify["receive_buffer_bytes"] == 8 << 20);
+    else CHECK(notify["receive_buffer_bytes"].get<int>() > 0);
+    utsname host{};
+    REQUIRE(::uname(&host) == 0);
+    int major = 0, minor = 0;
+    std::sscanf(host.release, "%d.%d", &major, &minor);
+    if (major > 6 || (major == 6 && minor >= 5)) CHECK(notify["sender_pidfds"] == true);
+}
+
+TEST_CASE("WATCHDOG=trigger stops the program as hung at once, with its event: under restart: never it stays exited, under on-failure it starts again") {
+    const std::string say_trigger = "[sh, -c, \"sleep 0.2; '" + hbtest::bin("sd_client") + "' say WATCHDOG=trigger; exec sleep 1000\"]";
+    NotifyStack stack("  once:\n    command: " + say_trigger + "\n    notify: true\n    restart: never\n"
+                      "  again:\n    command: " + say_trigger + "\n    notify: true\n    restart: on-failure\n    restart_delay: 0s\n"
+                      "    max_restarts: {count: 2, window: 1h}\n");
+    REQUIRE_MESSAGE(stack.procctl->wait_for_output("once stopped; not restarted (restart: never)", 30s), stack.procctl->output_so_far());
+    CHECK(stack.program("once")["state"] == "exited");
+    CHECK(stack.procctl->output_so_far().find("asked for its watchdog to fire (WATCHDOG=trigger): stopping it; not restarted") !=
+          std::string::npos);
+    // on-failure: a hang is a failure, so it is started again (and given up after its two starts).
+    CHECK(hbtest::eventually([&] { return stack.program("again")["state"] == "gave-up"; }, 30s));
+    int triggers = 0;
+    for (const auto& event : stack.events())
+        if (event["kind"] == "heartbeat_hung" && event["details"].value("trigger", false)) ++triggers;
+    CHECK(triggers == 3);  // once, and again's two runs
 }

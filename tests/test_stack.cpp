@@ -232,7 +232,7 @@ TEST_CASE("a program above its max_rss for three checks in a row is restarted") 
                           << "    max_rss: 16M\n"
                           << "    restart_delay: 100ms\n";
     Process stack({hbtest::bin("procctl"), "-f", "-c", config.string()});
-    REQUIRE(stack.wait_for_output("above its max_rss of 16 MiB for 3 checks in a row: restarting it", 30s));
+    REQUIRE(stack.wait_for_output("above its max_rss of 16 MiB for 3 checks in a row: stopping it, to start it again", 30s));
     REQUIRE(stack.wait_for_output_count("started hog as pid", 2, 30s));
     // The same as an event, with the figures as data, before the stop it caused.
     const auto events = run({"curl", "-sS", "--max-time", "10", "--unix-socket", (dir.dir / "run" / "control.sock").string(),

@@ -165,6 +165,89 @@ TEST_CASE("not ready within ready_timeout: stopped, then started again after the
     CHECK(Driven::said(gone, "svc stopped; next start in 1.0s"));
 }
 
+TEST_CASE("a hang, a ready timeout or max_rss is a failure: restart: never leaves the unit exited, on-failure starts it again") {
+    auto hang = [](Driven& d, std::uint64_t now) {
+        UnitEvent event(Kind::hung);
+        event.what = "missed its WATCHDOG=1 deadline";
+        return d.unit.on(event, now, {});
+    };
+    for (const RestartMode mode : {RestartMode::never, RestartMode::on_failure, RestartMode::always}) {
+        CAPTURE(static_cast<int>(mode));
+        const bool restarted = mode != RestartMode::never;
+        Driven hung(program([&](ProgramConfig& p) { p.restart = mode; }));
+        hung.start(0);
+        const auto stop = hang(hung, kSecond);
+        CHECK(Driven::has(stop, Effect::Kind::signal, SIGTERM));
+        CHECK(Driven::said(stop, restarted ? "svc (pid 4242) missed its WATCHDOG=1 deadline: stopping it, to start it again"
+                                           : "svc (pid 4242) missed its WATCHDOG=1 deadline: stopping it; not restarted (restart: never)"));
+        const auto gone = hung.exited(kSecond + 1, killed_by(SIGTERM));
+        CHECK(hung.unit.phase() == (restarted ? Phase::backoff : Phase::exited));
+        CHECK(Driven::said(gone, restarted ? "svc stopped; next start in 1.0s" : "svc stopped; not restarted (restart: never)"));
+        Facts may;
+        may.may_start = true;
+        CHECK(Driven::has(hung.tick(10 * kSecond, may), Effect::Kind::spawn) == restarted);  // started again only after a restartable failure
+
+        Driven slow(program([&](ProgramConfig& p) {
+            p.restart = mode;
+            p.ready.kind = ReadyCheck::Kind::exec;
+            p.ready_timeout = 2s;
+        }));
+        slow.start(0);
+        CHECK(Driven::has(slow.tick(2 * kSecond), Effect::Kind::signal, SIGTERM));
+        slow.exited(2 * kSecond + 1, killed_by(SIGTERM));
+        CHECK(slow.unit.phase() == (restarted ? Phase::backoff : Phase::exited));
+
+        Driven big(program([&](ProgramConfig& p) {
+            p.restart = mode;
+            p.max_rss = 1 << 20;
+        }));
+        big.start(0);
+        for (int sample = 1; sample <= 3; ++sample) {
+            UnitEvent rss(Kind::rss);
+            rss.bytes = 2 << 20;
+            big.unit.on(rss, sample * kSecond, {});
+        }
+        CHECK(big.unit.phase() == Phase::stopping);
+        big.exited(4 * kSecond, killed_by(SIGTERM));
+        CHECK(big.unit.phase() == (restarted ? Phase::backoff : Phase::exited));
+    }
+}
+
+TEST_CASE("EXTEND_TIMEOUT_USEC: a ready timeout and a stop's grace move later, never earlier, and not during stop all") {
+    auto extend = [](Driven& d, std::uint64_t now, std::uint64_t until) {
+        UnitEvent event(Kind::extend);
+        event.until_ns = until;
+        return d.unit.on(event, now, {});
+    };
+    Driven d(program([](ProgramConfig& p) {
+        p.ready.kind = ReadyCheck::Kind::exec;
+        p.ready_timeout = 2s;
+    }));
+    d.start(0);
+    extend(d, kSecond, 5 * kSecond);
+    CHECK(!Driven::has(d.tick(2 * kSecond), Effect::Kind::signal));  // its own timeout has passed: extended
+    extend(d, 3 * kSecond, 4 * kSecond);                               // earlier than the extension: ignored
+    CHECK(!Driven::has(d.tick(4 * kSecond), Effect::Kind::signal));
+    CHECK(!Driven::has(d.tick(5 * kSecond - 1), Effect::Kind::signal));  // never early
+    CHECK(Driven::has(d.tick(5 * kSecond), Effect::Kind::signal, SIGTERM));
+    CHECK(d.unit.phase() == Phase::stopping);
+
+    // The stop's grace (10 s, from 5 s): extended to 20 s, then SIGKILL at 20 s and not before.
+    extend(d, 6 * kSecond, 20 * kSecond);
+    CHECK(!Driven::has(d.tick(15 * kSecond), Effect::Kind::kill));
+    CHECK(!Driven::has(d.tick(20 * kSecond - 1), Effect::Kind::kill));
+    CHECK(Driven::has(d.tick(20 * kSecond), Effect::Kind::kill));
+
+    // procctl stopping everything: its own stop has an end, so the grace is not extended.
+    Driven halted(program());
+    halted.start(0);
+    halted.unit.on(UnitEvent(Kind::stop_all), kSecond, {});
+    halted.tick(kSecond);
+    REQUIRE(halted.unit.phase() == Phase::stopping);
+    extend(halted, 2 * kSecond, 60 * kSecond);
+    CHECK(Driven::has(halted.tick(11 * kSecond), Effect::Kind::kill));
+}
+
 TEST_CASE("a start counts from its fork: an exec the host held up is part of its ready_timeout and its uptime") {
     Driven d(program([](ProgramConfig& p) {
         p.ready.kind = ReadyCheck::Kind::exec;
@@ -395,7 +478,7 @@ TEST_CASE("max_rss: three samples in a row above the limit restart the unit, and
     d.unit.on(over, 5 * kSecond, {});
     CHECK(d.unit.phase() == Phase::ready);
     const auto effects = d.unit.on(over, 6 * kSecond, {});
-    CHECK(Driven::said(effects, "svc (pid 4242) uses 200 MiB, above its max_rss of 100 MiB for 3 checks in a row: restarting it"));
+    CHECK(Driven::said(effects, "svc (pid 4242) uses 200 MiB, above its max_rss of 100 MiB for 3 checks in a row: stopping it, to start it again"));
     CHECK(d.unit.phase() == Phase::stopping);
 }
 

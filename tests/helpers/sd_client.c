@@ -4,12 +4,14 @@
  * scheduler room, so that only the pings it stops miss); then it stops pinging and waits to be stopped. Each line it prints carries its
  * CLOCK_MONOTONIC time in ns, for the test to compare with procctl's events.
  *
- *   sd_client PINGS
+ *   sd_client PINGS      (a SIGTERM is said, "term NS", before it ends the process)
  *   sd_client flood      STATUS= messages as fast as it can send them, for ever
  *   sd_client rate N     N STATUS= messages a second, for ever, on one socket of its own
  *                        (the protocol by hand, as daemons without libsystemd speak it)
  *   sd_client say MESSAGE...   each MESSAGE in a datagram of its own, from this process,
  *                        then a barrier: what it said has been taken when it exits
+ *   sd_client bad        datagrams systemd would drop (5000 bytes, a NUL byte, empty), a
+ *                        BARRIER=1 with two fds, then STATUS=after bad and a barrier
  *   sd_client linger PORT
  *                        connects to 127.0.0.1:PORT (a listener that never reads), fills the
  *                        connection, sets SO_LINGER to 30 s, hands the socket over with
@@ -29,6 +31,7 @@
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -83,6 +86,29 @@ static int daemon_mode(const char* file, int by_pidfd) {
     for (;;) pause();
 }
 
+static int bad_mode(void) {
+    const char* path = getenv("NOTIFY_SOCKET");
+    struct sockaddr_un to = {.sun_family = AF_UNIX};
+    if (path == NULL || strlen(path) >= sizeof to.sun_path) return 2;
+    strcpy(to.sun_path, path);
+    const int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr*)&to, sizeof to) != 0) return 2;
+    static char big[5000];
+    memset(big, 'x', sizeof big);
+    memcpy(big, "STATUS=", 7);
+    static const char with_nul[] = "STATUS=a\0b";
+    if (send(fd, big, sizeof big, 0) != (ssize_t)sizeof big || send(fd, with_nul, sizeof with_nul - 1, 0) != (ssize_t)(sizeof with_nul - 1) ||
+        send(fd, "", 0, 0) != 0)
+        return 2;
+    int pair[2];
+    if (pipe(pair) != 0) return 2;
+    printf("two-fd barrier sent=%d\n", sd_pid_notify_with_fds(0, 0, "BARRIER=1", pair, 2));
+    close(pair[0]);
+    close(pair[1]);
+    printf("after sent=%d\n", sd_notify(0, "STATUS=after bad"));
+    return sd_notify_barrier(0, 5 * 1000000ull) > 0 ? 0 : 1;
+}
+
 static int linger_mode(const char* port) {
     struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(port)), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     const int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -101,12 +127,27 @@ static int linger_mode(const char* port) {
     for (;;) pause();
 }
 
+/* SIGTERM: "term NS" on stdout, then the default death, as if it had no handler. */
+static void on_term(int sig) {
+    char line[40] = "term ";
+    char digits[24];
+    int n = 0;
+    for (unsigned long long at = now_ns(); at > 0 || n == 0; at /= 10) digits[n++] = (char)('0' + at % 10);
+    int length = 5;
+    while (n > 0) line[length++] = digits[--n];
+    line[length++] = '\n';
+    (void)!write(STDOUT_FILENO, line, (size_t)length);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
 int main(int argc, char** argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc > 1 && strcmp(argv[1], "say") == 0) {
         for (int i = 2; i < argc; ++i) printf("%s sent=%d\n", argv[i], sd_notify(0, argv[i]));
         return sd_notify_barrier(0, 5 * 1000000ull) > 0 ? 0 : 1;
     }
+    if (argc > 1 && strcmp(argv[1], "bad") == 0) return bad_mode();
     if (argc > 2 && strcmp(argv[1], "linger") == 0) return linger_mode(argv[2]);
     if (argc > 2 && strcmp(argv[1], "daemon") == 0) return daemon_mode(argv[2], argc > 3 && strcmp(argv[3], "pidfd") == 0);
     if (argc > 1 && strcmp(argv[1], "flood") == 0) {
@@ -141,6 +182,7 @@ int main(int argc, char** argv) {
         }
     }
     const long pings = argc > 1 ? strtol(argv[1], NULL, 10) : 0;
+    signal(SIGTERM, on_term);
     uint64_t usec = 0;
     const int enabled = sd_watchdog_enabled(0, &usec); /* 0 when WATCHDOG_PID is not this pid */
     printf("watchdog enabled=%d usec=%llu\n", enabled, (unsigned long long)usec);

@@ -166,6 +166,9 @@ NotifySocket::NotifySocket(std::string path, std::optional<uid_t> owner, gid_t g
     if (::setsockopt(fd_, SOL_SOCKET, SO_RCVBUFFORCE, &buffer, sizeof buffer) != 0)
         (void)::setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &buffer, sizeof buffer);
     pidfds_ = ::setsockopt(fd_, SOL_SOCKET, SO_PASSPIDFD, &on, sizeof on) == 0;
+    int doubled = 0;  // the kernel reports twice what it grants, its bookkeeping included
+    socklen_t length = sizeof doubled;
+    if (::getsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &doubled, &length) == 0) receive_buffer_ = doubled / 2;
 }
 
 NotifySocket::~NotifySocket() {

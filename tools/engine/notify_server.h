@@ -92,6 +92,10 @@ public:
 
     [[nodiscard]] int fd() const noexcept { return fd_; }
     [[nodiscard]] const std::string& path() const noexcept { return path_; }
+    /// What the kernel gave: the receive buffer's bytes (8 MiB as root; the host's rmem_max
+    /// cap otherwise), and whether each message brings its sender's pidfd (Linux 6.5 on).
+    [[nodiscard]] int receive_buffer() const noexcept { return receive_buffer_; }
+    [[nodiscard]] bool sender_pidfds() const noexcept { return pidfds_; }
     /// The next datagram, or nullopt when none waits. `taken` is set when one was read, even one
     /// dropped (cut short, empty, with a NUL byte or no credentials; counted in `drops`, and
     /// then nullopt too): every datagram counts against a turn's budget. A dropped one's fds go
@@ -103,6 +107,7 @@ private:
     int fd_ = -1;
     ino_t inode_ = 0;      // of the path as bound
     bool pidfds_ = false;  // SO_PASSPIDFD is on: every message should bring its sender's pidfd
+    int receive_buffer_ = 0;
 };
 
 /// KEY=VALUE lines of one message, in order (systemd's reading: split at '\n', a line without

@@ -1,10 +1,10 @@
 // The stack's control API (README, "The control API"): requests parsed, answered from the
 // units' state, commands handed to the units as events.
-#include <cstdio>
-
-#include <variant>
 #include <algorithm>
 #include <cctype>
+#include <cstdio>
+#include <cstring>
+#include <variant>
 
 #include <hbwatch/error.h>
 
@@ -15,6 +15,13 @@
 #include "engine/stack_internal.h"
 
 namespace hbwatch::tool {
+
+std::string Member::last_exit() const {
+    std::string text = unit.last_exit();
+    if (!text.empty() && exit_errno != 0)
+        text += " (it said ERRNO=" + std::to_string(exit_errno) + ": " + std::strerror(exit_errno) + ")";
+    return text;
+}
 
 // The heartbeat entries of the units' processes, read once per request: one pass over each
 // table the programs use, and /proc read only for the entries of the stack's pids.
@@ -74,9 +81,7 @@ nlohmann::json Stack::describe(const Member& member, std::uint64_t now, Heartbea
     o["pid"] = unit.running() ? nlohmann::json(unit.pid()) : nlohmann::json(nullptr);
     o["uptime_seconds"] = unit.running() ? nlohmann::json(static_cast<double>(ms_between(unit.started_ns(), now).count()) / 1000.0)
                                          : nlohmann::json(nullptr);
-    std::string last_exit = unit.last_exit();
-    if (!last_exit.empty() && member.exit_errno != 0)
-        last_exit += " (it said ERRNO=" + std::to_string(member.exit_errno) + ": " + std::strerror(member.exit_errno) + ")";
+    const std::string last_exit = member.last_exit();
     o["last_exit"] = last_exit.empty() ? nlohmann::json(nullptr) : nlohmann::json(last_exit);
     o["heartbeats"] = beats.of(member, now);
     o["status"] = member.said_status.empty() ? nlohmann::json(nullptr) : nlohmann::json(member.said_status);
@@ -84,7 +89,9 @@ nlohmann::json Stack::describe(const Member& member, std::uint64_t now, Heartbea
         o["notify"] = {{"socket", member.notify ? member.notify->path() : std::string()},
                        {"state", member.said_state.empty() ? nlohmann::json(nullptr) : nlohmann::json(member.said_state)},
                        {"refused", member.notify_refused},
-                       {"dropped", member.notify_drops.truncated + member.notify_drops.malformed}};
+                       {"dropped", member.notify_drops.truncated + member.notify_drops.malformed},
+                       {"receive_buffer_bytes", member.notify ? member.notify->receive_buffer() : 0},
+                       {"sender_pidfds", member.notify && member.notify->sender_pidfds()}};
         // Its WATCHDOG=1 pings, in the same column as the table's heartbeats: one kind of heartbeat.
         if (member.watchdog.count() > 0 && unit.running()) {
             const std::uint64_t since = now - std::min(now, member.last_ping_ns != 0 ? member.last_ping_ns : unit.started_ns());

@@ -75,6 +75,8 @@ std::string note_column(const json& program) {
     std::string text = program["last_exit"].is_null() ? "-" : program["last_exit"].get<std::string>();
     if (program.contains("status") && program["status"].is_string())  // what it said (sd_notify STATUS=)
         text = "\"" + terminal_safe(program["status"].get<std::string>()) + "\"" + (program["last_exit"].is_null() ? "" : "; last exit: " + text);
+    if (program.contains("notify") && program["notify"]["state"].is_string())  // it said RELOADING=1 or STOPPING=1
+        text = "(" + terminal_safe(program["notify"]["state"].get<std::string>()) + ", it says) " + text;
     if (program.value("retiring", false)) text = "(removed or replaced by a reload) " + text;
     return text;
 }

@@ -7,6 +7,8 @@
 #include <sys/shm.h>
 #include <sys/wait.h>
 
+#include <cstring>
+
 #include <hbwatch/error.h>
 
 #include "core/clock.h"
@@ -105,12 +107,12 @@ void Stack::on_transition(const Unit& unit, const Change& change) {
             const auto now = monotonic_now_ns();
             const auto delay = ms_between(now, std::max(unit.due_ns(), now));
             emit_for(member, EventKind::backoff, unit.name() + ": next start in " + human_duration(delay),
-                     {{"delay_seconds", seconds(delay)}, {"last_exit", unit.last_exit()}});
+                     {{"delay_seconds", seconds(delay)}, {"last_exit", member.last_exit()}});
             break;
         }
         case Phase::stopped:
             member.beat_health = member.said_health = Health::ok;  // stopped: nothing to watch
-            emit_for(member, EventKind::stopped, unit.name() + " stopped", {{"last_exit", unit.last_exit()}});
+            emit_for(member, EventKind::stopped, unit.name() + " stopped", {{"last_exit", member.last_exit()}});
             break;
         case Phase::gave_up:
             emit_for(member, EventKind::gave_up,
@@ -177,6 +179,11 @@ void Stack::exited_event(Member& member, const UnitEvent& cause) {
         details["reason"] = cause.status_known && WIFEXITED(status) && WEXITSTATUS(status) == 0 ? "exited" : "failed";
     }
     member.hang_stop.reset();
+    if (member.exit_errno != 0) {  // what it said of its failure (sd_notify ERRNO=)
+        details["errno"] = member.exit_errno;
+        why += std::string(why.empty() ? "" : "; ") + "it said ERRNO=" + std::to_string(member.exit_errno) + " (" +
+               std::strerror(member.exit_errno) + ")";
+    }
     emit_for(member, EventKind::exited, unit.name() + " " + describe_exit(cause) + " after " + human_duration(runtime) +
                                             (why.empty() ? std::string() : ": " + why),
              std::move(details));

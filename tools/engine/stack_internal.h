@@ -97,6 +97,7 @@ struct Member {
     NotifyDrops notify_drops;
     std::vector<pid_t> refusals_said;       // senders whose refusal was logged (a few)
     bool said_unsupported = false;          // FDSTORE= logged once
+    bool said_bad_barrier = false;          // a BARRIER=1 without exactly one fd logged once
     unsigned main_pid_refusals = 0;         // MAINPID= refused (the first few are logged)
     bool said_bad_watchdog = false;         // a WATCHDOG_USEC= out of range logged once
     int exit_errno = 0;                     // the ERRNO= its last run said before it exited
@@ -120,6 +121,8 @@ struct Member {
 
     [[nodiscard]] const std::string& name() const noexcept { return unit.name(); }
     [[nodiscard]] const ProgramConfig& program() const noexcept { return unit.program(); }
+    /// Its last exit, with the ERRNO= it said before it (as the API, proctab and events show it).
+    [[nodiscard]] std::string last_exit() const;
 };
 
 class Stack {

@@ -180,6 +180,14 @@ void Stack::read_notifications(Member& member) {
                 log_.warn("{}: a notify message from pid {} (uid {}), which is not in {}'s cgroup nor its main process, refused: {}",
                           member.name(), message->pid, message->uid, member.name(), fields_text(*message));
             }
+        } else if (const auto* barrier = message->find("BARRIER"); barrier && *barrier == "1") {
+            // As systemd: a barrier and nothing else, its one fd closed once every message
+            // before it is taken; any other count of fds is closed and said once.
+            if (message->fds.size() != 1 && !member.said_bad_barrier) {
+                member.said_bad_barrier = true;
+                log_.warn("{}: BARRIER=1 from pid {} came with {} fds, not 1: closed, and the message ignored", member.name(),
+                          message->pid, message->fds.size());
+            }
         } else {
             // Read after the receive: a ping sent during this drain must not get a deadline
             // counted from before it was sent.
@@ -216,10 +224,12 @@ void Stack::take_notification(Member& member, const NotifyMessage& message, std:
             member.watchdog_look.reset();  // it pinged: whatever was judged of its silence is over
             member.watchdog_extended = member.watchdog_spared_said = false;
             if (member.watchdog_due_ns != 0) member.watchdog_due_ns = now + to_ns(member.watchdog);
-        } else if (*value == "trigger" && member.unit.running()) {
+        } else if (*value == "trigger" && member.unit.running() && !member.unit.is_stopping()) {
             member.watchdog_due_ns = 0;
             UnitEvent hung{UnitEvent::Kind::hung};
             hung.what = "asked for its watchdog to fire (WATCHDOG=trigger)";
+            emit_for(member, EventKind::heartbeat_hung, member.name() + " " + hung.what,
+                     {{"source", "sd_notify"}, {"trigger", true}});
             apply(member, hung, now);
         }
     }
@@ -232,7 +242,7 @@ void Stack::take_notification(Member& member, const NotifyMessage& message, std:
         }
     }
     if (message.find("MAINPID") || message.find("MAINPIDFD")) take_main_pid(member, message, now);
-    if (message.find("FDSTORE") && !member.said_unsupported) {
+    if (const auto* value = message.find("FDSTORE"); value && *value == "1" && !member.said_unsupported) {
         member.said_unsupported = true;
         log_.warn("{}: FDSTORE=1 is not supported: procctl closes the fds it was sent, and the program gets none back at its restart",
                   member.name());

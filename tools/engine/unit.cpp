@@ -100,10 +100,8 @@ std::vector<Effect> Unit::on(const UnitEvent& event, std::uint64_t now, const Fa
                     break;
                 case Phase::starting:
                     if (now >= deadline_ns_) {
-                        log(out, Effect::Level::error,
-                            name_ + " was not ready within " + human_duration(program_->ready_timeout) + ": stopping it, to start it again");
-                        after_stop_ = AfterStop::start_later;
-                        begin_stop(out, now);
+                        stop_for_failure(out, now, Effect::Level::error,
+                                         name_ + " was not ready within " + human_duration(program_->ready_timeout));
                     } else if (now >= due_ns_) {
                         due_ns_ = now + look_gap_ns_;
                         look_gap_ns_ = std::min(2 * look_gap_ns_, kLookEveryNs);
@@ -182,19 +180,15 @@ std::vector<Effect> Unit::on(const UnitEvent& event, std::uint64_t now, const Fa
                 break;
             }
             if (++rss_over_ < kRssChecks) break;
-            log(out, Effect::Level::warn,
-                name_ + " (pid " + std::to_string(pid_) + ") uses " + std::to_string(event.bytes >> 20) + " MiB, above its max_rss of " +
-                    std::to_string(program_->max_rss >> 20) + " MiB for 3 checks in a row: restarting it");
             rss_over_ = 0;
-            after_stop_ = AfterStop::start_later;
-            begin_stop(out, now);
+            stop_for_failure(out, now, Effect::Level::warn,
+                             name_ + " (pid " + std::to_string(pid_) + ") uses " + std::to_string(event.bytes >> 20) +
+                                 " MiB, above its max_rss of " + std::to_string(program_->max_rss >> 20) + " MiB for 3 checks in a row");
             break;
         }
         case Kind::hung:
             if (phase_ != Phase::starting && phase_ != Phase::ready) break;
-            log(out, Effect::Level::error, name_ + " (pid " + std::to_string(pid_) + ") " + event.what + ": stopping it, to start it again");
-            after_stop_ = AfterStop::start_later;
-            begin_stop(out, now);
+            stop_for_failure(out, now, Effect::Level::error, name_ + " (pid " + std::to_string(pid_) + ") " + event.what);
             break;
         case Kind::extend:
             // The ready timeout, or the stop's grace before SIGKILL: never shortened.
@@ -274,6 +268,15 @@ void Unit::begin_start(Effects& out, std::uint64_t now) {
     out.push_back(Effect{Effect::Kind::spawn});
 }
 
+// A hang, a ready timeout or max_rss: a failure, so what follows its stop is the restart
+// policy's, as for a crash (restart: never leaves it exited, as systemd's Restart=no would).
+void Unit::stop_for_failure(Effects& out, std::uint64_t now, Effect::Level level, const std::string& what) {
+    const bool restart = program_->restart != RestartMode::never;
+    log(out, level, what + (restart ? ": stopping it, to start it again" : ": stopping it; not restarted (restart: never)"));
+    after_stop_ = restart ? AfterStop::start_later : AfterStop::end;
+    begin_stop(out, now);
+}
+
 // The stop signal now, SIGKILL (to the whole cgroup) after the grace.
 void Unit::begin_stop(Effects& out, std::uint64_t now) {
     out.push_back(Effect{Effect::Kind::close_probe});
@@ -281,7 +284,9 @@ void Unit::begin_stop(Effects& out, std::uint64_t now) {
     if (!running()) {
         due_ns_ = now;
         deadline_ns_ = 0;
-        enter(after_stop_ != AfterStop::nothing && !halting_ ? Phase::backoff : Phase::stopped);
+        enter(halting_ || after_stop_ == AfterStop::nothing ? Phase::stopped
+              : after_stop_ == AfterStop::end               ? Phase::exited
+                                                            : Phase::backoff);
         after_stop_ = AfterStop::nothing;
         return;
     }
@@ -327,6 +332,10 @@ void Unit::finish_stop(Effects& out, std::uint64_t now) {
         due_ns_ = now + to_ns(delay);
         log(out, Effect::Level::info, name_ + " stopped; next start in " + human_duration(delay));
         enter(Phase::backoff);
+    } else if (next == AfterStop::end) {
+        due_ns_ = 0;
+        log(out, Effect::Level::info, name_ + " stopped; not restarted (restart: never)");
+        enter(Phase::exited);
     } else {
         due_ns_ = 0;
         log(out, Effect::Level::info, name_ + " stopped");

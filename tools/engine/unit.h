@@ -158,6 +158,7 @@ private:
     void become_ready(Effects& out, std::uint64_t now, const std::string& how, bool enter_ready = true);
     void on_exit(Effects& out, std::uint64_t now, const UnitEvent& exit, const Facts& facts);
     void on_command(UnitEvent::Kind command);
+    void stop_for_failure(Effects& out, std::uint64_t now, Effect::Level level, const std::string& what);
 
     std::shared_ptr<const ProgramConfig> program_;  // shared: a reload keeps an unchanged program's
     std::string name_;
@@ -165,9 +166,9 @@ private:
     Goal goal_;
     Observer observer_;
     const UnitEvent* cause_ = nullptr;  // the event on() is handling, for the observer
-    // What follows the stop in progress: nothing, a start at once (an operator's restart), or
-    // a start after the crash backoff (a ready timeout, max_rss).
-    enum class AfterStop { nothing, start_now, start_later } after_stop_ = AfterStop::nothing;
+    // What follows the stop in progress: nothing, a start at once (an operator's restart), a
+    // start after the crash backoff, or an end as exited (a failure under restart: never).
+    enum class AfterStop { nothing, start_now, start_later, end } after_stop_ = AfterStop::nothing;
     Phase queued_from_ = Phase::ready;  // stop_queued: where a start that calls the stop off returns
     bool halting_ = false;             // procctl stops every program: no restart after any stop
     bool operator_set_ = false;
