@@ -12,11 +12,13 @@
 
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <thread>
 
 #include <nlohmann/json.hpp>
 
 #include "core/clock.h"
+#include "core/process.h"
 #include "core/table.h"
 #include "engine/checker.h"
 #include "engine/hang_diagnosis.h"
@@ -281,4 +283,156 @@ TEST_CASE("a registrant in a frozen cgroup (cgroup.freeze) is spared and reporte
     const std::string thawed = checkproc_once(scratch, diagnoses);
     CHECK_MESSAGE(contains(thawed, "SIGTERM sent"), thawed);
     CHECK(frozen->wait_exit(10s));
+}
+
+TEST_CASE("starved past its extension: on a core a real-time loop holds for 950 ms at a time, the service is late once, then stopped one timeout later, never sooner") {
+    if (::geteuid() != 0 || std::thread::hardware_concurrency() < 2) {
+        MESSAGE("SKIPPED: needs root (a SCHED_FIFO busy loop) and two CPUs");
+        return;
+    }
+    if (read_text("/proc/sys/kernel/sched_rt_runtime_us") != "950000\n" || read_text("/proc/sys/kernel/sched_rt_period_us") != "1000000\n") {
+        MESSAGE("SKIPPED: needs the default real-time throttling (950000 of 1000000 us)");
+        return;
+    }
+    hbtest::ScratchKey scratch;
+    Diagnoses diagnoses;
+    // A 300 ms timeout under a loop that leaves its core 50 ms a second: after a beat it cannot
+    // run again for about 900 ms, past its deadline (300 ms) and its one extension (600 ms).
+    auto starved = service(scratch, "starved", {"--timeout", "300ms", "--every", "50ms"}, [] { pin_to(1); });
+    Process checkproc({hbtest::bin("checkproc"), "--watch", "-v", "--key", key_text(scratch), "--grace", "1s", "--diagnoses", diagnoses.dir.string()},
+                      [] { pin_to(0); });
+    REQUIRE(checkproc.wait_for_output("watching the table"));
+    Process hog({"chrt", "-f", "10", "taskset", "-c", "1", "sh", "-c", "while :; do :; done"}, [] { pin_to(0); });
+    const bool stopped = checkproc.wait_for_output("'starved': exited", 30s);
+    ::kill(hog.pid(), SIGKILL);
+    REQUIRE(hog.wait_exit(10s));
+    const std::string out = checkproc.output_so_far();
+    REQUIRE_MESSAGE(stopped, out);
+    // Late first, with the figures of its starvation; then its extension ran out; then the stop.
+    const auto late = out.find("'starved': late: CPU-starved, ");
+    const auto over = out.find("and its extension of one timeout is over");
+    const auto term = out.find("SIGTERM sent");
+    REQUIRE_MESSAGE(late != std::string::npos, out);
+    CHECK(contains(out.substr(late, 200), " runnable; spared for one more timeout"));
+    REQUIRE_MESSAGE(over != std::string::npos, out);
+    CHECK(late < over);
+    CHECK(over < term);
+    // Never sooner: the stop's own line says how late it was, at least one timeout past its deadline.
+    const std::regex since("'starved': hung: last beat ([0-9.]+)(ms|s) ago, timeout 300ms");
+    std::smatch m;
+    const std::string stop_line = out.substr(out.rfind("\n", term) + 1, term - out.rfind("\n", term));
+    REQUIRE_MESSAGE(std::regex_search(stop_line, m, since), stop_line);
+    const double beat_ms = std::stod(m[1]) * (m[2] == "s" ? 1000.0 : 1.0);
+    CHECK_MESSAGE(beat_ms >= 600.0, stop_line);
+    ::kill(checkproc.pid(), SIGTERM);
+    CHECK(checkproc.wait_exit(30s));
+}
+
+TEST_CASE("--dry-run judges as a real run: a stopped registrant is said to be spared, a deadlocked one would be stopped, and nothing changes") {
+    hbtest::ScratchKey scratch;
+    Diagnoses diagnoses;
+    auto stopped = service(scratch, "paused", {"--timeout", "300ms", "--every", "50ms", "--graceful"});
+    auto hung = service(scratch, "deadlocked", {"--timeout", "300ms", "--hang-after", "100ms", "--graceful"});
+    REQUIRE(::kill(stopped->pid(), SIGSTOP) == 0);
+    wait_until_hung(scratch, "paused");
+    wait_until_hung(scratch, "deadlocked");
+    const std::string log = checkproc_once(scratch, diagnoses, {"--dry-run"});
+    CHECK_MESSAGE(contains(log, "'paused': hung:"), log);
+    CHECK(contains(log, "stopped by a signal (state T"));
+    CHECK(contains(log, "spared, not signalled"));
+    CHECK(hbtest::count_of(log, "dry run: would send SIGTERM") == 1);
+    const auto would = log.find("dry run: would send SIGTERM");
+    REQUIRE(would != std::string::npos);
+    CHECK(contains(log.substr(log.rfind('\n', would) + 1, would - log.rfind('\n', would)), "'deadlocked'"));
+    CHECK(!contains(log, "SIGTERM sent"));
+    CHECK(diagnoses.files().empty());
+    CHECK(live_entries(scratch) == 2);
+    REQUIRE(::kill(stopped->pid(), SIGCONT) == 0);
+    CHECK(stopped->running());
+    CHECK(hung->running());
+}
+
+TEST_CASE("a hang stop's event names its diagnosis, the newest --keep-diagnoses are kept, and an unsafe diagnosis directory keeps none while the stop goes on") {
+    hbtest::ScratchKey scratch;
+    Diagnoses diagnoses;
+    const fs::path events = diagnoses.dir / "events.jsonl";
+    const fs::path kept = diagnoses.dir / "kept";
+    std::vector<std::unique_ptr<Process>> hung;
+    for (const char* name : {"one", "two", "three"}) hung.push_back(service(scratch, name, {"--timeout", "300ms", "--hang-after", "100ms"}));
+    for (const char* name : {"one", "two", "three"}) wait_until_hung(scratch, name);
+    std::vector<std::string> argv{hbtest::bin("checkproc"), "--key", key_text(scratch), "--grace", "1s", "--diagnoses", kept.string(),
+                                  "--keep-diagnoses", "2", "--events", events.string()};
+    Process checkproc(argv);
+    REQUIRE(checkproc.wait_exit(60s));
+    const std::string log = checkproc.output();
+    CHECK_MESSAGE(hbtest::count_of(log, "SIGTERM sent") == 3, log);
+    CHECK(hbtest::count_of(log, "diagnosis in " + kept.string() + "/") == 3);
+    std::size_t files = 0;
+    for (const auto& entry : fs::directory_iterator(kept)) files += entry.path().filename().string().rfind("diagnosis-", 0) == 0;
+    CHECK(files == 2);
+    CHECK((fs::status(kept).permissions() & fs::perms::all) == fs::perms::owner_all);
+    int with_diagnosis = 0;
+    std::ifstream lines(events);
+    for (std::string line; std::getline(lines, line);) {
+        const auto event = nlohmann::json::parse(line);
+        if (event["kind"] == "heartbeat_hung" && event["details"].contains("diagnosis")) {
+            const std::string path = event["details"]["diagnosis"];
+            CHECK(path.rfind(kept.string() + "/diagnosis-", 0) == 0);
+            CHECK(contains(log, path));
+            ++with_diagnosis;
+        }
+    }
+    CHECK(with_diagnosis == 3);
+    for (auto& p : hung) CHECK(p->wait_exit(10s));
+
+    if (::geteuid() != 0) {
+        MESSAGE("SKIPPED (the rest): needs root (a directory owned by nobody)");
+        return;
+    }
+    // A directory another user owns: no file written there, said in the stop's line; the stop goes on.
+    const fs::path foreign = diagnoses.dir / "foreign";
+    fs::create_directory(foreign);
+    REQUIRE(::chown(foreign.c_str(), 65534, 65534) == 0);
+    auto victim = service(scratch, "four", {"--timeout", "300ms", "--hang-after", "100ms"});
+    wait_until_hung(scratch, "four");
+    Process again({hbtest::bin("checkproc"), "--key", key_text(scratch), "--grace", "1s", "--diagnoses", foreign.string()});
+    REQUIRE(again.wait_exit(60s));
+    CHECK_MESSAGE(contains(again.output(), "SIGTERM sent"), again.output());
+    CHECK_MESSAGE(contains(again.output(), "no diagnosis kept: "), again.output());
+    CHECK(fs::is_empty(foreign));
+    CHECK(victim->wait_exit(10s));
+}
+
+TEST_CASE("--diagnose-bound is 10ms to 10s: a stop never waits longer than that and a second for its diagnosis") {
+    for (const char* bad : {"1h", "11s", "5ms"}) {
+        Process checkproc({hbtest::bin("checkproc"), "--diagnose-bound", bad, "--key", "0x7e57dead"});
+        REQUIRE(checkproc.wait_exit(30s));
+        const int status = checkproc.wait();
+        CHECK(WIFEXITED(status));
+        CHECK(WEXITSTATUS(status) == 2);
+        CHECK_MESSAGE(contains(checkproc.output(), "--diagnose-bound"), checkproc.output());
+    }
+}
+
+TEST_CASE("a stopped registrant whose eu-stack is cut short is left stopped: --report-only --stopped kill --diagnose user sends no SIGCONT") {
+    if (::access("/usr/bin/eu-stack", X_OK) != 0) {
+        MESSAGE("SKIPPED: needs eu-stack (elfutils)");
+        return;
+    }
+    hbtest::ScratchKey scratch;
+    Diagnoses diagnoses;
+    auto stopped = service(scratch, "paused", {"--timeout", "300ms", "--every", "50ms"});
+    REQUIRE(::kill(stopped->pid(), SIGSTOP) == 0);
+    wait_until_hung(scratch, "paused");
+    const std::string log =
+        checkproc_once(scratch, diagnoses, {"--report-only", "--stopped", "kill", "--diagnose", "user", "--diagnose-bound", "10ms"});
+    CHECK_MESSAGE(contains(log, "report only: not signalled"), log);
+    const auto files = diagnoses.files();
+    REQUIRE(files.size() == 1);
+    if (!contains(read_text(files[0].string()), "eu-stack cut short"))
+        MESSAGE("eu-stack finished within 10 ms: the cut was not exercised this run");
+    const auto stat = hbwatch::read_proc_stat(stopped->pid());
+    REQUIRE(stat);
+    CHECK(stat->state == 'T');  // still stopped: what someone else stopped is theirs to resume
+    REQUIRE(::kill(stopped->pid(), SIGCONT) == 0);
 }

@@ -57,7 +57,9 @@ int main(int argc, char** argv) {
                    "what is kept before a hang stop: none, kernel (threads' states, wchan, syscalls, kernel stacks; default), "
                    "or user (and their user-space stacks, by eu-stack, at most 200ms)")
         ->check(CLI::IsMember({"none", "kernel", "user"}));
-    app.add_option("--diagnose-bound", diagnose_bound, "how long eu-stack may take (--diagnose user; default 200ms): the process is stopped meanwhile")
+    app.add_option("--diagnose-bound", diagnose_bound,
+                   "how long eu-stack may take (--diagnose user; 10ms to 10s, default 200ms): the process is stopped meanwhile, "
+                   "and its stop waits at most this and 1s more")
         ->check(tool::duration_validator());
     app.add_option("--diagnoses", diagnoses, "the directory of diagnosis files (default " + diagnoses + ")");
     app.add_option("--keep-diagnoses", keep, "how many diagnosis files are kept, the newest (default 50)")->check(CLI::Range(1, 100000));
@@ -72,6 +74,13 @@ int main(int argc, char** argv) {
         return tool::kExitOk;
     }
     if (auto done = tool::parse(app, argc, argv)) return *done;
+    std::chrono::milliseconds user_bound{};
+    try {
+        user_bound = hbwatch::parse_duration_in(diagnose_bound, "--diagnose-bound", tool::kDiagnoseBoundRange);
+    } catch (const hbwatch::Error& e) {
+        std::fprintf(stderr, "checkproc: %s\n", e.what());
+        return tool::kExitUsage;
+    }
     try {
         // Blocked in both modes: a TERM from procctl must not cut a stop short.
         const int stop_fd = tool::signalfd_for({SIGTERM, SIGINT});
@@ -84,7 +93,7 @@ int main(int argc, char** argv) {
         options.diagnosis.level = *tool::parse_diagnose_level(diagnose);
         options.diagnosis.directory = diagnoses;
         options.diagnosis.keep = keep;
-        options.diagnosis.user_bound = hbwatch::parse_duration(diagnose_bound);
+        options.diagnosis.user_bound = user_bound;
         options.log_healthy = verbose;
         const auto table = tool::table_options(key);
         std::optional<tool::EventOutlet> events;

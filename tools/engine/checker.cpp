@@ -189,9 +189,10 @@ void Checker::check(const SlotSnapshot& slot, std::uint64_t now_ns, ScanSummary&
     const auto since = slot.since_beat(now_ns);
     const std::string hung = "hung: last beat " + human_duration(since) + " ago, timeout " +
                              human_duration(slot.timeout) + ", " + human_duration(since - slot.timeout) + " late";
-    if (!protected_pid(slot.process.pid) && !options_.dry_run) {
+    if (!protected_pid(slot.process.pid)) {
         // Who it is before what it is doing: a forged entry naming a stopped process is freed,
-        // never spared.
+        // never spared. A dry run judges too (it only reads): what it says it would do is what
+        // a real run does.
         Refusal refusal{};
         auto target = Pidfd::pin(slot.process.pid, &refusal);
         const Verdict verdict = judge(slot, target ? &*target : nullptr, refusal);
@@ -253,14 +254,14 @@ void Checker::stop_hung(const SlotSnapshot& slot, const std::string& who, const 
                                         to_string(*refusal));
         return;
     }
-    if (options_.dry_run) {
-        report_once(LogLevel::warn, who + ": " + hung + "; dry run: would send SIGTERM, then SIGKILL after " +
-                                        human_duration(options_.grace));
-        return;
-    }
     const auto stall = stalls_.find({slot.index, slot.token});
     const std::string verdict_words = stall != stalls_.end() ? stall->second.words : std::string();
     const std::string words = verdict_words.empty() ? "" : " (" + verdict_words + ")";
+    if (options_.dry_run) {
+        report_once(LogLevel::warn, who + ": " + hung + words + "; dry run: would send SIGTERM, then SIGKILL after " +
+                                        human_duration(options_.grace));
+        return;
+    }
     if (options_.report_only) {
         // Judged and diagnosed as for a stop, once per hang; nothing signalled, the table untouched.
         if (reported_.count(slot.token)) return;

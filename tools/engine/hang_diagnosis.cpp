@@ -59,10 +59,13 @@ std::string trimmed(std::string text) {
 
 // eu-stack -p PID (Debian's, by its path, with a bare environment: no PATH lookup and no
 // debuginfod fetches as root), killed at `bound`. It stops the process while it reads its
-// stacks; once it is gone, the process is sent SIGCONT through its pidfd, in case an attach cut
-// short left it stopped. A killed eu-stack that does not die within a second is left behind.
+// stacks; once it is gone, a process it was cut short on is sent SIGCONT through its pidfd, in
+// case the attach left it stopped, unless it was stopped before (by someone else: never ours to
+// resume). A killed eu-stack that does not die within kUserStackReapWait is left behind.
 std::string user_stacks(const Pidfd& target, std::chrono::milliseconds bound) {
     constexpr const char* kEuStack = "/usr/bin/eu-stack";
+    const auto before = read_proc_stat(target.pid());
+    const bool stopped_before = before && (before->state == 'T' || before->state == 't');
     int out[2];
     if (::pipe2(out, O_CLOEXEC) != 0) return "(eu-stack not run: no pipe)\n";
     posix_spawn_file_actions_t actions;
@@ -108,16 +111,16 @@ std::string user_stacks(const Pidfd& target, std::chrono::milliseconds bound) {
         text += "\n(eu-stack cut short after " + std::to_string(bound.count()) + " ms)\n";
     }
     pollfd gone{child_fd, POLLIN, 0};
-    const bool ended = child_fd < 0 || ::poll(&gone, 1, 1000) == 1;
+    const bool ended = child_fd < 0 || ::poll(&gone, 1, static_cast<int>(kUserStackReapWait.count())) == 1;
     if (child_fd >= 0) ::close(child_fd);
     int status = 0;
     if (ended) {
         while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
         }
     } else {
-        text += "(eu-stack did not end within a second of SIGKILL: left behind)\n";
+        text += "(eu-stack did not end within " + std::to_string(kUserStackReapWait.count()) + " ms of SIGKILL: left behind)\n";
     }
-    if (cut) (void)target.send(SIGCONT);
+    if (cut && !stopped_before) (void)target.send(SIGCONT);
     return text;
 }
 

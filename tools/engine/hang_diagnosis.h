@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 
+#include "core/duration.h"
 #include "core/pidfd.h"
 
 namespace hbwatch::tool {
@@ -18,6 +19,11 @@ enum class DiagnoseLevel {
     kernel,  // every thread's state, wchan, system call and kernel stack (/proc; the stacks need root)
     user,    // and every thread's user-space backtrace, from eu-stack (elfutils), within a bound
 };
+
+/// --diagnose-bound: eu-stack's time. A diagnosis holds up its stop by at most this plus
+/// kUserStackReapWait (eu-stack's end after its SIGKILL; in practice under a millisecond).
+inline constexpr DurationRange kDiagnoseBoundRange{std::chrono::milliseconds(10), std::chrono::seconds(10)};
+inline constexpr std::chrono::milliseconds kUserStackReapWait{1000};
 
 struct DiagnosisOptions {
     DiagnoseLevel level = DiagnoseLevel::none;  // checkproc's own default is kernel (--diagnose)
