@@ -110,6 +110,15 @@ int main(int argc, char** argv) {
                 say(name, "my slot was freed by someone else; exiting");
                 return 1;
             }
+            if (hanging && !crash_at) {  // a deadlock: asleep until SIGTERM, never runnable meanwhile
+                sigset_t term, before;
+                ::sigemptyset(&term);
+                ::sigaddset(&term, SIGTERM);
+                ::sigprocmask(SIG_BLOCK, &term, &before);  // no SIGTERM lost between the check and the sleep
+                while (!term_received) ::sigsuspend(&before);
+                ::sigprocmask(SIG_SETMASK, &before, nullptr);
+                continue;
+            }
             next += static_cast<std::uint64_t>(beat_every.count()) * 1'000'000u;
             std::uint64_t wake = next;
             if (crash_at && *crash_at < wake) wake = *crash_at;

@@ -43,7 +43,7 @@ struct NotifyStack {
     explicit NotifyStack(std::string programs) {
         for (std::size_t at; (at = programs.find("{RUN}")) != std::string::npos;) programs.replace(at, 5, (dir.dir / "run").string());
         std::ofstream(dir.dir / "stack.yaml") << "run_dir: " << (dir.dir / "run").string() << "\nlog_dir: " << (dir.dir / "log").string()
-                                              << "\nprograms:\n" << programs;
+                                              << "\ndiagnoses: " << (dir.dir / "diagnoses").string() << "\nprograms:\n" << programs;
         procctl = std::make_unique<Process>(std::vector<std::string>{hbtest::bin("procctl"), "-f", "-c", (dir.dir / "stack.yaml").string()});
         REQUIRE_MESSAGE(procctl->wait_for_output("running the stack", 30s), procctl->output_so_far());
     }
@@ -115,6 +115,15 @@ TEST_CASE("libsystemd's sd_notify: READY=1 and its barrier, WATCHDOG=1 pings, th
         if (event["kind"] == "heartbeat_hung" && hung_ms == 0) {
             hung_ms = ms;
             CHECK(event["details"]["source"] == "sd_notify");
+            // What it was doing, kept before the stop as checkproc keeps it (the kernel level).
+            REQUIRE(event["details"].contains("diagnosis"));
+            const std::string diagnosis = event["details"]["diagnosis"];
+            CHECK(diagnosis.rfind((stack.dir.dir / "diagnoses" / "diagnosis-").string(), 0) == 0);
+            const std::string text = read_file(diagnosis);
+            CHECK_MESSAGE(text.find("why: missed its watchdog: no WATCHDOG=1 for") != std::string::npos, text);
+            CHECK(text.find("threads: 1") != std::string::npos);
+            CHECK(text.find("wchan: ") != std::string::npos);
+            CHECK(stack.procctl->output_so_far().find("what it was doing before its stop is kept in " + diagnosis) != std::string::npos);
         }
         if (event["kind"] == "stopping" && stopping_ms == 0) {
             stopping_ms = ms;

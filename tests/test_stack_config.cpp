@@ -8,6 +8,7 @@
 
 #include <hbwatch/error.h>
 
+#include "engine/hang_diagnosis.h"
 #include "engine/stack_config.h"
 
 #include "support.h"
@@ -124,6 +125,11 @@ TEST_CASE("config errors name the file, line, column and key, and say what is al
     CHECK(error_of([] { (void)parse_stack_config("programs:\n  a:\n    command: [x]\n    stop_grace: soon\n", "stack.yaml"); }) ==
           "stack.yaml:4:17: program 'a': stop_grace: bad duration 'soon': it does not start with a whole, non-negative "
           "number; write it like 500ms, 5s, 2m, 1h, 7d or a number of seconds");
+    CHECK(error_of([] { (void)parse_stack_config("diagnoses: var/diag\nprograms:\n  a:\n    command: [x]\n", "s.yaml"); }) ==
+          "s.yaml:1:12: diagnoses: 'var/diag' is not an absolute path: give a directory, or none");
+    CHECK(parse_stack_config("diagnoses: none\nprograms:\n  a:\n    command: [x]\n", "s.yaml").diagnoses.empty());
+    CHECK(parse_stack_config("diagnoses: /srv/d\nprograms:\n  a:\n    command: [x]\n", "s.yaml").diagnoses == "/srv/d");
+    CHECK(parse_stack_config("programs:\n  a:\n    command: [x]\n", "s.yaml").diagnoses == hbwatch::tool::default_diagnosis_directory());
     CHECK(error_of([] { (void)parse_stack_config("programs:\n  a:\n    command: [x\n", "stack.yaml"); })
               .starts_with("stack.yaml:4:1: not valid YAML (or JSON): "));
     CHECK(error_of([] { (void)parse_stack_config("programs:\n  a:\n    command: [x]\n    after: [nobody]\n", "s.yaml"); }) ==
@@ -161,7 +167,7 @@ TEST_CASE("config errors name the file, line, column and key, and say what is al
     CHECK(error_of([] { (void)parse_stack_config("run_dir: /x\n", "s.yaml"); }) ==
           "s.yaml:1:1: programs is missing: give at least one program with its command");
     CHECK(error_of([] { (void)parse_stack_config("programs:\n  a:\n    command: [x]\nlogdir: /x\n", "s.yaml"); }) ==
-          "s.yaml:4:1: unknown key 'logdir': the keys allowed here are run_dir, log_dir, socket_group, events, http, programs");
+          "s.yaml:4:1: unknown key 'logdir': the keys allowed here are run_dir, log_dir, socket_group, diagnoses, events, http, programs");
     const std::string long_dir = "/" + std::string(100, 'r');
     CHECK(error_of([&] { (void)parse_stack_config("run_dir: " + long_dir + "\nprograms:\n  a:\n    command: [x]\n", "s.yaml"); }) ==
           "s.yaml:1:10: run_dir: '" + long_dir + "' is empty or too long: run_dir/control.sock must be under 108 bytes");

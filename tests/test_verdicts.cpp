@@ -171,6 +171,9 @@ TEST_CASE("on a core held by a real-time busy loop, a starved healthy service is
     Process checkproc({hbtest::bin("checkproc"), "--watch", "-v", "--key", key_text(scratch), "--grace", "1s", "--diagnoses", diagnoses.dir.string()},
                       [] { pin_to(0); });
     REQUIRE(checkproc.wait_for_output("watching the table"));
+    // Deadlocked (asleep in pause(), never runnable) before the loop starts: before that it was
+    // a healthy service, which the loop would starve too.
+    REQUIRE(stuck->wait_for_output("hanging: no more beats", 30s));
     Process hog({"chrt", "-f", "10", "taskset", "-c", "1", "sh", "-c", "while :; do :; done"}, [] { pin_to(0); });
     // The deadlocked one (asleep, not waiting to run) is stopped; the healthy one is not, for 4 s more.
     const bool stopped = checkproc.wait_for_output("'deadlocked': exited", 30s);
@@ -180,6 +183,7 @@ TEST_CASE("on a core held by a real-time busy loop, a starved healthy service is
     CHECK_MESSAGE(stopped, checkproc.output_so_far());
     CHECK_MESSAGE(!another_stop, checkproc.output_so_far());
     CHECK(hbtest::count_of(checkproc.output_so_far(), "'deadlocked': hung:") >= 1);
+    CHECK_MESSAGE(!contains(checkproc.output_so_far(), "'deadlocked': late"), checkproc.output_so_far());  // never spared
     CHECK(healthy->running());
     // It was overdue, where a watchdog without verdicts stops it (-v shows the second looks).
     CHECK_MESSAGE(contains(checkproc.output_so_far(), "'healthy': hung:"), checkproc.output_so_far());

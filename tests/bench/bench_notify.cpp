@@ -25,7 +25,8 @@ fs::path scratch() {
 }
 
 void write_config(const fs::path& dir, const std::string& programs) {
-    std::ofstream(dir / "stack.yaml") << "run_dir: " << (dir / "run").string() << "\nlog_dir: " << dir.string() << "\nprograms:\n" << programs;
+    std::ofstream(dir / "stack.yaml") << "run_dir: " << (dir / "run").string() << "\nlog_dir: " << dir.string()
+                                      << "\ndiagnoses: " << (dir / "diagnoses").string() << "\nprograms:\n" << programs;
 }
 
 }  // namespace

@@ -113,8 +113,6 @@ private:
     // spared for now (stopped, traced, frozen, starved within its extension) or looked at again.
     bool spare_for_now(const SlotSnapshot& slot, const std::string& who, const std::string& hung, std::uint64_t now_ns);
     Diagnosis diagnose(const Pidfd& target, const SlotSnapshot& slot, const std::string& why);
-    /// "; diagnosis in PATH", or why none was kept, for a log line.
-    static std::string kept_text(const Diagnosis& diagnosis);
     /// The details every hang event of `slot` carries: its slot, last beat and timeout.
     static nlohmann::json hang_facts(const SlotSnapshot& slot, std::uint64_t now_ns);
     struct Stall {

@@ -43,11 +43,6 @@ Diagnosis Checker::diagnose(const Pidfd& target, const SlotSnapshot& slot, const
     return diagnosis;
 }
 
-std::string Checker::kept_text(const Diagnosis& diagnosis) {
-    if (!diagnosis.path.empty()) return "; diagnosis in " + diagnosis.path;
-    return diagnosis.error.empty() ? "" : "; no diagnosis kept: " + diagnosis.error;
-}
-
 bool Checker::spare_for_now(const SlotSnapshot& slot, const std::string& who, const std::string& hung, std::uint64_t now_ns) {
     Stall& stall = stalls_[{slot.index, slot.token}];
     if (stall.last_beat_ns != slot.last_beat_ns) stall = Stall{slot.index, slot.last_beat_ns, std::nullopt, 0, false, {}};

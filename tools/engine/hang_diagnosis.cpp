@@ -156,6 +156,11 @@ void make_directories(const std::string& path) {
 
 }  // namespace
 
+std::string kept_text(const Diagnosis& diagnosis) {
+    if (!diagnosis.path.empty()) return "; diagnosis in " + diagnosis.path;
+    return diagnosis.error.empty() ? "" : "; no diagnosis kept: " + diagnosis.error;
+}
+
 std::optional<DiagnoseLevel> parse_diagnose_level(const std::string& text) {
     if (text == "none") return DiagnoseLevel::none;
     if (text == "kernel") return DiagnoseLevel::kernel;

@@ -42,6 +42,10 @@ struct Diagnosis {
     std::chrono::microseconds took{0};
 };
 
+/// The words a stop's log line ends with: "; diagnosis in PATH", "; no diagnosis kept: WHY", or
+/// nothing when none was asked for.
+[[nodiscard]] std::string kept_text(const Diagnosis& diagnosis);
+
 /// Writes what `target` (registered as `name`) is doing to a new file named
 /// diagnosis-TIME-NAME-PID.txt. Never throws: a diagnosis never stands in the way of the stop it
 /// comes before, and never takes longer than its bounds.

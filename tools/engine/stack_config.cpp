@@ -23,6 +23,7 @@
 
 #include "core/duration.h"
 #include "core/table.h"
+#include "engine/hang_diagnosis.h"
 #include "engine/http_url.h"
 #include "engine/output.h"
 #include "engine/safe_path.h"
@@ -548,9 +549,10 @@ StackConfig parse_stack_config(const std::string& text, const std::string& path)
     }
     const Reader reader(path);
     if (!root.IsMap()) reader.fail(root, "give a map with run_dir, log_dir and programs");
-    reader.only_keys(root, "", {"run_dir", "log_dir", "socket_group", "events", "http", "programs"});
+    reader.only_keys(root, "", {"run_dir", "log_dir", "socket_group", "diagnoses", "events", "http", "programs"});
     StackConfig config;
     config.path = path;
+    config.diagnoses = default_diagnosis_directory();
     if (auto n = root["run_dir"]) {
         config.run_dir = reader.text(n, "run_dir");
         // The control socket's path must fit a unix socket address (108 bytes with its NUL).
@@ -564,6 +566,12 @@ StackConfig parse_stack_config(const std::string& text, const std::string& path)
         // Output file names are relative to it: an empty or relative log_dir would put them anywhere.
         if (config.log_dir.empty() || config.log_dir.front() != '/')
             reader.fail(n, "log_dir: '" + config.log_dir + "' is not an absolute path: give the directory, such as /var/log/hbwatch");
+    }
+    if (auto n = root["diagnoses"]) {
+        config.diagnoses = reader.text(n, "diagnoses");
+        if (config.diagnoses == "none") config.diagnoses.clear();
+        else if (config.diagnoses.empty() || config.diagnoses.front() != '/')
+            reader.fail(n, "diagnoses: '" + config.diagnoses + "' is not an absolute path: give a directory, or none");
     }
     if (auto n = root["socket_group"]) {
         config.socket_group = reader.text(n, "socket_group");

@@ -88,6 +88,9 @@ struct StackConfig {
     std::string socket_group;            // empty: the supervisor's group
     EventsConfig events;                  // where events go; a reload keeps the sinks procctl started with
     HttpConfig http;                      // the control API over TCP; a reload applies it
+    // Where a watchdog hang's diagnosis goes (hang_diagnosis.h, the kernel level): read as
+    // checkproc's default directory unless the file says; empty (`diagnoses: none`) keeps none.
+    std::string diagnoses;
     std::vector<ProgramConfig> programs;  // in start order: each after the programs it names in `after`
 };
 

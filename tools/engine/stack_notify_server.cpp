@@ -17,6 +17,7 @@
 
 #include "core/clock.h"
 #include "core/duration.h"
+#include "engine/hang_diagnosis.h"
 #include "engine/stack_internal.h"
 
 namespace hbwatch::tool {
@@ -228,8 +229,9 @@ void Stack::take_notification(Member& member, const NotifyMessage& message, std:
             member.watchdog_due_ns = 0;
             UnitEvent hung{UnitEvent::Kind::hung};
             hung.what = "asked for its watchdog to fire (WATCHDOG=trigger)";
-            emit_for(member, EventKind::heartbeat_hung, member.name() + " " + hung.what,
-                     {{"source", "sd_notify"}, {"trigger", true}});
+            nlohmann::json details{{"source", "sd_notify"}, {"trigger", true}};
+            keep_diagnosis(member, hung.what, details);
+            emit_for(member, EventKind::heartbeat_hung, member.name() + " " + hung.what, std::move(details));
             apply(member, hung, now);
         }
     }
@@ -311,10 +313,29 @@ void Stack::check_watchdogs(std::uint64_t now) {
         const auto since = ms_between(member->last_ping_ns != 0 ? member->last_ping_ns : member->unit.started_ns(), now);
         UnitEvent hung{UnitEvent::Kind::hung};
         hung.what = "missed its watchdog: no WATCHDOG=1 for " + human_duration(since) + " (watchdog " + human_duration(member->watchdog) + ")";
-        emit_for(*member, EventKind::heartbeat_hung, member->name() + " " + hung.what,
-                 {{"source", "sd_notify"}, {"watchdog_seconds", static_cast<double>(member->watchdog.count()) / 1000.0},
-                  {"since_ping_seconds", static_cast<double>(since.count()) / 1000.0}});
+        nlohmann::json details{{"source", "sd_notify"},
+                               {"watchdog_seconds", static_cast<double>(member->watchdog.count()) / 1000.0},
+                               {"since_ping_seconds", static_cast<double>(since.count()) / 1000.0}};
+        keep_diagnosis(*member, hung.what, details);
+        emit_for(*member, EventKind::heartbeat_hung, member->name() + " " + hung.what, std::move(details));
         apply(*member, hung, now);
+    }
+}
+
+// What a hung main process was doing, kept before its stop as checkproc keeps it, at the kernel
+// level only: /proc reads of at most 256 threads, well under a millisecond for most, so the
+// loop is not held (eu-stack, which stops the process for up to its bound, is checkproc's).
+void Stack::keep_diagnosis(Member& member, const std::string& why, nlohmann::json& details) {
+    if (config_.diagnoses.empty() || !member.pidfd) return;
+    DiagnosisOptions options;
+    options.level = DiagnoseLevel::kernel;
+    options.directory = config_.diagnoses;
+    const Diagnosis diagnosis = write_diagnosis(options, *member.pidfd, member.name(), why);
+    if (!diagnosis.path.empty()) {
+        details["diagnosis"] = diagnosis.path;
+        log_.info("{} (pid {}): what it was doing before its stop is kept in {}", member.name(), member.unit.pid(), diagnosis.path);
+    } else if (!diagnosis.error.empty()) {
+        log_.warn("{} (pid {}): no diagnosis kept before its stop: {}", member.name(), member.unit.pid(), diagnosis.error);
     }
 }
 

@@ -252,6 +252,7 @@ void Stack::finish_reload(const StackConfig& next, const nlohmann::json& report,
     members_ = std::move(ordered);
     programs_ = std::move(programs);
     config_.log_dir = next.log_dir;
+    config_.diagnoses = next.diagnoses;
     config_.http = next.http;
     for (const auto& member : members_)  // a file shared with what retires takes the new limits
         for (OutputFile* file : {member->out, member->err})
