@@ -121,6 +121,39 @@ TEST_CASE("a SIGSTOPped registrant is spared and reported, and beats again after
     CHECK(diagnoses.files().empty());  // no stop, so no diagnosis
 }
 
+TEST_CASE("checkproc --watch says a SIGSTOPped registrant is spared again every interval, sends its event once, and shows it in proctab") {
+    hbtest::ScratchKey scratch;
+    Diagnoses diagnoses;
+    const fs::path events = diagnoses.dir / "events.jsonl";
+    auto stopped = service(scratch, "paused", {"--timeout", "300ms", "--every", "50ms"});
+    REQUIRE(::kill(stopped->pid(), SIGSTOP) == 0);
+    Process checkproc({hbtest::bin("checkproc"), "--watch", "--key", key_text(scratch), "--grace", "1s", "--diagnoses",
+                       diagnoses.dir.string(), "--events", events.string()});
+    // Said at least every second while it lasts (its timeout is shorter): three times within 10 s.
+    REQUIRE_MESSAGE(checkproc.wait_for_output_count("'paused': hung:", 3, 10s), checkproc.output_so_far());
+    CHECK(hbtest::count_of(checkproc.output_so_far(), "stopped by a signal (state T") >= 3);
+    CHECK(!contains(checkproc.output_so_far(), "SIGTERM sent"));
+    Process proctab({hbtest::bin("proctab"), "--key", key_text(scratch)});
+    REQUIRE(proctab.wait_exit(30s));
+    CHECK_MESSAGE(contains(proctab.output(), "^ stopped by a signal (state T"), proctab.output());
+    ::kill(checkproc.pid(), SIGTERM);
+    REQUIRE(checkproc.wait_exit(30s));
+    int spared_events = 0;
+    std::ifstream lines(events);
+    for (std::string line; std::getline(lines, line);) {
+        const auto event = nlohmann::json::parse(line);
+        if (event["kind"] == "heartbeat_hung") {
+            ++spared_events;
+            CHECK(event["details"]["verdict"] == "stopped");
+            CHECK(event["message"].get<std::string>().find("spared, not signalled") != std::string::npos);
+        }
+    }
+    CHECK(spared_events == 1);
+    CHECK(diagnoses.files().size() == 1);  // the events file alone: no stop, no diagnosis
+    REQUIRE(::kill(stopped->pid(), SIGCONT) == 0);
+    CHECK(stopped->running());
+}
+
 TEST_CASE("--stopped kill stops a SIGSTOPped registrant as hung") {
     hbtest::ScratchKey scratch;
     Diagnoses diagnoses;

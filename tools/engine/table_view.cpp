@@ -86,7 +86,7 @@ void print_table(const hbwatch::Table& table, std::ostream& out) {
                       e.usage ? hbwatch::human_size(e.usage->rss_bytes).c_str() : "-",
                       e.usage ? (std::to_string(static_cast<int>(std::lround(e.usage->cpu_percent)))).c_str() : "-");
         out << line;
-        if (!e.verdict.empty()) out << "              ^ " << terminal_safe(e.verdict) << ": spared by checkproc\n";  // a tracer's name is its own choice
+        if (!e.verdict.empty()) out << "              ^ " << terminal_safe(e.verdict) << ": checkproc spares it (unless --stopped kill; a frozen cgroup always)\n";  // a tracer's name is its own choice
     }
 }
 
