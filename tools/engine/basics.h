@@ -2,7 +2,12 @@
 // What every hbwatch tool process does the same way, with nothing but libc: exit codes,
 // signals, malloc. procctl-loop links this and not support.h (spdlog, CLI11).
 
+#include <poll.h>
+
+#include <cerrno>
+#include <cstring>
 #include <initializer_list>
+#include <vector>
 
 namespace hbwatch::tool {
 
@@ -23,5 +28,16 @@ void ignore_sigpipe();
 /// cannot be had fails an allocation that the main arena could serve, and a long-running tool
 /// with a few mostly idle threads gains nothing from more.
 void one_malloc_arena();
+
+/// poll() for a supervision loop: false, after logging it and pausing 100 ms, when poll itself
+/// failed (ENOMEM, say), so that the loop retries instead of spinning or dying. `Logger` is
+/// spdlog's (the stack) or LineLog (procctl-loop): both take the same checked format.
+template <class Logger>
+bool poll_events(std::vector<pollfd>& fds, int timeout_ms, Logger& log) {
+    if (::poll(fds.data(), fds.size(), timeout_ms) >= 0 || errno == EINTR) return true;
+    log.error("poll failed: {}; retrying in 100ms", std::strerror(errno));
+    ::poll(nullptr, 0, 100);
+    return false;
+}
 
 }  // namespace hbwatch::tool

@@ -25,6 +25,7 @@
 #include "core/stopper.h"
 #include "core/table.h"
 
+#include "engine/basics.h"
 #include "engine/cgroup.h"
 #include "engine/output.h"
 #include "engine/restart_policy.h"
@@ -108,7 +109,7 @@ public:
             if (child_pidfd_) fds.push_back(pollfd{child_pidfd_->fd(), POLLIN, 0});
             add_reader_fds(fds);
             const int timeout = phase_ == Phase::backoff ? poll_timeout_ms(next_start, monotonic_now_ns()) : -1;
-            if (!poll_events(fds, timeout)) continue;
+            if (!poll_events(fds, timeout, log_)) continue;
             drain_outputs(fds);
             if (fds[0].revents & POLLIN) read_signals();
             if (auto exited = reap(); exited && !stop_requested_) next_start = after_exit(*exited);
@@ -197,15 +198,6 @@ private:
                    policy_.failures_in_a_row(), human_duration(delay), human_duration(options_.max_backoff));
         phase_ = Phase::backoff;
         return now + to_ns(delay);
-    }
-
-    // poll(), or false after logging its failure (ENOMEM, say) and pausing 100 ms, so that the
-    // loop retries instead of spinning or dying.
-    bool poll_events(std::vector<pollfd>& fds, int timeout_ms) {
-        if (::poll(fds.data(), fds.size(), timeout_ms) >= 0 || errno == EINTR) return true;
-        log_.error("poll failed: {}; retrying in 100ms", std::strerror(errno));
-        ::poll(nullptr, 0, 100);
-        return false;
     }
 
     void add_reader_fds(std::vector<pollfd>& fds) const { pipes_.add_pollfds(fds); }

@@ -156,11 +156,4 @@ void SpareAddressSpace::give_back() noexcept {
     at_ = nullptr;
 }
 
-bool poll_events(std::vector<pollfd>& fds, int timeout_ms, spdlog::logger& log) {
-    if (::poll(fds.data(), fds.size(), timeout_ms) >= 0 || errno == EINTR) return true;
-    log.error("poll failed: {}; retrying in 100ms", std::strerror(errno));
-    ::poll(nullptr, 0, 100);
-    return false;
-}
-
 }  // namespace hbwatch::tool

@@ -2,14 +2,11 @@
 // What every hbwatch tool but procctl-loop does the same way: logging through spdlog, argument
 // validation with CLI11 (and basics.h). Not part of libhbwatch: services need none of it.
 
-#include <poll.h>
-
 #include <csignal>
 #include <initializer_list>
 #include <memory>
 #include <optional>
 #include <string>
-#include <vector>
 
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
@@ -40,9 +37,6 @@ std::optional<int> parse(CLI::App& app, int argc, char** argv);
 /// Applies --key (when given) over HBWATCH_KEY and the default.
 TableOptions table_options(const std::string& key_text);
 
-/// poll() for a supervision loop: false, after logging it and pausing 100 ms, when poll itself
-/// failed (ENOMEM, say), so that the loop retries instead of spinning or dying.
-bool poll_events(std::vector<pollfd>& fds, int timeout_ms, spdlog::logger& log);
 
 /// Address space held aside (no memory: PROT_NONE, never touched), so that a config too large
 /// for the address space procctl may use (RLIMIT_AS) leaves room to go on serving once its
