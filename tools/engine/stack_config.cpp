@@ -1,6 +1,7 @@
 // The stack's config file, read with yaml-cpp and checked whole before anything runs: every
-// key's type and range, names, paths, dependency order, and the shape of the YAML itself
-// (keys given twice, aliases that multiply the file). Errors name FILE:LINE:COLUMN and the key.
+// key's type and range, names, paths and dependency order; the shape of the YAML itself (keys
+// given twice, aliases that multiply the file) is config_reader's. Errors name FILE:LINE:COLUMN
+// and the key.
 #include "engine/stack_config.h"
 
 #include <fcntl.h>
@@ -13,16 +14,17 @@
 #include <cerrno>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <set>
 #include <sstream>
 
-#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <hbwatch/error.h>
 
 #include "core/duration.h"
 #include "core/table.h"
+#include "engine/config_reader.h"
 #include "engine/hang_diagnosis.h"
 #include "engine/http_url.h"
 #include "engine/output.h"
@@ -35,183 +37,7 @@ constexpr std::pair<const char*, int> kSignals[] = {{"TERM", SIGTERM}, {"INT", S
                                                     {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"KILL", SIGKILL}};
 constexpr unsigned kMaxInstances = 64;
 
-// A whole, non-negative number written in decimal and nothing else.
-std::optional<unsigned long> whole_number(const std::string& text) {
-    if (text.empty() || text.find_first_not_of("0123456789") != std::string::npos || text.size() > 9) return std::nullopt;
-    return std::stoul(text);
-}
-
-std::string join(const std::vector<std::string>& words, const char* separator = ", ") {
-    std::string out;
-    for (const auto& word : words) out += (out.empty() ? "" : separator) + word;
-    return out;
-}
-
-// What a config may expand to, counting each node once per place it appears (an alias counts
-// the whole of what it names) and each scalar's bytes: a 1 MiB file can hold billions of
-// nodes through aliases of aliases, and yaml-cpp would have them walked.
-constexpr std::size_t kMaxExpandedWeight = std::size_t{4} << 20;
-
-// A pass over the parser's events before the file is loaded: refuses a key given twice in one
-// map (yaml-cpp keeps both, and its lookups take the first) and a document whose aliases
-// expand past kMaxExpandedWeight, each at its line and column.
-class ShapeCheck final : public YAML::EventHandler {
-public:
-    explicit ShapeCheck(const std::string& path) : path_(path) {}
-
-    void OnDocumentStart(const YAML::Mark&) override {}
-    void OnDocumentEnd() override {}
-    void OnNull(const YAML::Mark& mark, YAML::anchor_t anchor) override { node(mark, anchor, 1, nullptr); }
-    void OnAlias(const YAML::Mark& mark, YAML::anchor_t anchor) override {
-        // yaml-cpp and other readers disagree on which of two keys wins once one is an alias.
-        if (!stack_.empty() && stack_.back().map && stack_.back().next_is_key)
-            fail(mark, "an alias cannot stand as a key: write the key itself");
-        const std::size_t weight = anchor < weights_.size() ? weights_[anchor] : 1;
-        if (weight > kMaxExpandedWeight - total_)
-            fail(mark, "this alias makes the config expand past " + std::to_string(kMaxExpandedWeight >> 20) +
-                           " MiB of nodes and text; an alias may repeat a part of the file, not multiply it");
-        node(mark, 0, weight, nullptr);
-    }
-    void OnScalar(const YAML::Mark& mark, const std::string&, YAML::anchor_t anchor, const std::string& value) override {
-        node(mark, anchor, 1 + value.size(), &value);
-    }
-    void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t anchor, YAML::EmitterStyle::value) override {
-        open(mark, anchor, false);
-    }
-    void OnSequenceEnd() override { close(); }
-    void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t anchor, YAML::EmitterStyle::value) override {
-        open(mark, anchor, true);
-    }
-    void OnMapEnd() override { close(); }
-
-private:
-    struct Open {
-        YAML::anchor_t anchor;
-        std::size_t weight = 1;
-        bool map;
-        bool next_is_key = true;
-        std::map<std::string, YAML::Mark> keys;
-    };
-
-    [[noreturn]] void fail(const YAML::Mark& mark, const std::string& what) const {
-        throw Error(EINVAL, path_ + ":" + std::to_string(mark.line + 1) + ":" + std::to_string(mark.column + 1) + ": " + what);
-    }
-    void remember(YAML::anchor_t anchor, std::size_t weight) {
-        if (anchor == 0) return;
-        if (weights_.size() <= anchor) weights_.resize(anchor + 1, 1);
-        weights_[anchor] = weight;
-    }
-    // A finished node of `weight`: counted, and checked as a key when its map expects one.
-    void node(const YAML::Mark& mark, YAML::anchor_t anchor, std::size_t weight, const std::string* scalar) {
-        total_ += weight;
-        if (total_ > kMaxExpandedWeight)
-            fail(mark, "the config expands past " + std::to_string(kMaxExpandedWeight >> 20) + " MiB of nodes and text");
-        remember(anchor, weight);
-        if (stack_.empty()) return;
-        Open& parent = stack_.back();
-        parent.weight += weight;
-        if (!parent.map) return;
-        if (parent.next_is_key && scalar != nullptr) {
-            const auto [at, fresh] = parent.keys.emplace(*scalar, mark);
-            if (!fresh)
-                fail(mark, "the key '" + *scalar + "' is given twice in one map, first at line " +
-                               std::to_string(at->second.line + 1) + ": give each key once");
-        }
-        parent.next_is_key = !parent.next_is_key;
-    }
-    void open(const YAML::Mark& mark, YAML::anchor_t anchor, bool map) {
-        total_ += 1;
-        if (total_ > kMaxExpandedWeight)
-            fail(mark, "the config expands past " + std::to_string(kMaxExpandedWeight >> 20) + " MiB of nodes and text");
-        stack_.push_back(Open{anchor, 1, map, true, {}});
-        marks_.push_back(mark);
-    }
-    void close() {
-        Open done = std::move(stack_.back());
-        const YAML::Mark mark = marks_.back();
-        stack_.pop_back();
-        marks_.pop_back();
-        total_ -= done.weight;  // counted as it came; node() counts it again, whole
-        node(mark, done.anchor, done.weight, nullptr);
-    }
-
-    const std::string& path_;
-    std::vector<Open> stack_;
-    std::vector<YAML::Mark> marks_;
-    std::vector<std::size_t> weights_;  // by anchor: what an alias of it weighs
-    std::size_t total_ = 0;
-};
-
-// Reads nodes of one file, each error placed at its line and column.
-class Reader {
-public:
-    explicit Reader(std::string path) : path_(std::move(path)) {}
-
-    [[noreturn]] void fail(const YAML::Node& node, const std::string& what) const {
-        const YAML::Mark mark = node.Mark();
-        if (mark.is_null()) throw Error(EINVAL, path_ + ": " + what);
-        throw Error(EINVAL, path_ + ":" + std::to_string(mark.line + 1) + ":" + std::to_string(mark.column + 1) + ": " + what);
-    }
-
-    // Every key of `map` must be one of `allowed`.
-    void only_keys(const YAML::Node& map, const std::string& where, const std::vector<std::string>& allowed) const {
-        for (auto it = map.begin(); it != map.end(); ++it) {
-            const std::string key = it->first.IsScalar() ? it->first.Scalar() : "?";
-            if (std::find(allowed.begin(), allowed.end(), key) == allowed.end())
-                fail(it->first, where + "unknown key '" + key + "': the keys allowed here are " + join(allowed));
-        }
-    }
-
-    std::string text(const YAML::Node& node, const std::string& key) const {
-        if (!node.IsScalar()) fail(node, key + ": give a string");
-        return node.Scalar();
-    }
-    std::chrono::milliseconds duration(const YAML::Node& node, const std::string& key, DurationRange range) const {
-        const std::string value = text(node, key);
-        try {
-            (void)parse_duration(value);
-        } catch (const Error& e) {
-            fail(node, key + ": " + e.what());
-        }
-        try {
-            return parse_duration_in(value, key + ":", range);
-        } catch (const Error& e) {
-            fail(node, e.what());
-        }
-    }
-    std::uint64_t size(const YAML::Node& node, const std::string& key) const {
-        try {
-            return parse_size(text(node, key));
-        } catch (const Error& e) {
-            fail(node, key + ": " + e.what());
-        }
-    }
-    unsigned number(const YAML::Node& node, const std::string& key, unsigned low, unsigned high) const {
-        const std::string value = text(node, key);
-        const auto n = whole_number(value);
-        if (!n || *n < low || *n > high)
-            fail(node, key + ": '" + value + "' is not a whole number from " + std::to_string(low) + " to " + std::to_string(high));
-        return static_cast<unsigned>(*n);
-    }
-    bool flag(const YAML::Node& node, const std::string& key) const {
-        const std::string value = text(node, key);
-        if (value == "true" || value == "yes") return true;
-        if (value == "false" || value == "no") return false;
-        fail(node, key + ": '" + value + "' is not true or false");
-    }
-    std::vector<std::string> words(const YAML::Node& node, const std::string& key, bool allow_empty = false) const {
-        if (!node.IsSequence()) fail(node, key + ": give a list, such as [program, --flag, value]");
-        std::vector<std::string> out;
-        for (const auto& item : node) out.push_back(text(item, key + " item"));
-        if (out.empty() && !allow_empty) fail(node, key + ": the list is empty");
-        return out;
-    }
-
-private:
-    std::string path_;
-};
-
-ReadyCheck read_ready(const Reader& reader, const YAML::Node& node) {
+ReadyCheck read_ready(const ConfigReader& reader, const YAML::Node& node) {
     const std::string value = reader.text(node, "ready");
     ReadyCheck ready;
     if (value == "started") return ready;
@@ -248,7 +74,7 @@ const std::vector<std::string> kProgramKeys = {
     "restart",      "restart_delay", "max_restarts", "stop_signal", "stop_grace", "stdout",     "stderr",
     "log_max_size", "log_files",   "instances",     "max_rss",   "autostart", "inherit_environment", "notify", "watchdog"};
 
-ProgramConfig read_program(const Reader& reader, const YAML::Node& key, const YAML::Node& node) {
+ProgramConfig read_program(const ConfigReader& reader, const YAML::Node& key, const YAML::Node& node) {
     ProgramConfig p;
     p.name = reader.text(key, "program name");
     try {
@@ -354,7 +180,7 @@ ProgramConfig read_program(const Reader& reader, const YAML::Node& key, const YA
     return p;
 }
 
-EventFilter read_filter(const Reader& reader, const YAML::Node& node, const std::string& where) {
+EventFilter read_filter(const ConfigReader& reader, const YAML::Node& node, const std::string& where) {
     EventFilter filter;
     if (auto n = node["kinds"]) {
         for (const auto& name : reader.words(n, where + "kinds")) {
@@ -369,7 +195,7 @@ EventFilter read_filter(const Reader& reader, const YAML::Node& node, const std:
 }
 
 // The `events:` section: where events go (hooks, webhooks, Alertmanager) and the storm rule.
-EventsConfig read_events(const Reader& reader, const YAML::Node& node) {
+EventsConfig read_events(const ConfigReader& reader, const YAML::Node& node) {
     EventsConfig events;
     if (!node.IsMap()) reader.fail(node, "events: give a map with hooks, webhooks, alertmanager, keep and restart_storm");
     reader.only_keys(node, "events: ", {"keep", "restart_storm", "hooks", "webhooks", "alertmanager"});
@@ -438,7 +264,7 @@ EventsConfig read_events(const Reader& reader, const YAML::Node& node) {
 }
 
 // The `http:` section: the control API over TCP (README, "The network view").
-HttpConfig read_http(const Reader& reader, const YAML::Node& node) {
+HttpConfig read_http(const ConfigReader& reader, const YAML::Node& node) {
     HttpConfig http;
     const std::string where = "http: ";
     if (!node.IsMap()) reader.fail(node, "http: give a map with listen: 127.0.0.1:9500 and tokens_file: /etc/hbwatch/tokens");
@@ -477,7 +303,7 @@ HttpConfig read_http(const Reader& reader, const YAML::Node& node) {
 
 // The programs in start order: each after those it names in `after`, otherwise in file order.
 // A cycle is an error that names it whole.
-std::vector<ProgramConfig> in_start_order(std::vector<ProgramConfig> programs, const Reader& reader,
+std::vector<ProgramConfig> in_start_order(std::vector<ProgramConfig> programs, const ConfigReader& reader,
                                           const std::map<std::string, YAML::Node>& after_nodes) {
     std::map<std::string, std::size_t> index;
     for (std::size_t i = 0; i < programs.size(); ++i) index[programs[i].name] = i;
@@ -533,21 +359,8 @@ std::string signal_name(int signal) {
 }
 
 StackConfig parse_stack_config(const std::string& text, const std::string& path) {
-    YAML::Node root;
-    try {
-        {
-            std::istringstream stream(text);
-            YAML::Parser parser(stream);
-            ShapeCheck shape(path);
-            while (parser.HandleNextDocument(shape)) {
-            }
-        }
-        root = YAML::Load(text);
-    } catch (const YAML::ParserException& e) {
-        throw Error(EINVAL, path + ":" + std::to_string(e.mark.line + 1) + ":" + std::to_string(e.mark.column + 1) +
-                                ": not valid YAML (or JSON): " + e.msg);
-    }
-    const Reader reader(path);
+    const YAML::Node root = load_checked_yaml(text, path);
+    const ConfigReader reader(path);
     if (!root.IsMap()) reader.fail(root, "give a map with run_dir, log_dir and programs");
     reader.only_keys(root, "", {"run_dir", "log_dir", "socket_group", "diagnoses", "events", "http", "programs"});
     StackConfig config;
