@@ -373,7 +373,8 @@ TEST_CASE("--dry-run judges as a real run: a stopped registrant is said to be sp
     REQUIRE(::kill(stopped->pid(), SIGSTOP) == 0);
     wait_until_hung(scratch, "paused");
     wait_until_hung(scratch, "deadlocked");
-    const std::string log = checkproc_once(scratch, diagnoses, {"--dry-run"});
+    const fs::path events = diagnoses.dir / "events.jsonl";
+    const std::string log = checkproc_once(scratch, diagnoses, {"--dry-run", "--events", events.string()});
     CHECK_MESSAGE(contains(log, "'paused': hung:"), log);
     CHECK(contains(log, "stopped by a signal (state T"));
     CHECK(contains(log, "spared, not signalled"));
@@ -382,7 +383,8 @@ TEST_CASE("--dry-run judges as a real run: a stopped registrant is said to be sp
     REQUIRE(would != std::string::npos);
     CHECK(contains(log.substr(log.rfind('\n', would) + 1, would - log.rfind('\n', would)), "'deadlocked'"));
     CHECK(!contains(log, "SIGTERM sent"));
-    CHECK(diagnoses.files().empty());
+    CHECK((!fs::exists(events) || fs::file_size(events) == 0));  // no event: no hook runs for what was not done
+    for (const auto& file : diagnoses.files()) CHECK(file == events);  // and no diagnosis
     CHECK(live_entries(scratch) == 2);
     REQUIRE(::kill(stopped->pid(), SIGCONT) == 0);
     CHECK(stopped->running());
@@ -438,9 +440,30 @@ TEST_CASE("a hang stop's event names its diagnosis, the newest --keep-diagnoses 
     CHECK_MESSAGE(contains(again.output(), "no diagnosis kept: "), again.output());
     CHECK(fs::is_empty(foreign));
     CHECK(victim->wait_exit(10s));
+
+    // A path through another user's link: nothing made where it points, not even a directory.
+    const fs::path target = diagnoses.dir / "target";
+    fs::create_directory(target);
+    REQUIRE(::lchown(foreign.c_str(), 65534, 65534) == 0);
+    fs::create_directory_symlink(target, foreign / "link");
+    REQUIRE(::lchown((foreign / "link").c_str(), 65534, 65534) == 0);
+    auto fifth = service(scratch, "five", {"--timeout", "300ms", "--hang-after", "100ms"});
+    wait_until_hung(scratch, "five");
+    Process through({hbtest::bin("checkproc"), "--key", key_text(scratch), "--grace", "1s", "--diagnoses", (foreign / "link" / "diag").string()});
+    REQUIRE(through.wait_exit(60s));
+    CHECK_MESSAGE(contains(through.output(), "no diagnosis kept: "), through.output());
+    CHECK(fs::is_empty(target));
+    CHECK(fifth->wait_exit(10s));
 }
 
-TEST_CASE("--diagnose-bound is 10ms to 10s: a stop never waits longer than that and a second for its diagnosis") {
+TEST_CASE("--diagnose-bound takes 10ms to 10s and refuses the rest with exit 2, naming the option") {
+    for (const char* good : {"10ms", "10s"}) {
+        Process checkproc({hbtest::bin("checkproc"), "--diagnose-bound", good, "--key", "0x7e57dead"});
+        REQUIRE(checkproc.wait_exit(30s));
+        const int status = checkproc.wait();
+        CHECK(WIFEXITED(status));
+        CHECK_MESSAGE(WEXITSTATUS(status) == 0, checkproc.output());  // no table there: nothing to watch
+    }
     for (const char* bad : {"1h", "11s", "5ms"}) {
         Process checkproc({hbtest::bin("checkproc"), "--diagnose-bound", bad, "--key", "0x7e57dead"});
         REQUIRE(checkproc.wait_exit(30s));
@@ -458,18 +481,23 @@ TEST_CASE("a stopped registrant whose eu-stack is cut short is left stopped: --r
     }
     hbtest::ScratchKey scratch;
     Diagnoses diagnoses;
-    auto stopped = service(scratch, "paused", {"--timeout", "300ms", "--every", "50ms"});
-    REQUIRE(::kill(stopped->pid(), SIGSTOP) == 0);
-    wait_until_hung(scratch, "paused");
+    // 300 threads: eu-stack attaches to each, far past the 10 ms it is given.
+    Process stopped({hbtest::bin("hang_threads"), "crowd", "300"}, [&] { ::setenv("HBWATCH_KEY", key_text(scratch).c_str(), 1); });
+    REQUIRE(stopped.wait_for_output("stuck, slot"));
+    REQUIRE(::kill(stopped.pid(), SIGSTOP) == 0);
+    REQUIRE(hbtest::eventually([&] {
+        const auto stat = hbwatch::read_proc_stat(stopped.pid());
+        return stat && stat->state == 'T';
+    }));
+    wait_until_hung(scratch, "crowd");
     const std::string log =
         checkproc_once(scratch, diagnoses, {"--report-only", "--stopped", "kill", "--diagnose", "user", "--diagnose-bound", "10ms"});
     CHECK_MESSAGE(contains(log, "report only: not signalled"), log);
     const auto files = diagnoses.files();
     REQUIRE(files.size() == 1);
-    if (!contains(read_text(files[0].string()), "eu-stack cut short"))
-        MESSAGE("eu-stack finished within 10 ms: the cut was not exercised this run");
-    const auto stat = hbwatch::read_proc_stat(stopped->pid());
+    REQUIRE_MESSAGE(contains(read_text(files[0].string()), "(eu-stack cut short after 10 ms)"), read_text(files[0].string()).substr(0, 2000));
+    const auto stat = hbwatch::read_proc_stat(stopped.pid());
     REQUIRE(stat);
     CHECK(stat->state == 'T');  // still stopped: what someone else stopped is theirs to resume
-    REQUIRE(::kill(stopped->pid(), SIGCONT) == 0);
+    REQUIRE(::kill(stopped.pid(), SIGCONT) == 0);
 }

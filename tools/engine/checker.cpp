@@ -355,7 +355,7 @@ nlohmann::json Checker::hang_facts(const SlotSnapshot& slot, std::uint64_t now_n
 }
 
 void Checker::tell(EventKind kind, const SlotSnapshot& slot, std::string message, nlohmann::json details) const {
-    if (!options_.on_event) return;
+    if (!options_.on_event || options_.dry_run) return;  // a dry run says what it would do in its log alone: no hook runs
     options_.on_event(make_event(kind, escaped(slot.name(), name_char), slot.process.pid, std::move(message), std::move(details)));
 }
 

@@ -144,12 +144,17 @@ void remove_oldest(int dir_fd, std::size_t keep) {
 }
 
 // mkdir -p: the parents 0755, the directory itself 0700 (what a hung process had in its
-// memory may be in its stacks). What exists is left as it is; open_safe_directory judges it.
+// memory may be in its stacks). Each directory is made inside its parent as opened by
+// open_safe_directory, so nothing is ever made through a link or a directory another user
+// could swap (a root checkproc or procctl given a path under another user's directory);
+// what exists is left as it is, and open_safe_directory judges it after.
 void make_directories(const std::string& path) {
     for (std::size_t at = 1; at <= path.size(); ++at) {
         if (at < path.size() && path[at] != '/') continue;
         const std::string prefix = path.substr(0, at);
-        if (::mkdir(prefix.c_str(), at == path.size() ? 0700 : 0755) != 0 && errno != EEXIST)
+        if (prefix.back() == '/') continue;  // a doubled slash
+        const SafeDirectory parent = open_safe_directory(prefix);
+        if (::mkdirat(parent.fd, parent.name.c_str(), at == path.size() ? 0700 : 0755) != 0 && errno != EEXIST)
             throw Error(errno, "cannot make the diagnosis directory " + prefix + ": " + std::strerror(errno) + "; give --diagnoses DIR");
     }
 }
@@ -229,7 +234,7 @@ Diagnosis write_diagnosis(const DiagnosisOptions& options, const Pidfd& target, 
         if (!written) ::unlinkat(dir.fd, file.c_str(), 0);  // no half a diagnosis (a full disk)
         if (!written) throw Error(error, "cannot write " + options.directory + "/" + file + ": " + std::strerror(error));
         result.path = options.directory + "/" + file;
-        remove_oldest(dir.fd, std::max<std::size_t>(options.keep, 1));
+        if (options.keep > 0) remove_oldest(dir.fd, options.keep);
     } catch (const std::exception& e) {
         result.error = e.what();
     }

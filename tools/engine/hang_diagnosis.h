@@ -28,7 +28,9 @@ inline constexpr std::chrono::milliseconds kUserStackReapWait{1000};
 struct DiagnosisOptions {
     DiagnoseLevel level = DiagnoseLevel::none;  // checkproc's own default is kernel (--diagnose)
     std::string directory;  // made 0700 if missing; must be safe (safe_path.h) from / down
-    std::size_t keep = 50;  // the newest kept; older ones removed
+    // The newest kept, older diagnosis-* files in the directory removed; 0 removes none (the
+    // stack, which shares checkproc's directory, removes only what it wrote itself).
+    std::size_t keep = 50;
     std::chrono::milliseconds user_bound{200};  // eu-stack's time, after which it is killed (--diagnose-bound)
 };
 

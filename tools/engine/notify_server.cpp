@@ -162,7 +162,7 @@ NotifySocket::NotifySocket(std::string path, std::optional<uid_t> owner, gid_t g
     }
     struct stat named {};
     if (::lstat(path_.c_str(), &named) == 0) inode_ = named.st_ino;
-    // Best effort: SO_RCVBUFFORCE as root, else the system's cap; SO_PASSPIDFD from Linux 6.5.
+    // Best effort: SO_RCVBUFFORCE with CAP_NET_ADMIN, else the system's cap; SO_PASSPIDFD from Linux 6.5.
     if (::setsockopt(fd_, SOL_SOCKET, SO_RCVBUFFORCE, &buffer, sizeof buffer) != 0)
         (void)::setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &buffer, sizeof buffer);
     pidfds_ = ::setsockopt(fd_, SOL_SOCKET, SO_PASSPIDFD, &on, sizeof on) == 0;

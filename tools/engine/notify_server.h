@@ -92,8 +92,8 @@ public:
 
     [[nodiscard]] int fd() const noexcept { return fd_; }
     [[nodiscard]] const std::string& path() const noexcept { return path_; }
-    /// What the kernel gave: the receive buffer's bytes (8 MiB as root; the host's rmem_max
-    /// cap otherwise), and whether each message brings its sender's pidfd (Linux 6.5 on).
+    /// What the kernel gave: the receive buffer's bytes (8 MiB with CAP_NET_ADMIN; the host's
+    /// rmem_max cap otherwise), and whether each message brings its sender's pidfd (Linux 6.5 on).
     [[nodiscard]] int receive_buffer() const noexcept { return receive_buffer_; }
     [[nodiscard]] bool sender_pidfds() const noexcept { return pidfds_; }
     /// The next datagram, or nullopt when none waits. `taken` is set when one was read, even one

@@ -151,6 +151,7 @@ int Stack::run(ControlServer& control) {
 // ---------------------------------------------------------------- events and effects
 
 void Stack::apply(Member& member, const UnitEvent& event, std::uint64_t now) {
+    if (event.kind == UnitEvent::Kind::spawn_failed) member.exit_errno = 0;  // its last exit is this failure now, not the run's ERRNO=
     for (const Effect& effect : member.unit.on(event, now, facts_for(member, now))) carry_out(member, effect, now);
 }
 

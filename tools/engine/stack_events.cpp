@@ -25,15 +25,15 @@ using json = nlohmann::json;
 double seconds(std::chrono::milliseconds d) { return static_cast<double>(d.count()) / 1000.0; }
 
 // Why a unit's stop began, from the event that began it.
-const char* stop_reason(UnitEvent::Kind cause, Phase from) {
+const char* stop_reason(const UnitEvent& cause, Phase from) {
     using Kind = UnitEvent::Kind;
-    switch (cause) {
+    switch (cause.kind) {
         case Kind::stop: return "an operator's stop";
         case Kind::restart: return "an operator's restart";
         case Kind::retire: return "a reload that removed or replaced it";
         case Kind::stop_all: return "procctl stopping every program";
         case Kind::rss: return "its max_rss";
-        case Kind::hung: return "its missed sd_notify watchdog";
+        case Kind::hung: return cause.what == kWatchdogTriggered ? "its WATCHDOG=trigger" : "its missed sd_notify watchdog";
         case Kind::tick: return from == Phase::starting ? "its ready timeout" : "a stop";
         default: return "a stop";
     }
@@ -87,16 +87,16 @@ void Stack::on_transition(const Unit& unit, const Change& change) {
         case Phase::stop_queued:
         case Phase::stopping:
             if (stopping_phase(change.from) || cause.kind == Kind::exited) break;
-            member.stop_for = stop_reason(cause.kind, change.from);
+            member.stop_for = stop_reason(cause, change.from);
             if (cause.kind == Kind::rss)
                 emit_for(member, EventKind::max_rss_exceeded,
                          unit.name() + " uses " + human_size(cause.bytes) + ", above its max_rss of " + human_size(unit.program().max_rss) +
-                             ": restarting it",
+                             (unit.program().restart == RestartMode::never ? ": stopping it (restart: never)" : ": restarting it"),
                          {{"rss_bytes", cause.bytes}, {"max_rss_bytes", unit.program().max_rss}});
             emit_for(member, EventKind::stopping,
                      "stopping " + unit.name() + (unit.running() ? " (pid " + std::to_string(unit.pid()) + ")" : std::string()) + " for " +
-                         stop_reason(cause.kind, change.from),
-                     {{"reason", stop_reason(cause.kind, change.from)},
+                         stop_reason(cause, change.from),
+                     {{"reason", stop_reason(cause, change.from)},
                       {"signal", signal_name(unit.program().stop_signal)},
                       {"grace_seconds", seconds(unit.program().stop_grace)}});
             break;

@@ -43,6 +43,9 @@ namespace hbwatch::tool {
 /// stack holds for it to carry out the table's effects.
 inline constexpr std::chrono::seconds kLaunchKillWait{5};  // a start in flight after SIGKILL, before it is let go
 
+/// What a unit's hung event says when the program asked for its own hang (sd_notify WATCHDOG=trigger).
+inline constexpr const char* kWatchdogTriggered = "asked for its watchdog to fire (WATCHDOG=trigger)";
+
 struct Member {
     explicit Member(Unit model) : unit(std::move(model)) {}
     Unit unit;
@@ -97,7 +100,7 @@ struct Member {
     NotifyDrops notify_drops;
     std::vector<pid_t> refusals_said;       // senders whose refusal was logged (a few)
     bool said_unsupported = false;          // FDSTORE= logged once
-    bool said_bad_barrier = false;          // a BARRIER=1 without exactly one fd logged once
+    bool said_bad_barrier = false;          // a BARRIER=1 with other fields, or without exactly one fd, logged once
     unsigned main_pid_refusals = 0;         // MAINPID= refused (the first few are logged)
     bool said_bad_watchdog = false;         // a WATCHDOG_USEC= out of range logged once
     int exit_errno = 0;                     // the ERRNO= its last run said before it exited
@@ -234,6 +237,10 @@ private:
     void drop_unused_outputs();
 
     StackConfig config_;  // its settings; the programs are in programs_
+    // The diagnoses this procctl wrote, oldest first: it removes its own beyond a bound, never
+    // checkproc's (the directory is shared, and trimming it is checkproc's --keep-diagnoses).
+    std::deque<std::string> diagnoses_written_;
+    static constexpr std::size_t kDiagnosesKept = 50;
     std::vector<std::shared_ptr<const ProgramConfig>> programs_;  // in start order
     spdlog::logger& log_;
     int signal_fd_;

@@ -183,11 +183,13 @@ void Stack::read_notifications(Member& member) {
             }
         } else if (const auto* barrier = message->find("BARRIER"); barrier && *barrier == "1") {
             // As systemd: a barrier and nothing else, its one fd closed once every message
-            // before it is taken; any other count of fds is closed and said once.
-            if (message->fds.size() != 1 && !member.said_bad_barrier) {
+            // before it is taken. Other fields, or another count of fds, are ignored (the fds
+            // closed), and said once: a READY=1 sent with a barrier would otherwise vanish.
+            if ((message->fds.size() != 1 || message->fields.size() > 1) && !member.said_bad_barrier) {
                 member.said_bad_barrier = true;
-                log_.warn("{}: BARRIER=1 from pid {} came with {} fds, not 1: closed, and the message ignored", member.name(),
-                          message->pid, message->fds.size());
+                log_.warn("{}: a BARRIER=1 from pid {} came with {} fds and {} other fields ({}): as under systemd, a barrier "
+                          "carries one fd and nothing else, so the rest is ignored; send other fields in a message of their own",
+                          member.name(), message->pid, message->fds.size(), message->fields.size() - 1, fields_text(*message));
             }
         } else {
             // Read after the receive: a ping sent during this drain must not get a deadline
@@ -228,7 +230,7 @@ void Stack::take_notification(Member& member, const NotifyMessage& message, std:
         } else if (*value == "trigger" && member.unit.running() && !member.unit.is_stopping()) {
             member.watchdog_due_ns = 0;
             UnitEvent hung{UnitEvent::Kind::hung};
-            hung.what = "asked for its watchdog to fire (WATCHDOG=trigger)";
+            hung.what = kWatchdogTriggered;
             nlohmann::json details{{"source", "sd_notify"}, {"trigger", true}};
             keep_diagnosis(member, hung.what, details);
             emit_for(member, EventKind::heartbeat_hung, member.name() + " " + hung.what, std::move(details));
@@ -323,15 +325,19 @@ void Stack::check_watchdogs(std::uint64_t now) {
 }
 
 // What a hung main process was doing, kept before its stop as checkproc keeps it, at the kernel
-// level only: /proc reads of at most 256 threads, well under a millisecond for most, so the
-// loop is not held (eu-stack, which stops the process for up to its bound, is checkproc's).
+// level only: /proc reads of at most 256 threads (0.3 ms for three, about 9 ms for thousands),
+// so the loop is not held long (eu-stack, which stops the process for up to its bound, is
+// checkproc's). The newest 50 it wrote are kept; it never lists or trims the directory.
 void Stack::keep_diagnosis(Member& member, const std::string& why, nlohmann::json& details) {
     if (config_.diagnoses.empty() || !member.pidfd) return;
     DiagnosisOptions options;
     options.level = DiagnoseLevel::kernel;
     options.directory = config_.diagnoses;
+    options.keep = 0;  // no listing of a shared directory in the loop: its own, counted here
     const Diagnosis diagnosis = write_diagnosis(options, *member.pidfd, member.name(), why);
     if (!diagnosis.path.empty()) {
+        diagnoses_written_.push_back(diagnosis.path);
+        for (; diagnoses_written_.size() > kDiagnosesKept; diagnoses_written_.pop_front()) ::unlink(diagnoses_written_.front().c_str());
         details["diagnosis"] = diagnosis.path;
         log_.info("{} (pid {}): what it was doing before its stop is kept in {}", member.name(), member.unit.pid(), diagnosis.path);
     } else if (!diagnosis.error.empty()) {
