@@ -453,11 +453,11 @@ TEST_CASE("the rest of sd_notify(3), each said by a program's own process: RELOA
         "    notify: true\n"
         // Says why it fails, then fails: shown in its last exit, and its exit event.
         "  failing:\n    command: [sh, -c, \"'" + sd + "' say 'ERRNO=2'; exit 1\"]\n    notify: true\n    restart: never\n"
-        // Its config says 1d; it asks for 4 s at its start, and never pings: stopped as hung.
-        "  shortened:\n    command: [sh, -c, \"'" + sd + "' say 'WATCHDOG_USEC=4000000'; exec sleep 1000\"]\n    watchdog: 1d\n"
+        // Its config says 1d; it asks for 5 s at its start, and never pings: stopped as hung.
+        "  shortened:\n    command: [sh, -c, \"'" + sd + "' say 'WATCHDOG_USEC=5000000'; exec sleep 1000\"]\n    watchdog: 1d\n"
         "    restart: never\n"
-        // Its config says 1 s; it turns its watchdog off at its start: never stopped for it.
-        "  unwatched:\n    command: [sh, -c, \"'" + sd + "' say 'WATCHDOG_USEC=0'; exec sleep 1000\"]\n    watchdog: 1s\n"
+        // Its config says 2 s; it turns its watchdog off at its start: never stopped for it.
+        "  unwatched:\n    command: [sh, -c, \"'" + sd + "' say 'WATCHDOG_USEC=0'; exec sleep 1000\"]\n    watchdog: 2s\n"
         // Asks for more time to get ready: ready after its ready_timeout, not stopped.
         "  slow:\n    command: [sh, -c, \"'" + sd + "' say 'EXTEND_TIMEOUT_USEC=10000000'; sleep 4; '" + sd + "' say READY=1; exec sleep 1000\"]\n"
         "    ready: notify\n    ready_timeout: 3s\n"
@@ -471,9 +471,9 @@ TEST_CASE("the rest of sd_notify(3), each said by a program's own process: RELOA
     CHECK(hbtest::eventually([&] { return stack.program("failing")["state"] == "exited"; }, 30s));
     CHECK(stack.program("failing")["last_exit"].get<std::string>().find("(it said ERRNO=2: No such file or directory)") != std::string::npos);
 
-    // WATCHDOG_USEC=4000000: hung 4 s after it said so, not a day; its deadline said in the log.
+    // WATCHDOG_USEC=5000000: hung 5 s after it said so, not a day; its deadline said in the log.
     REQUIRE_MESSAGE(stack.procctl->wait_for_output("shortened (pid", 30s), stack.procctl->output_so_far());
-    REQUIRE_MESSAGE(stack.procctl->wait_for_output("(watchdog 4.0s): stopping it; not restarted (restart: never)", 30s),
+    REQUIRE_MESSAGE(stack.procctl->wait_for_output("(watchdog 5.0s): stopping it; not restarted (restart: never)", 30s),
                     stack.procctl->output_so_far());
     CHECK(hbtest::eventually([&] { return stack.program("shortened")["state"] == "exited"; }, 30s));
     // By then `unwatched` is 3 s past the deadline its config gave: still running, first pid.
