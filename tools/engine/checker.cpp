@@ -89,8 +89,8 @@ ScanSummary Checker::scan(std::uint64_t now_ns) {
 
 void Checker::free_unsignalled(const SlotSnapshot& slot, LogLevel level, const std::string& message,
                                ScanSummary& summary) {
-    if (options_.dry_run) {
-        log_(level, message + "; dry run: would free the slot, nothing signalled");
+    if (options_.dry_run) {  // said once per entry, not at every scan of --watch
+        if (reported_.insert(slot.token).second) log_(level, message + "; dry run: would free the slot, nothing signalled");
         return;
     }
     // Each caller has found the registrant dead, exec'd or not a registrant at all (garbage,
