@@ -12,6 +12,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <regex>
 #include <thread>
 
@@ -85,6 +86,15 @@ void pin_to(int cpu) {
     CPU_ZERO(&set);
     CPU_SET(cpu, &set);
     (void)::sched_setaffinity(0, sizeof set, &set);
+}
+
+// Why a SCHED_FIFO busy loop on CPU 1 cannot starve a service there as the tests need (root,
+// two CPUs, the default real-time throttling: ordinary tasks keep 50 ms a second beside it).
+std::optional<std::string> real_time_loop_unusable() {
+    if (::geteuid() != 0 || std::thread::hardware_concurrency() < 2) return "needs root (a SCHED_FIFO busy loop) and two CPUs";
+    if (read_text("/proc/sys/kernel/sched_rt_runtime_us") != "950000\n" || read_text("/proc/sys/kernel/sched_rt_period_us") != "1000000\n")
+        return "needs the default real-time throttling (950000 of 1000000 us): ordinary tasks keep 50 ms a second beside the busy loop";
+    return std::nullopt;
 }
 
 }  // namespace
@@ -186,12 +196,8 @@ TEST_CASE("a ptrace-stopped registrant (a debugger attached) is spared, and name
 }
 
 TEST_CASE("on a core held by a real-time busy loop, a starved healthy service is spared and a deadlocked one beside it is stopped") {
-    if (::geteuid() != 0 || std::thread::hardware_concurrency() < 2) {
-        MESSAGE("SKIPPED: needs root (a SCHED_FIFO busy loop) and two CPUs");
-        return;
-    }
-    if (read_text("/proc/sys/kernel/sched_rt_runtime_us") != "950000\n" || read_text("/proc/sys/kernel/sched_rt_period_us") != "1000000\n") {
-        MESSAGE("SKIPPED: needs the default real-time throttling (950000 of 1000000 us): ordinary tasks keep 50 ms a second beside the busy loop");
+    if (const auto why_not = real_time_loop_unusable()) {
+        MESSAGE("SKIPPED: " << *why_not);
         return;
     }
     hbtest::ScratchKey scratch;
@@ -323,12 +329,8 @@ TEST_CASE("a registrant in a frozen cgroup (cgroup.freeze) is spared and reporte
 }
 
 TEST_CASE("starved past its extension: on a core a real-time loop holds for 950 ms at a time, the service is late once, then stopped one timeout later, never sooner") {
-    if (::geteuid() != 0 || std::thread::hardware_concurrency() < 2) {
-        MESSAGE("SKIPPED: needs root (a SCHED_FIFO busy loop) and two CPUs");
-        return;
-    }
-    if (read_text("/proc/sys/kernel/sched_rt_runtime_us") != "950000\n" || read_text("/proc/sys/kernel/sched_rt_period_us") != "1000000\n") {
-        MESSAGE("SKIPPED: needs the default real-time throttling (950000 of 1000000 us)");
+    if (const auto why_not = real_time_loop_unusable()) {
+        MESSAGE("SKIPPED: " << *why_not);
         return;
     }
     hbtest::ScratchKey scratch;

@@ -86,13 +86,23 @@ static int daemon_mode(const char* file, int by_pidfd) {
     for (;;) pause();
 }
 
-static int bad_mode(void) {
+/* A datagram socket connected to $NOTIFY_SOCKET, for the protocol by hand; -1 when it cannot be. */
+static int connect_notify_socket(void) {
     const char* path = getenv("NOTIFY_SOCKET");
     struct sockaddr_un to = {.sun_family = AF_UNIX};
-    if (path == NULL || strlen(path) >= sizeof to.sun_path) return 2;
+    if (path == NULL || strlen(path) >= sizeof to.sun_path) return -1;
     strcpy(to.sun_path, path);
     const int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    if (fd < 0 || connect(fd, (struct sockaddr*)&to, sizeof to) != 0) return 2;
+    if (fd >= 0 && connect(fd, (struct sockaddr*)&to, sizeof to) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static int bad_mode(void) {
+    const int fd = connect_notify_socket();
+    if (fd < 0) return 2;
     static char big[5000];
     memset(big, 'x', sizeof big);
     memcpy(big, "STATUS=", 7);
@@ -159,12 +169,8 @@ int main(int argc, char** argv) {
     }
     if (argc > 2 && strcmp(argv[1], "rate") == 0) {
         const long rate = strtol(argv[2], NULL, 10);
-        const char* path = getenv("NOTIFY_SOCKET");
-        struct sockaddr_un to = {.sun_family = AF_UNIX};
-        if (path == NULL || strlen(path) >= sizeof to.sun_path) return 2;
-        strcpy(to.sun_path, path);
-        const int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-        if (fd < 0 || connect(fd, (struct sockaddr*)&to, sizeof to) != 0) return 2;
+        const int fd = connect_notify_socket();
+        if (fd < 0) return 2;
         struct timespec tick;
         clock_gettime(CLOCK_MONOTONIC, &tick);
         char message[64];
