@@ -97,6 +97,21 @@ std::optional<std::string> real_time_loop_unusable() {
     return std::nullopt;
 }
 
+// checkproc --watch -v on the scratch table, pinned to CPU 0, away from the real-time loop.
+Process watching_on_cpu0(const hbtest::ScratchKey& scratch, const Diagnoses& diagnoses) {
+    return Process({hbtest::bin("checkproc"), "--watch", "-v", "--key", key_text(scratch), "--grace", "1s", "--diagnoses", diagnoses.dir.string()},
+                   [] { pin_to(0); });
+}
+
+// A SCHED_FIFO busy loop on CPU 1 (see real_time_loop_unusable), killed by end() or at the end.
+struct RealTimeLoop {
+    Process loop{{"chrt", "-f", "10", "taskset", "-c", "1", "sh", "-c", "while :; do :; done"}, [] { pin_to(0); }};
+    void end() {
+        ::kill(loop.pid(), SIGKILL);
+        REQUIRE(loop.wait_exit(10s));
+    }
+};
+
 }  // namespace
 
 TEST_CASE("a SIGSTOPped registrant is spared and reported, and beats again after SIGCONT: nothing was signalled") {
@@ -207,18 +222,16 @@ TEST_CASE("on a core held by a real-time busy loop, a starved healthy service is
     // without a verdict is a stop. Its extension (one more timeout) leaves 600 ms to spare.
     auto healthy = service(scratch, "healthy", {"--timeout", "800ms", "--every", "100ms"}, [] { pin_to(1); });
     auto stuck = service(scratch, "deadlocked", {"--timeout", "800ms", "--every", "100ms", "--hang-after", "1500ms"}, [] { pin_to(1); });
-    Process checkproc({hbtest::bin("checkproc"), "--watch", "-v", "--key", key_text(scratch), "--grace", "1s", "--diagnoses", diagnoses.dir.string()},
-                      [] { pin_to(0); });
+    Process checkproc = watching_on_cpu0(scratch, diagnoses);
     REQUIRE(checkproc.wait_for_output("watching the table"));
-    // Deadlocked (asleep in pause(), never runnable) before the loop starts: before that it was
+    // Deadlocked (asleep in sigsuspend(), never runnable) before the loop starts: before that it was
     // a healthy service, which the loop would starve too.
     REQUIRE(stuck->wait_for_output("hanging: no more beats", 30s));
-    Process hog({"chrt", "-f", "10", "taskset", "-c", "1", "sh", "-c", "while :; do :; done"}, [] { pin_to(0); });
+    RealTimeLoop hog;
     // The deadlocked one (asleep, not waiting to run) is stopped; the healthy one is not, for 4 s more.
     const bool stopped = checkproc.wait_for_output("'deadlocked': exited", 30s);
     const bool another_stop = checkproc.wait_for_output_count("SIGTERM sent", 2, 4s);  // the deadlocked one's is the first
-    ::kill(hog.pid(), SIGKILL);
-    REQUIRE(hog.wait_exit(10s));
+    hog.end();
     CHECK_MESSAGE(stopped, checkproc.output_so_far());
     CHECK_MESSAGE(!another_stop, checkproc.output_so_far());
     CHECK(hbtest::count_of(checkproc.output_so_far(), "'deadlocked': hung:") >= 1);
@@ -338,13 +351,11 @@ TEST_CASE("starved past its extension: on a core a real-time loop holds for 950 
     // A 300 ms timeout under a loop that leaves its core 50 ms a second: after a beat it cannot
     // run again for about 900 ms, past its deadline (300 ms) and its one extension (600 ms).
     auto starved = service(scratch, "starved", {"--timeout", "300ms", "--every", "50ms"}, [] { pin_to(1); });
-    Process checkproc({hbtest::bin("checkproc"), "--watch", "-v", "--key", key_text(scratch), "--grace", "1s", "--diagnoses", diagnoses.dir.string()},
-                      [] { pin_to(0); });
+    Process checkproc = watching_on_cpu0(scratch, diagnoses);
     REQUIRE(checkproc.wait_for_output("watching the table"));
-    Process hog({"chrt", "-f", "10", "taskset", "-c", "1", "sh", "-c", "while :; do :; done"}, [] { pin_to(0); });
+    RealTimeLoop hog;
     const bool stopped = checkproc.wait_for_output("'starved': exited", 30s);
-    ::kill(hog.pid(), SIGKILL);
-    REQUIRE(hog.wait_exit(10s));
+    hog.end();
     const std::string out = checkproc.output_so_far();
     REQUIRE_MESSAGE(stopped, out);
     // Late first, with the figures of its starvation; then its extension ran out; then the stop.

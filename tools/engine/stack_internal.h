@@ -163,6 +163,7 @@ private:
     void check_watchdogs(std::uint64_t now);
     bool spare_watchdog(Member& member, std::uint64_t now);
     void keep_diagnosis(Member& member, const std::string& why, nlohmann::json& details);
+    void stop_as_hung(Member& member, const std::string& what, nlohmann::json details, std::uint64_t now);
     [[nodiscard]] static bool wants_launch(const Member& member);
     void watch_launch(Member& member, std::uint64_t now);
     /// Its phase as operators see it: starting while its start is in flight.

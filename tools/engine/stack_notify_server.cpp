@@ -228,13 +228,7 @@ void Stack::take_notification(Member& member, const NotifyMessage& message, std:
             member.watchdog_extended = member.watchdog_spared_said = false;
             if (member.watchdog_due_ns != 0) member.watchdog_due_ns = now + to_ns(member.watchdog);
         } else if (*value == "trigger" && member.unit.running() && !member.unit.is_stopping()) {
-            member.watchdog_due_ns = 0;
-            UnitEvent hung{UnitEvent::Kind::hung};
-            hung.what = kWatchdogTriggered;
-            nlohmann::json details{{"source", "sd_notify"}, {"trigger", true}};
-            keep_diagnosis(member, hung.what, details);
-            emit_for(member, EventKind::heartbeat_hung, member.name() + " " + hung.what, std::move(details));
-            apply(member, hung, now);
+            stop_as_hung(member, kWatchdogTriggered, {{"source", "sd_notify"}, {"trigger", true}}, now);
         }
     }
     if (const auto* text = message.find("EXTEND_TIMEOUT_USEC")) {
@@ -311,17 +305,25 @@ void Stack::check_watchdogs(std::uint64_t now) {
         }
         if (now < member->watchdog_due_ns) continue;
         if (spare_watchdog(*member, now)) continue;
-        member->watchdog_due_ns = 0;
         const auto since = ms_between(member->last_ping_ns != 0 ? member->last_ping_ns : member->unit.started_ns(), now);
-        UnitEvent hung{UnitEvent::Kind::hung};
-        hung.what = "missed its watchdog: no WATCHDOG=1 for " + human_duration(since) + " (watchdog " + human_duration(member->watchdog) + ")";
-        nlohmann::json details{{"source", "sd_notify"},
-                               {"watchdog_seconds", static_cast<double>(member->watchdog.count()) / 1000.0},
-                               {"since_ping_seconds", static_cast<double>(since.count()) / 1000.0}};
-        keep_diagnosis(*member, hung.what, details);
-        emit_for(*member, EventKind::heartbeat_hung, member->name() + " " + hung.what, std::move(details));
-        apply(*member, hung, now);
+        stop_as_hung(*member,
+                     "missed its watchdog: no WATCHDOG=1 for " + human_duration(since) + " (watchdog " + human_duration(member->watchdog) + ")",
+                     {{"source", "sd_notify"},
+                      {"watchdog_seconds", static_cast<double>(member->watchdog.count()) / 1000.0},
+                      {"since_ping_seconds", static_cast<double>(since.count()) / 1000.0}},
+                     now);
     }
+}
+
+// A hang of the stack's watchdog (a missed ping, or WATCHDOG=trigger): its diagnosis kept, its
+// heartbeat_hung event said, then the unit stops it as a failure.
+void Stack::stop_as_hung(Member& member, const std::string& what, nlohmann::json details, std::uint64_t now) {
+    member.watchdog_due_ns = 0;
+    keep_diagnosis(member, what, details);
+    emit_for(member, EventKind::heartbeat_hung, member.name() + " " + what, std::move(details));
+    UnitEvent hung{UnitEvent::Kind::hung};
+    hung.what = what;
+    apply(member, hung, now);
 }
 
 // What a hung main process was doing, kept before its stop as checkproc keeps it, at the kernel
